@@ -1,0 +1,143 @@
+import type { MikroORM } from "@mikro-orm/core";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { TokenService } from "../gen/tokenservice/v1/token_service_pb.js";
+import { ConfigError, type Config } from "./config.js";
+import { loadOrCreateKeyFile } from "./crypto/key-file.js";
+import { parseKeyRing, type KeyRing } from "./crypto/key-ring.js";
+import { describeDatabase, migrateUp, openOrm } from "./db/orm.js";
+import { SessionRepository } from "./db/session-repository.js";
+import { createLogger, type Logger } from "./logger.js";
+import { OidcProviderClient, ProviderRegistry, type FetchLike } from "./providers/provider-client.js";
+import { RefreshCoordinator } from "./refresh/coordinator.js";
+import { LocalWaiter } from "./refresh/waiter.js";
+import { contextValuesFor } from "./rpc/context.js";
+import { createLoggingInterceptor } from "./rpc/interceptors.js";
+import { startRpcServer, type RpcServer } from "./rpc/server.js";
+import { createTokenServiceImpl } from "./rpc/token-service.js";
+import { SessionService } from "./sessions/session-service.js";
+import { TokenVault } from "./sessions/token-vault.js";
+
+/** Replaceable parts, for tests and embedding. */
+export interface AppOverrides {
+  logger?: Logger;
+  /** fetch used for every provider call. */
+  fetch?: FetchLike;
+  /** Replica id written into lease_owner. */
+  replicaId?: string;
+}
+
+/** A running service. */
+export interface App {
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly rpc: RpcServer;
+  /** http://host:port of the gRPC / Connect listener. */
+  readonly url: string;
+  readonly orm: MikroORM;
+  readonly sessions: SessionService;
+  readonly coordinator: RefreshCoordinator;
+  readonly keyRing: KeyRing;
+  /** Graceful stop: drain calls (bounded by config.shutdownGraceMs), close the database. */
+  close(): Promise<void>;
+}
+
+/** The key ring from TOKEN_SERVICE_ENCRYPTION_KEYS, or on SQLite a generated key file. */
+export function resolveKeyRing(config: Config, logger: Logger): KeyRing {
+  if (config.encryptionKeys) return parseKeyRing(config.encryptionKeys);
+  if (config.database.kind === "postgresql") {
+    throw new ConfigError(
+      "TOKEN_SERVICE_ENCRYPTION_KEYS is required with PostgreSQL (every replica needs the same keys). " +
+        "Create one with `npx token-service keys generate` and pass it as kid:base64key.",
+    );
+  }
+  const path = `${config.database.path}.keys`;
+  const { ring, created } = loadOrCreateKeyFile(path);
+  logger.warn(
+    { keyFile: path, keyId: ring.primary.id, created },
+    created
+      ? "TOKEN_SERVICE_ENCRYPTION_KEYS is not set: generated an encryption key file (mode 0600) beside the database; back it up, sessions cannot be read without it"
+      : "TOKEN_SERVICE_ENCRYPTION_KEYS is not set: using the key file beside the database",
+  );
+  return ring;
+}
+
+/**
+ * Composition root: wires database, keys, providers, refresh engine and the
+ * RPC server, then listens. Nothing starts on import.
+ */
+export async function createApp(config: Config, overrides: AppOverrides = {}): Promise<App> {
+  const logger = overrides.logger ?? createLogger(config.logLevel);
+  const keyRing = resolveKeyRing(config, logger);
+  const orm = await openOrm(config.database);
+  try {
+    const applied = await migrateUp(orm);
+    const repo = new SessionRepository(orm);
+    const vault = new TokenVault(keyRing);
+    const providers = new ProviderRegistry(
+      config.providers.map((p) => new OidcProviderClient(p, config.refresh, logger, overrides.fetch)),
+    );
+    const waiter = new LocalWaiter();
+    const coordinator = new RefreshCoordinator(repo, vault, providers, waiter, config.refresh, logger, overrides.replicaId);
+    const sessions = new SessionService(repo, vault, providers, coordinator, logger, {
+      lastUsedResolutionMs: config.lastUsedResolutionMs,
+      providerTimeoutMs: config.refresh.providerTimeoutMs,
+    });
+
+    const shutdown = new AbortController();
+    const handler = connectNodeAdapter({
+      routes: (router: ConnectRouter) => {
+        router.service(TokenService, createTokenServiceImpl(sessions));
+      },
+      interceptors: [createLoggingInterceptor(logger)],
+      readMaxBytes: config.maxMessageBytes,
+      contextValues: contextValuesFor,
+      shutdownSignal: shutdown.signal,
+    });
+    const rpc = await startRpcServer(handler, config.host, config.port);
+    const url = `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${rpc.port}`;
+    logger.info(
+      {
+        addr: `${config.host}:${rpc.port}`,
+        database: describeDatabase(config.database),
+        migrationsApplied: applied,
+        providers: providers.ids(),
+        keyIds: keyRing.ids(),
+        primaryKeyId: keyRing.primary.id,
+        replica: coordinator.replicaId,
+      },
+      "token service listening",
+    );
+    if (providers.ids().length === 0) {
+      logger.warn("no providers configured (TOKEN_SERVICE_CONFIG): StoreSession will refuse every provider");
+    }
+
+    let closing: Promise<void> | undefined;
+    return {
+      config,
+      logger,
+      rpc,
+      url,
+      orm,
+      sessions,
+      coordinator,
+      keyRing,
+      close() {
+        closing ??= (async () => {
+          logger.info({ inflight: rpc.inflight(), graceMs: config.shutdownGraceMs }, "shutting down: draining calls");
+          await rpc.close(config.shutdownGraceMs, () =>
+            shutdown.abort(new ConnectError("server is shutting down", Code.Unavailable)),
+          );
+          await waiter.close();
+          await orm.close(true);
+          logger.info("shut down");
+          logger.flush();
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await orm.close(true).catch(() => undefined);
+    throw err;
+  }
+}

@@ -1,0 +1,106 @@
+import type { Writable } from "node:stream";
+import { createApp } from "./app.js";
+import { ConfigError, loadConfig } from "./config.js";
+import { generateKeySpec, KeyRingError } from "./crypto/key-ring.js";
+import { describeDatabase, openOrm } from "./db/orm.js";
+
+/** What the CLI may touch of the process; main.ts supplies the real ones. */
+export interface CliIo {
+  stdout: Writable;
+  stderr: Writable;
+  /** Installs signal handlers that call `stop`; only the long-running `serve` uses it. */
+  onSignals(stop: (signal: string) => Promise<void>): void;
+}
+
+const USAGE = `Usage: token-service [command]
+
+Commands:
+  serve                 run the service (default)
+  migrate [up|status]   apply pending database migrations, or list them
+  keys generate [--id KID]
+                        print a new encryption key as kid:base64key
+  help                  show this text
+
+Environment: TOKEN_SERVICE_ADDR, DATABASE_URL, TOKEN_SERVICE_ENCRYPTION_KEYS,
+TOKEN_SERVICE_CONFIG, TOKEN_SERVICE_LOG_LEVEL (see README.md).
+`;
+
+function flag(args: string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  if (i === -1) return undefined;
+  const value = args[i + 1];
+  if (value === undefined || value.startsWith("--")) throw new ConfigError(`${name} needs a value`);
+  return value;
+}
+
+async function serve(env: NodeJS.ProcessEnv, io: CliIo): Promise<undefined> {
+  const app = await createApp(loadConfig(env));
+  io.onSignals(async (signal) => {
+    app.logger.info({ signal }, "signal received");
+    await app.close();
+  });
+  return undefined;
+}
+
+async function migrate(args: string[], env: NodeJS.ProcessEnv, io: CliIo): Promise<number> {
+  const sub = args[0] ?? "up";
+  if (sub !== "up" && sub !== "status") throw new ConfigError(`migrate: unknown subcommand "${sub}" (use up or status)`);
+  const config = loadConfig(env);
+  const orm = await openOrm(config.database);
+  try {
+    const migrator = orm.getMigrator();
+    io.stdout.write(`database: ${describeDatabase(config.database)}\n`);
+    if (sub === "up") {
+      const applied = await migrator.up();
+      io.stdout.write(applied.length ? applied.map((m) => `applied  ${m.name}\n`).join("") : "up to date: nothing to apply\n");
+    } else {
+      const executed = await migrator.getExecutedMigrations();
+      const pending = await migrator.getPendingMigrations();
+      for (const m of executed) io.stdout.write(`applied  ${m.name}  ${new Date(m.executed_at).toISOString()}\n`);
+      for (const m of pending) io.stdout.write(`pending  ${m.name}\n`);
+      io.stdout.write(`${executed.length} applied, ${pending.length} pending\n`);
+    }
+    return 0;
+  } finally {
+    await orm.close(true);
+  }
+}
+
+function keys(args: string[], io: CliIo): number {
+  const sub = args[0];
+  if (sub !== "generate") throw new ConfigError(`keys: unknown subcommand "${sub ?? ""}" (use generate)`);
+  io.stdout.write(`${generateKeySpec(flag(args, "--id"))}\n`);
+  return 0;
+}
+
+/**
+ * Runs one CLI command. Resolves to an exit code, or undefined when the
+ * command keeps running (serve).
+ */
+export async function runCli(argv: string[], env: NodeJS.ProcessEnv, io: CliIo): Promise<number | undefined> {
+  const [command = "serve", ...rest] = argv;
+  try {
+    switch (command) {
+      case "serve":
+        return await serve(env, io);
+      case "migrate":
+        return await migrate(rest, env, io);
+      case "keys":
+        return keys(rest, io);
+      case "help":
+      case "--help":
+      case "-h":
+        io.stdout.write(USAGE);
+        return 0;
+      default:
+        io.stderr.write(`token-service: unknown command "${command}"\n\n${USAGE}`);
+        return 2;
+    }
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof KeyRingError) {
+      io.stderr.write(`token-service: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+}

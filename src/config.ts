@@ -1,0 +1,295 @@
+import { readFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+
+/** A provider the service refreshes and revokes tokens at. */
+export interface ProviderConfig {
+  id: string;
+  issuer: string;
+  clientId: string;
+  /** Never logged; absent for public clients (`client_auth_method: none`). */
+  clientSecret: string | undefined;
+  clientAuthMethod: "client_secret_basic" | "client_secret_post" | "none";
+  allowInsecureHttp: boolean;
+  refreshMarginSeconds: number;
+  /** Sent as `scope` on refresh when set (down-scoping); otherwise the grant's scopes. */
+  scopes: string[] | undefined;
+  /** When set, discovery is skipped and these endpoints are used. */
+  tokenEndpoint: string | undefined;
+  revocationEndpoint: string | undefined;
+  /** Lifetime assumed for an access token that states none (no expires_in, no JWT exp). */
+  defaultTokenLifetimeSeconds: number;
+}
+
+export type DatabaseConfig =
+  | { kind: "sqlite"; path: string }
+  | { kind: "postgresql"; url: string };
+
+/** Tuning of the refresh engine. All durations in milliseconds. */
+export interface RefreshConfig {
+  /** How long a replica owns a session's refresh; must outlive the provider budget. */
+  leaseMs: number;
+  /** Timeout of one HTTP request to a provider. */
+  providerTimeoutMs: number;
+  /** Attempts per refresh (first try plus retries) for network errors, 5xx and 429. */
+  maxAttempts: number;
+  /** First retry delay; doubles per attempt, with full jitter. */
+  retryBaseDelayMs: number;
+}
+
+export interface Config {
+  host: string;
+  port: number;
+  database: DatabaseConfig;
+  /** Raw `kid:base64[,kid:base64…]`; parsed by the key ring, never logged. */
+  encryptionKeys: string | undefined;
+  configFile: string | undefined;
+  providers: ProviderConfig[];
+  refresh: RefreshConfig;
+  logLevel: string;
+  /** Largest request message accepted, in bytes. */
+  maxMessageBytes: number;
+  /** How long SIGTERM waits for in-flight calls before cutting them off. */
+  shutdownGraceMs: number;
+  /** last_used_at is written at most this often per session, to keep reads cheap. */
+  lastUsedResolutionMs: number;
+}
+
+/** A configuration problem; `message` names the field and never holds a secret. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "::1", "[::1]"]);
+
+/** True for host names that can only reach this machine. */
+export function isLoopbackHost(host: string): boolean {
+  return LOOPBACK_HOSTS.has(host) || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+const httpUrl = z.string().refine((s) => {
+  try {
+    const u = new URL(s);
+    return u.protocol === "https:" || u.protocol === "http:";
+  } catch {
+    return false;
+  }
+}, "must be an http(s) URL");
+
+const providerSchema = z
+  .object({
+    id: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, "must be 1-64 letters, digits, '_', '.' or '-'"),
+    issuer: httpUrl,
+    client_id: z.string().min(1),
+    client_secret: z.string().min(1).optional(),
+    client_secret_file: z.string().min(1).optional(),
+    client_auth_method: z
+      .enum(["client_secret_basic", "client_secret_post", "none"])
+      .default("client_secret_basic"),
+    allow_insecure_http: z.boolean().default(false),
+    refresh_margin_seconds: z.number().int().min(0).max(86_400).default(60),
+    scopes: z.array(z.string().regex(/^[\x21\x23-\x5B\x5D-\x7E]+$/, "must be a scope token")).optional(),
+    token_endpoint: httpUrl.optional(),
+    revocation_endpoint: httpUrl.optional(),
+    default_token_lifetime_seconds: z.number().int().min(1).max(31_536_000).default(300),
+  })
+  .strict();
+
+const fileSchema = z
+  .object({
+    providers: z.array(providerSchema).default([]),
+    refresh: z
+      .object({
+        lease_seconds: z.number().min(1).max(600).default(30),
+        provider_timeout_seconds: z.number().min(0.1).max(120).default(10),
+        max_attempts: z.number().int().min(1).max(10).default(3),
+        retry_base_delay_ms: z.number().int().min(1).max(60_000).default(200),
+      })
+      .strict()
+      .default({ lease_seconds: 30, provider_timeout_seconds: 10, max_attempts: 3, retry_base_delay_ms: 200 }),
+    limits: z
+      .object({
+        max_message_bytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(256 * 1024),
+      })
+      .strict()
+      .default({ max_message_bytes: 256 * 1024 }),
+    shutdown_grace_seconds: z.number().min(0).max(600).default(10),
+    log_level: z.enum(LOG_LEVELS).default("info"),
+  })
+  .strict();
+
+type FileConfig = z.infer<typeof fileSchema>;
+
+function formatIssues(source: string, error: z.ZodError): string {
+  const lines = error.issues.map((issue) => {
+    const path = issue.path
+      .map((p, i) => (typeof p === "number" ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`))
+      .join("");
+    return `  ${path || "(root)"}: ${issue.message}`;
+  });
+  return `invalid configuration in ${source}:\n${lines.join("\n")}`;
+}
+
+function parseAddr(value: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port <= 65_535)) {
+    throw new ConfigError(`TOKEN_SERVICE_ADDR: expected HOST:PORT (for example 127.0.0.1:50051), got "${value}"`);
+  }
+  const host = m[1] ?? m[2] ?? "";
+  return { host: host === "" ? "0.0.0.0" : host, port };
+}
+
+function parseDatabaseUrl(value: string, cwd: string): DatabaseConfig {
+  if (value.startsWith("sqlite:")) {
+    const path = value.slice("sqlite:".length).replace(/^\/\/(?=\/)/, "");
+    if (path === "") throw new ConfigError("DATABASE_URL: sqlite: needs a file path, e.g. sqlite:data/token-service.db");
+    return { kind: "sqlite", path: resolve(cwd, path) };
+  }
+  if (/^postgres(ql)?:\/\//.test(value)) {
+    try {
+      new URL(value);
+    } catch {
+      throw new ConfigError("DATABASE_URL: not a valid postgres:// URL");
+    }
+    return { kind: "postgresql", url: value };
+  }
+  throw new ConfigError("DATABASE_URL: must start with postgres://, postgresql:// or sqlite:");
+}
+
+function toProvider(p: FileConfig["providers"][number], index: number, baseDir: string): ProviderConfig {
+  const where = `providers[${index}]`;
+  if (p.client_secret !== undefined && p.client_secret_file !== undefined) {
+    throw new ConfigError(`${where}: set client_secret or client_secret_file, not both`);
+  }
+  let clientSecret = p.client_secret;
+  if (p.client_secret_file !== undefined) {
+    try {
+      clientSecret = readFileSync(resolve(baseDir, p.client_secret_file), "utf8").trim();
+    } catch (err) {
+      throw new ConfigError(
+        `${where}.client_secret_file: cannot read ${p.client_secret_file} (${(err as NodeJS.ErrnoException).code ?? "error"})`,
+      );
+    }
+    if (clientSecret === "") throw new ConfigError(`${where}.client_secret_file: the file is empty`);
+  }
+  if (p.client_auth_method !== "none" && clientSecret === undefined) {
+    throw new ConfigError(
+      `${where}: client_secret or client_secret_file is required unless client_auth_method is none`,
+    );
+  }
+  for (const [field, url] of [
+    ["issuer", p.issuer],
+    ["token_endpoint", p.token_endpoint],
+    ["revocation_endpoint", p.revocation_endpoint],
+  ] as const) {
+    if (url === undefined) continue;
+    const u = new URL(url);
+    if (u.protocol === "http:") {
+      if (!p.allow_insecure_http) {
+        throw new ConfigError(
+          `${where}.${field}: must use https (allow_insecure_http: true is accepted for a loopback issuer only)`,
+        );
+      }
+      if (!isLoopbackHost(u.hostname)) {
+        throw new ConfigError(`${where}.allow_insecure_http: only allowed for a loopback host, not ${u.hostname}`);
+      }
+    }
+  }
+  return {
+    id: p.id,
+    issuer: p.issuer,
+    clientId: p.client_id,
+    clientSecret: p.client_auth_method === "none" ? undefined : clientSecret,
+    clientAuthMethod: p.client_auth_method,
+    allowInsecureHttp: p.allow_insecure_http,
+    refreshMarginSeconds: p.refresh_margin_seconds,
+    scopes: p.scopes,
+    tokenEndpoint: p.token_endpoint,
+    revocationEndpoint: p.revocation_endpoint,
+    defaultTokenLifetimeSeconds: p.default_token_lifetime_seconds,
+  };
+}
+
+/**
+ * Parses the YAML configuration text. Exported for tests; `loadConfig` is the
+ * entry point.
+ */
+export function parseConfigFile(text: string, source: string): FileConfig {
+  let raw: unknown;
+  try {
+    raw = parseYaml(text) ?? {};
+  } catch (err) {
+    throw new ConfigError(`invalid configuration in ${source}: not valid YAML (${(err as Error).message.split("\n")[0]})`);
+  }
+  const parsed = fileSchema.safeParse(raw);
+  if (!parsed.success) throw new ConfigError(formatIssues(source, parsed.error));
+  return parsed.data;
+}
+
+/**
+ * Loads and validates the configuration once, from the environment and the
+ * optional YAML file named by TOKEN_SERVICE_CONFIG. Throws ConfigError naming
+ * the bad field.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()): Config {
+  const configFile = env.TOKEN_SERVICE_CONFIG ? resolve(cwd, env.TOKEN_SERVICE_CONFIG) : undefined;
+  let fileText = "";
+  if (configFile !== undefined) {
+    try {
+      fileText = readFileSync(configFile, "utf8");
+    } catch (err) {
+      throw new ConfigError(
+        `TOKEN_SERVICE_CONFIG: cannot read ${configFile} (${(err as NodeJS.ErrnoException).code ?? "error"})`,
+      );
+    }
+  }
+  const file = parseConfigFile(fileText, configFile ?? "(no config file)");
+  const baseDir = configFile ? dirname(configFile) : cwd;
+  const providers = file.providers.map((p, i) => toProvider(p, i, baseDir));
+  const seen = new Set<string>();
+  providers.forEach((p, i) => {
+    if (seen.has(p.id)) throw new ConfigError(`providers[${i}].id: duplicate provider id "${p.id}"`);
+    seen.add(p.id);
+  });
+
+  const { host, port } = parseAddr(env.TOKEN_SERVICE_ADDR ?? "127.0.0.1:50051");
+  const database = parseDatabaseUrl(env.DATABASE_URL ?? "sqlite:data/token-service.db", cwd);
+  const keys = env.TOKEN_SERVICE_ENCRYPTION_KEYS?.trim();
+
+  const refresh: RefreshConfig = {
+    leaseMs: Math.round(file.refresh.lease_seconds * 1000),
+    providerTimeoutMs: Math.round(file.refresh.provider_timeout_seconds * 1000),
+    maxAttempts: file.refresh.max_attempts,
+    retryBaseDelayMs: file.refresh.retry_base_delay_ms,
+  };
+  if (refresh.leaseMs < refresh.providerTimeoutMs + 1000) {
+    throw new ConfigError(
+      "refresh.lease_seconds: must exceed refresh.provider_timeout_seconds by at least 1 s, so a lease outlives the provider call",
+    );
+  }
+
+  const logLevel = env.TOKEN_SERVICE_LOG_LEVEL ?? file.log_level;
+  if (!LOG_LEVELS.includes(logLevel as (typeof LOG_LEVELS)[number])) {
+    throw new ConfigError(`TOKEN_SERVICE_LOG_LEVEL: must be one of ${LOG_LEVELS.join(", ")}`);
+  }
+
+  return {
+    host,
+    port,
+    database,
+    encryptionKeys: keys === "" ? undefined : keys,
+    configFile,
+    providers,
+    refresh,
+    logLevel,
+    maxMessageBytes: file.limits.max_message_bytes,
+    shutdownGraceMs: Math.round(file.shutdown_grace_seconds * 1000),
+    lastUsedResolutionMs: 60_000,
+  };
+}

@@ -1,0 +1,75 @@
+import { EntitySchema } from "@mikro-orm/core";
+
+/** Session status as stored. */
+export type SessionStatus = "active" | "reauth_required";
+
+/**
+ * One stored login. Tokens are only ever stored as AES-256-GCM ciphertext
+ * (`*Ct`), each bound to this row's id, user, provider and column; everything
+ * else stays queryable in clear.
+ */
+export interface SessionRow {
+  id: string;
+  userId: string;
+  provider: string;
+  status: SessionStatus;
+  /** Key that encrypted every ciphertext of this row. */
+  keyId: string;
+  accessCt: Buffer;
+  refreshCt: Buffer | null;
+  idCt: Buffer | null;
+  tokenType: string;
+  scope: string;
+  accessExpiresAt: Date;
+  /** When the current access token was issued (store or refresh time); its lifetime sets the margin. */
+  accessIssuedAt: Date;
+  idExpiresAt: Date | null;
+  refreshExpiresAt: Date | null;
+  createdAt: Date;
+  updatedAt: Date;
+  lastUsedAt: Date;
+  /** Bumped by every write that changes tokens or status: the compare-and-set guard. */
+  version: number;
+  /** Replica (and attempt) holding the refresh lease, if any. */
+  leaseOwner: string | null;
+  leaseUntil: Date | null;
+  /** Last transient refresh failure (a code, never a message from upstream). */
+  lastErrorCode: string | null;
+  lastErrorAt: Date | null;
+  /** The provider's error code that made this session need a new login. */
+  reauthReason: string | null;
+}
+
+export const SessionSchema = new EntitySchema<SessionRow>({
+  name: "Session",
+  tableName: "sessions",
+  properties: {
+    id: { type: "string", primary: true, length: 64 },
+    userId: { type: "string", length: 256 },
+    provider: { type: "string", length: 64 },
+    status: { type: "string", length: 16 },
+    keyId: { type: "string", length: 64 },
+    accessCt: { type: "blob" },
+    refreshCt: { type: "blob", nullable: true },
+    idCt: { type: "blob", nullable: true },
+    tokenType: { type: "string", length: 64 },
+    scope: { type: "text" },
+    accessExpiresAt: { type: "datetime", length: 3 },
+    accessIssuedAt: { type: "datetime", length: 3 },
+    idExpiresAt: { type: "datetime", length: 3, nullable: true },
+    refreshExpiresAt: { type: "datetime", length: 3, nullable: true },
+    createdAt: { type: "datetime", length: 3 },
+    updatedAt: { type: "datetime", length: 3 },
+    lastUsedAt: { type: "datetime", length: 3 },
+    version: { type: "integer" },
+    leaseOwner: { type: "string", length: 128, nullable: true },
+    leaseUntil: { type: "datetime", length: 3, nullable: true },
+    lastErrorCode: { type: "string", length: 64, nullable: true },
+    lastErrorAt: { type: "datetime", length: 3, nullable: true },
+    reauthReason: { type: "string", length: 64, nullable: true },
+  },
+  indexes: [
+    { name: "sessions_user_provider_created_idx", properties: ["userId", "provider", "createdAt"] },
+    { name: "sessions_status_access_expires_idx", properties: ["status", "accessExpiresAt"] },
+  ],
+});

@@ -1,0 +1,212 @@
+import type { EntityManager, FilterQuery, MikroORM } from "@mikro-orm/core";
+import { SessionSchema, type SessionRow } from "./session-entity.js";
+
+/** The new token state written by a successful refresh. */
+export type RefreshedFields = Pick<
+  SessionRow,
+  | "keyId"
+  | "accessCt"
+  | "refreshCt"
+  | "idCt"
+  | "tokenType"
+  | "scope"
+  | "accessExpiresAt"
+  | "accessIssuedAt"
+  | "idExpiresAt"
+  | "refreshExpiresAt"
+>;
+
+/** The database could not be reached or did not answer in time. */
+export class DatabaseUnavailableError extends Error {
+  override name = "DatabaseUnavailableError";
+  constructor(cause: unknown) {
+    super("database unavailable", { cause });
+  }
+}
+
+const CONNECTION_ERROR_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EPIPE",
+  "ENOTFOUND",
+  "EHOSTUNREACH",
+  "57P01", // admin_shutdown
+  "57P02", // crash_shutdown
+  "57P03", // cannot_connect_now
+  "57014", // query_canceled (statement_timeout)
+  "53300", // too_many_connections
+  "08000",
+  "08003",
+  "08006",
+  "08001",
+  "08004",
+  "SQLITE_BUSY",
+]);
+
+function isUnavailable(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e && depth < 5; depth++) {
+    const x = e as { code?: unknown; name?: unknown; message?: unknown; cause?: unknown };
+    if (typeof x.code === "string" && CONNECTION_ERROR_CODES.has(x.code)) return true;
+    if (x.name === "KnexTimeoutError" || x.name === "TimeoutError") return true;
+    if (typeof x.message === "string" && /Connection terminated|timeout exceeded|Timeout acquiring a connection/i.test(x.message)) {
+      return true;
+    }
+    e = x.cause;
+  }
+  return false;
+}
+
+function asBuffer(v: unknown): Buffer | null {
+  if (v === null || v === undefined) return null;
+  if (Buffer.isBuffer(v)) return v;
+  if (v instanceof ArrayBuffer) return Buffer.from(v);
+  if (ArrayBuffer.isView(v)) return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+  throw new TypeError("unexpected blob type from the database driver");
+}
+
+/** Drivers differ in how blobs come back (libsql: ArrayBuffer, pg: Buffer); rows leave here with Buffers. */
+function normalize(row: SessionRow | null): SessionRow | null {
+  if (!row) return null;
+  row.accessCt = asBuffer(row.accessCt) as Buffer;
+  row.refreshCt = asBuffer(row.refreshCt);
+  row.idCt = asBuffer(row.idCt);
+  return row;
+}
+
+/**
+ * All SQL about sessions. Every method opens a fresh EntityManager fork, so no
+ * unit of work is shared between requests, and every write that races another
+ * replica is a conditional update that reports whether it won.
+ */
+export class SessionRepository {
+  constructor(private readonly orm: MikroORM) {}
+
+  private em(): EntityManager {
+    return this.orm.em.fork({ clear: true, useContext: false });
+  }
+
+  private async run<T>(fn: (em: EntityManager) => Promise<T>): Promise<T> {
+    try {
+      return await fn(this.em());
+    } catch (err) {
+      if (isUnavailable(err)) throw new DatabaseUnavailableError(err);
+      throw err;
+    }
+  }
+
+  /** Inserts a new session. */
+  async insert(row: SessionRow): Promise<void> {
+    await this.run((em) => em.insert(SessionSchema, row));
+  }
+
+  /** The session with this id, if it belongs to this user. One query for both checks. */
+  async findForUser(id: string, userId: string): Promise<SessionRow | null> {
+    return this.run(async (em) => normalize(await em.findOne(SessionSchema, { id, userId }, { disableIdentityMap: true })));
+  }
+
+  /** The newest session of a user at a provider: active ones first. */
+  async findNewest(userId: string, provider: string): Promise<SessionRow | null> {
+    return this.run(async (em) => {
+      const active = await em.findOne(
+        SessionSchema,
+        { userId, provider, status: "active" },
+        { orderBy: { createdAt: "desc" }, disableIdentityMap: true },
+      );
+      if (active) return normalize(active);
+      return normalize(
+        await em.findOne(SessionSchema, { userId, provider }, { orderBy: { createdAt: "desc" }, disableIdentityMap: true }),
+      );
+    });
+  }
+
+  async findById(id: string): Promise<SessionRow | null> {
+    return this.run(async (em) => normalize(await em.findOne(SessionSchema, { id }, { disableIdentityMap: true })));
+  }
+
+  /**
+   * Takes the refresh lease when the row is still at `version` and no live
+   * lease is held (a lapsed one is taken over). Returns whether it was taken.
+   */
+  async tryAcquireLease(id: string, version: number, owner: string, now: Date, until: Date): Promise<boolean> {
+    const where: FilterQuery<SessionRow> = {
+      id,
+      version,
+      status: "active",
+      $or: [{ leaseUntil: null }, { leaseUntil: { $lt: now } }],
+    };
+    return this.run(async (em) => (await em.nativeUpdate(SessionSchema, where, { leaseOwner: owner, leaseUntil: until })) === 1);
+  }
+
+  /** Writes refreshed tokens if this owner still holds the lease on `version`. */
+  async completeRefresh(id: string, owner: string, version: number, fields: RefreshedFields, now: Date): Promise<boolean> {
+    return this.run(
+      async (em) =>
+        (await em.nativeUpdate(
+          SessionSchema,
+          { id, version, leaseOwner: owner },
+          {
+            ...fields,
+            version: version + 1,
+            updatedAt: now,
+            leaseOwner: null,
+            leaseUntil: null,
+            lastErrorCode: null,
+            lastErrorAt: null,
+          },
+        )) === 1,
+    );
+  }
+
+  /** Gives the lease back after a failed attempt, recording the failure for waiters. */
+  async releaseLease(id: string, owner: string, errorCode: string, now: Date): Promise<boolean> {
+    return this.run(
+      async (em) =>
+        (await em.nativeUpdate(
+          SessionSchema,
+          { id, leaseOwner: owner },
+          { leaseOwner: null, leaseUntil: null, lastErrorCode: errorCode, lastErrorAt: now },
+        )) === 1,
+    );
+  }
+
+  /**
+   * Marks the session as needing a new login and drops its refresh token.
+   * With an owner, only while that owner holds the lease; without, only at `version`.
+   */
+  async markReauth(id: string, version: number, owner: string | null, reason: string, now: Date): Promise<boolean> {
+    const where: FilterQuery<SessionRow> = owner === null ? { id, version } : { id, version, leaseOwner: owner };
+    return this.run(
+      async (em) =>
+        (await em.nativeUpdate(SessionSchema, where, {
+          status: "reauth_required",
+          reauthReason: reason,
+          refreshCt: null,
+          version: version + 1,
+          updatedAt: now,
+          leaseOwner: null,
+          leaseUntil: null,
+        })) === 1,
+    );
+  }
+
+  /** Records a read, for the background refresher's "recently used" window. */
+  async touch(id: string, now: Date): Promise<void> {
+    await this.run((em) => em.nativeUpdate(SessionSchema, { id }, { lastUsedAt: now }));
+  }
+
+  /** Deletes the session if it belongs to the user; returns the row deleted, if any. */
+  async deleteForUser(id: string, userId: string): Promise<SessionRow | null> {
+    return this.run(async (em) => {
+      const row = await em.findOne(SessionSchema, { id, userId }, { disableIdentityMap: true });
+      if (!row) return null;
+      const n = await em.nativeDelete(SessionSchema, { id, userId });
+      return n === 1 ? normalize(row) : null;
+    });
+  }
+
+  /** A cheap round trip, for readiness checks. */
+  async ping(): Promise<void> {
+    await this.run((em) => em.getConnection().execute("select 1"));
+  }
+}

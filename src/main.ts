@@ -1,0 +1,28 @@
+#!/usr/bin/env node
+import { runCli } from "./cli.js";
+
+/**
+ * Process entry point, for `npm start` and the `token-service` command: the
+ * only place that reads process.env and argv and installs signal handlers.
+ */
+const code = await runCli(process.argv.slice(2), process.env, {
+  stdout: process.stdout,
+  stderr: process.stderr,
+  onSignals(stop) {
+    let stopping = false;
+    const handle = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        process.stderr.write(`${signal} again: exiting now\n`);
+        process.exit(1);
+      }
+      stopping = true;
+      stop(signal).then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
+    };
+    process.on("SIGTERM", handle);
+    process.on("SIGINT", handle);
+  },
+});
+if (code !== undefined) process.exitCode = code;

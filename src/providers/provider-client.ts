@@ -1,0 +1,231 @@
+import * as oidc from "openid-client";
+import type { ProviderConfig, RefreshConfig } from "../config.js";
+import type { Logger } from "../logger.js";
+import { classifyProviderError, ProviderError } from "./errors.js";
+import { withRetries } from "./retry.js";
+
+/** A token endpoint response, reduced to what a session keeps. */
+export interface ProviderTokens {
+  accessToken: string;
+  refreshToken: string | undefined;
+  idToken: string | undefined;
+  tokenType: string;
+  expiresIn: number | undefined;
+  scope: string | undefined;
+  /** Keycloak-style refresh_expires_in, when present. */
+  refreshExpiresIn: number | undefined;
+}
+
+/** The fetch used for provider calls; tests may wrap it to observe or fail calls. */
+export type FetchLike = (url: string, init: RequestInit) => Promise<Response>;
+
+export interface CallOptions {
+  /** Epoch ms by which the whole call, retries included, must be over. */
+  deadline: number;
+  signal?: AbortSignal;
+}
+
+/** Refresh and revocation at one provider. */
+export interface ProviderClient {
+  readonly id: string;
+  readonly config: ProviderConfig;
+  /** Discovery (cached after the first success). */
+  metadata(options: CallOptions): Promise<oidc.ServerMetadata>;
+  refresh(refreshToken: string, options: CallOptions): Promise<ProviderTokens>;
+  /** RFC 7009 revocation; false when the provider has no revocation endpoint. */
+  revoke(token: string, hint: "refresh_token" | "access_token", options: CallOptions): Promise<boolean>;
+}
+
+function clientAuth(config: ProviderConfig): oidc.ClientAuth {
+  switch (config.clientAuthMethod) {
+    case "client_secret_post":
+      return oidc.ClientSecretPost(config.clientSecret);
+    case "none":
+      return oidc.None();
+    default:
+      return oidc.ClientSecretBasic(config.clientSecret);
+  }
+}
+
+function numberOrUndefined(v: unknown): number | undefined {
+  return typeof v === "number" && Number.isFinite(v) ? v : undefined;
+}
+
+function fromResponseBody(body: Record<string, unknown>): ProviderTokens | undefined {
+  if (typeof body.access_token !== "string" || body.access_token === "") return undefined;
+  return {
+    accessToken: body.access_token,
+    refreshToken: typeof body.refresh_token === "string" && body.refresh_token !== "" ? body.refresh_token : undefined,
+    idToken: typeof body.id_token === "string" && body.id_token !== "" ? body.id_token : undefined,
+    tokenType: typeof body.token_type === "string" && body.token_type !== "" ? body.token_type : "Bearer",
+    expiresIn: numberOrUndefined(body.expires_in),
+    scope: typeof body.scope === "string" ? body.scope : undefined,
+    refreshExpiresIn: numberOrUndefined(body.refresh_expires_in),
+  };
+}
+
+/**
+ * openid-client adapter for one configured provider. Discovery runs once and
+ * is cached; each call builds a light Configuration from the cached metadata
+ * so it can carry its own abort signal.
+ */
+export class OidcProviderClient implements ProviderClient {
+  private discovered: Promise<oidc.ServerMetadata> | undefined;
+
+  constructor(
+    readonly config: ProviderConfig,
+    private readonly refreshConfig: RefreshConfig,
+    private readonly logger: Logger,
+    private readonly fetchImpl: FetchLike = fetch,
+  ) {}
+
+  get id(): string {
+    return this.config.id;
+  }
+
+  metadata(options: CallOptions): Promise<oidc.ServerMetadata> {
+    if (this.config.tokenEndpoint) {
+      return Promise.resolve({
+        issuer: this.config.issuer,
+        token_endpoint: this.config.tokenEndpoint,
+        revocation_endpoint: this.config.revocationEndpoint,
+      });
+    }
+    if (!this.discovered) {
+      const started = Date.now();
+      this.discovered = withRetries(
+        async ({ signal }) => {
+          const config = await oidc.discovery(new URL(this.config.issuer), this.config.clientId, undefined, undefined, {
+            execute: this.config.allowInsecureHttp ? [oidc.allowInsecureRequests] : [],
+            [oidc.customFetch]: this.fetchWith(signal),
+            timeout: this.refreshConfig.providerTimeoutMs / 1000,
+          });
+          return { ...config.serverMetadata() };
+        },
+        this.retryPolicy(),
+        options.deadline,
+        options.signal,
+      ).then(
+        (metadata) => {
+          this.logger.info({ provider: this.id, ms: Date.now() - started }, "provider discovery done");
+          return metadata;
+        },
+        (err: unknown) => {
+          this.discovered = undefined; // try again on the next call
+          const e = classifyProviderError(err);
+          this.logger.warn({ provider: this.id, code: e.code, status: e.options.status }, "provider discovery failed");
+          throw new ProviderError("unavailable", `discovery_${e.code}`, { status: e.options.status, cause: e });
+        },
+      );
+    }
+    return this.discovered;
+  }
+
+  async refresh(refreshToken: string, options: CallOptions): Promise<ProviderTokens> {
+    const metadata = await this.metadata(options);
+    const params: Record<string, string> = {};
+    if (this.config.scopes?.length) params.scope = this.config.scopes.join(" ");
+    return withRetries(
+      async ({ signal }) => {
+        const seen: { body?: Record<string, unknown> } = {};
+        const config = this.configuration(metadata, signal, seen);
+        try {
+          const response = await oidc.refreshTokenGrant(config, refreshToken, params);
+          const tokens = fromResponseBody(response as unknown as Record<string, unknown>);
+          if (!tokens) throw new ProviderError("unavailable", "bad_response");
+          return tokens;
+        } catch (err) {
+          const salvaged = seen.body ? fromResponseBody(seen.body) : undefined;
+          if (salvaged && !(err instanceof ProviderError)) {
+            // The provider answered 200 with tokens but the response failed
+            // openid-client's checks (for example id_token claims). The old
+            // refresh token may be spent already, so keep the new one rather
+            // than lose the session; drop the unverified id_token.
+            this.logger.warn(
+              { provider: this.id, code: classifyProviderError(err).code },
+              "refresh response failed validation; keeping the new tokens without its id_token",
+            );
+            return { ...salvaged, idToken: undefined };
+          }
+          throw err;
+        }
+      },
+      this.retryPolicy(),
+      options.deadline,
+      options.signal,
+      (err, delayMs, attempt) =>
+        this.logger.info({ provider: this.id, code: err.code, attempt, delayMs: Math.round(delayMs) }, "refresh retry"),
+    );
+  }
+
+  async revoke(token: string, hint: "refresh_token" | "access_token", options: CallOptions): Promise<boolean> {
+    const metadata = await this.metadata(options);
+    if (!metadata.revocation_endpoint) return false;
+    await withRetries(
+      ({ signal }) => oidc.tokenRevocation(this.configuration(metadata, signal), token, { token_type_hint: hint }),
+      this.retryPolicy(),
+      options.deadline,
+      options.signal,
+    );
+    return true;
+  }
+
+  private retryPolicy() {
+    return {
+      maxAttempts: this.refreshConfig.maxAttempts,
+      baseDelayMs: this.refreshConfig.retryBaseDelayMs,
+      attemptTimeoutMs: this.refreshConfig.providerTimeoutMs,
+    };
+  }
+
+  private configuration(
+    metadata: oidc.ServerMetadata,
+    signal: AbortSignal,
+    seen?: { body?: Record<string, unknown> },
+  ): oidc.Configuration {
+    const config = new oidc.Configuration(
+      metadata,
+      this.config.clientId,
+      this.config.clientSecret,
+      clientAuth(this.config),
+    );
+    if (this.config.allowInsecureHttp) oidc.allowInsecureRequests(config);
+    config.timeout = this.refreshConfig.providerTimeoutMs / 1000;
+    config[oidc.customFetch] = this.fetchWith(signal, seen);
+    return config;
+  }
+
+  /** fetch bound to a call's signal; optionally keeps a copy of a 200 JSON body. */
+  private fetchWith(signal: AbortSignal, seen?: { body?: Record<string, unknown> }): oidc.CustomFetch {
+    return async (url, init) => {
+      const combined = init.signal ? AbortSignal.any([init.signal, signal]) : signal;
+      const response = await this.fetchImpl(url, { ...init, signal: combined } as RequestInit);
+      if (seen && response.status === 200) {
+        try {
+          const body: unknown = await response.clone().json();
+          if (body && typeof body === "object") seen.body = body as Record<string, unknown>;
+        } catch {
+          // Not JSON: openid-client reports it.
+        }
+      }
+      return response;
+    };
+  }
+}
+
+/** The configured providers by id. */
+export class ProviderRegistry {
+  private readonly clients: Map<string, ProviderClient>;
+
+  constructor(clients: ProviderClient[]) {
+    this.clients = new Map(clients.map((c) => [c.id, c]));
+  }
+
+  get(id: string): ProviderClient | undefined {
+    return this.clients.get(id);
+  }
+
+  ids(): string[] {
+    return [...this.clients.keys()];
+  }
+}

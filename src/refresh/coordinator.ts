@@ -1,0 +1,314 @@
+import { randomBytes } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { RefreshConfig } from "../config.js";
+import type { SessionRow } from "../db/session-entity.js";
+import { DatabaseUnavailableError, type RefreshedFields, type SessionRepository } from "../db/session-repository.js";
+import { sessionRef, type Logger } from "../logger.js";
+import { classifyProviderError } from "../providers/errors.js";
+import type { ProviderClient, ProviderRegistry, ProviderTokens } from "../providers/provider-client.js";
+import {
+  ProviderUnavailableError,
+  ReauthRequiredError,
+  RefreshTimeoutError,
+  SessionNotFoundError,
+} from "../sessions/errors.js";
+import { accessTokenExpiry, idTokenExpiry } from "../sessions/expiry.js";
+import type { OpenTokens, TokenVault } from "../sessions/token-vault.js";
+import type { RowWaiter } from "./waiter.js";
+
+/** What a refresh produced: the row as now stored, and its tokens when this process refreshed them. */
+export interface RefreshResult {
+  row: SessionRow;
+  /** In clear, only when this process did the refresh (saves a decrypt). */
+  tokens?: OpenTokens;
+}
+
+/** Counters for metrics and tests. */
+export interface RefreshStats {
+  /** Refreshes this process started at a provider. */
+  started: number;
+  /** Callers that joined a refresh already in flight in this process. */
+  coalesced: number;
+  /** Leases taken over from a replica whose lease had lapsed. */
+  takeovers: number;
+}
+
+/** Outcome hook, for audit lines and metrics. */
+export type RefreshListener = (event: {
+  row: SessionRow;
+  outcome: "success" | "reauth_required" | "unavailable" | "lease_lost";
+  code?: string;
+  ms: number;
+}) => void;
+
+/**
+ * Single-flight refresh. In process, concurrent callers for one session share
+ * one promise. Across processes, a lease on the session row (owner, expiry,
+ * version) taken with a conditional UPDATE decides who calls the provider; no
+ * transaction or connection is held while the provider works. Everyone else
+ * waits for the row's version to move and reads the result from the row.
+ */
+export class RefreshCoordinator {
+  private readonly inflight = new Map<string, Promise<RefreshResult>>();
+  readonly stats: RefreshStats = { started: 0, coalesced: 0, takeovers: 0 };
+  private readonly listeners: RefreshListener[] = [];
+  /** Time kept between the end of the provider budget and the lease's expiry. */
+  private readonly leaseSafetyMs: number;
+
+  constructor(
+    private readonly repo: SessionRepository,
+    private readonly vault: TokenVault,
+    private readonly providers: ProviderRegistry,
+    private readonly waiter: RowWaiter,
+    private readonly config: RefreshConfig,
+    private readonly logger: Logger,
+    /** Identifies this replica in lease_owner (never a secret). */
+    readonly replicaId: string = `${process.pid}-${randomBytes(4).toString("hex")}`,
+  ) {
+    this.leaseSafetyMs = Math.min(2000, Math.floor(config.leaseMs / 4));
+  }
+
+  onOutcome(listener: RefreshListener): void {
+    this.listeners.push(listener);
+  }
+
+  /**
+   * Refreshes the session `row` describes, or waits for the refresh already
+   * under way here or on another replica. `signal` ends only this caller's
+   * wait; the shared refresh goes on and its result is stored.
+   */
+  refresh(row: SessionRow, signal?: AbortSignal): Promise<RefreshResult> {
+    let shared = this.inflight.get(row.id);
+    if (shared) {
+      this.stats.coalesced++;
+    } else {
+      shared = this.run(row).finally(() => this.inflight.delete(row.id));
+      this.inflight.set(row.id, shared);
+    }
+    return signal ? abortable(shared, signal) : shared;
+  }
+
+  /** Sessions with a refresh in flight in this process. */
+  get inflightCount(): number {
+    return this.inflight.size;
+  }
+
+  private async run(initial: SessionRow): Promise<RefreshResult> {
+    const observed = initial.version;
+    const startedAt = new Date();
+    // A waiter gives up after two leases: by then the holder either finished or lapsed and we took over.
+    const giveUpAt = Date.now() + 2 * this.config.leaseMs + 1000;
+    let current: SessionRow = initial;
+    for (let round = 0; ; round++) {
+      if (current.version !== observed) return this.settled(current);
+      if (current.status !== "active") throw new ReauthRequiredError(current.reauthReason ?? "reauth_required", current.provider);
+      const now = new Date();
+      const until = new Date(now.getTime() + this.config.leaseMs);
+      const owner = `${this.replicaId}:${randomBytes(4).toString("hex")}`;
+      if (await this.repo.tryAcquireLease(current.id, observed, owner, now, until)) {
+        if (current.leaseOwner !== null && current.leaseUntil !== null && current.leaseUntil < now) {
+          this.stats.takeovers++;
+          this.logger.warn({ sid: sessionRef(current.id), provider: current.provider }, "took over a lapsed refresh lease");
+        }
+        return this.refreshHolding(current, owner, until);
+      }
+      if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
+      await this.waiter.wait(current.id, backoffMs(round));
+      const next = await this.repo.findById(current.id);
+      if (!next) throw new SessionNotFoundError();
+      if (
+        next.version === observed &&
+        next.leaseOwner === null &&
+        next.lastErrorAt !== null &&
+        next.lastErrorAt >= startedAt
+      ) {
+        // The holder's attempt failed transiently while we waited: share its outcome, don't hammer the provider.
+        throw new ProviderUnavailableError(next.lastErrorCode ?? "unavailable", next.provider);
+      }
+      current = next;
+    }
+  }
+
+  private settled(row: SessionRow): RefreshResult {
+    if (row.status !== "active") throw new ReauthRequiredError(row.reauthReason ?? "reauth_required", row.provider);
+    return { row };
+  }
+
+  private emit(row: SessionRow, outcome: Parameters<RefreshListener>[0]["outcome"], started: number, code?: string) {
+    for (const l of this.listeners) l({ row, outcome, code, ms: Date.now() - started });
+  }
+
+  private async refreshHolding(row: SessionRow, owner: string, leaseUntil: Date): Promise<RefreshResult> {
+    const started = Date.now();
+    const log = this.logger.child({ sid: sessionRef(row.id), provider: row.provider });
+    const provider = this.providers.get(row.provider);
+    let tokens: OpenTokens;
+    try {
+      if (!provider) throw new ProviderUnavailableError("provider_not_configured", row.provider);
+      tokens = this.vault.openAll(row);
+    } catch (err) {
+      await this.repo.releaseLease(row.id, owner, "local_error", new Date()).catch(() => undefined);
+      throw err;
+    }
+    if (tokens.refresh === undefined) {
+      await this.repo.markReauth(row.id, row.version, owner, "no_refresh_token", new Date());
+      log.info({ audit: true, event: "reauth_required", reason: "no_refresh_token", userId: row.userId }, "session has no refresh token");
+      this.emit(row, "reauth_required", started, "no_refresh_token");
+      throw new ReauthRequiredError("no_refresh_token", row.provider);
+    }
+
+    this.stats.started++;
+    let response: ProviderTokens;
+    try {
+      response = await provider.refresh(tokens.refresh, { deadline: leaseUntil.getTime() - this.leaseSafetyMs });
+    } catch (err) {
+      const e = classifyProviderError(err);
+      const now = new Date();
+      if (e.kind === "rejected") {
+        await this.repo.markReauth(row.id, row.version, owner, e.code, now);
+        log.warn(
+          { audit: true, event: "reauth_required", reason: e.code, userId: row.userId, ms: Date.now() - started },
+          "provider rejected the refresh; the session needs a new login",
+        );
+        this.emit(row, "reauth_required", started, e.code);
+        throw new ReauthRequiredError(e.code, row.provider, { cause: e });
+      }
+      await this.repo.releaseLease(row.id, owner, e.code, now).catch((dbErr: unknown) =>
+        log.warn({ err: errSummary(dbErr) }, "could not release the refresh lease; it will lapse"),
+      );
+      log.warn({ code: e.code, status: e.options.status, ms: Date.now() - started }, "refresh failed; session kept");
+      this.emit(row, "unavailable", started, e.code);
+      throw new ProviderUnavailableError(e.code, row.provider, { cause: e });
+    }
+
+    const now = new Date();
+    const next: OpenTokens = {
+      access: response.accessToken,
+      // Rotation: a new refresh token replaces the old; none in the response keeps the old one.
+      refresh: response.refreshToken ?? tokens.refresh,
+      id: response.idToken ?? tokens.id,
+    };
+    const expiry = accessTokenExpiry({
+      accessToken: response.accessToken,
+      expiresInSeconds: response.expiresIn,
+      now,
+      defaultLifetimeSeconds: provider.config.defaultTokenLifetimeSeconds,
+    });
+    const fields: RefreshedFields = {
+      ...this.vault.sealAll(row, next),
+      tokenType: response.tokenType,
+      scope: response.scope ?? row.scope,
+      accessExpiresAt: expiry.expiresAt,
+      accessIssuedAt: expiry.issuedAt,
+      idExpiresAt: response.idToken ? (idTokenExpiry(response.idToken) ?? null) : row.idExpiresAt,
+      refreshExpiresAt:
+        response.refreshExpiresIn !== undefined && response.refreshExpiresIn > 0
+          ? new Date(now.getTime() + response.refreshExpiresIn * 1000)
+          : response.refreshToken
+            ? null
+            : row.refreshExpiresAt,
+    };
+
+    // The provider may have spent the old refresh token: the new one must be
+    // stored before anyone gets the new access token. Retry the write while
+    // the lease is ours rather than lose it to a database blip.
+    const written = await this.persist(row, owner, fields, now, leaseUntil, log);
+    if (!written) {
+      const still = await this.repo.findById(row.id).catch(() => undefined);
+      if (still === null) {
+        // Revoked while we refreshed: revoke what we just got, too.
+        log.info("session was revoked during its refresh; revoking the new tokens");
+        await this.revokeQuietly(provider, next, log);
+        throw new SessionNotFoundError();
+      }
+      log.error("refresh lease was lost before the new tokens were stored; new tokens discarded");
+      this.emit(row, "lease_lost", started, "lease_lost");
+      throw new ProviderUnavailableError("lease_lost", row.provider);
+    }
+    await this.waiter.notify(row.id);
+    const stored: SessionRow = {
+      ...row,
+      ...fields,
+      version: row.version + 1,
+      updatedAt: now,
+      leaseOwner: null,
+      leaseUntil: null,
+      lastErrorCode: null,
+      lastErrorAt: null,
+    };
+    log.info(
+      { audit: true, event: "refresh", outcome: "success", userId: row.userId, ms: Date.now() - started, rotated: response.refreshToken !== undefined },
+      "session refreshed",
+    );
+    this.emit(stored, "success", started);
+    return { row: stored, tokens: next };
+  }
+
+  private async persist(
+    row: SessionRow,
+    owner: string,
+    fields: RefreshedFields,
+    now: Date,
+    leaseUntil: Date,
+    log: Logger,
+  ): Promise<boolean> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.repo.completeRefresh(row.id, owner, row.version, fields, now);
+      } catch (err) {
+        const retryable = err instanceof DatabaseUnavailableError && Date.now() + 250 * attempt < leaseUntil.getTime();
+        log.error({ err: errSummary(err), attempt, retrying: retryable }, "could not store refreshed tokens");
+        if (!retryable) throw err;
+        await sleep(250 * attempt);
+      }
+    }
+  }
+
+  private async revokeQuietly(provider: ProviderClient, tokens: OpenTokens, log: Logger): Promise<void> {
+    const deadline = Date.now() + this.config.providerTimeoutMs;
+    for (const [token, hint] of [
+      [tokens.refresh, "refresh_token"],
+      [tokens.access, "access_token"],
+    ] as const) {
+      if (!token) continue;
+      try {
+        await provider.revoke(token, hint, { deadline });
+      } catch (err) {
+        log.warn({ code: classifyProviderError(err).code, hint }, "revocation at the provider failed");
+      }
+    }
+  }
+}
+
+/** Poll delays while another replica holds the lease: 10, 20, 40, 80, then 100 ms. */
+function backoffMs(round: number): number {
+  return Math.min(100, 10 * 2 ** round);
+}
+
+/** Name and code of an error, for logs that must not carry upstream message text. */
+export function errSummary(err: unknown): { name: string; code?: string } {
+  if (err && typeof err === "object") {
+    const e = err as { name?: unknown; code?: unknown };
+    return { name: typeof e.name === "string" ? e.name : "Error", code: typeof e.code === "string" ? e.code : undefined };
+  }
+  return { name: typeof err };
+}
+
+/** Resolves like `p`, or rejects with the signal's reason when it aborts first. */
+export function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e);
+      },
+    );
+  });
+}

@@ -1,0 +1,102 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import {
+  GetTokenResponseSchema,
+  RevokeSessionResponseSchema,
+  StoreSessionResponseSchema,
+  TokenKind,
+  type TokenService,
+} from "../../gen/tokenservice/v1/token_service_pb.js";
+import { InvalidArgumentError } from "../sessions/errors.js";
+import type { CallContext, SessionService } from "../sessions/session-service.js";
+import { kCaller } from "./context.js";
+
+function callContext(ctx: HandlerContext): CallContext {
+  const timeout = ctx.timeoutMs();
+  return {
+    caller: ctx.values.get(kCaller),
+    signal: ctx.signal,
+    deadline: timeout === undefined ? undefined : Date.now() + timeout,
+  };
+}
+
+function toDate(ts: Timestamp | undefined, field: string): Date | undefined {
+  if (!ts || (ts.seconds === 0n && ts.nanos === 0)) return undefined;
+  if (ts.nanos < 0 || ts.nanos > 999_999_999) throw new InvalidArgumentError(field, "has invalid nanos");
+  const d = timestampDate(ts);
+  if (Number.isNaN(d.getTime())) throw new InvalidArgumentError(field, "is not a valid time");
+  return d;
+}
+
+function kindOf(kind: TokenKind): "access" | "id" {
+  switch (kind) {
+    case TokenKind.UNSPECIFIED:
+    case TokenKind.ACCESS:
+      return "access";
+    case TokenKind.ID:
+      return "id";
+    default:
+      throw new InvalidArgumentError("kind", "is not a known TokenKind");
+  }
+}
+
+/**
+ * The TokenService RPCs: proto in, domain call, proto out. No logic lives
+ * here; typed against the full generated service so a missing RPC fails to
+ * compile.
+ */
+export function createTokenServiceImpl(sessions: SessionService): ServiceImpl<typeof TokenService> {
+  return {
+    async storeSession(req, ctx) {
+      const t = req.tokens;
+      const result = await sessions.storeSession(
+        {
+          userId: req.userId,
+          provider: req.provider,
+          tokens: {
+            accessToken: t?.accessToken ?? "",
+            refreshToken: t?.refreshToken ?? "",
+            idToken: t?.idToken ?? "",
+            tokenType: t?.tokenType ?? "",
+            expiresIn: t?.expiresIn ?? 0n,
+            expiresAt: toDate(t?.expiresAt, "tokens.expires_at"),
+            scope: t?.scope ?? "",
+            refreshExpiresAt: toDate(t?.refreshExpiresAt, "tokens.refresh_expires_at"),
+          },
+        },
+        callContext(ctx),
+      );
+      return create(StoreSessionResponseSchema, {
+        sessionId: result.sessionId,
+        expiresAt: timestampFromDate(result.expiresAt),
+      });
+    },
+
+    async getToken(req, ctx) {
+      const answer = await sessions.getToken(
+        {
+          userId: req.userId,
+          sessionId: req.sessionId,
+          provider: req.provider,
+          kind: kindOf(req.kind),
+          minValidSeconds: req.minValidSeconds,
+          forceRefresh: req.forceRefresh,
+        },
+        callContext(ctx),
+      );
+      return create(GetTokenResponseSchema, {
+        token: answer.token,
+        tokenType: answer.tokenType,
+        expiresAt: timestampFromDate(answer.expiresAt),
+        scope: answer.scope,
+        sessionId: answer.sessionId,
+      });
+    },
+
+    async revokeSession(req, ctx) {
+      await sessions.revokeSession({ userId: req.userId, sessionId: req.sessionId }, callContext(ctx));
+      return create(RevokeSessionResponseSchema, {});
+    },
+  };
+}

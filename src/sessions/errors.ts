@@ -1,0 +1,107 @@
+/**
+ * Errors of the session domain. Each has a stable machine `code`; the message
+ * is safe to show a caller (it never holds a token, a secret or a session id)
+ * and the `cause` keeps the underlying error for the log.
+ */
+export abstract class SessionError extends Error {
+  abstract readonly code: string;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/** Bad input; `field` names the request field. */
+export class InvalidArgumentError extends SessionError {
+  override name = "InvalidArgumentError";
+  readonly code = "INVALID_ARGUMENT";
+  constructor(
+    readonly field: string,
+    reason: string,
+  ) {
+    super(`${field}: ${reason}`);
+  }
+}
+
+/** No such session for this user; deliberately the same for "unknown" and "someone else's". */
+export class SessionNotFoundError extends SessionError {
+  override name = "SessionNotFoundError";
+  readonly code = "NOT_FOUND";
+  constructor() {
+    super("session not found");
+  }
+}
+
+/** The provider rejected the refresh (or there is no refresh token): the user must log in again. */
+export class ReauthRequiredError extends SessionError {
+  override name = "ReauthRequiredError";
+  readonly code = "REAUTH_REQUIRED";
+  constructor(
+    /** The provider's error code, or our reason (no_refresh_token). */
+    readonly reason: string,
+    readonly provider: string,
+    options?: { cause?: unknown },
+  ) {
+    super("the session needs a new login", options);
+  }
+}
+
+/** The provider could not be reached or failed, and no valid token is left to return. */
+export class ProviderUnavailableError extends SessionError {
+  override name = "ProviderUnavailableError";
+  readonly code = "PROVIDER_UNAVAILABLE";
+  constructor(
+    readonly reason: string,
+    readonly provider: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`provider ${provider} is unavailable (${reason}); the session is kept, try again`, options);
+  }
+}
+
+/** A refresh by another replica did not finish within the wait bound. */
+export class RefreshTimeoutError extends SessionError {
+  override name = "RefreshTimeoutError";
+  readonly code = "REFRESH_TIMEOUT";
+  constructor() {
+    super("timed out waiting for the session's refresh; the session is kept, try again");
+  }
+}
+
+/** The session's ciphertext was written with a key this replica does not have. */
+export class KeyUnavailableError extends SessionError {
+  override name = "KeyUnavailableError";
+  readonly code = "KEY_UNAVAILABLE";
+  constructor(
+    readonly keyId: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`the session is encrypted with key "${keyId}", which is not configured`, options);
+  }
+}
+
+/** The session's ciphertext failed authentication (tampered or moved between rows). */
+export class CorruptSessionError extends SessionError {
+  override name = "CorruptSessionError";
+  readonly code = "CORRUPT_SESSION";
+  constructor(options?: { cause?: unknown }) {
+    super("the session's stored tokens failed integrity checks", options);
+  }
+}
+
+/** The session has no id_token to return. */
+export class NoIdTokenError extends SessionError {
+  override name = "NoIdTokenError";
+  readonly code = "NO_ID_TOKEN";
+  constructor() {
+    super("the session has no valid id_token");
+  }
+}
+
+/** A caller's deadline passed while its token was being refreshed. */
+export class CallerDeadlineError extends SessionError {
+  override name = "CallerDeadlineError";
+  readonly code = "DEADLINE_EXCEEDED";
+  constructor() {
+    super("deadline exceeded while the token was being refreshed; the refresh goes on");
+  }
+}

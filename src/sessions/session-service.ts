@@ -1,0 +1,296 @@
+import { randomBytes } from "node:crypto";
+import type { SessionRow } from "../db/session-entity.js";
+import type { SessionRepository } from "../db/session-repository.js";
+import { sessionRef, type Logger } from "../logger.js";
+import { classifyProviderError } from "../providers/errors.js";
+import type { ProviderRegistry } from "../providers/provider-client.js";
+import { abortable, errSummary, type RefreshCoordinator, type RefreshResult } from "../refresh/coordinator.js";
+import {
+  CallerDeadlineError,
+  InvalidArgumentError,
+  NoIdTokenError,
+  ProviderUnavailableError,
+  ReauthRequiredError,
+  RefreshTimeoutError,
+  SessionNotFoundError,
+} from "./errors.js";
+import { accessTokenExpiry, idTokenExpiry, lifetimeSeconds, requiredValiditySeconds, secondsLeft } from "./expiry.js";
+import type { TokenVault } from "./token-vault.js";
+import {
+  checkExpiresIn,
+  checkInstant,
+  checkScope,
+  checkToken,
+  checkTokenType,
+  requireSessionId,
+  requireUserId,
+} from "./validation.js";
+
+/** Who is asking and until when; passed down from the RPC layer. */
+export interface CallContext {
+  /** Caller name for audit lines (set once callers are authenticated). */
+  caller?: string;
+  /** Aborts when the caller goes away. */
+  signal?: AbortSignal;
+  /** Epoch ms of the caller's deadline, if it set one. */
+  deadline?: number;
+}
+
+export interface StoreSessionInput {
+  userId: string;
+  provider: string;
+  tokens: {
+    accessToken: string;
+    refreshToken: string;
+    idToken: string;
+    tokenType: string;
+    expiresIn: bigint;
+    expiresAt: Date | undefined;
+    scope: string;
+    refreshExpiresAt: Date | undefined;
+  };
+}
+
+export type TokenKind = "access" | "id";
+
+export interface GetTokenInput {
+  userId: string;
+  sessionId: string;
+  provider: string;
+  kind: TokenKind;
+  minValidSeconds: number;
+  forceRefresh: boolean;
+}
+
+export interface TokenAnswer {
+  token: string;
+  tokenType: string;
+  expiresAt: Date;
+  scope: string;
+  sessionId: string;
+}
+
+/**
+ * The domain: store a login, hand out a token valid right now (refreshing
+ * just in time through the coordinator), revoke a login here and at the
+ * provider.
+ */
+export class SessionService {
+  constructor(
+    private readonly repo: SessionRepository,
+    private readonly vault: TokenVault,
+    private readonly providers: ProviderRegistry,
+    private readonly coordinator: RefreshCoordinator,
+    private readonly logger: Logger,
+    private readonly options: { lastUsedResolutionMs: number; providerTimeoutMs: number },
+  ) {}
+
+  async storeSession(input: StoreSessionInput, ctx: CallContext = {}): Promise<{ sessionId: string; expiresAt: Date }> {
+    const now = new Date();
+    const userId = requireUserId(input.userId);
+    const provider = this.requireProvider(input.provider, "provider");
+    const t = input.tokens;
+    const accessToken = checkToken(t.accessToken, "tokens.access_token", true) as string;
+    const refreshToken = checkToken(t.refreshToken, "tokens.refresh_token", false);
+    const idToken = checkToken(t.idToken, "tokens.id_token", false);
+    const tokenType = checkTokenType(t.tokenType);
+    const scope = checkScope(t.scope);
+    const expiresIn = checkExpiresIn(t.expiresIn);
+    const expiresAt = checkInstant(t.expiresAt, "tokens.expires_at", now);
+    const refreshExpiresAt = checkInstant(t.refreshExpiresAt, "tokens.refresh_expires_at", now);
+    let idExpiresAt: Date | null = null;
+    if (idToken !== undefined) {
+      idExpiresAt = idTokenExpiry(idToken) ?? null;
+      if (idExpiresAt === null) throw new InvalidArgumentError("tokens.id_token", "must be a JWT with an exp claim");
+    }
+    const expiry = accessTokenExpiry({
+      accessToken,
+      expiresAt,
+      expiresInSeconds: expiresIn,
+      now,
+      defaultLifetimeSeconds: provider.config.defaultTokenLifetimeSeconds,
+    });
+
+    const id = randomBytes(32).toString("base64url");
+    const owner = { id, userId, provider: provider.id };
+    const row: SessionRow = {
+      ...owner,
+      ...this.vault.sealAll(owner, { access: accessToken, refresh: refreshToken, id: idToken }),
+      status: "active",
+      tokenType,
+      scope,
+      accessExpiresAt: expiry.expiresAt,
+      accessIssuedAt: expiry.issuedAt,
+      idExpiresAt,
+      refreshExpiresAt: refreshExpiresAt ?? null,
+      createdAt: now,
+      updatedAt: now,
+      lastUsedAt: now,
+      version: 1,
+      leaseOwner: null,
+      leaseUntil: null,
+      lastErrorCode: null,
+      lastErrorAt: null,
+      reauthReason: null,
+    };
+    await this.repo.insert(row);
+    this.logger.info(
+      {
+        audit: true,
+        event: "store",
+        caller: ctx.caller,
+        userId,
+        provider: provider.id,
+        sid: sessionRef(id),
+        expirySource: expiry.source,
+        refreshable: refreshToken !== undefined,
+      },
+      "session stored",
+    );
+    return { sessionId: id, expiresAt: expiry.expiresAt };
+  }
+
+  async getToken(input: GetTokenInput, ctx: CallContext = {}): Promise<TokenAnswer> {
+    const userId = requireUserId(input.userId);
+    let row: SessionRow | null;
+    if (input.sessionId !== "") {
+      const sessionId = requireSessionId(input.sessionId);
+      row = await this.repo.findForUser(sessionId, userId);
+      if (row && input.provider !== "" && row.provider !== input.provider) row = null;
+    } else {
+      if (input.provider === "") throw new InvalidArgumentError("provider", "is required when session_id is empty");
+      row = await this.repo.findNewest(userId, input.provider);
+    }
+    if (!row) throw new SessionNotFoundError();
+    if (row.status !== "active") throw new ReauthRequiredError(row.reauthReason ?? "reauth_required", row.provider);
+    if (input.kind === "id" && row.idCt === null) throw new NoIdTokenError();
+
+    const now = new Date();
+    const margin = this.providers.get(row.provider)?.config.refreshMarginSeconds ?? 60;
+    const required = requiredValiditySeconds({
+      minValidSeconds: input.minValidSeconds,
+      configuredMarginSeconds: margin,
+      lifetimeSeconds: lifetimeSeconds(row.accessIssuedAt, row.accessExpiresAt),
+    });
+    const expiresAt = input.kind === "id" ? row.idExpiresAt : row.accessExpiresAt;
+    if (!input.forceRefresh && expiresAt && secondsLeft(expiresAt, now) >= required) {
+      this.touch(row, now);
+      return this.answer(row, input.kind);
+    }
+
+    let result: RefreshResult;
+    try {
+      result = await this.awaitRefresh(row, ctx);
+    } catch (err) {
+      const stillValid = expiresAt !== null && secondsLeft(expiresAt, new Date()) > 1;
+      const transient =
+        err instanceof ProviderUnavailableError || err instanceof RefreshTimeoutError || err instanceof CallerDeadlineError;
+      if (transient && stillValid && !input.forceRefresh) {
+        this.logger.info(
+          { sid: sessionRef(row.id), provider: row.provider, code: (err as { code?: string }).code },
+          "refresh not done; returning the current token, which is still valid",
+        );
+        this.touch(row, new Date());
+        return this.answer(row, input.kind);
+      }
+      throw err;
+    }
+    this.touch(result.row, new Date());
+    const answer = this.answer(result.row, input.kind, result.tokens);
+    if (input.kind === "id" && answer.expiresAt.getTime() <= Date.now()) throw new NoIdTokenError();
+    return answer;
+  }
+
+  async revokeSession(input: { userId: string; sessionId: string }, ctx: CallContext = {}): Promise<void> {
+    const userId = requireUserId(input.userId);
+    const sessionId = requireSessionId(input.sessionId);
+    const row = await this.repo.deleteForUser(sessionId, userId);
+    if (!row) throw new SessionNotFoundError();
+    const log = this.logger.child({ sid: sessionRef(row.id), provider: row.provider });
+    log.info({ audit: true, event: "revoke", caller: ctx.caller, userId }, "session revoked");
+    await this.revokeAtProvider(row, ctx, log);
+  }
+
+  /** Best-effort RFC 7009 revocation of the row's refresh and access tokens; failures are logged. */
+  private async revokeAtProvider(row: SessionRow, ctx: CallContext, log: Logger): Promise<void> {
+    const provider = this.providers.get(row.provider);
+    if (!provider) {
+      log.warn("provider no longer configured; tokens not revoked there");
+      return;
+    }
+    let refresh: string | undefined;
+    let access: string | undefined;
+    try {
+      refresh = this.vault.openField(row, "refresh");
+      access = this.vault.openField(row, "access");
+    } catch (err) {
+      log.warn({ err: errSummary(err) }, "cannot decrypt the session's tokens; not revoked at the provider");
+      return;
+    }
+    const deadline = Math.min(ctx.deadline ?? Infinity, Date.now() + this.options.providerTimeoutMs);
+    for (const [token, hint] of [
+      [refresh, "refresh_token"],
+      [access, "access_token"],
+    ] as const) {
+      if (!token) continue;
+      try {
+        const supported = await provider.revoke(token, hint, { deadline, signal: ctx.signal });
+        if (!supported) {
+          log.info("provider has no revocation endpoint; tokens only deleted here");
+          return;
+        }
+        log.info({ hint }, "revoked at the provider");
+      } catch (err) {
+        log.warn({ hint, code: classifyProviderError(err).code }, "revocation at the provider failed; session deleted here anyway");
+      }
+    }
+  }
+
+  /** Waits for the shared refresh, but gives up just before the caller's deadline. */
+  private async awaitRefresh(row: SessionRow, ctx: CallContext): Promise<RefreshResult> {
+    const signals: AbortSignal[] = [];
+    if (ctx.signal) signals.push(ctx.signal);
+    if (ctx.deadline !== undefined) {
+      const remaining = ctx.deadline - Date.now();
+      // Keep a little time to answer with the still-valid token, if there is one.
+      const reserve = Math.min(100, Math.max(0, remaining * 0.1));
+      signals.push(AbortSignal.timeout(Math.max(1, remaining - reserve)));
+    }
+    const refresh = this.coordinator.refresh(row);
+    if (signals.length === 0) return refresh;
+    const stop = AbortSignal.any(signals);
+    try {
+      return await abortable(refresh, stop);
+    } catch (err) {
+      if (stop.aborted && err === stop.reason) throw new CallerDeadlineError();
+      throw err;
+    }
+  }
+
+  private answer(row: SessionRow, kind: TokenKind, tokens?: { access: string; id: string | undefined }): TokenAnswer {
+    const token = kind === "id" ? (tokens?.id ?? this.vault.openField(row, "id")) : (tokens?.access ?? this.vault.openField(row, "access"));
+    if (!token) throw new NoIdTokenError();
+    const expiresAt = kind === "id" ? row.idExpiresAt : row.accessExpiresAt;
+    return {
+      token,
+      tokenType: kind === "id" ? "N_A" : row.tokenType,
+      expiresAt: expiresAt ?? row.accessExpiresAt,
+      scope: row.scope,
+      sessionId: row.id,
+    };
+  }
+
+  /** Records use at most once per resolution window; never delays or fails the call. */
+  private touch(row: SessionRow, now: Date): void {
+    if (now.getTime() - row.lastUsedAt.getTime() < this.options.lastUsedResolutionMs) return;
+    row.lastUsedAt = now;
+    this.repo.touch(row.id, now).catch((err: unknown) => this.logger.debug({ err: errSummary(err) }, "last_used_at not updated"));
+  }
+
+  private requireProvider(id: string, field: string) {
+    if (id === "") throw new InvalidArgumentError(field, "is required");
+    const provider = this.providers.get(id);
+    if (!provider) throw new InvalidArgumentError(field, "is not a configured provider");
+    return provider;
+  }
+}
