@@ -1,0 +1,69 @@
+import { fileURLToPath } from "node:url";
+import { createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
+
+export type ConnectTokenClient = Client<typeof TokenService>;
+
+/** A Connect-ES client speaking the gRPC protocol over HTTP/2. */
+export function connectGrpcClient(baseUrl: string): ConnectTokenClient {
+  return createClient(TokenService, createGrpcTransport({ baseUrl }));
+}
+
+/** A Connect-ES client speaking the Connect protocol (JSON) over HTTP/2. */
+export function connectJsonClient(baseUrl: string): ConnectTokenClient {
+  return createClient(TokenService, createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: false }));
+}
+
+const protoRoot = fileURLToPath(new URL("../../proto", import.meta.url));
+
+/** Plain-object messages as @grpc/proto-loader renders them (snake_case, longs as strings). */
+export type GrpcMessage = Record<string, unknown>;
+
+/** A stock @grpc/grpc-js client, loaded from the .proto file: an independent gRPC implementation. */
+export interface GrpcJsTokenClient {
+  call(method: "StoreSession" | "GetToken" | "RevokeSession", request: GrpcMessage, options?: { deadlineMs?: number }): Promise<GrpcMessage>;
+  close(): void;
+}
+
+/** gRPC error as grpc-js reports it. */
+export interface GrpcJsError extends Error {
+  code: grpc.status;
+  details: string;
+  metadata: grpc.Metadata;
+}
+
+export function grpcJsClient(baseUrl: string): GrpcJsTokenClient {
+  const definition = protoLoader.loadSync("tokenservice/v1/token_service.proto", {
+    includeDirs: [protoRoot],
+    keepCase: true,
+    longs: String,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
+  const pkg = grpc.loadPackageDefinition(definition) as unknown as {
+    tokenservice: { v1: { TokenService: grpc.ServiceClientConstructor } };
+  };
+  const target = new URL(baseUrl).host;
+  const client = new pkg.tokenservice.v1.TokenService(target, grpc.credentials.createInsecure());
+  return {
+    call(method, request, options = {}) {
+      return new Promise((resolve, reject) => {
+        const fn = client[method] as unknown as (
+          req: GrpcMessage,
+          md: grpc.Metadata,
+          opts: grpc.CallOptions,
+          cb: (err: grpc.ServiceError | null, res: GrpcMessage) => void,
+        ) => void;
+        const callOptions: grpc.CallOptions = options.deadlineMs ? { deadline: Date.now() + options.deadlineMs } : {};
+        fn.call(client, request, new grpc.Metadata(), callOptions, (err, res) => (err ? reject(err) : resolve(res)));
+      });
+    },
+    close() {
+      client.close();
+    },
+  };
+}
