@@ -34,22 +34,21 @@ export function parseKeyRing(spec: string, source = "TOKEN_SERVICE_ENCRYPTION_KE
     .filter((s) => s !== "");
   if (entries.length === 0) throw new KeyRingError(`${source}: no keys given; expected kid:base64key[,kid:base64key…]`);
   const keys: RingKey[] = [];
+  // Messages name entries by position only: a kid and a key swapped by mistake must not put
+  // the key into a log line.
   entries.forEach((entry, index) => {
+    const where = `${source}: entry ${index + 1}`;
     const colon = entry.indexOf(":");
-    if (colon <= 0) throw new KeyRingError(`${source}: entry ${index + 1} is not of the form kid:base64key`);
+    if (colon <= 0) throw new KeyRingError(`${where} is not of the form kid:base64key`);
     const id = entry.slice(0, colon);
     const material = entry.slice(colon + 1);
-    if (!KID.test(id)) {
-      throw new KeyRingError(`${source}: key id "${id}" must be 1-64 letters, digits, '.', '_' or '-'`);
-    }
-    if (!/^[A-Za-z0-9+/_-]+={0,2}$/.test(material)) {
-      throw new KeyRingError(`${source}: key "${id}" is not base64`);
-    }
-    const bytes = Buffer.from(material, material.includes("-") || material.includes("_") ? "base64url" : "base64");
+    if (!KID.test(id)) throw new KeyRingError(`${where}: the key id must be 1-64 letters, digits, '.', '_' or '-'`);
+    if (!/^[A-Za-z0-9+/_-]+={0,2}$/.test(material)) throw new KeyRingError(`${where}: the key is not base64`);
+    const bytes = Buffer.from(material, "base64");
     if (bytes.length !== 32) {
-      throw new KeyRingError(`${source}: key "${id}" must decode to 32 bytes (AES-256), got ${bytes.length}`);
+      throw new KeyRingError(`${where}: the key must decode to 32 bytes (AES-256), got ${bytes.length}`);
     }
-    if (keys.some((k) => k.id === id)) throw new KeyRingError(`${source}: key id "${id}" appears twice`);
+    if (keys.some((k) => k.id === id)) throw new KeyRingError(`${where}: the key id repeats an earlier entry's`);
     keys.push({ id, key: createSecretKey(bytes) });
     bytes.fill(0);
   });

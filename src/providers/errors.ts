@@ -39,15 +39,18 @@ export function parseRetryAfter(value: string | null | undefined, now = Date.now
   if (!value) return undefined;
   const trimmed = value.trim();
   if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
+  // An HTTP-date names a weekday or month; anything else ("-5", "1.5") is ignored.
+  if (!/[A-Za-z]{3}/.test(trimmed)) return undefined;
   const at = Date.parse(trimmed);
   return Number.isNaN(at) ? undefined : Math.max(0, at - now);
 }
 
-const SAFE_CODE = /^[\x20-\x21\x23-\x5B\x5D-\x7E]{1,64}$/;
+/** RFC 6749 error codes are %x20-21 / %x23-5B / %x5D-7E; we also refuse spaces, which no real code has. */
+const SAFE_CODE = /^[\x21\x23-\x5B\x5D-\x7E]{1,64}$/;
 
 /** An OAuth error code as received, if it is a well-formed one (RFC 6749 §5.2 charset). */
 function safeOAuthCode(code: unknown): string {
-  return typeof code === "string" && SAFE_CODE.test(code) ? code.replaceAll(" ", "_") : "unknown_error";
+  return typeof code === "string" && SAFE_CODE.test(code) ? code : "unknown_error";
 }
 
 function fromStatus(status: number, headers: Headers | undefined, cause: unknown, fallback: string): ProviderError {

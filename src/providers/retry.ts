@@ -48,5 +48,6 @@ export async function withRetries<T>(
     if (Date.now() + delay + 50 >= deadline) throw error;
     onRetry?.(error, delay, number);
     await sleep(delay, undefined, { signal }).catch(() => undefined);
+    if (signal?.aborted) throw error;
   }
 }

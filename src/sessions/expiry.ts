@@ -22,6 +22,9 @@ function epochClaim(claims: Record<string, unknown> | undefined, name: string): 
   return typeof v === "number" && Number.isFinite(v) && v > 0 && v < 1e11 ? new Date(v * 1000) : undefined;
 }
 
+/** Longest lifetime believed from an expires_in: ten years. */
+export const MAX_LIFETIME_SECONDS = 10 * 365 * 24 * 3600;
+
 /** How the expiry of an access token was worked out. */
 export type ExpirySource = "expires_at" | "expires_in" | "jwt_exp" | "default";
 
@@ -47,9 +50,11 @@ export function accessTokenExpiry(input: {
   const claims = jwtClaims(input.accessToken);
   const iat = epochClaim(claims, "iat");
   const plausibleIat = (exp: Date) => (iat && iat <= now && iat < exp ? iat : now);
-  if (input.expiresAt) return { expiresAt: input.expiresAt, issuedAt: plausibleIat(input.expiresAt), source: "expires_at" };
+  if (input.expiresAt && Number.isFinite(input.expiresAt.getTime())) return { expiresAt: input.expiresAt, issuedAt: plausibleIat(input.expiresAt), source: "expires_at" };
   if (input.expiresInSeconds !== undefined && input.expiresInSeconds > 0) {
-    return { expiresAt: new Date(now.getTime() + input.expiresInSeconds * 1000), issuedAt: now, source: "expires_in" };
+    // Providers have sent absurd values; ten years is already more than any token lives.
+    const seconds = Math.min(input.expiresInSeconds, MAX_LIFETIME_SECONDS);
+    return { expiresAt: new Date(now.getTime() + seconds * 1000), issuedAt: now, source: "expires_in" };
   }
   const exp = epochClaim(claims, "exp");
   if (exp) return { expiresAt: exp, issuedAt: plausibleIat(exp), source: "jwt_exp" };

@@ -1,12 +1,11 @@
 import { InvalidArgumentError } from "./errors.js";
+import { MAX_LIFETIME_SECONDS } from "./expiry.js";
 
 /** Largest token accepted, in UTF-8 bytes (AD FS tokens with many groups run to tens of KiB). */
 export const MAX_TOKEN_BYTES = 64 * 1024;
 export const MAX_USER_ID_CHARS = 256;
 const MAX_SCOPE_BYTES = 8 * 1024;
 const MAX_TOKEN_TYPE_CHARS = 64;
-/** Ten years: anything longer is a unit mistake, not a token lifetime. */
-const MAX_LIFETIME_SECONDS = 10 * 365 * 24 * 3600;
 
 /** Session ids are 32 random bytes, base64url without padding. */
 export const SESSION_ID_PATTERN = /^[A-Za-z0-9_-]{43}$/;
