@@ -48,7 +48,7 @@ export function resolveKeyRing(config: Config, logger: Logger): KeyRing {
   if (config.database.kind === "postgresql") {
     throw new ConfigError(
       "TOKEN_SERVICE_ENCRYPTION_KEYS is required with PostgreSQL (every replica needs the same keys). " +
-        "Create one with `npx token-service keys generate` and pass it as kid:base64key.",
+        "Create one with `token-service keys generate` (in a checkout: `npm run --silent cli -- keys generate`).",
     );
   }
   const path = `${config.database.path}.keys`;
@@ -71,6 +71,10 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
   const keyRing = resolveKeyRing(config, logger);
   const orm = await openOrm(config.database);
   try {
+    const check = await orm.checkConnection();
+    if (!check.ok) {
+      throw new Error(`cannot reach the database (${describeDatabase(config.database)}): ${check.reason.split("\n")[0]}`);
+    }
     const applied = await migrateUp(orm);
     const repo = new SessionRepository(orm);
     const vault = new TokenVault(keyRing);

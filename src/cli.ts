@@ -34,11 +34,16 @@ function flag(args: string[], name: string): string | undefined {
 }
 
 async function serve(env: NodeJS.ProcessEnv, io: CliIo): Promise<undefined> {
-  const app = await createApp(loadConfig(env));
+  const config = loadConfig(env);
+  const starting = createApp(config);
+  // Handlers go in before start-up finishes: a SIGTERM during start-up waits for it, then drains.
   io.onSignals(async (signal) => {
+    const app = await starting.catch(() => undefined);
+    if (!app) return;
     app.logger.info({ signal }, "signal received");
     await app.close();
   });
+  await starting;
   return undefined;
 }
 
@@ -73,6 +78,18 @@ function keys(args: string[], io: CliIo): number {
   return 0;
 }
 
+/** One line about an unexpected failure: error names, codes and messages down the cause chain. */
+function describeFailure(err: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = err, depth = 0; e && depth < 4; depth++) {
+    const x = e as { name?: unknown; message?: unknown; code?: unknown; cause?: unknown };
+    const message = typeof x.message === "string" ? x.message.split("\n")[0] : String(e);
+    parts.push(`${typeof x.name === "string" ? x.name : "Error"}${typeof x.code === "string" ? ` [${x.code}]` : ""}: ${message}`);
+    e = x.cause;
+  }
+  return parts.join(" <- ");
+}
+
 /**
  * Runs one CLI command. Resolves to an exit code, or undefined when the
  * command keeps running (serve).
@@ -101,6 +118,7 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv, io: CliIo):
       io.stderr.write(`token-service: ${err.message}\n`);
       return 2;
     }
-    throw err;
+    io.stderr.write(`token-service: ${command} failed: ${describeFailure(err)}\n`);
+    return 1;
   }
 }

@@ -81,7 +81,6 @@ export async function openOrm(db: DatabaseConfig, timeouts: DatabaseTimeouts = D
       createTimeoutMillis: timeouts.connectMs,
       idleTimeoutMillis: 30_000,
       reapIntervalMillis: 1000,
-      propagateCreateError: false,
     },
     driverOptions: {
       connection: {

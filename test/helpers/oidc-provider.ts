@@ -43,6 +43,8 @@ export interface TestProvider {
   readonly stats: ProviderStats;
   /** Faults applied, in order, to the next refresh requests. */
   readonly faults: TokenFault[];
+  /** Faults applied, in order, to the next revocation requests. */
+  readonly revocationFaults: TokenFault[];
   /** Access token lifetime for tokens issued from now on. */
   setAccessTokenTtl(seconds: number): void;
   /** Logs a user in: returns a full token set from a real token endpoint response. */
@@ -104,36 +106,46 @@ export async function startTestProvider(options: { accessTokenTtl?: number } = {
 
   const stats: ProviderStats = { refreshes: 0, maxConcurrentRefreshes: 0, invalidGrants: 0, revocations: 0, discoveries: 0 };
   const faults: TokenFault[] = [];
+  const revocationFaults: TokenFault[] = [];
   let inflight = 0;
   const hangs = new Set<() => void>();
+
+  /** Applies a fault; returns true when the request must not be processed further. */
+  const applyFault = async (ctx: Parameters<Parameters<typeof provider.use>[0]>[0], fault: TokenFault | undefined) => {
+    if (fault?.kind === "status") {
+      ctx.status = fault.status;
+      if (fault.retryAfter) ctx.set("retry-after", fault.retryAfter);
+      ctx.body = fault.body ?? "upstream failure";
+      return true;
+    }
+    if (fault?.kind === "hang") {
+      const gone = await new Promise<boolean>((resolve) => {
+        const release = () => resolve(false);
+        hangs.add(release);
+        ctx.res.once("close", () => resolve(!ctx.res.writableEnded));
+        if (fault.ms) setTimeout(release, fault.ms);
+      });
+      return gone; // the client went away: never process, as if the request was lost
+    }
+    if (fault?.kind === "delay") await sleep(fault.ms);
+    return false;
+  };
 
   provider.use(async (ctx, next) => {
     const setup = ctx.get(SETUP_HEADER) === "1";
     if (ctx.path === "/.well-known/openid-configuration") stats.discoveries++;
-    if (ctx.path === "/token/revocation" && !setup) stats.revocations++;
+    if (ctx.path === "/token/revocation" && !setup) {
+      stats.revocations++;
+      if (await applyFault(ctx, revocationFaults.shift())) return;
+      return next();
+    }
     if (ctx.path !== "/token" || ctx.method !== "POST" || setup) return next();
 
     stats.refreshes++;
     inflight++;
     stats.maxConcurrentRefreshes = Math.max(stats.maxConcurrentRefreshes, inflight);
     try {
-      const fault = faults.shift();
-      if (fault?.kind === "status") {
-        ctx.status = fault.status;
-        if (fault.retryAfter) ctx.set("retry-after", fault.retryAfter);
-        ctx.body = fault.body ?? "upstream failure";
-        return;
-      }
-      if (fault?.kind === "hang") {
-        const gone = await new Promise<boolean>((resolve) => {
-          const release = () => resolve(false);
-          hangs.add(release);
-          ctx.res.once("close", () => resolve(!ctx.res.writableEnded));
-          if (fault.ms) setTimeout(release, fault.ms);
-        });
-        if (gone) return; // the client went away: never process, as if the request was lost
-      }
-      if (fault?.kind === "delay") await sleep(fault.ms);
+      if (await applyFault(ctx, faults.shift())) return;
       await next();
       if (ctx.status === 400 && (ctx.body as { error?: string } | undefined)?.error === "invalid_grant") {
         stats.invalidGrants++;
@@ -161,6 +173,7 @@ export async function startTestProvider(options: { accessTokenTtl?: number } = {
     clientSecret,
     stats,
     faults,
+    revocationFaults,
     setAccessTokenTtl(seconds) {
       accessTtl = seconds;
     },

@@ -1,0 +1,99 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { fileURLToPath } from "node:url";
+
+const mainJs = fileURLToPath(new URL("../../dist/src/main.js", import.meta.url));
+
+/** The built service running as its own process (run `npm run build` first; `npm test` does). */
+export interface ServiceProcess {
+  readonly child: ChildProcess;
+  /** http://127.0.0.1:PORT once listening. */
+  readonly url: string;
+  /** Every JSON line written to stdout so far. */
+  lines(): Array<Record<string, unknown>>;
+  stdout(): string;
+  stderr(): string;
+  /** Resolves with the exit code (or signal name) when the process ends. */
+  readonly exited: Promise<number | string>;
+  /** Waits for a log line matching `predicate`. */
+  waitForLine(predicate: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+/**
+ * Starts `node dist/src/main.js [args]` with `env` added to a minimal
+ * environment and waits for its "listening" line (unless `expectListening`
+ * is false, for commands that exit).
+ */
+export async function spawnService(
+  env: Record<string, string>,
+  options: { args?: string[]; expectListening?: boolean; cwd?: string } = {},
+): Promise<ServiceProcess> {
+  const child = spawn(process.execPath, [mainJs, ...(options.args ?? [])], {
+    env: { PATH: process.env.PATH ?? "", TOKEN_SERVICE_ADDR: "127.0.0.1:0", ...env },
+    cwd: options.cwd,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  const waiters = new Set<() => void>();
+  child.stdout!.setEncoding("utf8").on("data", (d: string) => {
+    out += d;
+    for (const w of waiters) w();
+  });
+  child.stderr!.setEncoding("utf8").on("data", (d: string) => (err += d));
+  const exited = once(child, "exit").then(([code, signal]) => (code ?? signal) as number | string);
+  const lines = () =>
+    out
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .flatMap((l) => {
+        try {
+          return [JSON.parse(l) as Record<string, unknown>];
+        } catch {
+          return [];
+        }
+      });
+  const waitForLine = (predicate: (line: Record<string, unknown>) => boolean, timeoutMs = 30_000) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const check = () => {
+        const found = lines().find(predicate);
+        if (found) {
+          waiters.delete(check);
+          clearTimeout(timer);
+          resolve(found);
+        }
+      };
+      const timer = setTimeout(() => {
+        waiters.delete(check);
+        reject(new Error(`no matching log line within ${timeoutMs} ms; stderr: ${err.slice(-2000)}`));
+      }, timeoutMs);
+      waiters.add(check);
+      void exited.then(() => {
+        if (waiters.has(check)) {
+          waiters.delete(check);
+          clearTimeout(timer);
+          reject(new Error(`process exited before the line appeared; stderr: ${err.slice(-2000)}`));
+        }
+      });
+      check();
+    });
+
+  let url = "";
+  if (options.expectListening !== false) {
+    const line = await waitForLine((l) => l.msg === "token service listening");
+    url = `http://${String(line.addr)}`;
+  }
+  return {
+    child,
+    url,
+    lines,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    waitForLine,
+    kill: (signal = "SIGTERM") => {
+      child.kill(signal);
+    },
+  };
+}
