@@ -218,7 +218,8 @@ export type GetTokenResponse = Message<"tokenservice.v1.GetTokenResponse"> & {
   token: string;
 
   /**
-   * Usually "Bearer"; "N_A" style values are passed through as stored.
+   * For an access token, its type as issued (usually "Bearer"); for an
+   * id_token, "N_A" (RFC 8693 section 2.2.1: not an access token).
    *
    * @generated from field: string token_type = 2;
    */
