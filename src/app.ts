@@ -10,7 +10,10 @@ import { SessionRepository } from "./db/session-repository.js";
 import { createLogger, type Logger } from "./logger.js";
 import { OidcProviderClient, ProviderRegistry, type FetchLike } from "./providers/provider-client.js";
 import { RefreshCoordinator } from "./refresh/coordinator.js";
-import { LocalWaiter } from "./refresh/waiter.js";
+import { BackgroundRefresher } from "./refresh/background.js";
+import { Sweeper } from "./refresh/sweeper.js";
+import { SessionWaiter } from "./refresh/waiter.js";
+import { PgChannel } from "./db/pg-channel.js";
 import { contextValuesFor } from "./rpc/context.js";
 import { createLoggingInterceptor } from "./rpc/interceptors.js";
 import { startRpcServer, type RpcServer } from "./rpc/server.js";
@@ -37,6 +40,8 @@ export interface App {
   readonly orm: MikroORM;
   readonly sessions: SessionService;
   readonly coordinator: RefreshCoordinator;
+  readonly background: BackgroundRefresher;
+  readonly sweeper: Sweeper;
   readonly keyRing: KeyRing;
   /** Graceful stop: drain calls (bounded by config.shutdownGraceMs), close the database. */
   close(): Promise<void>;
@@ -75,14 +80,21 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     if (!check.ok) {
       throw new Error(`cannot reach the database (${describeDatabase(config.database)}): ${check.reason.split("\n")[0]}`);
     }
-    const applied = await migrateUp(orm);
+    const applied = await migrateUp(orm, config.database);
     const repo = new SessionRepository(orm);
     const vault = new TokenVault(keyRing);
     const providers = new ProviderRegistry(
       config.providers.map((p) => new OidcProviderClient(p, config.refresh, logger, overrides.fetch)),
     );
-    const waiter = new LocalWaiter();
+    let channel: PgChannel | undefined;
+    if (config.database.kind === "postgresql") {
+      channel = new PgChannel(config.database.url, logger);
+      await channel.start();
+    }
+    const waiter = new SessionWaiter(channel);
     const coordinator = new RefreshCoordinator(repo, vault, providers, waiter, config.refresh, logger, overrides.replicaId);
+    const background = new BackgroundRefresher(repo, coordinator, providers, config.refresh.background, logger);
+    const sweeper = new Sweeper(repo, config.sweeper, logger);
     const sessions = new SessionService(repo, vault, providers, coordinator, logger, {
       lastUsedResolutionMs: config.lastUsedResolutionMs,
       providerTimeoutMs: config.refresh.providerTimeoutMs,
@@ -99,6 +111,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       shutdownSignal: shutdown.signal,
     });
     const rpc = await startRpcServer(handler, config.host, config.port);
+    if (config.refresh.background.enabled) background.start();
+    if (config.sweeper.enabled) sweeper.start();
     const url = `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${rpc.port}`;
     logger.info(
       {
@@ -109,6 +123,9 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
         keyIds: keyRing.ids(),
         primaryKeyId: keyRing.primary.id,
         replica: coordinator.replicaId,
+        changeChannel: channel ? (channel.connected ? "listening" : "reconnecting") : "none (single process)",
+        backgroundRefresh: config.refresh.background.enabled,
+        sweeper: config.sweeper.enabled,
       },
       "token service listening",
     );
@@ -125,6 +142,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       orm,
       sessions,
       coordinator,
+      background,
+      sweeper,
       keyRing,
       close() {
         closing ??= (async () => {
@@ -132,6 +151,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
           await rpc.close(config.shutdownGraceMs, () =>
             shutdown.abort(new ConnectError("server is shutting down", Code.Unavailable)),
           );
+          await Promise.all([background.stop(), sweeper.stop()]);
           await waiter.close();
           await orm.close(true);
           logger.info("shut down");

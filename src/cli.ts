@@ -2,7 +2,7 @@ import type { Writable } from "node:stream";
 import { createApp } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { generateKeySpec, KeyRingError } from "./crypto/key-ring.js";
-import { describeDatabase, openOrm } from "./db/orm.js";
+import { describeDatabase, migrateUp, openOrm } from "./db/orm.js";
 
 /** What the CLI may touch of the process; main.ts supplies the real ones. */
 export interface CliIo {
@@ -56,8 +56,8 @@ async function migrate(args: string[], env: NodeJS.ProcessEnv, io: CliIo): Promi
     const migrator = orm.getMigrator();
     io.stdout.write(`database: ${describeDatabase(config.database)}\n`);
     if (sub === "up") {
-      const applied = await migrator.up();
-      io.stdout.write(applied.length ? applied.map((m) => `applied  ${m.name}\n`).join("") : "up to date: nothing to apply\n");
+      const applied = await migrateUp(orm, config.database);
+      io.stdout.write(applied.length ? applied.map((m) => `applied  ${m}\n`).join("") : "up to date: nothing to apply\n");
     } else {
       const executed = await migrator.getExecutedMigrations();
       const pending = await migrator.getPendingMigrations();

@@ -36,6 +36,29 @@ export interface RefreshConfig {
   maxAttempts: number;
   /** First retry delay; doubles per attempt, with full jitter. */
   retryBaseDelayMs: number;
+  background: BackgroundConfig;
+}
+
+/** Refreshing recently used sessions ahead of expiry, so GetToken rarely waits on a provider. */
+export interface BackgroundConfig {
+  enabled: boolean;
+  intervalMs: number;
+  /** A session read within this window is kept fresh. */
+  recentWindowMs: number;
+  /** Background refreshes in flight per provider, per replica. */
+  maxInflightPerProvider: number;
+  batchSize: number;
+}
+
+/** Deleting sessions that can no longer be used. */
+export interface SweeperConfig {
+  enabled: boolean;
+  intervalMs: number;
+  /** Sessions older than this are deleted whatever their state; 0 keeps them. */
+  absoluteLifetimeMs: number;
+  /** REAUTH_REQUIRED sessions are kept this long (for ListSessions and support), then deleted. */
+  reauthRetentionMs: number;
+  batchSize: number;
 }
 
 export interface Config {
@@ -47,6 +70,7 @@ export interface Config {
   configFile: string | undefined;
   providers: ProviderConfig[];
   refresh: RefreshConfig;
+  sweeper: SweeperConfig;
   logLevel: string;
   /** Largest request message accepted, in bytes. */
   maxMessageBytes: number;
@@ -109,15 +133,35 @@ const fileSchema = z
         provider_timeout_seconds: z.number().min(0.1).max(120).default(10),
         max_attempts: z.number().int().min(1).max(10).default(3),
         retry_base_delay_ms: z.number().int().min(1).max(60_000).default(200),
+        background: z
+          .object({
+            enabled: z.boolean().default(true),
+            interval_seconds: z.number().min(0.1).max(3600).default(2),
+            recent_window_seconds: z.number().min(1).max(90 * 86_400).default(86_400),
+            max_inflight_per_provider: z.number().int().min(1).max(1000).default(4),
+            batch_size: z.number().int().min(1).max(10_000).default(200),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict()
-      .default({ lease_seconds: 30, provider_timeout_seconds: 10, max_attempts: 3, retry_base_delay_ms: 200 }),
+      .prefault({}),
+    sweeper: z
+      .object({
+        enabled: z.boolean().default(true),
+        interval_seconds: z.number().min(1).max(86_400).default(60),
+        absolute_lifetime_days: z.number().min(0).max(3650).default(90),
+        reauth_retention_hours: z.number().min(0).max(87_600).default(168),
+        batch_size: z.number().int().min(1).max(100_000).default(500),
+      })
+      .strict()
+      .prefault({}),
     limits: z
       .object({
         max_message_bytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(256 * 1024),
       })
       .strict()
-      .default({ max_message_bytes: 256 * 1024 }),
+      .prefault({}),
     shutdown_grace_seconds: z.number().min(0).max(600).default(10),
     log_level: z.enum(LOG_LEVELS).default("info"),
   })
@@ -267,6 +311,20 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     providerTimeoutMs: Math.round(file.refresh.provider_timeout_seconds * 1000),
     maxAttempts: file.refresh.max_attempts,
     retryBaseDelayMs: file.refresh.retry_base_delay_ms,
+    background: {
+      enabled: file.refresh.background.enabled,
+      intervalMs: Math.round(file.refresh.background.interval_seconds * 1000),
+      recentWindowMs: Math.round(file.refresh.background.recent_window_seconds * 1000),
+      maxInflightPerProvider: file.refresh.background.max_inflight_per_provider,
+      batchSize: file.refresh.background.batch_size,
+    },
+  };
+  const sweeper: SweeperConfig = {
+    enabled: file.sweeper.enabled,
+    intervalMs: Math.round(file.sweeper.interval_seconds * 1000),
+    absoluteLifetimeMs: Math.round(file.sweeper.absolute_lifetime_days * 86_400_000),
+    reauthRetentionMs: Math.round(file.sweeper.reauth_retention_hours * 3_600_000),
+    batchSize: file.sweeper.batch_size,
   };
   if (refresh.leaseMs < refresh.providerTimeoutMs + 1000) {
     throw new ConfigError(
@@ -287,6 +345,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     configFile,
     providers,
     refresh,
+    sweeper,
     logLevel,
     maxMessageBytes: file.limits.max_message_bytes,
     shutdownGraceMs: Math.round(file.shutdown_grace_seconds * 1000),

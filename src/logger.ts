@@ -56,3 +56,12 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
 export function sessionRef(sessionId: string): string {
   return createHash("sha256").update(sessionId).digest("base64url").slice(0, 12);
 }
+
+/** Name and code of an error, for logs that must not carry upstream message text. */
+export function errSummary(err: unknown): { name: string; code?: string } {
+  if (err && typeof err === "object") {
+    const e = err as { name?: unknown; code?: unknown };
+    return { name: typeof e.name === "string" ? e.name : "Error", code: typeof e.code === "string" ? e.code : undefined };
+  }
+  return { name: typeof err };
+}

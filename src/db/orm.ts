@@ -94,8 +94,36 @@ export async function openOrm(db: DatabaseConfig, timeouts: DatabaseTimeouts = D
   } as Options);
 }
 
-/** Applies pending migrations; returns the names applied. */
-export async function migrateUp(orm: MikroORM): Promise<string[]> {
-  const applied = await orm.getMigrator().up();
-  return applied.map((m) => m.name);
+/** Key of the PostgreSQL advisory lock that serialises migrations across replicas. */
+const MIGRATION_LOCK_KEY = 0x746f6b65; // "toke"
+
+/**
+ * Applies pending migrations; returns the names applied. Replicas starting
+ * together on PostgreSQL take turns through an advisory lock held on a
+ * dedicated connection for the duration of the migration only; on SQLite a
+ * concurrent starter retries once the other has created the tables.
+ */
+export async function migrateUp(orm: MikroORM, db: DatabaseConfig): Promise<string[]> {
+  const up = async () => (await orm.getMigrator().up()).map((m) => m.name);
+  if (db.kind === "sqlite") {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await up();
+      } catch (err) {
+        if (attempt >= 3) throw err;
+        await new Promise((r) => setTimeout(r, 200 * attempt));
+      }
+    }
+  }
+  const { default: pg } = await import("pg");
+  const lock = new pg.Client({ connectionString: db.url, connectionTimeoutMillis: DEFAULT_DB_TIMEOUTS.connectMs });
+  await lock.connect();
+  try {
+    await lock.query("SET lock_timeout = '120s'");
+    await lock.query("SELECT pg_advisory_lock($1)", [MIGRATION_LOCK_KEY]);
+    return await up();
+  } finally {
+    await lock.query("SELECT pg_advisory_unlock($1)", [MIGRATION_LOCK_KEY]).catch(() => undefined);
+    await lock.end().catch(() => undefined);
+  }
 }

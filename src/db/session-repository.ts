@@ -205,6 +205,53 @@ export class SessionRepository {
     });
   }
 
+  /**
+   * Active, refreshable sessions used since `usedSince` whose access token
+   * expires before `expiringBefore` and whose lease is free: candidates for
+   * a background refresh, soonest first.
+   */
+  async findRefreshCandidates(now: Date, usedSince: Date, expiringBefore: Date, limit: number): Promise<SessionRow[]> {
+    return this.run(async (em) =>
+      (
+        await em.find(
+          SessionSchema,
+          {
+            status: "active",
+            refreshCt: { $ne: null },
+            lastUsedAt: { $gte: usedSince },
+            accessExpiresAt: { $lt: expiringBefore },
+            $or: [{ leaseUntil: null }, { leaseUntil: { $lt: now } }],
+          },
+          { orderBy: { accessExpiresAt: "asc" }, limit, disableIdentityMap: true },
+        )
+      ).map((row) => normalize(row) as SessionRow),
+    );
+  }
+
+  /** Deletes up to `limit` sessions matching `where`; returns how many. */
+  private async deleteBatch(where: FilterQuery<SessionRow>, limit: number): Promise<number> {
+    return this.run(async (em) => {
+      const rows = await em.find(SessionSchema, where, { fields: ["id"], limit, disableIdentityMap: true });
+      if (rows.length === 0) return 0;
+      return em.nativeDelete(SessionSchema, { id: { $in: rows.map((r) => r.id) } });
+    });
+  }
+
+  /** Sessions created before `createdBefore` (the absolute lifetime). */
+  deleteOlderThan(createdBefore: Date, limit: number): Promise<number> {
+    return this.deleteBatch({ createdAt: { $lt: createdBefore } }, limit);
+  }
+
+  /** REAUTH_REQUIRED sessions unchanged since `updatedBefore` (the retention). */
+  deleteReauthBefore(updatedBefore: Date, limit: number): Promise<number> {
+    return this.deleteBatch({ status: "reauth_required", updatedAt: { $lt: updatedBefore } }, limit);
+  }
+
+  /** Sessions that can never be used again: refresh token known expired, access token expired too. */
+  deleteUnrefreshable(now: Date, limit: number): Promise<number> {
+    return this.deleteBatch({ accessExpiresAt: { $lt: now }, refreshExpiresAt: { $lt: now } }, limit);
+  }
+
   /** A cheap round trip, for readiness checks. */
   async ping(): Promise<void> {
     await this.run((em) => em.getConnection().execute("select 1"));

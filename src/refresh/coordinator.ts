@@ -3,7 +3,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { RefreshConfig } from "../config.js";
 import type { SessionRow } from "../db/session-entity.js";
 import { DatabaseUnavailableError, type RefreshedFields, type SessionRepository } from "../db/session-repository.js";
-import { sessionRef, type Logger } from "../logger.js";
+import { errSummary, sessionRef, type Logger } from "../logger.js";
 import { classifyProviderError } from "../providers/errors.js";
 import type { ProviderClient, ProviderRegistry, ProviderTokens } from "../providers/provider-client.js";
 import {
@@ -78,14 +78,32 @@ export class RefreshCoordinator {
    * wait; the shared refresh goes on and its result is stored.
    */
   refresh(row: SessionRow, signal?: AbortSignal): Promise<RefreshResult> {
-    let shared = this.inflight.get(row.id);
-    if (shared) {
+    const existing = this.inflight.get(row.id);
+    let shared: Promise<RefreshResult>;
+    if (existing) {
       this.stats.coalesced++;
+      // A background pass that found another replica's lease comes back unchanged: then wait for real.
+      shared = existing.then((r) => (r.row.version !== row.version || r.row.status !== "active" ? r : this.refresh(r.row)));
     } else {
-      shared = this.run(row).finally(() => this.inflight.delete(row.id));
-      this.inflight.set(row.id, shared);
+      shared = this.register(row, true);
     }
     return signal ? abortable(shared, signal) : shared;
+  }
+
+  /**
+   * Background refresh: refreshes when this replica gets the lease, and gives
+   * up at once (undefined) when a refresh of this session is already under way
+   * here or elsewhere. Never waits on another replica.
+   */
+  refreshIfIdle(row: SessionRow): Promise<RefreshResult> | undefined {
+    if (this.inflight.has(row.id)) return undefined;
+    return this.register(row, false);
+  }
+
+  private register(row: SessionRow, waitForOthers: boolean): Promise<RefreshResult> {
+    const p = this.run(row, waitForOthers).finally(() => this.inflight.delete(row.id));
+    this.inflight.set(row.id, p);
+    return p;
   }
 
   /** Sessions with a refresh in flight in this process. */
@@ -93,7 +111,7 @@ export class RefreshCoordinator {
     return this.inflight.size;
   }
 
-  private async run(initial: SessionRow): Promise<RefreshResult> {
+  private async run(initial: SessionRow, waitForOthers: boolean): Promise<RefreshResult> {
     const observed = initial.version;
     const startedAt = new Date();
     // A waiter gives up after two leases: by then the holder either finished or lapsed and we took over.
@@ -112,6 +130,7 @@ export class RefreshCoordinator {
         }
         return this.refreshHolding(current, owner, until);
       }
+      if (!waitForOthers) return { row: current };
       if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
       await this.waiter.wait(current.id, backoffMs(round));
       const next = await this.repo.findById(current.id);
@@ -283,15 +302,6 @@ export class RefreshCoordinator {
 /** Poll delays while another replica holds the lease: 10, 20, 40, 80, then 100 ms. */
 function backoffMs(round: number): number {
   return Math.min(100, 10 * 2 ** round);
-}
-
-/** Name and code of an error, for logs that must not carry upstream message text. */
-export function errSummary(err: unknown): { name: string; code?: string } {
-  if (err && typeof err === "object") {
-    const e = err as { name?: unknown; code?: unknown };
-    return { name: typeof e.name === "string" ? e.name : "Error", code: typeof e.code === "string" ? e.code : undefined };
-  }
-  return { name: typeof err };
 }
 
 /** Resolves like `p`, or rejects with the signal's reason when it aborts first. */

@@ -1,6 +1,5 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import type { Logger } from "../logger.js";
-import { errSummary } from "../refresh/coordinator.js";
+import { errSummary, type Logger } from "../logger.js";
 import { kCaller, kPeer } from "./context.js";
 import { toConnectError } from "./errors.js";
 

@@ -1,10 +1,10 @@
 import { randomBytes } from "node:crypto";
 import type { SessionRow } from "../db/session-entity.js";
 import type { SessionRepository } from "../db/session-repository.js";
-import { sessionRef, type Logger } from "../logger.js";
+import { errSummary, sessionRef, type Logger } from "../logger.js";
 import { classifyProviderError } from "../providers/errors.js";
 import type { ProviderRegistry } from "../providers/provider-client.js";
-import { abortable, errSummary, type RefreshCoordinator, type RefreshResult } from "../refresh/coordinator.js";
+import { abortable, type RefreshCoordinator, type RefreshResult } from "../refresh/coordinator.js";
 import {
   CallerDeadlineError,
   InvalidArgumentError,

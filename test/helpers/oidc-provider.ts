@@ -25,6 +25,8 @@ export interface ProviderStats {
   revocations: number;
   /** Discovery document fetches. */
   discoveries: number;
+  /** Duration of each refresh request as the provider saw it, in ms (its own latency). */
+  refreshMs: number[];
 }
 
 export interface TestTokenSet {
@@ -104,7 +106,14 @@ export async function startTestProvider(options: { accessTokenTtl?: number } = {
     },
   });
 
-  const stats: ProviderStats = { refreshes: 0, maxConcurrentRefreshes: 0, invalidGrants: 0, revocations: 0, discoveries: 0 };
+  const stats: ProviderStats = {
+    refreshes: 0,
+    maxConcurrentRefreshes: 0,
+    invalidGrants: 0,
+    revocations: 0,
+    discoveries: 0,
+    refreshMs: [],
+  };
   const faults: TokenFault[] = [];
   const revocationFaults: TokenFault[] = [];
   let inflight = 0;
@@ -144,6 +153,7 @@ export async function startTestProvider(options: { accessTokenTtl?: number } = {
     stats.refreshes++;
     inflight++;
     stats.maxConcurrentRefreshes = Math.max(stats.maxConcurrentRefreshes, inflight);
+    const started = performance.now();
     try {
       if (await applyFault(ctx, faults.shift())) return;
       await next();
@@ -152,6 +162,7 @@ export async function startTestProvider(options: { accessTokenTtl?: number } = {
       }
     } finally {
       inflight--;
+      stats.refreshMs.push(performance.now() - started);
     }
   });
 
@@ -205,7 +216,14 @@ export async function startTestProvider(options: { accessTokenTtl?: number } = {
       return { active: body.active === true };
     },
     resetStats() {
-      Object.assign(stats, { refreshes: 0, maxConcurrentRefreshes: 0, invalidGrants: 0, revocations: 0, discoveries: 0 });
+      Object.assign(stats, {
+        refreshes: 0,
+        maxConcurrentRefreshes: 0,
+        invalidGrants: 0,
+        revocations: 0,
+        discoveries: 0,
+        refreshMs: [],
+      });
     },
     releaseHangs() {
       for (const release of hangs) release();

@@ -52,7 +52,20 @@ describe("loadConfig: environment", () => {
     expect(c.configFile).toBeUndefined();
     expect(c.encryptionKeys).toBeUndefined();
     expect(c.logLevel).toBe("info");
-    expect(c.refresh).toEqual({ leaseMs: 30_000, providerTimeoutMs: 10_000, maxAttempts: 3, retryBaseDelayMs: 200 });
+    expect(c.refresh).toEqual({
+      leaseMs: 30_000,
+      providerTimeoutMs: 10_000,
+      maxAttempts: 3,
+      retryBaseDelayMs: 200,
+      background: { enabled: true, intervalMs: 2000, recentWindowMs: 86_400_000, maxInflightPerProvider: 4, batchSize: 200 },
+    });
+    expect(c.sweeper).toEqual({
+      enabled: true,
+      intervalMs: 60_000,
+      absoluteLifetimeMs: 90 * 86_400_000,
+      reauthRetentionMs: 168 * 3_600_000,
+      batchSize: 500,
+    });
     expect(c.maxMessageBytes).toBe(256 * 1024);
     expect(c.shutdownGraceMs).toBe(10_000);
   });

@@ -1,0 +1,157 @@
+/**
+ * Refresh storm: N concurrent GetToken calls on an expired session, spread
+ * over R replicas on one PostgreSQL, against an oidc-provider whose token
+ * endpoint takes a fixed extra latency. Reports the provider calls made and
+ * the slowest caller against the provider's own latency.
+ *
+ *   npm run bench:refresh                   # N=1000, R=3, 5 runs, 200 ms provider latency
+ *   BENCH_CALLERS=500 BENCH_REPLICAS=2 BENCH_RUNS=3 BENCH_PROVIDER_MS=100 npm run bench:refresh
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { stringify } from "yaml";
+import { generateKeySpec } from "../src/crypto/key-ring.js";
+import { connectGrpcClient } from "../test/helpers/clients.js";
+import { startTestProvider } from "../test/helpers/oidc-provider.js";
+import { startPostgres, type TestPostgres } from "../test/helpers/postgres.js";
+import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
+import { createTestDatabase } from "../test/helpers/service.js";
+import { fmt, machine, median, percentile, writeSection } from "./report.js";
+
+const N = Number(process.env.BENCH_CALLERS ?? 1000);
+const R = Number(process.env.BENCH_REPLICAS ?? 3);
+const RUNS = Number(process.env.BENCH_RUNS ?? 5);
+const PROVIDER_MS = Number(process.env.BENCH_PROVIDER_MS ?? 200);
+
+export interface StormRun {
+  providerCalls: number;
+  invalidGrants: number;
+  providerMs: number;
+  slowestMs: number;
+  p50Ms: number;
+  errors: number;
+}
+
+export interface StormSummary {
+  callers: number;
+  replicas: number;
+  providerDelayMs: number;
+  runs: StormRun[];
+  markdown: string;
+}
+
+/** Runs the storm benchmark and returns its figures and a Markdown section. */
+export async function runRefreshStorm(options = { callers: N, replicas: R, runs: RUNS, providerMs: PROVIDER_MS }): Promise<StormSummary> {
+  const dir = mkdtempSync(join(tmpdir(), "token-service-bench-"));
+  let pgServer: TestPostgres | undefined;
+  const procs: ServiceProcess[] = [];
+  const provider = await startTestProvider();
+  try {
+    let serverUrl = process.env.DATABASE_URL;
+    if (!serverUrl?.startsWith("postgres")) {
+      pgServer = await startPostgres();
+      serverUrl = pgServer.url;
+    }
+    const databaseUrl = await createTestDatabase(serverUrl);
+    const configFile = join(dir, "config.yaml");
+    writeFileSync(
+      configFile,
+      stringify({
+        providers: [
+          { id: "corp", issuer: provider.issuer, client_id: provider.clientId, client_secret: provider.clientSecret, allow_insecure_http: true },
+        ],
+        // Background refresh would refresh the expired session before the storm; measure the cold path.
+        refresh: { background: { enabled: false } },
+        log_level: "warn",
+      }),
+    );
+    const env = {
+      DATABASE_URL: databaseUrl,
+      TOKEN_SERVICE_ENCRYPTION_KEYS: generateKeySpec("bench"),
+      TOKEN_SERVICE_CONFIG: configFile,
+      TOKEN_SERVICE_LOG_LEVEL: "info",
+    };
+    for (let i = 0; i < options.replicas; i++) procs.push(await spawnService(env));
+    const clients = procs.map((p) => connectGrpcClient(p.url));
+
+    const runs: StormRun[] = [];
+    for (let run = 0; run <= options.runs; run++) {
+      const user = `bench-${run}`;
+      const tokens = await provider.login(user);
+      const { sessionId } = await clients[0]!.storeSession({
+        userId: user,
+        provider: "corp",
+        tokens: {
+          accessToken: tokens.access_token,
+          refreshToken: tokens.refresh_token,
+          expiresAt: timestampFromDate(new Date(Date.now() - 1000)),
+        },
+      });
+      // Warm each replica's connection and the provider's discovery cache with a fresh session.
+      for (const c of clients) await c.getToken({ userId: user, sessionId: (await clients[0]!.storeSession({ userId: user, provider: "corp", tokens: { accessToken: "warm", expiresIn: 3600n } })).sessionId });
+      provider.resetStats();
+      provider.faults.push({ kind: "delay", ms: options.providerMs });
+      const latencies: number[] = [];
+      let errors = 0;
+      await Promise.all(
+        Array.from({ length: options.callers }, async (_, i) => {
+          const t0 = performance.now();
+          try {
+            await clients[i % clients.length]!.getToken({ userId: user, sessionId }, { timeoutMs: 30_000 });
+          } catch {
+            errors++;
+          }
+          latencies.push(performance.now() - t0);
+        }),
+      );
+      const result: StormRun = {
+        providerCalls: provider.stats.refreshes,
+        invalidGrants: provider.stats.invalidGrants,
+        providerMs: provider.stats.refreshMs[0] ?? NaN,
+        slowestMs: Math.max(...latencies),
+        p50Ms: percentile(latencies, 50),
+        errors,
+      };
+      if (run > 0) runs.push(result); // run 0 warms up the JIT and connections
+      console.log(
+        `run ${run}${run === 0 ? " (warm-up)" : ""}: provider calls ${result.providerCalls}, provider ${fmt(result.providerMs)} ms, ` +
+          `slowest caller ${fmt(result.slowestMs)} ms, p50 ${fmt(result.p50Ms)} ms, errors ${errors}`,
+      );
+    }
+
+    const med = (f: (r: StormRun) => number) => median(runs.map(f));
+    const overhead = med((r) => r.slowestMs - r.providerMs);
+    const maxCalls = Math.max(...runs.map((r) => r.providerCalls));
+    const markdown = `## Refresh storm (\`npm run bench:refresh\`)
+
+${options.callers} concurrent GetToken calls on one expired session, spread round-robin over ${options.replicas} replicas
+(separate processes) on one PostgreSQL, from a Connect gRPC client in the benchmark process. The
+provider's token endpoint adds ${options.providerMs} ms. Background refresh off (cold path). ${runs.length} runs after one warm-up; medians.
+
+- Machine: ${machine()}
+- Command: \`BENCH_CALLERS=${options.callers} BENCH_REPLICAS=${options.replicas} BENCH_RUNS=${options.runs} BENCH_PROVIDER_MS=${options.providerMs} npm run bench:refresh\`
+
+| run | provider calls | invalid_grant | provider latency (ms) | slowest caller (ms) | slowest − provider (ms) | p50 caller (ms) | errors |
+|---|---|---|---|---|---|---|---|
+${runs.map((r, i) => `| ${i + 1} | ${r.providerCalls} | ${r.invalidGrants} | ${fmt(r.providerMs)} | ${fmt(r.slowestMs)} | ${fmt(r.slowestMs - r.providerMs)} | ${fmt(r.p50Ms)} | ${r.errors} |`).join("\n")}
+| **median** | ${med((r) => r.providerCalls)} | ${med((r) => r.invalidGrants)} | ${fmt(med((r) => r.providerMs))} | ${fmt(med((r) => r.slowestMs))} | **${fmt(overhead)}** | ${fmt(med((r) => r.p50Ms))} | ${med((r) => r.errors)} |
+
+Targets: 1 provider call per storm (${maxCalls === 1 ? "met in every run" : `NOT met: up to ${maxCalls}`}); slowest caller within provider latency + 50 ms
+(${overhead <= 50 ? `met: median +${fmt(overhead)} ms` : `NOT met: median +${fmt(overhead)} ms`}).
+`;
+    return { callers: options.callers, replicas: options.replicas, providerDelayMs: options.providerMs, runs, markdown };
+  } finally {
+    for (const p of procs) p.kill("SIGKILL");
+    await provider.close();
+    await pgServer?.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const summary = await runRefreshStorm();
+  writeSection("refresh", summary.markdown);
+  console.log(`\n${summary.markdown}\nwritten to BENCHMARKS.md`);
+}

@@ -1,0 +1,100 @@
+import type { BackgroundConfig } from "../config.js";
+import type { SessionRow } from "../db/session-entity.js";
+import type { SessionRepository } from "../db/session-repository.js";
+import { errSummary, type Logger } from "../logger.js";
+import type { ProviderRegistry } from "../providers/provider-client.js";
+import { lifetimeSeconds, refreshMarginSeconds, secondsLeft } from "../sessions/expiry.js";
+import type { RefreshCoordinator } from "./coordinator.js";
+import { PeriodicTask } from "./periodic.js";
+
+/** A failed background refresh of a session is not retried sooner than this. */
+const ERROR_BACKOFF_MS = 10_000;
+
+/** Counters for metrics and tests. */
+export interface BackgroundStats {
+  passes: number;
+  started: number;
+  /** Skipped because the provider's in-flight bound was reached. */
+  throttled: number;
+  /** Seconds of validity left on the last session refreshed (lower means closer to the margin). */
+  lastHeadroomSeconds: number | undefined;
+}
+
+/**
+ * Keeps recently used sessions fresh so GetToken rarely waits on a provider.
+ * Every replica scans; the row lease makes sure exactly one of them calls the
+ * provider for a session, and the others skip it without waiting.
+ */
+export class BackgroundRefresher {
+  readonly stats: BackgroundStats = { passes: 0, started: 0, throttled: 0, lastHeadroomSeconds: undefined };
+  private readonly inflight = new Map<string, number>();
+  private readonly running = new Set<Promise<unknown>>();
+  private readonly task: PeriodicTask;
+
+  constructor(
+    private readonly repo: SessionRepository,
+    private readonly coordinator: RefreshCoordinator,
+    private readonly providers: ProviderRegistry,
+    private readonly config: BackgroundConfig,
+    private readonly logger: Logger,
+  ) {
+    this.task = new PeriodicTask("background refresh", config.intervalMs, () => this.pass(), logger);
+  }
+
+  start(): void {
+    this.task.start();
+  }
+
+  /** Stops scanning and waits for the refreshes it started. */
+  async stop(): Promise<void> {
+    await this.task.stop();
+    await Promise.allSettled([...this.running]);
+  }
+
+  /** How far ahead of expiry a session is refreshed: before the hot path's margin would make a caller wait. */
+  aheadSeconds(row: SessionRow): number {
+    const lifetime = lifetimeSeconds(row.accessIssuedAt, row.accessExpiresAt);
+    const margin = refreshMarginSeconds(this.providers.get(row.provider)?.config.refreshMarginSeconds ?? 60, lifetime);
+    const lead = margin + (2 * this.config.intervalMs) / 1000 + 1;
+    return Math.min(lead, Math.floor(lifetime * 0.75));
+  }
+
+  /** One scan: start refreshes for the sessions that are due, within the per-provider bound. */
+  async pass(): Promise<void> {
+    this.stats.passes++;
+    const now = new Date();
+    const maxMargin = Math.max(60, ...this.providers.ids().map((id) => this.providers.get(id)!.config.refreshMarginSeconds));
+    const horizon = new Date(now.getTime() + (maxMargin + (2 * this.config.intervalMs) / 1000 + 1) * 1000);
+    const candidates = await this.repo.findRefreshCandidates(
+      now,
+      new Date(now.getTime() - this.config.recentWindowMs),
+      horizon,
+      this.config.batchSize,
+    );
+    for (const row of candidates) {
+      if (secondsLeft(row.accessExpiresAt, now) >= this.aheadSeconds(row)) continue;
+      if (row.lastErrorAt && now.getTime() - row.lastErrorAt.getTime() < ERROR_BACKOFF_MS) continue;
+      if (!this.providers.get(row.provider)) continue;
+      const busy = this.inflight.get(row.provider) ?? 0;
+      if (busy >= this.config.maxInflightPerProvider) {
+        this.stats.throttled++;
+        continue;
+      }
+      const started = this.coordinator.refreshIfIdle(row);
+      if (!started) continue;
+      this.stats.started++;
+      this.inflight.set(row.provider, busy + 1);
+      const headroom = secondsLeft(row.accessExpiresAt, new Date());
+      const done = started
+        .then((result) => {
+          if (result.tokens) this.stats.lastHeadroomSeconds = headroom;
+        })
+        .catch((err: unknown) => this.logger.debug({ err: errSummary(err), provider: row.provider }, "background refresh failed"))
+        .finally(() => {
+          this.inflight.set(row.provider, (this.inflight.get(row.provider) ?? 1) - 1);
+          this.running.delete(done);
+        });
+      this.running.add(done);
+    }
+  }
+}

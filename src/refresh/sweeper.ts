@@ -1,0 +1,72 @@
+import type { SweeperConfig } from "../config.js";
+import type { SessionRepository } from "../db/session-repository.js";
+import type { Logger } from "../logger.js";
+import { PeriodicTask } from "./periodic.js";
+
+/** Batches per category per pass, so one pass never runs for long. */
+const MAX_BATCHES_PER_PASS = 20;
+
+export interface SweepResult {
+  expiredLifetime: number;
+  reauthRetained: number;
+  unrefreshable: number;
+}
+
+/**
+ * Deletes, in batches, sessions that are past the absolute lifetime, that
+ * have needed a new login for longer than the retention, or whose refresh
+ * token is known to have expired. Every replica may sweep: deletes are
+ * idempotent.
+ */
+export class Sweeper {
+  private readonly task: PeriodicTask;
+  readonly totals: SweepResult = { expiredLifetime: 0, reauthRetained: 0, unrefreshable: 0 };
+
+  constructor(
+    private readonly repo: SessionRepository,
+    private readonly config: SweeperConfig,
+    private readonly logger: Logger,
+  ) {
+    this.task = new PeriodicTask("sweeper", config.intervalMs, async () => {
+      await this.sweep();
+    }, logger);
+  }
+
+  start(): void {
+    this.task.start();
+  }
+
+  stop(): Promise<void> {
+    return this.task.stop();
+  }
+
+  /** One pass over the three categories. */
+  async sweep(now = new Date()): Promise<SweepResult> {
+    const { batchSize, absoluteLifetimeMs, reauthRetentionMs } = this.config;
+    const drain = async (batch: () => Promise<number>) => {
+      let total = 0;
+      for (let i = 0; i < MAX_BATCHES_PER_PASS; i++) {
+        const n = await batch();
+        total += n;
+        if (n < batchSize) break;
+      }
+      return total;
+    };
+    const result: SweepResult = {
+      expiredLifetime:
+        absoluteLifetimeMs > 0
+          ? await drain(() => this.repo.deleteOlderThan(new Date(now.getTime() - absoluteLifetimeMs), batchSize))
+          : 0,
+      reauthRetained: await drain(() => this.repo.deleteReauthBefore(new Date(now.getTime() - reauthRetentionMs), batchSize)),
+      unrefreshable: await drain(() => this.repo.deleteUnrefreshable(now, batchSize)),
+    };
+    const total = result.expiredLifetime + result.reauthRetained + result.unrefreshable;
+    if (total > 0) {
+      this.totals.expiredLifetime += result.expiredLifetime;
+      this.totals.reauthRetained += result.reauthRetained;
+      this.totals.unrefreshable += result.unrefreshable;
+      this.logger.info({ ...result }, "swept sessions");
+    }
+    return result;
+  }
+}
