@@ -20,7 +20,7 @@ const migrationsDir = join(root, "src/db/migrations");
 async function create(db: DatabaseConfig): Promise<void> {
   const orm = await openOrm(db);
   try {
-    await migrateUp(orm);
+    await migrateUp(orm, db);
     const migrator = orm.getMigrator();
     // The tool writes into the configured path; point it at this dialect's folder.
     const options = orm.config.get("migrations");
