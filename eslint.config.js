@@ -2,7 +2,7 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["dist/**", "gen/**", "node_modules/**", "coverage/**", "examples/python/**"] },
+  { ignores: ["dist/**", "gen/**", "node_modules/**", "coverage/**", "examples/python/**", ".scratch/**"] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -15,9 +15,14 @@ import { Sweeper } from "./refresh/sweeper.js";
 import { SessionWaiter } from "./refresh/waiter.js";
 import { PgChannel } from "./db/pg-channel.js";
 import { contextValuesFor } from "./rpc/context.js";
+import { createHealthImpl, HealthState, ServingStatus } from "./rpc/health.js";
 import { createLoggingInterceptor } from "./rpc/interceptors.js";
+import { Health } from "../gen/health/v1/health_pb.js";
+import { PeriodicTask } from "./refresh/periodic.js";
 import { startRpcServer, type RpcServer } from "./rpc/server.js";
 import { createTokenServiceImpl } from "./rpc/token-service.js";
+import { openSessionReader } from "./db/session-reader.js";
+import { SessionCache } from "./sessions/session-cache.js";
 import { SessionService } from "./sessions/session-service.js";
 import { TokenVault } from "./sessions/token-vault.js";
 
@@ -43,6 +48,8 @@ export interface App {
   readonly background: BackgroundRefresher;
   readonly sweeper: Sweeper;
   readonly keyRing: KeyRing;
+  readonly cache: SessionCache;
+  readonly health: HealthState;
   /** Graceful stop: drain calls (bounded by config.shutdownGraceMs), close the database. */
   close(): Promise<void>;
 }
@@ -94,16 +101,47 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const waiter = new SessionWaiter(channel);
     const coordinator = new RefreshCoordinator(repo, vault, providers, waiter, config.refresh, logger, overrides.replicaId);
     const background = new BackgroundRefresher(repo, coordinator, providers, config.refresh.background, logger);
-    const sweeper = new Sweeper(repo, config.sweeper, logger);
-    const sessions = new SessionService(repo, vault, providers, coordinator, logger, {
+    const sweeper = new Sweeper(repo, config.sweeper, logger, () => waiter.notifyFlush());
+    const reader = await openSessionReader(config.database);
+    const cache = new SessionCache(config.cache, channel ? channel.connected : true);
+    waiter.subscribe({
+      changed: (ref) => cache.invalidateRef(ref),
+      flush: () => cache.flush(),
+      channel: (connected) => cache.setOnline(connected),
+    });
+    const sessions = new SessionService(repo, reader, cache, vault, providers, coordinator, logger, {
       lastUsedResolutionMs: config.lastUsedResolutionMs,
       providerTimeoutMs: config.refresh.providerTimeoutMs,
     });
+
+    const health = new HealthState();
+    health.setDatabaseUp(true);
+    // The database probe: NOT_SERVING while it fails, SERVING again when it answers.
+    const probe = new PeriodicTask(
+      "database probe",
+      2000,
+      async () => {
+        try {
+          await repo.ping();
+          if (health.status !== ServingStatus.SERVING && health.reason === "database unreachable") {
+            logger.info("database reachable again: SERVING");
+          }
+          health.setDatabaseUp(true);
+        } catch {
+          if (health.reason !== "database unreachable" && health.reason !== "draining") {
+            logger.warn("database unreachable: NOT_SERVING");
+          }
+          health.setDatabaseUp(false);
+        }
+      },
+      logger,
+    );
 
     const shutdown = new AbortController();
     const handler = connectNodeAdapter({
       routes: (router: ConnectRouter) => {
         router.service(TokenService, createTokenServiceImpl(sessions));
+        router.service(Health, createHealthImpl(health));
       },
       interceptors: [createLoggingInterceptor(logger)],
       readMaxBytes: config.maxMessageBytes,
@@ -111,6 +149,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       shutdownSignal: shutdown.signal,
     });
     const rpc = await startRpcServer(handler, config.host, config.port);
+    probe.start();
     if (config.refresh.background.enabled) background.start();
     if (config.sweeper.enabled) sweeper.start();
     const url = `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${rpc.port}`;
@@ -145,14 +184,18 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       background,
       sweeper,
       keyRing,
+      cache,
+      health,
       close() {
         closing ??= (async () => {
+          health.setDraining();
           logger.info({ inflight: rpc.inflight(), graceMs: config.shutdownGraceMs }, "shutting down: draining calls");
           await rpc.close(config.shutdownGraceMs, () =>
             shutdown.abort(new ConnectError("server is shutting down", Code.Unavailable)),
           );
-          await Promise.all([background.stop(), sweeper.stop()]);
+          await Promise.all([background.stop(), sweeper.stop(), probe.stop()]);
           await waiter.close();
+          await reader.close();
           await orm.close(true);
           logger.info("shut down");
           logger.flush();

@@ -50,6 +50,13 @@ export interface BackgroundConfig {
   batchSize: number;
 }
 
+/** The per-replica cache of sessions for GetToken (invalidated across replicas by NOTIFY). */
+export interface CacheConfig {
+  enabled: boolean;
+  maxEntries: number;
+  maxAgeMs: number;
+}
+
 /** Deleting sessions that can no longer be used. */
 export interface SweeperConfig {
   enabled: boolean;
@@ -71,6 +78,7 @@ export interface Config {
   providers: ProviderConfig[];
   refresh: RefreshConfig;
   sweeper: SweeperConfig;
+  cache: CacheConfig;
   logLevel: string;
   /** Largest request message accepted, in bytes. */
   maxMessageBytes: number;
@@ -143,6 +151,14 @@ const fileSchema = z
           })
           .strict()
           .prefault({}),
+      })
+      .strict()
+      .prefault({}),
+    cache: z
+      .object({
+        enabled: z.boolean().default(true),
+        max_entries: z.number().int().min(1).max(10_000_000).default(100_000),
+        max_age_seconds: z.number().min(0.1).max(3600).default(30),
       })
       .strict()
       .prefault({}),
@@ -346,6 +362,11 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     providers,
     refresh,
     sweeper,
+    cache: {
+      enabled: file.cache.enabled,
+      maxEntries: file.cache.max_entries,
+      maxAgeMs: Math.round(file.cache.max_age_seconds * 1000),
+    },
     logLevel,
     maxMessageBytes: file.limits.max_message_bytes,
     shutdownGraceMs: Math.round(file.shutdown_grace_seconds * 1000),

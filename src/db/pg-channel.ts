@@ -5,6 +5,8 @@ import type { Logger } from "../logger.js";
 export interface ChangeChannel {
   publish(message: string): Promise<void>;
   onMessage(listener: (message: string) => void): void;
+  /** Called with false when the channel is lost (messages may be missed) and true when it is back. */
+  onStateChange(listener: (connected: boolean) => void): void;
   /** True while messages are being received (otherwise waiters rely on polling). */
   readonly connected: boolean;
   close(): Promise<void>;
@@ -21,6 +23,7 @@ export const CHANNEL = "token_service_sessions";
 export class PgChannel implements ChangeChannel {
   private client: pg.Client | undefined;
   private readonly listeners: Array<(message: string) => void> = [];
+  private readonly stateListeners: Array<(connected: boolean) => void> = [];
   private closed = false;
   private retryMs = 250;
   private timer: NodeJS.Timeout | undefined;
@@ -56,6 +59,7 @@ export class PgChannel implements ChangeChannel {
     const lost = () => {
       if (this.client !== client) return;
       this.client = undefined;
+      for (const l of this.stateListeners) l(false);
       client.removeAllListeners("error");
       client.on("error", () => undefined);
       void client.end().catch(() => undefined);
@@ -72,6 +76,7 @@ export class PgChannel implements ChangeChannel {
       }
       this.client = client;
       this.retryMs = 250;
+      for (const l of this.stateListeners) l(true);
       if (this.downSince !== undefined) {
         this.logger.info({ downMs: Date.now() - this.downSince }, "change channel reconnected");
         this.downSince = undefined;
@@ -111,6 +116,10 @@ export class PgChannel implements ChangeChannel {
 
   onMessage(listener: (message: string) => void): void {
     this.listeners.push(listener);
+  }
+
+  onStateChange(listener: (connected: boolean) => void): void {
+    this.stateListeners.push(listener);
   }
 
   async close(): Promise<void> {

@@ -73,3 +73,55 @@ export const SessionSchema = new EntitySchema<SessionRow>({
     { name: "sessions_status_access_expires_idx", properties: ["status", "accessExpiresAt"] },
   ],
 });
+
+/**
+ * What GetToken needs of a session: the row without its refresh token (which
+ * only the refresh path reads). `refreshable` says whether one is stored.
+ */
+export interface SessionHead
+  extends Pick<
+    SessionRow,
+    | "id"
+    | "userId"
+    | "provider"
+    | "status"
+    | "keyId"
+    | "accessCt"
+    | "idCt"
+    | "tokenType"
+    | "scope"
+    | "accessExpiresAt"
+    | "accessIssuedAt"
+    | "idExpiresAt"
+    | "lastUsedAt"
+    | "version"
+    | "reauthReason"
+    | "leaseOwner"
+    | "leaseUntil"
+  > {
+  refreshable: boolean;
+}
+
+/** The head of a full row. */
+export function headOf(row: SessionRow): SessionHead {
+  return {
+    id: row.id,
+    userId: row.userId,
+    provider: row.provider,
+    status: row.status,
+    keyId: row.keyId,
+    accessCt: row.accessCt,
+    idCt: row.idCt,
+    refreshable: row.refreshCt !== null,
+    tokenType: row.tokenType,
+    scope: row.scope,
+    accessExpiresAt: row.accessExpiresAt,
+    accessIssuedAt: row.accessIssuedAt,
+    idExpiresAt: row.idExpiresAt,
+    lastUsedAt: row.lastUsedAt,
+    version: row.version,
+    reauthReason: row.reauthReason,
+    leaseOwner: row.leaseOwner,
+    leaseUntil: row.leaseUntil,
+  };
+}

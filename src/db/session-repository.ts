@@ -44,7 +44,8 @@ const CONNECTION_ERROR_CODES = new Set([
   "SQLITE_BUSY",
 ]);
 
-function isUnavailable(err: unknown): boolean {
+/** Whether an error means the database is unreachable or too slow (as opposed to a bug). */
+export function isUnavailable(err: unknown): boolean {
   for (let e: unknown = err, depth = 0; e && depth < 5; depth++) {
     const x = e as { code?: unknown; name?: unknown; message?: unknown; cause?: unknown };
     if (typeof x.code === "string" && CONNECTION_ERROR_CODES.has(x.code)) return true;

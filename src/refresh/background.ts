@@ -1,5 +1,5 @@
 import type { BackgroundConfig } from "../config.js";
-import type { SessionRow } from "../db/session-entity.js";
+import { headOf, type SessionRow } from "../db/session-entity.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, type Logger } from "../logger.js";
 import type { ProviderRegistry } from "../providers/provider-client.js";
@@ -80,7 +80,7 @@ export class BackgroundRefresher {
         this.stats.throttled++;
         continue;
       }
-      const started = this.coordinator.refreshIfIdle(row);
+      const started = this.coordinator.refreshIfIdle(headOf(row));
       if (!started) continue;
       this.stats.started++;
       this.inflight.set(row.provider, busy + 1);

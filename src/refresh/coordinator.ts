@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { RefreshConfig } from "../config.js";
-import type { SessionRow } from "../db/session-entity.js";
+import { headOf, type SessionHead, type SessionRow } from "../db/session-entity.js";
 import { DatabaseUnavailableError, type RefreshedFields, type SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
 import { classifyProviderError } from "../providers/errors.js";
@@ -16,9 +16,9 @@ import { accessTokenExpiry, idTokenExpiry } from "../sessions/expiry.js";
 import type { OpenTokens, TokenVault } from "../sessions/token-vault.js";
 import type { RowWaiter } from "./waiter.js";
 
-/** What a refresh produced: the row as now stored, and its tokens when this process refreshed them. */
+/** What a refresh produced: the session as now stored, and its tokens when this process refreshed them. */
 export interface RefreshResult {
-  row: SessionRow;
+  row: SessionHead;
   /** In clear, only when this process did the refresh (saves a decrypt). */
   tokens?: OpenTokens;
 }
@@ -77,7 +77,7 @@ export class RefreshCoordinator {
    * under way here or on another replica. `signal` ends only this caller's
    * wait; the shared refresh goes on and its result is stored.
    */
-  refresh(row: SessionRow, signal?: AbortSignal): Promise<RefreshResult> {
+  refresh(row: SessionHead, signal?: AbortSignal): Promise<RefreshResult> {
     const existing = this.inflight.get(row.id);
     let shared: Promise<RefreshResult>;
     if (existing) {
@@ -95,15 +95,20 @@ export class RefreshCoordinator {
    * up at once (undefined) when a refresh of this session is already under way
    * here or elsewhere. Never waits on another replica.
    */
-  refreshIfIdle(row: SessionRow): Promise<RefreshResult> | undefined {
+  refreshIfIdle(row: SessionHead): Promise<RefreshResult> | undefined {
     if (this.inflight.has(row.id)) return undefined;
     return this.register(row, false);
   }
 
-  private register(row: SessionRow, waitForOthers: boolean): Promise<RefreshResult> {
+  private register(row: SessionHead, waitForOthers: boolean): Promise<RefreshResult> {
     const p = this.run(row, waitForOthers).finally(() => this.inflight.delete(row.id));
     this.inflight.set(row.id, p);
     return p;
+  }
+
+  /** Tells every replica that a session changed or went away (caches drop it, waiters wake). */
+  announce(sessionId: string): Promise<void> {
+    return this.waiter.notify(sessionId);
   }
 
   /** Sessions with a refresh in flight in this process. */
@@ -111,12 +116,12 @@ export class RefreshCoordinator {
     return this.inflight.size;
   }
 
-  private async run(initial: SessionRow, waitForOthers: boolean): Promise<RefreshResult> {
+  private async run(initial: SessionHead, waitForOthers: boolean): Promise<RefreshResult> {
     const observed = initial.version;
     const startedAt = new Date();
     // A waiter gives up after two leases: by then the holder either finished or lapsed and we took over.
     const giveUpAt = Date.now() + 2 * this.config.leaseMs + 1000;
-    let current: SessionRow = initial;
+    let current: SessionHead = initial;
     for (let round = 0; ; round++) {
       if (current.version !== observed) return this.settled(current);
       if (current.status !== "active") throw new ReauthRequiredError(current.reauthReason ?? "reauth_required", current.provider);
@@ -128,27 +133,35 @@ export class RefreshCoordinator {
           this.stats.takeovers++;
           this.logger.warn({ sid: sessionRef(current.id), provider: current.provider }, "took over a lapsed refresh lease");
         }
-        return this.refreshHolding(current, owner, until);
+        // The lease was taken at `observed`, so the full row read now is that version.
+        const full = await this.repo.findById(current.id);
+        if (!full || full.version !== observed) {
+          await this.repo.releaseLease(current.id, owner, "row_changed", new Date()).catch(() => undefined);
+          if (!full) throw new SessionNotFoundError();
+          return this.settled(headOf(full));
+        }
+        return this.refreshHolding(full, owner, until);
       }
       if (!waitForOthers) return { row: current };
       if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
       await this.waiter.wait(current.id, backoffMs(round));
-      const next = await this.repo.findById(current.id);
-      if (!next) throw new SessionNotFoundError();
+      const found = await this.repo.findById(current.id);
+      if (!found) throw new SessionNotFoundError();
+      const next = headOf(found);
       if (
-        next.version === observed &&
-        next.leaseOwner === null &&
-        next.lastErrorAt !== null &&
-        next.lastErrorAt >= startedAt
+        found.version === observed &&
+        found.leaseOwner === null &&
+        found.lastErrorAt !== null &&
+        found.lastErrorAt >= startedAt
       ) {
         // The holder's attempt failed transiently while we waited: share its outcome, don't hammer the provider.
-        throw new ProviderUnavailableError(next.lastErrorCode ?? "unavailable", next.provider);
+        throw new ProviderUnavailableError(found.lastErrorCode ?? "unavailable", found.provider);
       }
       current = next;
     }
   }
 
-  private settled(row: SessionRow): RefreshResult {
+  private settled(row: SessionHead): RefreshResult {
     if (row.status !== "active") throw new ReauthRequiredError(row.reauthReason ?? "reauth_required", row.provider);
     return { row };
   }
@@ -171,6 +184,7 @@ export class RefreshCoordinator {
     }
     if (tokens.refresh === undefined) {
       await this.repo.markReauth(row.id, row.version, owner, "no_refresh_token", new Date());
+      await this.waiter.notify(row.id);
       log.info({ audit: true, event: "reauth_required", reason: "no_refresh_token", userId: row.userId }, "session has no refresh token");
       this.emit(row, "reauth_required", started, "no_refresh_token");
       throw new ReauthRequiredError("no_refresh_token", row.provider);
@@ -185,6 +199,7 @@ export class RefreshCoordinator {
       const now = new Date();
       if (e.kind === "rejected") {
         await this.repo.markReauth(row.id, row.version, owner, e.code, now);
+        await this.waiter.notify(row.id);
         log.warn(
           { audit: true, event: "reauth_required", reason: e.code, userId: row.userId, ms: Date.now() - started },
           "provider rejected the refresh; the session needs a new login",
@@ -260,7 +275,7 @@ export class RefreshCoordinator {
       "session refreshed",
     );
     this.emit(stored, "success", started);
-    return { row: stored, tokens: next };
+    return { row: headOf(stored), tokens: next };
   }
 
   private async persist(

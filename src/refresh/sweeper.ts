@@ -26,6 +26,8 @@ export class Sweeper {
     private readonly repo: SessionRepository,
     private readonly config: SweeperConfig,
     private readonly logger: Logger,
+    /** Told when sessions were deleted, so caches forget them. */
+    private readonly onDeleted: () => Promise<void> = async () => undefined,
   ) {
     this.task = new PeriodicTask("sweeper", config.intervalMs, async () => {
       await this.sweep();
@@ -66,6 +68,7 @@ export class Sweeper {
       this.totals.reauthRetained += result.reauthRetained;
       this.totals.unrefreshable += result.unrefreshable;
       this.logger.info({ ...result }, "swept sessions");
+      await this.onDeleted();
     }
     return result;
   }

@@ -15,6 +15,17 @@ export interface RowWaiter {
 }
 
 const PREFIX = "changed:";
+const FLUSH = "flush";
+
+/** Listeners of session changes, local or from other replicas. */
+export interface SessionChangeListener {
+  /** A session changed or went away (by its short ref). */
+  changed(ref: string): void;
+  /** Many sessions may have changed (or messages were missed): forget everything. */
+  flush(): void;
+  /** The cross-replica channel went down (false) or came back (true). */
+  channel?(connected: boolean): void;
+}
 
 /**
  * Wakes waiters of a session in this process and, given a channel (PostgreSQL
@@ -23,11 +34,31 @@ const PREFIX = "changed:";
  */
 export class SessionWaiter implements RowWaiter {
   private readonly waiting = new Map<string, Set<() => void>>();
+  private readonly listeners: SessionChangeListener[] = [];
 
   constructor(private readonly channel?: ChangeChannel) {
     channel?.onMessage((message) => {
-      if (message.startsWith(PREFIX)) this.wakeRef(message.slice(PREFIX.length));
+      if (message.startsWith(PREFIX)) {
+        const ref = message.slice(PREFIX.length);
+        this.wakeRef(ref);
+        for (const l of this.listeners) l.changed(ref);
+      } else if (message === FLUSH) {
+        for (const l of this.listeners) l.flush();
+      }
     });
+    channel?.onStateChange((connected) => {
+      for (const l of this.listeners) l.channel?.(connected);
+    });
+  }
+
+  /** Follows changes of sessions made here or, through the channel, on other replicas. */
+  subscribe(listener: SessionChangeListener): void {
+    this.listeners.push(listener);
+  }
+
+  /** Whether the cross-replica channel is up (always false without one). */
+  get channelConnected(): boolean {
+    return this.channel?.connected ?? false;
   }
 
   async wait(sessionId: string, maxMs: number): Promise<void> {
@@ -56,12 +87,14 @@ export class SessionWaiter implements RowWaiter {
   async notify(sessionId: string): Promise<void> {
     const ref = sessionRef(sessionId);
     this.wakeRef(ref);
+    for (const l of this.listeners) l.changed(ref);
     await this.channel?.publish(`${PREFIX}${ref}`);
   }
 
-  /** Whether other replicas can be woken at once (false: they poll). */
-  get broadcasting(): boolean {
-    return this.channel?.connected ?? false;
+  /** Announces that many sessions changed at once (a sweep, a key rotation). */
+  async notifyFlush(): Promise<void> {
+    for (const l of this.listeners) l.flush();
+    await this.channel?.publish(FLUSH);
   }
 
   async close(): Promise<void> {

@@ -27,17 +27,19 @@ export function createLoggingInterceptor(logger: Logger, observe?: RpcObserver):
       peer: req.contextValues.get(kPeer),
       caller: req.contextValues.get(kCaller),
     });
+    // Probes and reflection are frequent and dull: debug level. Token service calls: info.
+    const level = req.service.typeName.startsWith("tokenservice.") ? "info" : "debug";
     try {
       const res = await next(req);
       const fields = { ...line(), code: "ok" };
-      logger.info(fields, "rpc");
+      logger[level](fields, "rpc");
       observe?.({ method, code: "ok", ms: fields.ms });
       return res;
     } catch (err) {
       const { error, known } = toConnectError(err);
       const fields = { ...line(), code: codeName(error.code) };
       if (known) {
-        logger.info({ ...fields, reason: err instanceof ConnectError ? undefined : (err as Error).name }, "rpc");
+        logger[level]({ ...fields, reason: err instanceof ConnectError ? undefined : (err as Error).name }, "rpc");
       } else {
         // Unknown errors: keep the type and code for operators, never the message text.
         logger.error({ ...fields, err: errSummary(err), stack: stackOnly(err) }, "rpc failed with an unexpected error");

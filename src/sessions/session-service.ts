@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
-import type { SessionRow } from "../db/session-entity.js";
+import type { SessionHead, SessionRow } from "../db/session-entity.js";
+import type { SessionReader } from "../db/session-reader.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
 import { classifyProviderError } from "../providers/errors.js";
@@ -15,6 +16,7 @@ import {
   SessionNotFoundError,
 } from "./errors.js";
 import { accessTokenExpiry, idTokenExpiry, lifetimeSeconds, requiredValiditySeconds, secondsLeft } from "./expiry.js";
+import type { CacheEntry, SessionCache } from "./session-cache.js";
 import type { TokenVault } from "./token-vault.js";
 import {
   checkExpiresIn,
@@ -76,8 +78,15 @@ export interface TokenAnswer {
  * provider.
  */
 export class SessionService {
+  /** Session reads in flight, by user and session id. */
+  private readonly inflightReads = new Map<string, Promise<{ head: SessionHead | null; entry?: CacheEntry }>>();
+  /** Sessions whose last_used_at write is in flight, so concurrent calls send one. */
+  private readonly touching = new Set<string>();
+
   constructor(
     private readonly repo: SessionRepository,
+    private readonly reader: SessionReader,
+    private readonly cache: SessionCache,
     private readonly vault: TokenVault,
     private readonly providers: ProviderRegistry,
     private readonly coordinator: RefreshCoordinator,
@@ -152,49 +161,56 @@ export class SessionService {
 
   async getToken(input: GetTokenInput, ctx: CallContext = {}): Promise<TokenAnswer> {
     const userId = requireUserId(input.userId);
-    let row: SessionRow | null;
+    let head: SessionHead | null;
+    let entry: CacheEntry | undefined;
     if (input.sessionId !== "") {
       const sessionId = requireSessionId(input.sessionId);
-      row = await this.repo.findForUser(sessionId, userId);
-      if (row && input.provider !== "" && row.provider !== input.provider) row = null;
+      entry = this.cache.get(userId, sessionId);
+      if (entry) {
+        head = entry.head;
+      } else {
+        ({ head, entry } = await this.readSession(sessionId, userId));
+      }
+      if (head && input.provider !== "" && head.provider !== input.provider) head = null;
     } else {
       if (input.provider === "") throw new InvalidArgumentError("provider", "is required when session_id is empty");
-      row = await this.repo.findNewest(userId, input.provider);
+      head = await this.reader.findNewest(userId, input.provider);
     }
-    if (!row) throw new SessionNotFoundError();
-    if (row.status !== "active") throw new ReauthRequiredError(row.reauthReason ?? "reauth_required", row.provider);
-    if (input.kind === "id" && row.idCt === null) throw new NoIdTokenError();
+    if (!head) throw new SessionNotFoundError();
+    if (head.status !== "active") throw new ReauthRequiredError(head.reauthReason ?? "reauth_required", head.provider);
+    if (input.kind === "id" && head.idCt === null) throw new NoIdTokenError();
 
     const now = new Date();
-    const margin = this.providers.get(row.provider)?.config.refreshMarginSeconds ?? 60;
+    const margin = this.providers.get(head.provider)?.config.refreshMarginSeconds ?? 60;
     const required = requiredValiditySeconds({
       minValidSeconds: input.minValidSeconds,
       configuredMarginSeconds: margin,
-      lifetimeSeconds: lifetimeSeconds(row.accessIssuedAt, row.accessExpiresAt),
+      lifetimeSeconds: lifetimeSeconds(head.accessIssuedAt, head.accessExpiresAt),
     });
-    const expiresAt = input.kind === "id" ? row.idExpiresAt : row.accessExpiresAt;
+    const expiresAt = input.kind === "id" ? head.idExpiresAt : head.accessExpiresAt;
     if (!input.forceRefresh && expiresAt && secondsLeft(expiresAt, now) >= required) {
-      this.touch(row, now);
-      return this.answer(row, input.kind);
+      this.touch(head, now);
+      return this.answer(head, input.kind, undefined, entry);
     }
 
     let result: RefreshResult;
     try {
-      result = await this.awaitRefresh(row, ctx);
+      result = await this.awaitRefresh(head, ctx);
     } catch (err) {
       const stillValid = expiresAt !== null && secondsLeft(expiresAt, new Date()) > 1;
       const transient =
         err instanceof ProviderUnavailableError || err instanceof RefreshTimeoutError || err instanceof CallerDeadlineError;
       if (transient && stillValid && !input.forceRefresh) {
         this.logger.info(
-          { sid: sessionRef(row.id), provider: row.provider, code: (err as { code?: string }).code },
+          { sid: sessionRef(head.id), provider: head.provider, code: (err as { code?: string }).code },
           "refresh not done; returning the current token, which is still valid",
         );
-        this.touch(row, new Date());
-        return this.answer(row, input.kind);
+        this.touch(head, new Date());
+        return this.answer(head, input.kind, undefined, entry);
       }
       throw err;
     }
+    // Not cached from here: the next call reads the refreshed row (and caches it) under a fresh ticket.
     this.touch(result.row, new Date());
     const answer = this.answer(result.row, input.kind, result.tokens);
     if (input.kind === "id" && answer.expiresAt.getTime() <= Date.now()) throw new NoIdTokenError();
@@ -206,6 +222,7 @@ export class SessionService {
     const sessionId = requireSessionId(input.sessionId);
     const row = await this.repo.deleteForUser(sessionId, userId);
     if (!row) throw new SessionNotFoundError();
+    await this.coordinator.announce(row.id);
     const log = this.logger.child({ sid: sessionRef(row.id), provider: row.provider });
     log.info({ audit: true, event: "revoke", caller: ctx.caller, userId }, "session revoked");
     await this.revokeAtProvider(row, ctx, log);
@@ -247,7 +264,7 @@ export class SessionService {
   }
 
   /** Waits for the shared refresh, but gives up just before the caller's deadline. */
-  private async awaitRefresh(row: SessionRow, ctx: CallContext): Promise<RefreshResult> {
+  private async awaitRefresh(row: SessionHead, ctx: CallContext): Promise<RefreshResult> {
     const signals: AbortSignal[] = [];
     if (ctx.signal) signals.push(ctx.signal);
     if (ctx.deadline !== undefined) {
@@ -267,8 +284,20 @@ export class SessionService {
     }
   }
 
-  private answer(row: SessionRow, kind: TokenKind, tokens?: { access: string; id: string | undefined }): TokenAnswer {
-    const token = kind === "id" ? (tokens?.id ?? this.vault.openField(row, "id")) : (tokens?.access ?? this.vault.openField(row, "access"));
+  private answer(
+    row: SessionHead,
+    kind: TokenKind,
+    tokens?: { access: string; id: string | undefined },
+    entry?: CacheEntry,
+  ): TokenAnswer {
+    let token: string | undefined;
+    if (kind === "id") {
+      token = tokens?.id ?? entry?.id ?? this.vault.openField(row, "id");
+      if (entry && token) entry.id = token;
+    } else {
+      token = tokens?.access ?? entry?.access ?? this.vault.openField(row, "access");
+      if (entry && token) entry.access = token;
+    }
     if (!token) throw new NoIdTokenError();
     const expiresAt = kind === "id" ? row.idExpiresAt : row.accessExpiresAt;
     return {
@@ -280,11 +309,35 @@ export class SessionService {
     };
   }
 
-  /** Records use at most once per resolution window; never delays or fails the call. */
-  private touch(row: SessionRow, now: Date): void {
+  /**
+   * Reads a session for GetToken and caches it. Concurrent reads of the same
+   * session and user share one query: a storm of callers costs one row read
+   * per replica, not one per caller.
+   */
+  private readSession(sessionId: string, userId: string): Promise<{ head: SessionHead | null; entry?: CacheEntry }> {
+    const key = `${userId}\u0000${sessionId}`;
+    let read = this.inflightReads.get(key);
+    if (!read) {
+      const ticket = this.cache.ticket();
+      read = this.reader
+        .findForUser(sessionId, userId)
+        .then((head) => ({ head, entry: head ? this.cache.set(head, ticket) : undefined }))
+        .finally(() => this.inflightReads.delete(key));
+      this.inflightReads.set(key, read);
+    }
+    return read;
+  }
+
+  /** Records use at most once per resolution window per session; never delays or fails the call. */
+  private touch(row: SessionHead, now: Date): void {
     if (now.getTime() - row.lastUsedAt.getTime() < this.options.lastUsedResolutionMs) return;
+    if (this.touching.has(row.id)) return;
     row.lastUsedAt = now;
-    this.repo.touch(row.id, now).catch((err: unknown) => this.logger.debug({ err: errSummary(err) }, "last_used_at not updated"));
+    this.touching.add(row.id);
+    this.repo
+      .touch(row.id, now)
+      .catch((err: unknown) => this.logger.debug({ err: errSummary(err) }, "last_used_at not updated"))
+      .finally(() => this.touching.delete(row.id));
   }
 
   private requireProvider(id: string, field: string) {

@@ -13,6 +13,9 @@ export interface OpenTokens {
 type Field = "access" | "refresh" | "id";
 type Owner = Pick<SessionRow, "id" | "userId" | "provider">;
 
+/** A row, or a head of one, with the columns needed to open its tokens. */
+type SealedRow = Owner & Pick<SessionRow, "keyId" | "accessCt" | "idCt"> & { refreshCt?: Buffer | null };
+
 /** The sealed columns of a row. */
 export type SealedTokens = Pick<SessionRow, "keyId" | "accessCt" | "refreshCt" | "idCt">;
 
@@ -50,8 +53,8 @@ export class TokenVault {
     };
   }
 
-  /** Opens one column; undefined when the column is empty. */
-  openField(row: SessionRow, field: Field): string | undefined {
+  /** Opens one column; undefined when the column is empty (or, for a head, not read). */
+  openField(row: SealedRow, field: Field): string | undefined {
     const blob = field === "access" ? row.accessCt : field === "refresh" ? row.refreshCt : row.idCt;
     if (blob === null || blob === undefined) return undefined;
     try {

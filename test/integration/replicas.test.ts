@@ -5,7 +5,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import { stringify } from "yaml";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { generateKeySpec } from "../../src/crypto/key-ring.js";
 import { connectGrpcClient, grpcJsClient, type ConnectTokenClient, type GrpcJsTokenClient } from "../helpers/clients.js";
@@ -153,6 +155,46 @@ describe("three replicas on one PostgreSQL", () => {
     }
   });
 
+  it("drops a revoked or refreshed session from every replica's cache at once", async () => {
+    const tokens = await provider.login("cached");
+    const { sessionId } = await replicas[0]!.client.storeSession({
+      userId: "cached",
+      provider: "corp",
+      tokens: { accessToken: tokens.access_token, refreshToken: tokens.refresh_token, expiresIn: 3600n },
+    });
+    // Warm every replica's cache.
+    for (const r of replicas) {
+      for (let i = 0; i < 3; i++) expect((await r.client.getToken({ userId: "cached", sessionId })).token).toBe(tokens.access_token);
+    }
+    // A forced refresh on one replica: the others answer with the new token on their very next call.
+    const fresh = await replicas[0]!.client.getToken({ userId: "cached", sessionId, forceRefresh: true });
+    expect(fresh.token).not.toBe(tokens.access_token);
+    // The refreshing replica itself answers with the new token at once; the others within NOTIFY delivery time.
+    expect((await replicas[0]!.client.getToken({ userId: "cached", sessionId })).token).toBe(fresh.token);
+    const seenAt = Date.now();
+    await until(
+      async () =>
+        (await Promise.all(replicas.map((r) => r.client.getToken({ userId: "cached", sessionId })))).every(
+          (t) => t.token === fresh.token,
+        ),
+      2000,
+      "every replica to serve the refreshed token",
+    );
+    const refreshSpreadMs = Date.now() - seenAt;
+    // A revoke on one replica: refused there at once, and everywhere within NOTIFY delivery time.
+    await replicas[2]!.client.revokeSession({ userId: "cached", sessionId });
+    const revokedAt = Date.now();
+    const codeOf = (r: Replica) => r.client.getToken({ userId: "cached", sessionId }).then(() => -1, (e: ConnectError) => e.code as number);
+    expect(await codeOf(replicas[2]!)).toBe(Code.NotFound);
+    await until(
+      async () => (await Promise.all(replicas.map(codeOf))).every((c) => c === Code.NotFound),
+      2000,
+      "every replica to refuse the revoked session",
+    );
+    // Reported, not asserted (timing): how long the other replicas took to hear of it.
+    console.log(`cache invalidation across replicas: refresh seen in ${refreshSpreadMs} ms, revoke in ${Date.now() - revokedAt} ms`);
+  });
+
   it("gives bounded answers while the provider hangs, fails or throttles, and keeps the session", async () => {
     // Hang: both attempts time out after 1 s each; callers get UNAVAILABLE well before their deadline.
     provider.faults.push({ kind: "hang" }, { kind: "hang" });
@@ -242,9 +284,20 @@ describe("three replicas on one PostgreSQL", () => {
       }
     });
     await sleep(500);
+    const healthOf = (r: Replica) =>
+      createClient(Health, createGrpcTransport({ baseUrl: r.proc.url }))
+        .check({ service: "tokenservice.v1.TokenService" }, { timeoutMs: 2000 })
+        .then((res) => res.status);
+    expect(await Promise.all(replicas.map(healthOf))).toEqual(replicas.map(() => ServingStatus.SERVING));
     const stoppedAt = Date.now();
     await postgres.stopServer();
-    await sleep(2000);
+    // The health protocol follows the database: NOT_SERVING on every replica while it is down.
+    await until(
+      async () => (await Promise.all(replicas.map(healthOf))).every((s) => s === ServingStatus.NOT_SERVING),
+      10_000,
+      "every replica to report NOT_SERVING",
+    );
+    await sleep(1000);
     await postgres.startServer();
     const restartedAt = Date.now();
     // Every replica answers successfully again, by itself.
@@ -255,6 +308,11 @@ describe("three replicas on one PostgreSQL", () => {
     );
     running = false;
     await Promise.all(loops);
+    await until(
+      async () => (await Promise.all(replicas.map(healthOf))).every((s) => s === ServingStatus.SERVING),
+      10_000,
+      "every replica to report SERVING again",
+    );
 
     const during = outcomes.filter((o) => o.at > stoppedAt + 200 && o.at < restartedAt - 200);
     expect(during.length).toBeGreaterThan(0);

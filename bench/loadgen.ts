@@ -1,0 +1,157 @@
+/**
+ * A gRPC load generator in its own process: raw node:http2 client sessions,
+ * many concurrent streams each, every response checked by its grpc-status
+ * trailer (not just HTTP 200). Prints one JSON result line on stdout.
+ *
+ * Input: one JSON argument, a LoadSpec. Modes:
+ * - "burst": send `requests` calls at once (spread over targets), wait for all;
+ * - "sustained": keep `concurrency` calls in flight per connection for `durationMs`.
+ */
+import http2 from "node:http2";
+
+export interface LoadTarget {
+  /** http://host:port */
+  url: string;
+  /** /package.Service/Method */
+  path: string;
+  /** gRPC-framed request body, base64. */
+  frame: string;
+}
+
+export interface LoadSpec {
+  mode: "burst" | "sustained";
+  targets: LoadTarget[];
+  /** Connections per target. */
+  connections: number;
+  /** burst: total calls. */
+  requests?: number;
+  /** sustained: calls in flight per connection, and how long. */
+  concurrency?: number;
+  durationMs?: number;
+  /** sustained: discard results of the first ms (warm-up). */
+  warmupMs?: number;
+  /** Keep the response bodies of OK calls (base64 of the protobuf message) to compare them. */
+  collectBodies?: boolean;
+}
+
+export interface LoadResult {
+  requests: number;
+  ok: number;
+  /** grpc-status (or "http_XXX", "stream_error") → count, for everything but 0. */
+  errors: Record<string, number>;
+  durationMs: number;
+  throughput: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  minMs: number;
+  /** Distinct response bodies seen (only with collectBodies). */
+  distinctBodies?: string[];
+}
+
+function quantile(sorted: Float64Array, q: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
+
+interface Conn {
+  session: http2.ClientHttp2Session;
+  target: LoadTarget;
+  frame: Buffer;
+}
+
+async function connect(target: LoadTarget): Promise<Conn> {
+  const session = http2.connect(target.url, { settings: { initialWindowSize: 1 << 20 } });
+  session.on("error", () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    session.once("connect", () => resolve());
+    session.once("error", reject);
+  });
+  return { session, target, frame: Buffer.from(target.frame, "base64") };
+}
+
+/** One unary call; resolves to [status, latencyMs, body?]. */
+function call(conn: Conn, collect: boolean): Promise<[string, number, Buffer | undefined]> {
+  return new Promise((resolve) => {
+    const t0 = performance.now();
+    const stream = conn.session.request({
+      ":method": "POST",
+      ":path": conn.target.path,
+      "content-type": "application/grpc",
+      te: "trailers",
+    });
+    let httpStatus = 0;
+    let grpcStatus: string | undefined;
+    const chunks: Buffer[] = [];
+    stream.on("response", (headers) => {
+      httpStatus = Number(headers[":status"]);
+      // Trailers-only responses carry grpc-status in the headers.
+      if (headers["grpc-status"] !== undefined) grpcStatus = String(headers["grpc-status"]);
+    });
+    stream.on("trailers", (trailers) => {
+      if (trailers["grpc-status"] !== undefined) grpcStatus = String(trailers["grpc-status"]);
+    });
+    if (collect) stream.on("data", (c: Buffer) => chunks.push(c));
+    else stream.resume();
+    stream.on("close", () => {
+      const ms = performance.now() - t0;
+      const status = grpcStatus ?? (httpStatus && httpStatus !== 200 ? `http_${httpStatus}` : "stream_error");
+      resolve([status, ms, collect && status === "0" ? Buffer.concat(chunks).subarray(5) : undefined]);
+    });
+    stream.on("error", () => undefined);
+    stream.end(conn.frame);
+  });
+}
+
+export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
+  const conns: Conn[] = [];
+  for (const target of spec.targets) for (let i = 0; i < spec.connections; i++) conns.push(await connect(target));
+  const latencies: number[] = [];
+  const errors: Record<string, number> = {};
+  const bodies = new Set<string>();
+  let ok = 0;
+  const record = ([status, ms, body]: [string, number, Buffer | undefined]) => {
+    latencies.push(ms);
+    if (status === "0") ok++;
+    else errors[status] = (errors[status] ?? 0) + 1;
+    if (body) bodies.add(body.toString("base64"));
+  };
+  const started = performance.now();
+  let measuredFrom = started;
+  if (spec.mode === "burst") {
+    const n = spec.requests ?? 1000;
+    await Promise.all(Array.from({ length: n }, (_, i) => call(conns[i % conns.length]!, spec.collectBodies === true).then(record)));
+  } else {
+    const end = started + (spec.durationMs ?? 10_000);
+    const warmEnd = started + (spec.warmupMs ?? 0);
+    measuredFrom = warmEnd;
+    const worker = async (conn: Conn) => {
+      while (performance.now() < end) {
+        const result = await call(conn, false);
+        if (performance.now() >= warmEnd) record(result);
+      }
+    };
+    await Promise.all(conns.flatMap((c) => Array.from({ length: spec.concurrency ?? 16 }, () => worker(c))));
+  }
+  const durationMs = performance.now() - measuredFrom;
+  for (const c of conns) c.session.close();
+  const sorted = Float64Array.from(latencies).sort();
+  return {
+    requests: latencies.length,
+    ok,
+    errors,
+    durationMs,
+    throughput: (latencies.length / durationMs) * 1000,
+    p50Ms: quantile(sorted, 0.5),
+    p99Ms: quantile(sorted, 0.99),
+    maxMs: sorted[sorted.length - 1] ?? NaN,
+    minMs: sorted[0] ?? NaN,
+    ...(spec.collectBodies ? { distinctBodies: [...bodies] } : {}),
+  };
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const spec = JSON.parse(process.argv[2] ?? "{}") as LoadSpec;
+  const result = await runLoad(spec);
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+}

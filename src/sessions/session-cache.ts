@@ -1,0 +1,141 @@
+import type { CacheConfig } from "../config.js";
+import type { SessionHead } from "../db/session-entity.js";
+import { sessionRef } from "../logger.js";
+
+
+/** A cached session; its decrypted tokens are filled in on first use. */
+export interface CacheEntry {
+  head: SessionHead;
+  ref: string;
+  storedAt: number;
+  /** Decrypted tokens, filled on first use (AES-GCM only when needed). */
+  access?: string;
+  id?: string;
+}
+
+/** Recent invalidations are remembered this long, to refuse late fills from reads that began earlier. */
+const TOMBSTONE_MS = 60_000;
+
+/**
+ * Per-replica cache of session heads and their decrypted tokens, for the
+ * GetToken hot path. Keyed by user and session id together, so asking with the
+ * wrong user never hits (and takes the same path as an unknown session).
+ *
+ * Correctness rests on invalidation: every change to a session (refresh,
+ * reauth, revoke, key rotation) is announced to all replicas (PostgreSQL
+ * NOTIFY) and drops the entry here. While that channel is down the cache is
+ * off and empty. A read that began before an invalidation of its session may
+ * not fill the cache (tombstones), so a revoked session cannot come back
+ * through a slow read. Entries also expire with `maxAgeMs` and are bounded in
+ * number.
+ */
+export class SessionCache {
+  private readonly entries = new Map<string, CacheEntry>();
+  private readonly byRef = new Map<string, string>();
+  private readonly tombstones = new Map<string, { seq: number; at: number }>();
+  private seq = 0;
+  private flushedSeq = 0;
+  private online: boolean;
+  readonly stats = { hits: 0, misses: 0, invalidations: 0 };
+
+  constructor(
+    private readonly config: CacheConfig,
+    online = true,
+  ) {
+    this.online = online;
+  }
+
+  get active(): boolean {
+    return this.config.enabled && this.online;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  private key(userId: string, sessionId: string): string {
+    return `${userId}\u0000${sessionId}`;
+  }
+
+  /** A ticket to pass to `set` after reading the database: it remembers when the read began. */
+  ticket(): number {
+    return this.seq;
+  }
+
+  get(userId: string, sessionId: string): CacheEntry | undefined {
+    if (!this.active) return undefined;
+    const entry = this.entries.get(this.key(userId, sessionId));
+    if (!entry) {
+      this.stats.misses++;
+      return undefined;
+    }
+    if (Date.now() - entry.storedAt > this.config.maxAgeMs) {
+      this.drop(entry);
+      this.stats.misses++;
+      return undefined;
+    }
+    this.stats.hits++;
+    return entry;
+  }
+
+  /**
+   * Stores a head read from the database, unless its session was invalidated
+   * since `ticket` was taken (before the read). Returns the entry, if stored.
+   */
+  set(head: SessionHead, ticket: number): CacheEntry | undefined {
+    if (!this.active || ticket < this.flushedSeq) return undefined;
+    const ref = sessionRef(head.id);
+    const tomb = this.tombstones.get(ref);
+    if (tomb && tomb.seq > ticket) return undefined;
+    const key = this.key(head.userId, head.id);
+    const old = this.entries.get(key);
+    if (old) this.entries.delete(key);
+    const entry: CacheEntry = { head, ref, storedAt: Date.now() };
+    this.entries.set(key, entry);
+    this.byRef.set(ref, key);
+    while (this.entries.size > this.config.maxEntries) {
+      const oldest = this.entries.values().next().value as CacheEntry;
+      this.drop(oldest);
+    }
+    return entry;
+  }
+
+  private drop(entry: CacheEntry): void {
+    this.entries.delete(this.key(entry.head.userId, entry.head.id));
+    this.byRef.delete(entry.ref);
+  }
+
+  /** Drops a session by the short ref that change notifications carry. */
+  invalidateRef(ref: string): void {
+    this.seq++;
+    this.stats.invalidations++;
+    const now = Date.now();
+    this.tombstones.set(ref, { seq: this.seq, at: now });
+    const key = this.byRef.get(ref);
+    if (key) {
+      const entry = this.entries.get(key);
+      if (entry) this.drop(entry);
+    }
+    if (this.tombstones.size > 10_000) {
+      for (const [r, t] of this.tombstones) if (now - t.at > TOMBSTONE_MS) this.tombstones.delete(r);
+    }
+  }
+
+  invalidate(sessionId: string): void {
+    this.invalidateRef(sessionRef(sessionId));
+  }
+
+  /** Drops everything; reads that began before may not fill. */
+  flush(): void {
+    this.seq++;
+    this.flushedSeq = this.seq;
+    this.entries.clear();
+    this.byRef.clear();
+  }
+
+  /** Follows the invalidation channel: off (and empty) while it is down, flushed when it returns. */
+  setOnline(online: boolean): void {
+    this.flush();
+    this.online = online;
+  }
+}

@@ -1,0 +1,92 @@
+import { describe, expect, it } from "vitest";
+import type { SessionHead } from "../../src/db/session-entity.js";
+import { sessionRef } from "../../src/logger.js";
+import { SessionCache } from "../../src/sessions/session-cache.js";
+
+function head(id: string, userId = "u"): SessionHead {
+  const now = new Date();
+  return {
+    id,
+    userId,
+    provider: "corp",
+    status: "active",
+    keyId: "k",
+    accessCt: Buffer.alloc(1),
+    idCt: null,
+    refreshable: true,
+    tokenType: "Bearer",
+    scope: "",
+    accessExpiresAt: new Date(now.getTime() + 60_000),
+    accessIssuedAt: now,
+    idExpiresAt: null,
+    lastUsedAt: now,
+    version: 1,
+    reauthReason: null,
+    leaseOwner: null,
+    leaseUntil: null,
+  };
+}
+
+const config = { enabled: true, maxEntries: 3, maxAgeMs: 60_000 };
+
+describe("SessionCache", () => {
+  it("hits only for the same user and session", () => {
+    const cache = new SessionCache(config);
+    cache.set(head("s1"), cache.ticket());
+    expect(cache.get("u", "s1")?.head.id).toBe("s1");
+    expect(cache.get("other", "s1")).toBeUndefined();
+    expect(cache.get("u", "s2")).toBeUndefined();
+  });
+
+  it("drops an entry by the ref change notifications carry", () => {
+    const cache = new SessionCache(config);
+    cache.set(head("s1"), cache.ticket());
+    cache.invalidateRef(sessionRef("s1"));
+    expect(cache.get("u", "s1")).toBeUndefined();
+  });
+
+  it("refuses a fill from a read that began before the session was invalidated", () => {
+    const cache = new SessionCache(config);
+    const ticket = cache.ticket(); // read begins
+    cache.invalidate("s1"); // revoked meanwhile on another replica
+    expect(cache.set(head("s1"), ticket)).toBeUndefined();
+    expect(cache.get("u", "s1")).toBeUndefined();
+    // A read that began afterwards may fill.
+    expect(cache.set(head("s1"), cache.ticket())).toBeDefined();
+  });
+
+  it("refuses fills from reads older than a flush, and is off while the channel is down", () => {
+    const cache = new SessionCache(config);
+    const early = cache.ticket();
+    cache.flush();
+    expect(cache.set(head("s1"), early)).toBeUndefined();
+    cache.set(head("s2"), cache.ticket());
+    cache.setOnline(false);
+    expect(cache.active).toBe(false);
+    expect(cache.get("u", "s2")).toBeUndefined();
+    expect(cache.set(head("s3"), cache.ticket())).toBeUndefined();
+    cache.setOnline(true);
+    expect(cache.size).toBe(0);
+    expect(cache.set(head("s3"), cache.ticket())).toBeDefined();
+  });
+
+  it("is bounded in size and age", () => {
+    const cache = new SessionCache(config);
+    for (const id of ["a", "b", "c", "d"]) cache.set(head(id), cache.ticket());
+    expect(cache.size).toBe(3);
+    expect(cache.get("u", "a")).toBeUndefined();
+    const aged = new SessionCache({ ...config, maxAgeMs: 0.000001 });
+    aged.set(head("x"), aged.ticket());
+    const until = Date.now() + 2;
+    while (Date.now() < until) {
+      // let a millisecond pass
+    }
+    expect(aged.get("u", "x")).toBeUndefined();
+  });
+
+  it("stores nothing when disabled", () => {
+    const cache = new SessionCache({ ...config, enabled: false });
+    expect(cache.set(head("s1"), cache.ticket())).toBeUndefined();
+    expect(cache.get("u", "s1")).toBeUndefined();
+  });
+});
