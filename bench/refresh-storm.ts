@@ -30,6 +30,8 @@ const PROVIDER_MS = Number(process.env.BENCH_PROVIDER_MS ?? 200);
 export interface StormRun {
   /** From the refresh being stored to the last caller answered, over all replicas (from their logs). */
   fanOutMs: number;
+  /** The refresh as the refreshing replica timed it: lease taken to new tokens stored. */
+  refreshMs: number;
   providerCalls: number;
   invalidGrants: number;
   providerMs: number;
@@ -110,10 +112,12 @@ export async function runRefreshStorm(options = { callers: N, replicas: R, runs:
       if (load.distinctBodies && load.distinctBodies.length > 1) throw new Error("callers got different tokens");
       const lines = procs.flatMap((p, i) => p.lines().slice(seen[i]));
       const at = (l: Record<string, unknown>) => Date.parse(String(l.time));
-      const refreshedAt = Math.min(...lines.filter((l) => l.msg === "session refreshed").map(at));
+      const refreshed = lines.filter((l) => l.msg === "session refreshed");
+      const refreshedAt = Math.min(...refreshed.map(at));
       const lastAnswerAt = Math.max(...lines.filter((l) => l.msg === "rpc" && String(l.rpc).endsWith("/GetToken")).map(at));
       const result: StormRun = {
         fanOutMs: lastAnswerAt - refreshedAt,
+        refreshMs: Number(refreshed[0]?.ms ?? NaN),
         providerCalls: provider.stats.refreshes,
         invalidGrants: provider.stats.invalidGrants,
         providerMs: provider.stats.refreshMs[0] ?? NaN,
@@ -141,10 +145,15 @@ provider's token endpoint adds ${options.providerMs} ms. Background refresh off 
 - Machine: ${machine()}
 - Command: \`BENCH_CALLERS=${options.callers} BENCH_REPLICAS=${options.replicas} BENCH_RUNS=${options.runs} BENCH_PROVIDER_MS=${options.providerMs} npm run bench:refresh\`
 
-| run | provider calls | invalid_grant | provider latency (ms) | slowest caller (ms) | slowest − provider (ms) | p50 caller (ms) | refresh stored → last answer (ms) | errors |
-|---|---|---|---|---|---|---|---|---|
-${runs.map((r, i) => `| ${i + 1} | ${r.providerCalls} | ${r.invalidGrants} | ${fmt(r.providerMs)} | ${fmt(r.slowestMs)} | ${fmt(r.slowestMs - r.providerMs)} | ${fmt(r.p50Ms)} | ${r.fanOutMs} | ${r.errors} |`).join("\n")}
-| **median** | ${med((r) => r.providerCalls)} | ${med((r) => r.invalidGrants)} | ${fmt(med((r) => r.providerMs))} | ${fmt(med((r) => r.slowestMs))} | **${fmt(overhead)}** | ${fmt(med((r) => r.p50Ms))} | **${med((r) => r.fanOutMs)}** | ${med((r) => r.errors)} |
+| run | provider calls | invalid_grant | provider latency (ms) | refresh, lease to stored (ms) | slowest caller (ms) | slowest − provider (ms) | p50 caller (ms) | before the refresh began (ms) | refresh stored → last answer (ms) | errors |
+|---|---|---|---|---|---|---|---|---|---|---|
+${runs.map((r, i) => `| ${i + 1} | ${r.providerCalls} | ${r.invalidGrants} | ${fmt(r.providerMs)} | ${r.refreshMs} | ${fmt(r.slowestMs)} | ${fmt(r.slowestMs - r.providerMs)} | ${fmt(r.p50Ms)} | ${fmt(r.slowestMs - r.refreshMs - r.fanOutMs)} | ${r.fanOutMs} | ${r.errors} |`).join("\n")}
+| **median** | ${med((r) => r.providerCalls)} | ${med((r) => r.invalidGrants)} | ${fmt(med((r) => r.providerMs))} | ${med((r) => r.refreshMs)} | ${fmt(med((r) => r.slowestMs))} | **${fmt(overhead)}** | ${fmt(med((r) => r.p50Ms))} | ${fmt(med((r) => r.slowestMs - r.refreshMs - r.fanOutMs))} | **${med((r) => r.fanOutMs)}** | ${med((r) => r.errors)} |
+
+"Before the refresh began" is the slowest caller's time not spent in the refresh or in answering: the
+replicas reading the burst off the wire and through the RPC stack (the refresh can start only once the
+first call's session read returns, and that waits behind the burst on a busy event loop), plus the trip
+to and from the load generator.
 
 Targets: 1 provider call per storm (${maxCalls === 1 ? "met in every run" : `NOT met: up to ${maxCalls}`}); slowest caller within provider latency + 50 ms
 (${overhead <= 50 ? `met: median +${fmt(overhead)} ms` : `NOT met: median +${fmt(overhead)} ms`}).
