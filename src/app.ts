@@ -24,6 +24,8 @@ import { createTokenServiceImpl } from "./rpc/token-service.js";
 import { openSessionReader } from "./db/session-reader.js";
 import { SessionCache } from "./sessions/session-cache.js";
 import { SessionService } from "./sessions/session-service.js";
+import { UserSessions } from "./sessions/user-sessions.js";
+import { CallerDirectory, createAuthInterceptor } from "./rpc/auth.js";
 import { TokenVault } from "./sessions/token-vault.js";
 
 /** Replaceable parts, for tests and embedding. */
@@ -44,6 +46,7 @@ export interface App {
   readonly url: string;
   readonly orm: MikroORM;
   readonly sessions: SessionService;
+  readonly users: UserSessions;
   readonly coordinator: RefreshCoordinator;
   readonly background: BackgroundRefresher;
   readonly sweeper: Sweeper;
@@ -88,7 +91,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       throw new Error(`cannot reach the database (${describeDatabase(config.database)}): ${check.reason.split("\n")[0]}`);
     }
     const applied = await migrateUp(orm, config.database);
-    const repo = new SessionRepository(orm);
+    const repo = new SessionRepository(orm, config.database.kind);
     const vault = new TokenVault(keyRing);
     const providers = new ProviderRegistry(
       config.providers.map((p) => new OidcProviderClient(p, config.refresh, logger, overrides.fetch)),
@@ -114,6 +117,9 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       providerTimeoutMs: config.refresh.providerTimeoutMs,
     });
 
+    const users = new UserSessions(repo, vault, providers, coordinator, logger, {
+      providerTimeoutMs: config.refresh.providerTimeoutMs,
+    });
     const health = new HealthState();
     health.setDatabaseUp(true);
     // The database probe: NOT_SERVING while it fails, SERVING again when it answers.
@@ -140,19 +146,19 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const shutdown = new AbortController();
     const handler = connectNodeAdapter({
       routes: (router: ConnectRouter) => {
-        router.service(TokenService, createTokenServiceImpl(sessions));
+        router.service(TokenService, createTokenServiceImpl(sessions, users));
         router.service(Health, createHealthImpl(health));
       },
-      interceptors: [createLoggingInterceptor(logger)],
+      interceptors: [createLoggingInterceptor(logger), createAuthInterceptor(new CallerDirectory(config.callers), logger)],
       readMaxBytes: config.maxMessageBytes,
       contextValues: contextValuesFor,
       shutdownSignal: shutdown.signal,
     });
-    const rpc = await startRpcServer(handler, config.host, config.port);
+    const rpc = await startRpcServer(handler, config.host, config.port, config.tls);
     probe.start();
     if (config.refresh.background.enabled) background.start();
     if (config.sweeper.enabled) sweeper.start();
-    const url = `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${rpc.port}`;
+    const url = `${rpc.tls ? "https" : "http"}://${config.host.includes(":") ? `[${config.host}]` : config.host}:${rpc.port}`;
     logger.info(
       {
         addr: `${config.host}:${rpc.port}`,
@@ -164,10 +170,18 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
         replica: coordinator.replicaId,
         changeChannel: channel ? (channel.connected ? "listening" : "reconnecting") : "none (single process)",
         backgroundRefresh: config.refresh.background.enabled,
+        tls: config.tls ? (config.tls.clientCa ? "on, client certificates accepted" : "on") : "off",
+        callers: config.callers.map((c) => c.name),
         sweeper: config.sweeper.enabled,
       },
       "token service listening",
     );
+    if (config.callers.length === 0) {
+      logger.warn(
+        { addr: `${config.host}:${rpc.port}` },
+        "no callers configured: any local process may call every RPC; listening on loopback only",
+      );
+    }
     if (providers.ids().length === 0) {
       logger.warn("no providers configured (TOKEN_SERVICE_CONFIG): StoreSession will refuse every provider");
     }
@@ -180,6 +194,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       url,
       orm,
       sessions,
+      users,
       coordinator,
       background,
       sweeper,

@@ -1,7 +1,8 @@
 import type { Writable } from "node:stream";
 import { createApp } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
-import { generateKeySpec, KeyRingError } from "./crypto/key-ring.js";
+import { KeyRingError } from "./crypto/key-ring.js";
+import { keysCommand } from "./cli/keys.js";
 import { describeDatabase, migrateUp, openOrm } from "./db/orm.js";
 
 /** What the CLI may touch of the process; main.ts supplies the real ones. */
@@ -19,19 +20,15 @@ Commands:
   migrate [up|status]   apply pending database migrations, or list them
   keys generate [--id KID]
                         print a new encryption key as kid:base64key
+  keys rotate [--batch N]
+                        re-encrypt every session under the primary key
+                        (resumable; safe while replicas serve)
+  keys status           sessions per key id, and whether each key is configured
   help                  show this text
 
 Environment: TOKEN_SERVICE_ADDR, DATABASE_URL, TOKEN_SERVICE_ENCRYPTION_KEYS,
 TOKEN_SERVICE_CONFIG, TOKEN_SERVICE_LOG_LEVEL (see README.md).
 `;
-
-function flag(args: string[], name: string): string | undefined {
-  const i = args.indexOf(name);
-  if (i === -1) return undefined;
-  const value = args[i + 1];
-  if (value === undefined || value.startsWith("--")) throw new ConfigError(`${name} needs a value`);
-  return value;
-}
 
 async function serve(env: NodeJS.ProcessEnv, io: CliIo): Promise<undefined> {
   const config = loadConfig(env);
@@ -71,13 +68,6 @@ async function migrate(args: string[], env: NodeJS.ProcessEnv, io: CliIo): Promi
   }
 }
 
-function keys(args: string[], io: CliIo): number {
-  const sub = args[0];
-  if (sub !== "generate") throw new ConfigError(`keys: unknown subcommand "${sub ?? ""}" (use generate)`);
-  io.stdout.write(`${generateKeySpec(flag(args, "--id"))}\n`);
-  return 0;
-}
-
 /** One line about an unexpected failure: error names, codes and messages down the cause chain. */
 function describeFailure(err: unknown): string {
   const parts: string[] = [];
@@ -103,7 +93,7 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv, io: CliIo):
       case "migrate":
         return await migrate(rest, env, io);
       case "keys":
-        return keys(rest, io);
+        return await keysCommand(rest, env, io.stdout);
       case "help":
       case "--help":
       case "-h":

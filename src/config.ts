@@ -2,6 +2,17 @@ import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import {
+  callerSchema,
+  checkExposure,
+  tlsSchema,
+  toCallers,
+  toTls,
+  type CallerConfig,
+  type TlsConfig,
+} from "./config/security.js";
+
+export type { CallerConfig, RpcName, TlsConfig } from "./config/security.js";
 
 /** A provider the service refreshes and revokes tokens at. */
 export interface ProviderConfig {
@@ -82,6 +93,12 @@ export interface Config {
   logLevel: string;
   /** Largest request message accepted, in bytes. */
   maxMessageBytes: number;
+  /** TLS for the listener; undefined: plain-text HTTP/2. */
+  tls: TlsConfig | undefined;
+  /** Allowed callers; empty: no authentication (loopback only). */
+  callers: CallerConfig[];
+  /** Serve grpc.reflection (v1 and v1alpha). */
+  reflection: boolean;
   /** How long SIGTERM waits for in-flight calls before cutting them off. */
   shutdownGraceMs: number;
   /** last_used_at is written at most this often per session, to keep reads cheap. */
@@ -178,6 +195,10 @@ const fileSchema = z
       })
       .strict()
       .prefault({}),
+    tls: tlsSchema.optional(),
+    callers: z.array(callerSchema).default([]),
+    insecure_plaintext: z.boolean().default(false),
+    reflection: z.boolean().default(true),
     shutdown_grace_seconds: z.number().min(0).max(600).default(10),
     log_level: z.enum(LOG_LEVELS).default("info"),
   })
@@ -348,6 +369,16 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     );
   }
 
+  let tls: TlsConfig | undefined;
+  let callers: CallerConfig[];
+  try {
+    tls = toTls(file.tls, baseDir);
+    callers = toCallers(file.callers, tls, new Set(providers.map((p) => p.id)));
+    checkExposure({ loopback: isLoopbackHost(host), callers: callers.length, tls: tls !== undefined, insecurePlaintext: file.insecure_plaintext });
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+
   const logLevel = env.TOKEN_SERVICE_LOG_LEVEL ?? file.log_level;
   if (!LOG_LEVELS.includes(logLevel as (typeof LOG_LEVELS)[number])) {
     throw new ConfigError(`TOKEN_SERVICE_LOG_LEVEL: must be one of ${LOG_LEVELS.join(", ")}`);
@@ -369,6 +400,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     },
     logLevel,
     maxMessageBytes: file.limits.max_message_bytes,
+    tls,
+    callers,
+    reflection: file.reflection,
     shutdownGraceMs: Math.round(file.shutdown_grace_seconds * 1000),
     lastUsedResolutionMs: 60_000,
   };

@@ -81,7 +81,10 @@ function normalize(row: SessionRow | null): SessionRow | null {
  * replica is a conditional update that reports whether it won.
  */
 export class SessionRepository {
-  constructor(private readonly orm: MikroORM) {}
+  constructor(
+    private readonly orm: MikroORM,
+    private readonly dialect: "sqlite" | "postgresql" = "sqlite",
+  ) {}
 
   private em(): EntityManager {
     return this.orm.em.fork({ clear: true, useContext: false });
@@ -196,13 +199,38 @@ export class SessionRepository {
     await this.run((em) => em.nativeUpdate(SessionSchema, { id }, { lastUsedAt: now }));
   }
 
-  /** Deletes the session if it belongs to the user; returns the row deleted, if any. */
-  async deleteForUser(id: string, userId: string): Promise<SessionRow | null> {
+  /**
+   * Deletes the session if it belongs to the user; returns the row deleted, if
+   * any. `check` sees the row first and may throw to keep it.
+   */
+  async deleteForUser(id: string, userId: string, check: (row: SessionRow) => void = () => undefined): Promise<SessionRow | null> {
     return this.run(async (em) => {
-      const row = await em.findOne(SessionSchema, { id, userId }, { disableIdentityMap: true });
+      const row = normalize(await em.findOne(SessionSchema, { id, userId }, { disableIdentityMap: true }));
       if (!row) return null;
+      check(row);
       const n = await em.nativeDelete(SessionSchema, { id, userId });
-      return n === 1 ? normalize(row) : null;
+      return n === 1 ? row : null;
+    });
+  }
+
+  /** A user's sessions, newest first, optionally at some providers only. */
+  async listForUser(userId: string, providers: readonly string[] | undefined, limit: number): Promise<SessionRow[]> {
+    const where: FilterQuery<SessionRow> = providers ? { userId, provider: { $in: [...providers] } } : { userId };
+    return this.run(async (em) =>
+      (await em.find(SessionSchema, where, { orderBy: { createdAt: "desc" }, limit, disableIdentityMap: true })).map(
+        (r) => normalize(r) as SessionRow,
+      ),
+    );
+  }
+
+  /** Deletes every session of a user (optionally at some providers only); returns the rows deleted. */
+  async deleteAllForUser(userId: string, providers: readonly string[] | undefined): Promise<SessionRow[]> {
+    const where: FilterQuery<SessionRow> = providers ? { userId, provider: { $in: [...providers] } } : { userId };
+    return this.run(async (em) => {
+      const rows = (await em.find(SessionSchema, where, { disableIdentityMap: true })).map((r) => normalize(r) as SessionRow);
+      if (rows.length === 0) return [];
+      await em.nativeDelete(SessionSchema, { id: { $in: rows.map((r) => r.id) }, userId });
+      return rows;
     });
   }
 
@@ -251,6 +279,46 @@ export class SessionRepository {
   /** Sessions that can never be used again: refresh token known expired, access token expired too. */
   deleteUnrefreshable(now: Date, limit: number): Promise<number> {
     return this.deleteBatch({ accessExpiresAt: { $lt: now }, refreshExpiresAt: { $lt: now } }, limit);
+  }
+
+  /** Rows not under `keyId`, in id order after `afterId`: one batch of a key rotation. */
+  async findNotUnderKey(keyId: string, afterId: string, limit: number): Promise<SessionRow[]> {
+    return this.run(async (em) =>
+      (
+        await em.find(
+          SessionSchema,
+          { keyId: { $ne: keyId }, id: { $gt: afterId } },
+          { orderBy: { id: "asc" }, limit, disableIdentityMap: true },
+        )
+      ).map((r) => normalize(r) as SessionRow),
+    );
+  }
+
+  /** Rewrites a row's ciphertexts (a key rotation) if it is still at `version`. */
+  async reencrypt(id: string, version: number, sealed: Pick<SessionRow, "keyId" | "accessCt" | "refreshCt" | "idCt">, now: Date): Promise<boolean> {
+    return this.run(
+      async (em) =>
+        (await em.nativeUpdate(SessionSchema, { id, version }, { ...sealed, version: version + 1, updatedAt: now })) === 1,
+    );
+  }
+
+  /** Row counts per key id. */
+  async countByKey(): Promise<Array<{ keyId: string; count: number }>> {
+    return this.run(async (em) => {
+      const rows = (await em
+        .getConnection()
+        .execute("select key_id, count(*) as n from sessions group by key_id order by key_id")) as Array<{
+        key_id: string;
+        n: number | string;
+      }>;
+      return rows.map((r) => ({ keyId: r.key_id, count: Number(r.n) }));
+    });
+  }
+
+  /** Tells every replica's cache to forget everything (PostgreSQL NOTIFY; no-op on SQLite). */
+  async broadcastFlush(channel: string): Promise<void> {
+    if (this.dialect !== "postgresql") return;
+    await this.run((em) => em.getConnection().execute("select pg_notify(?, 'flush')", [channel]));
   }
 
   /** A cheap round trip, for readiness checks. */

@@ -5,7 +5,8 @@ import { headOf, type SessionHead, type SessionRow } from "../db/session-entity.
 import { DatabaseUnavailableError, type RefreshedFields, type SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
 import { classifyProviderError } from "../providers/errors.js";
-import type { ProviderClient, ProviderRegistry, ProviderTokens } from "../providers/provider-client.js";
+import type { ProviderRegistry, ProviderTokens } from "../providers/provider-client.js";
+import { revokeTokens } from "../providers/revoke.js";
 import {
   ProviderUnavailableError,
   ReauthRequiredError,
@@ -83,7 +84,7 @@ export class RefreshCoordinator {
     if (existing) {
       this.stats.coalesced++;
       // A background pass that found another replica's lease comes back unchanged: then wait for real.
-      shared = existing.then((r) => (r.row.version !== row.version || r.row.status !== "active" ? r : this.refresh(r.row)));
+      shared = existing.then((r) => (tokenChanged(row, r.row) || r.row.status !== "active" ? r : this.refresh(r.row)));
     } else {
       shared = this.register(row, true);
     }
@@ -117,13 +118,17 @@ export class RefreshCoordinator {
   }
 
   private async run(initial: SessionHead, waitForOthers: boolean): Promise<RefreshResult> {
-    const observed = initial.version;
+    let observed = initial.version;
     const startedAt = new Date();
     // A waiter gives up after two leases: by then the holder either finished or lapsed and we took over.
     const giveUpAt = Date.now() + 2 * this.config.leaseMs + 1000;
     let current: SessionHead = initial;
     for (let round = 0; ; round++) {
-      if (current.version !== observed) return this.settled(current);
+      if (current.version !== observed) {
+        if (tokenChanged(initial, current) || current.status !== "active") return this.settled(current);
+        // Changed for another reason (a key rotation re-encrypted it): it still needs its refresh.
+        observed = current.version;
+      }
       if (current.status !== "active") throw new ReauthRequiredError(current.reauthReason ?? "reauth_required", current.provider);
       const now = new Date();
       const until = new Date(now.getTime() + this.config.leaseMs);
@@ -135,11 +140,7 @@ export class RefreshCoordinator {
         }
         // The lease was taken at `observed`, so the full row read now is that version.
         const full = await this.repo.findById(current.id);
-        if (!full || full.version !== observed) {
-          await this.repo.releaseLease(current.id, owner, "row_changed", new Date()).catch(() => undefined);
-          if (!full) throw new SessionNotFoundError();
-          return this.settled(headOf(full));
-        }
+        if (!full) throw new SessionNotFoundError();
         return this.refreshHolding(full, owner, until);
       }
       if (!waitForOthers) return { row: current };
@@ -252,7 +253,7 @@ export class RefreshCoordinator {
       if (still === null) {
         // Revoked while we refreshed: revoke what we just got, too.
         log.info("session was revoked during its refresh; revoking the new tokens");
-        await this.revokeQuietly(provider, next, log);
+        await revokeTokens(provider, next, { deadline: Date.now() + this.config.providerTimeoutMs }, log);
         throw new SessionNotFoundError();
       }
       log.error("refresh lease was lost before the new tokens were stored; new tokens discarded");
@@ -297,21 +298,14 @@ export class RefreshCoordinator {
       }
     }
   }
+}
 
-  private async revokeQuietly(provider: ProviderClient, tokens: OpenTokens, log: Logger): Promise<void> {
-    const deadline = Date.now() + this.config.providerTimeoutMs;
-    for (const [token, hint] of [
-      [tokens.refresh, "refresh_token"],
-      [tokens.access, "access_token"],
-    ] as const) {
-      if (!token) continue;
-      try {
-        await provider.revoke(token, hint, { deadline });
-      } catch (err) {
-        log.warn({ code: classifyProviderError(err).code, hint }, "revocation at the provider failed");
-      }
-    }
-  }
+/** Whether `after` holds a different access token than `before` (a refresh happened in between). */
+function tokenChanged(before: SessionHead, after: SessionHead): boolean {
+  return (
+    before.accessIssuedAt.getTime() !== after.accessIssuedAt.getTime() ||
+    before.accessExpiresAt.getTime() !== after.accessExpiresAt.getTime()
+  );
 }
 
 /** Poll delays while another replica holds the lease: 10, 20, 40, 80, then 100 ms. */

@@ -8,6 +8,7 @@ import {
   InvalidArgumentError,
   KeyUnavailableError,
   NoIdTokenError,
+  PermissionDeniedError,
   ProviderUnavailableError,
   ReauthRequiredError,
   RefreshTimeoutError,
@@ -47,6 +48,12 @@ export function toConnectError(err: unknown): { error: ConnectError; known: bool
         provider: err.provider,
         provider_error: err.reason,
       }),
+      known: true,
+    };
+  }
+  if (err instanceof PermissionDeniedError) {
+    return {
+      error: withInfo(err.message, Code.PermissionDenied, "PROVIDER_NOT_ALLOWED", { provider: err.provider }),
       known: true,
     };
   }

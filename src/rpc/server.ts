@@ -1,11 +1,13 @@
 import { once } from "node:events";
 import http2 from "node:http2";
+import type { TlsConfig } from "../config.js";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 
 /** The HTTP/2 listener that serves gRPC, gRPC-Web and Connect on one port. */
 export interface RpcServer {
-  readonly server: http2.Http2Server;
+  readonly server: http2.Http2Server | http2.Http2SecureServer;
+  readonly tls: boolean;
   readonly host: string;
   readonly port: number;
   /** Calls in flight right now. */
@@ -19,11 +21,17 @@ export interface RpcServer {
 
 type Handler = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void;
 
-/** Listens on host:port (port 0 picks a free one) with plain-text HTTP/2 (h2c). */
-export async function startRpcServer(handler: Handler, host: string, port: number): Promise<RpcServer> {
+/**
+ * Listens on host:port (port 0 picks a free one): plain-text HTTP/2 (h2c), or
+ * with `tls` HTTP/2 over TLS (HTTP/1.1 too, for gRPC-Web and Connect). A
+ * client CA asks for client certificates without requiring them, so bearer
+ * callers and mTLS callers share the port; a certificate the CA did not sign
+ * identifies nobody.
+ */
+export async function startRpcServer(handler: Handler, host: string, port: number, tls?: TlsConfig): Promise<RpcServer> {
   const sessions = new Set<http2.ServerHttp2Session>();
   let inflight = 0;
-  const server = http2.createServer({ settings: { maxConcurrentStreams: 10_000 } }, (req, res) => {
+  const onRequest = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => {
     inflight++;
     let done = false;
     const finish = () => {
@@ -35,7 +43,23 @@ export async function startRpcServer(handler: Handler, host: string, port: numbe
     res.once("finish", finish);
     res.once("close", finish);
     handler(req, res);
-  });
+  };
+  const settings = { maxConcurrentStreams: 10_000 };
+  const server = tls
+    ? http2.createSecureServer(
+        {
+          cert: tls.cert,
+          key: tls.key,
+          ca: tls.clientCa,
+          requestCert: tls.clientCa !== undefined,
+          rejectUnauthorized: false,
+          allowHTTP1: true,
+          minVersion: "TLSv1.2",
+          settings,
+        },
+        onRequest,
+      )
+    : http2.createServer({ settings }, onRequest);
   server.on("session", (session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
@@ -45,6 +69,7 @@ export async function startRpcServer(handler: Handler, host: string, port: numbe
   // Protocol garbage on a connection is that connection's problem only.
   server.on("sessionError", () => undefined);
   server.on("clientError", (_err, socket) => socket.destroy());
+  server.on("tlsClientError", () => undefined);
 
   server.listen(port, host);
   await once(server, "listening");
@@ -52,6 +77,7 @@ export async function startRpcServer(handler: Handler, host: string, port: numbe
 
   return {
     server,
+    tls: tls !== undefined,
     host,
     port: address.port,
     inflight: () => inflight,

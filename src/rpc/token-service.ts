@@ -3,19 +3,25 @@ import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/prot
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
   GetTokenResponseSchema,
+  ListSessionsResponseSchema,
   RevokeSessionResponseSchema,
+  RevokeUserSessionsResponseSchema,
+  SessionInfoSchema,
+  SessionStatus,
   StoreSessionResponseSchema,
   TokenKind,
   type TokenService,
 } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { InvalidArgumentError } from "../sessions/errors.js";
 import type { CallContext, SessionService } from "../sessions/session-service.js";
-import { kCaller } from "./context.js";
+import type { UserSessions } from "../sessions/user-sessions.js";
+import { kCaller, kCallerScope } from "./context.js";
 
 function callContext(ctx: HandlerContext): CallContext {
   const timeout = ctx.timeoutMs();
   return {
     caller: ctx.values.get(kCaller),
+    providers: ctx.values.get(kCallerScope).providers,
     signal: ctx.signal,
     deadline: timeout === undefined ? undefined : Date.now() + timeout,
   };
@@ -46,7 +52,7 @@ function kindOf(kind: TokenKind): "access" | "id" {
  * here; typed against the full generated service so a missing RPC fails to
  * compile.
  */
-export function createTokenServiceImpl(sessions: SessionService): ServiceImpl<typeof TokenService> {
+export function createTokenServiceImpl(sessions: SessionService, users: UserSessions): ServiceImpl<typeof TokenService> {
   return {
     async storeSession(req, ctx) {
       const t = req.tokens;
@@ -95,8 +101,32 @@ export function createTokenServiceImpl(sessions: SessionService): ServiceImpl<ty
     },
 
     async revokeSession(req, ctx) {
-      await sessions.revokeSession({ userId: req.userId, sessionId: req.sessionId }, callContext(ctx));
+      await users.revokeSession({ userId: req.userId, sessionId: req.sessionId }, callContext(ctx));
       return create(RevokeSessionResponseSchema, {});
+    },
+
+    async listSessions(req, ctx) {
+      const list = await users.listSessions({ userId: req.userId, provider: req.provider }, callContext(ctx));
+      return create(ListSessionsResponseSchema, {
+        sessions: list.map((s) =>
+          create(SessionInfoSchema, {
+            sessionId: s.sessionId,
+            provider: s.provider,
+            createdAt: timestampFromDate(s.createdAt),
+            lastUsedAt: timestampFromDate(s.lastUsedAt),
+            accessExpiresAt: timestampFromDate(s.accessExpiresAt),
+            status: s.status === "active" ? SessionStatus.ACTIVE : SessionStatus.REAUTH_REQUIRED,
+            keyId: s.keyId,
+            refreshable: s.refreshable,
+            reauthReason: s.reauthReason ?? "",
+          }),
+        ),
+      });
+    },
+
+    async revokeUserSessions(req, ctx) {
+      const revoked = await users.revokeUserSessions({ userId: req.userId, provider: req.provider }, callContext(ctx));
+      return create(RevokeUserSessionsResponseSchema, { revoked });
     },
   };
 }

@@ -105,3 +105,13 @@ export class CallerDeadlineError extends SessionError {
     super("deadline exceeded while the token was being refreshed; the refresh goes on");
   }
 }
+
+/** A known caller asked for a provider outside its `providers`. */
+export class PermissionDeniedError extends SessionError {
+  override name = "PermissionDeniedError";
+  readonly code = "PERMISSION_DENIED";
+  readonly reason = "provider_not_allowed";
+  constructor(readonly provider: string) {
+    super(`this caller may not act on provider ${provider}`);
+  }
+}

@@ -3,7 +3,6 @@ import type { SessionHead, SessionRow } from "../db/session-entity.js";
 import type { SessionReader } from "../db/session-reader.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
-import { classifyProviderError } from "../providers/errors.js";
 import type { ProviderRegistry } from "../providers/provider-client.js";
 import { abortable, type RefreshCoordinator, type RefreshResult } from "../refresh/coordinator.js";
 import {
@@ -18,6 +17,9 @@ import {
 import { accessTokenExpiry, idTokenExpiry, lifetimeSeconds, requiredValiditySeconds, secondsLeft } from "./expiry.js";
 import type { CacheEntry, SessionCache } from "./session-cache.js";
 import type { TokenVault } from "./token-vault.js";
+import { requireProviderAllowed, type CallContext } from "./scope.js";
+
+export type { CallContext } from "./scope.js";
 import {
   checkExpiresIn,
   checkInstant,
@@ -27,16 +29,6 @@ import {
   requireSessionId,
   requireUserId,
 } from "./validation.js";
-
-/** Who is asking and until when; passed down from the RPC layer. */
-export interface CallContext {
-  /** Caller name for audit lines (set once callers are authenticated). */
-  caller?: string;
-  /** Aborts when the caller goes away. */
-  signal?: AbortSignal;
-  /** Epoch ms of the caller's deadline, if it set one. */
-  deadline?: number;
-}
 
 export interface StoreSessionInput {
   userId: string;
@@ -98,6 +90,7 @@ export class SessionService {
     const now = new Date();
     const userId = requireUserId(input.userId);
     const provider = this.requireProvider(input.provider, "provider");
+    requireProviderAllowed(ctx, provider.id);
     const t = input.tokens;
     const accessToken = checkToken(t.accessToken, "tokens.access_token", true) as string;
     const refreshToken = checkToken(t.refreshToken, "tokens.refresh_token", false);
@@ -174,9 +167,11 @@ export class SessionService {
       if (head && input.provider !== "" && head.provider !== input.provider) head = null;
     } else {
       if (input.provider === "") throw new InvalidArgumentError("provider", "is required when session_id is empty");
+      requireProviderAllowed(ctx, input.provider);
       head = await this.reader.findNewest(userId, input.provider);
     }
     if (!head) throw new SessionNotFoundError();
+    requireProviderAllowed(ctx, head.provider);
     if (head.status !== "active") throw new ReauthRequiredError(head.reauthReason ?? "reauth_required", head.provider);
     if (input.kind === "id" && head.idCt === null) throw new NoIdTokenError();
 
@@ -215,52 +210,6 @@ export class SessionService {
     const answer = this.answer(result.row, input.kind, result.tokens);
     if (input.kind === "id" && answer.expiresAt.getTime() <= Date.now()) throw new NoIdTokenError();
     return answer;
-  }
-
-  async revokeSession(input: { userId: string; sessionId: string }, ctx: CallContext = {}): Promise<void> {
-    const userId = requireUserId(input.userId);
-    const sessionId = requireSessionId(input.sessionId);
-    const row = await this.repo.deleteForUser(sessionId, userId);
-    if (!row) throw new SessionNotFoundError();
-    await this.coordinator.announce(row.id);
-    const log = this.logger.child({ sid: sessionRef(row.id), provider: row.provider });
-    log.info({ audit: true, event: "revoke", caller: ctx.caller, userId }, "session revoked");
-    await this.revokeAtProvider(row, ctx, log);
-  }
-
-  /** Best-effort RFC 7009 revocation of the row's refresh and access tokens; failures are logged. */
-  private async revokeAtProvider(row: SessionRow, ctx: CallContext, log: Logger): Promise<void> {
-    const provider = this.providers.get(row.provider);
-    if (!provider) {
-      log.warn("provider no longer configured; tokens not revoked there");
-      return;
-    }
-    let refresh: string | undefined;
-    let access: string | undefined;
-    try {
-      refresh = this.vault.openField(row, "refresh");
-      access = this.vault.openField(row, "access");
-    } catch (err) {
-      log.warn({ err: errSummary(err) }, "cannot decrypt the session's tokens; not revoked at the provider");
-      return;
-    }
-    const deadline = Math.min(ctx.deadline ?? Infinity, Date.now() + this.options.providerTimeoutMs);
-    for (const [token, hint] of [
-      [refresh, "refresh_token"],
-      [access, "access_token"],
-    ] as const) {
-      if (!token) continue;
-      try {
-        const supported = await provider.revoke(token, hint, { deadline, signal: ctx.signal });
-        if (!supported) {
-          log.info("provider has no revocation endpoint; tokens only deleted here");
-          return;
-        }
-        log.info({ hint }, "revoked at the provider");
-      } catch (err) {
-        log.warn({ hint, code: classifyProviderError(err).code }, "revocation at the provider failed; session deleted here anyway");
-      }
-    }
   }
 
   /** Waits for the shared refresh, but gives up just before the caller's deadline. */

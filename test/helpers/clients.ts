@@ -1,5 +1,5 @@
 import { fileURLToPath } from "node:url";
-import { createClient, type Client } from "@connectrpc/connect";
+import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
@@ -7,9 +7,34 @@ import { TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
 
 export type ConnectTokenClient = Client<typeof TokenService>;
 
-/** A Connect-ES client speaking the gRPC protocol over HTTP/2. */
-export function connectGrpcClient(baseUrl: string): ConnectTokenClient {
-  return createClient(TokenService, createGrpcTransport({ baseUrl }));
+/** How a test client presents itself: TLS trust and client certificate, and a bearer credential. */
+export interface ClientCredentials {
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+  bearer?: string;
+}
+
+function bearerInterceptor(bearer: string | undefined): Interceptor[] {
+  if (!bearer) return [];
+  return [
+    (next) => (req) => {
+      req.header.set("authorization", `Bearer ${bearer}`);
+      return next(req);
+    },
+  ];
+}
+
+/** A Connect-ES client speaking the gRPC protocol over HTTP/2 (over TLS for https URLs). */
+export function connectGrpcClient(baseUrl: string, creds: ClientCredentials = {}): ConnectTokenClient {
+  return createClient(
+    TokenService,
+    createGrpcTransport({
+      baseUrl,
+      nodeOptions: { ca: creds.ca, cert: creds.cert, key: creds.key },
+      interceptors: bearerInterceptor(creds.bearer),
+    }),
+  );
 }
 
 /** A Connect-ES client speaking the Connect protocol (JSON) over HTTP/2. */
@@ -24,7 +49,7 @@ export type GrpcMessage = Record<string, unknown>;
 
 /** A stock @grpc/grpc-js client, loaded from the .proto file: an independent gRPC implementation. */
 export interface GrpcJsTokenClient {
-  call(method: "StoreSession" | "GetToken" | "RevokeSession", request: GrpcMessage, options?: { deadlineMs?: number }): Promise<GrpcMessage>;
+  call(method: "StoreSession" | "GetToken" | "RevokeSession" | "ListSessions" | "RevokeUserSessions", request: GrpcMessage, options?: { deadlineMs?: number }): Promise<GrpcMessage>;
   close(): void;
 }
 
@@ -35,7 +60,7 @@ export interface GrpcJsError extends Error {
   metadata: grpc.Metadata;
 }
 
-export function grpcJsClient(baseUrl: string): GrpcJsTokenClient {
+export function grpcJsClient(baseUrl: string, creds: ClientCredentials = {}): GrpcJsTokenClient {
   const definition = protoLoader.loadSync("tokenservice/v1/token_service.proto", {
     includeDirs: [protoRoot],
     keepCase: true,
@@ -47,8 +72,12 @@ export function grpcJsClient(baseUrl: string): GrpcJsTokenClient {
   const pkg = grpc.loadPackageDefinition(definition) as unknown as {
     tokenservice: { v1: { TokenService: grpc.ServiceClientConstructor } };
   };
-  const target = new URL(baseUrl).host;
-  const client = new pkg.tokenservice.v1.TokenService(target, grpc.credentials.createInsecure());
+  const url = new URL(baseUrl);
+  const channel =
+    url.protocol === "https:"
+      ? grpc.credentials.createSsl(creds.ca ?? null, creds.key ?? null, creds.cert ?? null)
+      : grpc.credentials.createInsecure();
+  const client = new pkg.tokenservice.v1.TokenService(url.host, channel);
   return {
     call(method, request, options = {}) {
       return new Promise((resolve, reject) => {
@@ -59,7 +88,9 @@ export function grpcJsClient(baseUrl: string): GrpcJsTokenClient {
           cb: (err: grpc.ServiceError | null, res: GrpcMessage) => void,
         ) => void;
         const callOptions: grpc.CallOptions = options.deadlineMs ? { deadline: Date.now() + options.deadlineMs } : {};
-        fn.call(client, request, new grpc.Metadata(), callOptions, (err, res) => (err ? reject(err) : resolve(res)));
+        const metadata = new grpc.Metadata();
+        if (creds.bearer) metadata.set("authorization", `Bearer ${creds.bearer}`);
+        fn.call(client, request, metadata, callOptions, (err, res) => (err ? reject(err) : resolve(res)));
       });
     },
     close() {

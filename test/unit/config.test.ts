@@ -79,7 +79,9 @@ describe("loadConfig: environment", () => {
     [":9000", "0.0.0.0", 9000],
     ["host.example:65535", "host.example", 65535],
   ])("parses TOKEN_SERVICE_ADDR=%s", (addr, host, port) => {
-    const c = loadConfig({ TOKEN_SERVICE_ADDR: addr }, dir);
+    // Network addresses need callers (and TLS, or the operator's explicit insecure_plaintext).
+    const yaml = `callers:\n  - name: c\n    token_sha256: ${"a".repeat(64)}\n    rpcs: ["*"]\ninsecure_plaintext: true\n`;
+    const c = loadConfig({ TOKEN_SERVICE_ADDR: addr, TOKEN_SERVICE_CONFIG: yamlFile(yaml) }, dir);
     expect(c.host).toBe(host);
     expect(c.port).toBe(port);
   });

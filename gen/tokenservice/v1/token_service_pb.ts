@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokenservice/v1/token_service.proto.
  */
 export const file_tokenservice_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("CiN0b2tlbnNlcnZpY2UvdjEvdG9rZW5fc2VydmljZS5wcm90bxIPdG9rZW5zZXJ2aWNlLnYxIugBCghUb2tlblNldBIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRIQCghpZF90b2tlbhgDIAEoCRISCgp0b2tlbl90eXBlGAQgASgJEhIKCmV4cGlyZXNfaW4YBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc2NvcGUYByABKAkSNgoScmVmcmVzaF9leHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJjChNTdG9yZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSKQoGdG9rZW5zGAMgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlRva2VuU2V0IloKFFN0b3JlU2Vzc2lvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAipAEKD0dldFRva2VuUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEAoIcHJvdmlkZXIYAyABKAkSKAoEa2luZBgEIAEoDjIaLnRva2Vuc2VydmljZS52MS5Ub2tlbktpbmQSGQoRbWluX3ZhbGlkX3NlY29uZHMYBSABKA0SFQoNZm9yY2VfcmVmcmVzaBgGIAEoCCKIAQoQR2V0VG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXNjb3BlGAQgASgJEhIKCnNlc3Npb25faWQYBSABKAkiOwoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhcKFVJldm9rZVNlc3Npb25SZXNwb25zZSpRCglUb2tlbktpbmQSGgoWVE9LRU5fS0lORF9VTlNQRUNJRklFRBAAEhUKEVRPS0VOX0tJTkRfQUNDRVNTEAESEQoNVE9LRU5fS0lORF9JRBACMpwCCgxUb2tlblNlcnZpY2USWwoMU3RvcmVTZXNzaW9uEiQudG9rZW5zZXJ2aWNlLnYxLlN0b3JlU2Vzc2lvblJlcXVlc3QaJS50b2tlbnNlcnZpY2UudjEuU3RvcmVTZXNzaW9uUmVzcG9uc2USTwoIR2V0VG9rZW4SIC50b2tlbnNlcnZpY2UudjEuR2V0VG9rZW5SZXF1ZXN0GiEudG9rZW5zZXJ2aWNlLnYxLkdldFRva2VuUmVzcG9uc2USXgoNUmV2b2tlU2Vzc2lvbhIlLnRva2Vuc2VydmljZS52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBomLnRva2Vuc2VydmljZS52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("CiN0b2tlbnNlcnZpY2UvdjEvdG9rZW5fc2VydmljZS5wcm90bxIPdG9rZW5zZXJ2aWNlLnYxIugBCghUb2tlblNldBIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRIQCghpZF90b2tlbhgDIAEoCRISCgp0b2tlbl90eXBlGAQgASgJEhIKCmV4cGlyZXNfaW4YBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc2NvcGUYByABKAkSNgoScmVmcmVzaF9leHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJjChNTdG9yZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSKQoGdG9rZW5zGAMgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlRva2VuU2V0IloKFFN0b3JlU2Vzc2lvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAipAEKD0dldFRva2VuUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEAoIcHJvdmlkZXIYAyABKAkSKAoEa2luZBgEIAEoDjIaLnRva2Vuc2VydmljZS52MS5Ub2tlbktpbmQSGQoRbWluX3ZhbGlkX3NlY29uZHMYBSABKA0SFQoNZm9yY2VfcmVmcmVzaBgGIAEoCCKIAQoQR2V0VG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXNjb3BlGAQgASgJEhIKCnNlc3Npb25faWQYBSABKAkiOwoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhcKFVJldm9rZVNlc3Npb25SZXNwb25zZSK4AgoLU2Vzc2lvbkluZm8SEgoKc2Vzc2lvbl9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3VzZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWFjY2Vzc19leHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgZzdGF0dXMYBiABKA4yHi50b2tlbnNlcnZpY2UudjEuU2Vzc2lvblN0YXR1cxIOCgZrZXlfaWQYByABKAkSEwoLcmVmcmVzaGFibGUYCCABKAgSFQoNcmVhdXRoX3JlYXNvbhgJIAEoCSI4ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkiRgoUTGlzdFNlc3Npb25zUmVzcG9uc2USLgoIc2Vzc2lvbnMYASADKAsyHC50b2tlbnNlcnZpY2UudjEuU2Vzc2lvbkluZm8iPgoZUmV2b2tlVXNlclNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJIi0KGlJldm9rZVVzZXJTZXNzaW9uc1Jlc3BvbnNlEg8KB3Jldm9rZWQYASABKA0qUQoJVG9rZW5LaW5kEhoKFlRPS0VOX0tJTkRfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9LSU5EX0FDQ0VTUxABEhEKDVRPS0VOX0tJTkRfSUQQAipuCg1TZXNzaW9uU3RhdHVzEh4KGlNFU1NJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASGQoVU0VTU0lPTl9TVEFUVVNfQUNUSVZFEAESIgoeU0VTU0lPTl9TVEFUVVNfUkVBVVRIX1JFUVVJUkVEEAIy6AMKDFRva2VuU2VydmljZRJbCgxTdG9yZVNlc3Npb24SJC50b2tlbnNlcnZpY2UudjEuU3RvcmVTZXNzaW9uUmVxdWVzdBolLnRva2Vuc2VydmljZS52MS5TdG9yZVNlc3Npb25SZXNwb25zZRJPCghHZXRUb2tlbhIgLnRva2Vuc2VydmljZS52MS5HZXRUb2tlblJlcXVlc3QaIS50b2tlbnNlcnZpY2UudjEuR2V0VG9rZW5SZXNwb25zZRJeCg1SZXZva2VTZXNzaW9uEiUudG9rZW5zZXJ2aWNlLnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GiYudG9rZW5zZXJ2aWNlLnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJbCgxMaXN0U2Vzc2lvbnMSJC50b2tlbnNlcnZpY2UudjEuTGlzdFNlc3Npb25zUmVxdWVzdBolLnRva2Vuc2VydmljZS52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJtChJSZXZva2VVc2VyU2Vzc2lvbnMSKi50b2tlbnNlcnZpY2UudjEuUmV2b2tlVXNlclNlc3Npb25zUmVxdWVzdBorLnRva2Vuc2VydmljZS52MS5SZXZva2VVc2VyU2Vzc2lvbnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * TokenSet is a token endpoint response as the auth gateway received it.
@@ -294,6 +294,164 @@ export const RevokeSessionResponseSchema: GenMessage<RevokeSessionResponse> = /*
   messageDesc(file_tokenservice_v1_token_service, 6);
 
 /**
+ * SessionInfo describes a session without any token material.
+ *
+ * @generated from message tokenservice.v1.SessionInfo
+ */
+export type SessionInfo = Message<"tokenservice.v1.SessionInfo"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: string provider = 2;
+   */
+  provider: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 3;
+   */
+  createdAt?: Timestamp;
+
+  /**
+   * Updated at most once a minute.
+   *
+   * @generated from field: google.protobuf.Timestamp last_used_at = 4;
+   */
+  lastUsedAt?: Timestamp;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp access_expires_at = 5;
+   */
+  accessExpiresAt?: Timestamp;
+
+  /**
+   * @generated from field: tokenservice.v1.SessionStatus status = 6;
+   */
+  status: SessionStatus;
+
+  /**
+   * Id of the encryption key the session's tokens are stored under.
+   *
+   * @generated from field: string key_id = 7;
+   */
+  keyId: string;
+
+  /**
+   * Whether a refresh token is stored.
+   *
+   * @generated from field: bool refreshable = 8;
+   */
+  refreshable: boolean;
+
+  /**
+   * For SESSION_STATUS_REAUTH_REQUIRED: the provider's error code (for
+   * example invalid_grant) or no_refresh_token.
+   *
+   * @generated from field: string reauth_reason = 9;
+   */
+  reauthReason: string;
+};
+
+/**
+ * Describes the message tokenservice.v1.SessionInfo.
+ * Use `create(SessionInfoSchema)` to create a new message.
+ */
+export const SessionInfoSchema: GenMessage<SessionInfo> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 7);
+
+/**
+ * @generated from message tokenservice.v1.ListSessionsRequest
+ */
+export type ListSessionsRequest = Message<"tokenservice.v1.ListSessionsRequest"> & {
+  /**
+   * Required.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * Only sessions at this provider; all providers when empty.
+   *
+   * @generated from field: string provider = 2;
+   */
+  provider: string;
+};
+
+/**
+ * Describes the message tokenservice.v1.ListSessionsRequest.
+ * Use `create(ListSessionsRequestSchema)` to create a new message.
+ */
+export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 8);
+
+/**
+ * @generated from message tokenservice.v1.ListSessionsResponse
+ */
+export type ListSessionsResponse = Message<"tokenservice.v1.ListSessionsResponse"> & {
+  /**
+   * Newest first; at most 1000.
+   *
+   * @generated from field: repeated tokenservice.v1.SessionInfo sessions = 1;
+   */
+  sessions: SessionInfo[];
+};
+
+/**
+ * Describes the message tokenservice.v1.ListSessionsResponse.
+ * Use `create(ListSessionsResponseSchema)` to create a new message.
+ */
+export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 9);
+
+/**
+ * @generated from message tokenservice.v1.RevokeUserSessionsRequest
+ */
+export type RevokeUserSessionsRequest = Message<"tokenservice.v1.RevokeUserSessionsRequest"> & {
+  /**
+   * Required.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * Only sessions at this provider; all providers when empty.
+   *
+   * @generated from field: string provider = 2;
+   */
+  provider: string;
+};
+
+/**
+ * Describes the message tokenservice.v1.RevokeUserSessionsRequest.
+ * Use `create(RevokeUserSessionsRequestSchema)` to create a new message.
+ */
+export const RevokeUserSessionsRequestSchema: GenMessage<RevokeUserSessionsRequest> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 10);
+
+/**
+ * @generated from message tokenservice.v1.RevokeUserSessionsResponse
+ */
+export type RevokeUserSessionsResponse = Message<"tokenservice.v1.RevokeUserSessionsResponse"> & {
+  /**
+   * How many sessions were deleted.
+   *
+   * @generated from field: uint32 revoked = 1;
+   */
+  revoked: number;
+};
+
+/**
+ * Describes the message tokenservice.v1.RevokeUserSessionsResponse.
+ * Use `create(RevokeUserSessionsResponseSchema)` to create a new message.
+ */
+export const RevokeUserSessionsResponseSchema: GenMessage<RevokeUserSessionsResponse> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 11);
+
+/**
  * TokenKind selects which token GetToken returns.
  *
  * @generated from enum tokenservice.v1.TokenKind
@@ -326,6 +484,39 @@ export enum TokenKind {
  */
 export const TokenKindSchema: GenEnum<TokenKind> = /*@__PURE__*/
   enumDesc(file_tokenservice_v1_token_service, 0);
+
+/**
+ * SessionStatus is whether a session can still produce tokens.
+ *
+ * @generated from enum tokenservice.v1.SessionStatus
+ */
+export enum SessionStatus {
+  /**
+   * @generated from enum value: SESSION_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Tokens are served (and refreshed when needed).
+   *
+   * @generated from enum value: SESSION_STATUS_ACTIVE = 1;
+   */
+  ACTIVE = 1,
+
+  /**
+   * The provider rejected the refresh (or there was no refresh token): the
+   * user must log in again.
+   *
+   * @generated from enum value: SESSION_STATUS_REAUTH_REQUIRED = 2;
+   */
+  REAUTH_REQUIRED = 2,
+}
+
+/**
+ * Describes the enum tokenservice.v1.SessionStatus.
+ */
+export const SessionStatusSchema: GenEnum<SessionStatus> = /*@__PURE__*/
+  enumDesc(file_tokenservice_v1_token_service, 1);
 
 /**
  * TokenService holds users' OAuth/OIDC token sets server-side and hands out
@@ -375,6 +566,27 @@ export const TokenService: GenService<{
     methodKind: "unary";
     input: typeof RevokeSessionRequestSchema;
     output: typeof RevokeSessionResponseSchema;
+  },
+  /**
+   * ListSessions lists a user's sessions: metadata only, never token material.
+   *
+   * @generated from rpc tokenservice.v1.TokenService.ListSessions
+   */
+  listSessions: {
+    methodKind: "unary";
+    input: typeof ListSessionsRequestSchema;
+    output: typeof ListSessionsResponseSchema;
+  },
+  /**
+   * RevokeUserSessions logs a user out everywhere: every session (at one
+   * provider, or all) is deleted and revoked at its provider.
+   *
+   * @generated from rpc tokenservice.v1.TokenService.RevokeUserSessions
+   */
+  revokeUserSessions: {
+    methodKind: "unary";
+    input: typeof RevokeUserSessionsRequestSchema;
+    output: typeof RevokeUserSessionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tokenservice_v1_token_service, 0);

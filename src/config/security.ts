@@ -1,0 +1,130 @@
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { z } from "zod";
+
+/** RPC names a caller may be granted, as written in `callers[].rpcs`. */
+export const RPC_NAMES = ["StoreSession", "GetToken", "RevokeSession", "ListSessions", "RevokeUserSessions"] as const;
+export type RpcName = (typeof RPC_NAMES)[number];
+
+/** An allowed caller of the service. */
+export interface CallerConfig {
+  name: string;
+  /** SHA-256 of its bearer credential (32 bytes), compared in constant time. */
+  tokenSha256: Buffer | undefined;
+  /** Client certificate subject CN or DNS SAN that identifies it (mutual TLS). */
+  mtlsSubject: string | undefined;
+  /** RPCs it may call; undefined means all of them ('*'). */
+  rpcs: ReadonlySet<RpcName> | undefined;
+  /** Providers it may act on; undefined means all. */
+  providers: ReadonlySet<string> | undefined;
+  /** Token bucket per replica: sustained calls per second and burst size. */
+  rateLimit: { perSecond: number; burst: number } | undefined;
+}
+
+/** TLS for the listener, read at start-up. */
+export interface TlsConfig {
+  cert: Buffer;
+  key: Buffer;
+  /** CAs whose client certificates identify mTLS callers. */
+  clientCa: Buffer | undefined;
+}
+
+export const tlsSchema = z
+  .object({
+    cert_file: z.string().min(1),
+    key_file: z.string().min(1),
+    client_ca_file: z.string().min(1).optional(),
+  })
+  .strict();
+
+export const callerSchema = z
+  .object({
+    name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "must be 1-64 letters, digits, '.', '_' or '-'"),
+    token_sha256: z.string().regex(/^[0-9a-f]{64}$/, "must be the SHA-256 of the credential as 64 lowercase hex digits").optional(),
+    mtls_subject: z.string().min(1).max(255).optional(),
+    rpcs: z.array(z.union([z.enum(RPC_NAMES), z.literal("*")])).min(1, "must list at least one RPC, or '*'"),
+    providers: z.array(z.string().min(1)).min(1).optional(),
+    rate_limit: z
+      .object({ per_second: z.number().positive().max(1_000_000), burst: z.number().int().min(1).max(1_000_000) })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+type RawCaller = z.infer<typeof callerSchema>;
+type RawTls = z.infer<typeof tlsSchema>;
+
+/** Problems are thrown as `Error(message)`; the caller wraps them as ConfigError. */
+function readFile(baseDir: string, path: string, field: string): Buffer {
+  try {
+    return readFileSync(resolve(baseDir, path));
+  } catch (err) {
+    throw new Error(`${field}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? "error"})`);
+  }
+}
+
+export function toTls(raw: RawTls | undefined, baseDir: string): TlsConfig | undefined {
+  if (!raw) return undefined;
+  return {
+    cert: readFile(baseDir, raw.cert_file, "tls.cert_file"),
+    key: readFile(baseDir, raw.key_file, "tls.key_file"),
+    clientCa: raw.client_ca_file ? readFile(baseDir, raw.client_ca_file, "tls.client_ca_file") : undefined,
+  };
+}
+
+export function toCallers(raw: RawCaller[], tls: TlsConfig | undefined, providerIds: ReadonlySet<string>): CallerConfig[] {
+  const names = new Set<string>();
+  const digests = new Set<string>();
+  return raw.map((c, i) => {
+    const where = `callers[${i}]`;
+    if (names.has(c.name)) throw new Error(`${where}.name: duplicate caller name "${c.name}"`);
+    names.add(c.name);
+    if (!c.token_sha256 && !c.mtls_subject) {
+      throw new Error(`${where}: needs token_sha256 (bearer credential) or mtls_subject (client certificate)`);
+    }
+    if (c.token_sha256) {
+      if (digests.has(c.token_sha256)) throw new Error(`${where}.token_sha256: the same credential is given to two callers`);
+      digests.add(c.token_sha256);
+    }
+    if (c.mtls_subject && !tls?.clientCa) {
+      throw new Error(`${where}.mtls_subject: needs tls.client_ca_file, to verify client certificates`);
+    }
+    for (const [j, p] of (c.providers ?? []).entries()) {
+      if (!providerIds.has(p)) throw new Error(`${where}.providers[${j}]: "${p}" is not a configured provider`);
+    }
+    return {
+      name: c.name,
+      tokenSha256: c.token_sha256 ? Buffer.from(c.token_sha256, "hex") : undefined,
+      mtlsSubject: c.mtls_subject,
+      rpcs: c.rpcs.includes("*") ? undefined : new Set(c.rpcs.filter((r): r is RpcName => r !== "*")),
+      providers: c.providers ? new Set(c.providers) : undefined,
+      rateLimit: c.rate_limit ? { perSecond: c.rate_limit.per_second, burst: c.rate_limit.burst } : undefined,
+    };
+  });
+}
+
+/**
+ * The secure-default rules for the listening address: without callers, only
+ * loopback; with callers on a network address, TLS (unless the operator says
+ * a mesh or sidecar provides it).
+ */
+export function checkExposure(opts: {
+  loopback: boolean;
+  callers: number;
+  tls: boolean;
+  insecurePlaintext: boolean;
+}): void {
+  if (opts.loopback) return;
+  if (opts.callers === 0) {
+    throw new Error(
+      "TOKEN_SERVICE_ADDR: a non-loopback address needs callers (anyone who can connect could otherwise fetch any user's token); " +
+        "configure callers, or listen on 127.0.0.1",
+    );
+  }
+  if (!opts.tls && !opts.insecurePlaintext) {
+    throw new Error(
+      "TOKEN_SERVICE_ADDR: a non-loopback address needs tls (credentials and tokens would cross the network in clear); " +
+        "configure tls, or set insecure_plaintext: true when a mesh or sidecar terminates TLS in front of the service",
+    );
+  }
+}

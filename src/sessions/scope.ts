@@ -1,0 +1,31 @@
+import { PermissionDeniedError } from "./errors.js";
+
+/** Who is asking and until when; passed down from the RPC layer. */
+export interface CallContext {
+  /** Caller name for audit lines ("anonymous" without caller authentication). */
+  caller?: string;
+  /** Providers the caller may act on; undefined: all. */
+  providers?: ReadonlySet<string>;
+  /** Aborts when the caller goes away. */
+  signal?: AbortSignal;
+  /** Epoch ms of the caller's deadline, if it set one. */
+  deadline?: number;
+}
+
+/** Throws PermissionDeniedError when the caller may not act on `provider`. */
+export function requireProviderAllowed(ctx: CallContext, provider: string): void {
+  if (ctx.providers && !ctx.providers.has(provider)) throw new PermissionDeniedError(provider);
+}
+
+/**
+ * The providers a user-wide operation covers: the one asked for (which the
+ * caller must be allowed), else every provider the caller may act on
+ * (undefined: all).
+ */
+export function providersInScope(ctx: CallContext, provider: string): string[] | undefined {
+  if (provider !== "") {
+    requireProviderAllowed(ctx, provider);
+    return [provider];
+  }
+  return ctx.providers ? [...ctx.providers] : undefined;
+}

@@ -1,0 +1,109 @@
+import type { SessionRow, SessionStatus } from "../db/session-entity.js";
+import type { SessionRepository } from "../db/session-repository.js";
+import { errSummary, sessionRef, type Logger } from "../logger.js";
+import type { ProviderRegistry } from "../providers/provider-client.js";
+import { revokeTokens } from "../providers/revoke.js";
+import type { RefreshCoordinator } from "../refresh/coordinator.js";
+import { SessionNotFoundError } from "./errors.js";
+import { providersInScope, requireProviderAllowed, type CallContext } from "./scope.js";
+import type { TokenVault } from "./token-vault.js";
+import { requireSessionId, requireUserId } from "./validation.js";
+
+/** Most sessions ListSessions returns for one user. */
+export const LIST_LIMIT = 1000;
+/** Provider revocations run at most this many at once during RevokeUserSessions. */
+const REVOKE_CONCURRENCY = 4;
+
+/** What ListSessions shows of a session: metadata only, never token material. */
+export interface SessionSummary {
+  sessionId: string;
+  provider: string;
+  createdAt: Date;
+  lastUsedAt: Date;
+  accessExpiresAt: Date;
+  status: SessionStatus;
+  keyId: string;
+  refreshable: boolean;
+  reauthReason: string | null;
+}
+
+/**
+ * A user's sessions as a whole: listing them, and logging out (one session,
+ * or all of them) here and at the provider.
+ */
+export class UserSessions {
+  constructor(
+    private readonly repo: SessionRepository,
+    private readonly vault: TokenVault,
+    private readonly providers: ProviderRegistry,
+    private readonly coordinator: RefreshCoordinator,
+    private readonly logger: Logger,
+    private readonly options: { providerTimeoutMs: number },
+  ) {}
+
+  async listSessions(input: { userId: string; provider: string }, ctx: CallContext = {}): Promise<SessionSummary[]> {
+    const userId = requireUserId(input.userId);
+    const rows = await this.repo.listForUser(userId, providersInScope(ctx, input.provider), LIST_LIMIT);
+    return rows.map((r) => ({
+      sessionId: r.id,
+      provider: r.provider,
+      createdAt: r.createdAt,
+      lastUsedAt: r.lastUsedAt,
+      accessExpiresAt: r.accessExpiresAt,
+      status: r.status,
+      keyId: r.keyId,
+      refreshable: r.refreshCt !== null,
+      reauthReason: r.reauthReason,
+    }));
+  }
+
+  /** Deletes one session, then revokes its tokens at the provider (best effort). */
+  async revokeSession(input: { userId: string; sessionId: string }, ctx: CallContext = {}): Promise<void> {
+    const userId = requireUserId(input.userId);
+    const sessionId = requireSessionId(input.sessionId);
+    const row = await this.repo.deleteForUser(sessionId, userId, (r) => requireProviderAllowed(ctx, r.provider));
+    if (!row) throw new SessionNotFoundError();
+    await this.coordinator.announce(row.id);
+    const log = this.logger.child({ sid: sessionRef(row.id), provider: row.provider });
+    log.info({ audit: true, event: "revoke", caller: ctx.caller, userId }, "session revoked");
+    await this.revokeAtProvider(row, ctx, log);
+  }
+
+  /** Logs a user out everywhere (at one provider, or every provider the caller may act on). */
+  async revokeUserSessions(input: { userId: string; provider: string }, ctx: CallContext = {}): Promise<number> {
+    const userId = requireUserId(input.userId);
+    const scope = providersInScope(ctx, input.provider);
+    const rows = await this.repo.deleteAllForUser(userId, scope);
+    await Promise.all(rows.map((r) => this.coordinator.announce(r.id)));
+    this.logger.info(
+      { audit: true, event: "revoke_all", caller: ctx.caller, userId, provider: input.provider || undefined, count: rows.length },
+      "user logged out everywhere",
+    );
+    // Provider revocations, a few at a time, each bounded by the provider timeout.
+    const queue = [...rows];
+    const worker = async () => {
+      for (let row = queue.shift(); row; row = queue.shift()) {
+        await this.revokeAtProvider(row, ctx, this.logger.child({ sid: sessionRef(row.id), provider: row.provider }));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(REVOKE_CONCURRENCY, rows.length) }, worker));
+    return rows.length;
+  }
+
+  private async revokeAtProvider(row: SessionRow, ctx: CallContext, log: Logger): Promise<void> {
+    const provider = this.providers.get(row.provider);
+    if (!provider) {
+      log.warn("provider no longer configured; tokens not revoked there");
+      return;
+    }
+    let tokens: { refresh: string | undefined; access: string | undefined };
+    try {
+      tokens = { refresh: this.vault.openField(row, "refresh"), access: this.vault.openField(row, "access") };
+    } catch (err) {
+      log.warn({ err: errSummary(err) }, "cannot decrypt the session's tokens; not revoked at the provider");
+      return;
+    }
+    const deadline = Date.now() + this.options.providerTimeoutMs;
+    await revokeTokens(provider, tokens, { deadline: Math.min(deadline, ctx.deadline ?? deadline) }, log);
+  }
+}
