@@ -78,15 +78,15 @@ export class RefreshCoordinator {
    * under way here or on another replica. `signal` ends only this caller's
    * wait; the shared refresh goes on and its result is stored.
    */
-  refresh(row: SessionHead, signal?: AbortSignal): Promise<RefreshResult> {
+  refresh(row: SessionHead, signal?: AbortSignal, caller = "unknown"): Promise<RefreshResult> {
     const existing = this.inflight.get(row.id);
     let shared: Promise<RefreshResult>;
     if (existing) {
       this.stats.coalesced++;
       // A background pass that found another replica's lease comes back unchanged: then wait for real.
-      shared = existing.then((r) => (tokenChanged(row, r.row) || r.row.status !== "active" ? r : this.refresh(r.row)));
+      shared = existing.then((r) => (tokenChanged(row, r.row) || r.row.status !== "active" ? r : this.refresh(r.row, undefined, caller)));
     } else {
-      shared = this.register(row, true);
+      shared = this.register(row, true, caller);
     }
     return signal ? abortable(shared, signal) : shared;
   }
@@ -98,11 +98,12 @@ export class RefreshCoordinator {
    */
   refreshIfIdle(row: SessionHead): Promise<RefreshResult> | undefined {
     if (this.inflight.has(row.id)) return undefined;
-    return this.register(row, false);
+    return this.register(row, false, "background");
   }
 
-  private register(row: SessionHead, waitForOthers: boolean): Promise<RefreshResult> {
-    const p = this.run(row, waitForOthers).finally(() => this.inflight.delete(row.id));
+  /** `caller` names who set the refresh off (a caller, or "background"), for audit lines. */
+  private register(row: SessionHead, waitForOthers: boolean, caller: string): Promise<RefreshResult> {
+    const p = this.run(row, waitForOthers, caller).finally(() => this.inflight.delete(row.id));
     this.inflight.set(row.id, p);
     return p;
   }
@@ -117,7 +118,7 @@ export class RefreshCoordinator {
     return this.inflight.size;
   }
 
-  private async run(initial: SessionHead, waitForOthers: boolean): Promise<RefreshResult> {
+  private async run(initial: SessionHead, waitForOthers: boolean, caller: string): Promise<RefreshResult> {
     let observed = initial.version;
     const startedAt = new Date();
     // A waiter gives up after two leases: by then the holder either finished or lapsed and we took over.
@@ -141,7 +142,7 @@ export class RefreshCoordinator {
         // The lease was taken at `observed`, so the full row read now is that version.
         const full = await this.repo.findById(current.id);
         if (!full) throw new SessionNotFoundError();
-        return this.refreshHolding(full, owner, until);
+        return this.refreshHolding(full, owner, until, caller);
       }
       if (!waitForOthers) return { row: current };
       if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
@@ -171,9 +172,9 @@ export class RefreshCoordinator {
     for (const l of this.listeners) l({ row, outcome, code, ms: Date.now() - started });
   }
 
-  private async refreshHolding(row: SessionRow, owner: string, leaseUntil: Date): Promise<RefreshResult> {
+  private async refreshHolding(row: SessionRow, owner: string, leaseUntil: Date, caller: string): Promise<RefreshResult> {
     const started = Date.now();
-    const log = this.logger.child({ sid: sessionRef(row.id), provider: row.provider });
+    const log = this.logger.child({ sid: sessionRef(row.id), provider: row.provider, caller, userId: row.userId });
     const provider = this.providers.get(row.provider);
     let tokens: OpenTokens;
     try {
@@ -186,7 +187,7 @@ export class RefreshCoordinator {
     if (tokens.refresh === undefined) {
       await this.repo.markReauth(row.id, row.version, owner, "no_refresh_token", new Date());
       await this.waiter.notify(row.id);
-      log.info({ audit: true, event: "reauth_required", reason: "no_refresh_token", userId: row.userId }, "session has no refresh token");
+      log.info({ audit: true, event: "reauth_required", reason: "no_refresh_token" }, "session has no refresh token");
       this.emit(row, "reauth_required", started, "no_refresh_token");
       throw new ReauthRequiredError("no_refresh_token", row.provider);
     }
@@ -202,7 +203,7 @@ export class RefreshCoordinator {
         await this.repo.markReauth(row.id, row.version, owner, e.code, now);
         await this.waiter.notify(row.id);
         log.warn(
-          { audit: true, event: "reauth_required", reason: e.code, userId: row.userId, ms: Date.now() - started },
+          { audit: true, event: "reauth_required", reason: e.code, ms: Date.now() - started },
           "provider rejected the refresh; the session needs a new login",
         );
         this.emit(row, "reauth_required", started, e.code);
@@ -211,7 +212,10 @@ export class RefreshCoordinator {
       await this.repo.releaseLease(row.id, owner, e.code, now).catch((dbErr: unknown) =>
         log.warn({ err: errSummary(dbErr) }, "could not release the refresh lease; it will lapse"),
       );
-      log.warn({ code: e.code, status: e.options.status, ms: Date.now() - started }, "refresh failed; session kept");
+      log.warn(
+        { audit: true, event: "refresh", outcome: "failure", code: e.code, status: e.options.status, ms: Date.now() - started },
+        "refresh failed; session kept",
+      );
       this.emit(row, "unavailable", started, e.code);
       throw new ProviderUnavailableError(e.code, row.provider, { cause: e });
     }
@@ -272,7 +276,7 @@ export class RefreshCoordinator {
       lastErrorAt: null,
     };
     log.info(
-      { audit: true, event: "refresh", outcome: "success", userId: row.userId, ms: Date.now() - started, rotated: response.refreshToken !== undefined },
+      { audit: true, event: "refresh", outcome: "success", ms: Date.now() - started, rotated: response.refreshToken !== undefined },
       "session refreshed",
     );
     this.emit(stored, "success", started);

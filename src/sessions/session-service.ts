@@ -222,7 +222,7 @@ export class SessionService {
       const reserve = Math.min(100, Math.max(0, remaining * 0.1));
       signals.push(AbortSignal.timeout(Math.max(1, remaining - reserve)));
     }
-    const refresh = this.coordinator.refresh(row);
+    const refresh = this.coordinator.refresh(row, undefined, ctx.caller);
     if (signals.length === 0) return refresh;
     const stop = AbortSignal.any(signals);
     try {

@@ -176,6 +176,30 @@ describe("callers: TLS, mTLS, bearer credentials, scopes and rate limits", () =>
     expect(lines.at(-1)).toMatchObject({ caller: "auth-gateway", userId: "dee", count: 2 });
   });
 
+  it("writes audit lines for store, refresh, reauth and revoke with caller, user, provider and a session hash", async () => {
+    const { tokens, sessionId } = await storeAsGateway("eve");
+    const chat = as({ cert: chatCert.cert, key: chatCert.key });
+    await chat.getToken({ userId: "eve", sessionId, forceRefresh: true });
+    // Replaying the refresh token the service has since rotated makes the provider revoke the grant,
+    // so the next refresh is rejected: the session turns REAUTH_REQUIRED.
+    await provider.redeem(tokens.refresh_token);
+    await chat.getToken({ userId: "eve", sessionId, forceRefresh: true }).catch(() => undefined);
+    await as({ bearer: SECRETS.authGateway }).revokeSession({ userId: "eve", sessionId });
+    const audit = svc.logs.lines().filter((l) => l.audit === true && l.userId === "eve");
+    const sid = audit[0]!.sid;
+    expect(sid).toMatch(/^[A-Za-z0-9_-]{12}$/);
+    const expectLine = (event: string, extra: Record<string, unknown>) =>
+      expect(audit.find((l) => l.event === event && Object.entries(extra).every(([k, v]) => l[k] === v))).toMatchObject({
+        provider: "corp",
+        sid,
+      });
+    expectLine("store", { caller: "auth-gateway" });
+    expectLine("refresh", { caller: "chat-gateway", outcome: "success" });
+    expectLine("reauth_required", { caller: "chat-gateway", reason: "invalid_grant" });
+    expectLine("revoke", { caller: "auth-gateway" });
+    expect(JSON.stringify(audit)).not.toContain(sessionId);
+  });
+
   it("rate-limits a caller with RESOURCE_EXHAUSTED", async () => {
     const ops = as({ bearer: SECRETS.ops });
     const codes = [];
