@@ -42,7 +42,13 @@ export const callerSchema = z
     name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "must be 1-64 letters, digits, '.', '_' or '-'"),
     token_sha256: z.string().regex(/^[0-9a-f]{64}$/, "must be the SHA-256 of the credential as 64 lowercase hex digits").optional(),
     mtls_subject: z.string().min(1).max(255).optional(),
-    rpcs: z.array(z.union([z.enum(RPC_NAMES), z.literal("*")])).min(1, "must list at least one RPC, or '*'"),
+    rpcs: z
+      .array(
+        z.union([z.enum(RPC_NAMES), z.literal("*")], {
+          error: `must be one of ${RPC_NAMES.join(", ")}, or "*"`,
+        }),
+      )
+      .min(1, "must list at least one RPC, or '*'"),
     providers: z.array(z.string().min(1)).min(1).optional(),
     rate_limit: z
       .object({ per_second: z.number().positive().max(1_000_000), burst: z.number().int().min(1).max(1_000_000) })
@@ -75,6 +81,7 @@ export function toTls(raw: RawTls | undefined, baseDir: string): TlsConfig | und
 export function toCallers(raw: RawCaller[], tls: TlsConfig | undefined, providerIds: ReadonlySet<string>): CallerConfig[] {
   const names = new Set<string>();
   const digests = new Set<string>();
+  const subjects = new Set<string>();
   return raw.map((c, i) => {
     const where = `callers[${i}]`;
     if (names.has(c.name)) throw new Error(`${where}.name: duplicate caller name "${c.name}"`);
@@ -88,6 +95,12 @@ export function toCallers(raw: RawCaller[], tls: TlsConfig | undefined, provider
     }
     if (c.mtls_subject && !tls?.clientCa) {
       throw new Error(`${where}.mtls_subject: needs tls.client_ca_file, to verify client certificates`);
+    }
+    if (c.mtls_subject) {
+      // Certificate names compare case-insensitively: two callers must not share one.
+      const key = c.mtls_subject.toLowerCase();
+      if (subjects.has(key)) throw new Error(`${where}.mtls_subject: "${c.mtls_subject}" is already another caller's`);
+      subjects.add(key);
     }
     for (const [j, p] of (c.providers ?? []).entries()) {
       if (!providerIds.has(p)) throw new Error(`${where}.providers[${j}]: "${p}" is not a configured provider`);
