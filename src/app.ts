@@ -14,8 +14,19 @@ import { BackgroundRefresher } from "./refresh/background.js";
 import { Sweeper } from "./refresh/sweeper.js";
 import { SessionWaiter } from "./refresh/waiter.js";
 import { PgChannel } from "./db/pg-channel.js";
+import { ormPoolStats } from "./db/pool-stats.js";
+import { Metrics } from "./metrics.js";
+import { startAdminServer } from "./admin.js";
 import { contextValuesFor } from "./rpc/context.js";
 import { createHealthImpl, HealthState, ServingStatus } from "./rpc/health.js";
+import {
+  createReflectionV1AlphaImpl,
+  createReflectionV1Impl,
+  DescriptorIndex,
+  ServerReflectionV1,
+  ServerReflectionV1Alpha,
+} from "./rpc/reflection.js";
+import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
 import { createLoggingInterceptor } from "./rpc/interceptors.js";
 import { Health } from "../gen/health/v1/health_pb.js";
 import { PeriodicTask } from "./refresh/periodic.js";
@@ -53,6 +64,9 @@ export interface App {
   readonly keyRing: KeyRing;
   readonly cache: SessionCache;
   readonly health: HealthState;
+  readonly metrics: Metrics;
+  /** Port of the admin listener, when on. */
+  readonly adminPort: number | undefined;
   /** Graceful stop: drain calls (bounded by config.shutdownGraceMs), close the database. */
   close(): Promise<void>;
 }
@@ -103,7 +117,21 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     }
     const waiter = new SessionWaiter(channel);
     const coordinator = new RefreshCoordinator(repo, vault, providers, waiter, config.refresh, logger, overrides.replicaId);
-    const background = new BackgroundRefresher(repo, coordinator, providers, config.refresh.background, logger);
+    // Metrics read live values at scrape time; `reader`, `cache` and `health` are assigned below.
+    const metrics = new Metrics({
+      coalesced: () => coordinator.stats.coalesced,
+      takeovers: () => coordinator.stats.takeovers,
+      inflightRefreshes: () => coordinator.inflightCount,
+      cacheEntries: () => cache.size,
+      cacheHits: () => cache.stats.hits,
+      cacheMisses: () => cache.stats.misses,
+      serving: () => health.status === ServingStatus.SERVING,
+      pools: () => ({ write: ormPoolStats(orm), read: reader.poolStats() }),
+    });
+    coordinator.onOutcome((e) => metrics.refresh(e.row.provider, e.outcome, e.ms));
+    const background = new BackgroundRefresher(repo, coordinator, providers, config.refresh.background, logger, (provider, lag) =>
+      metrics.backgroundStarted(provider, lag),
+    );
     const sweeper = new Sweeper(repo, config.sweeper, logger, () => waiter.notifyFlush());
     const reader = await openSessionReader(config.database);
     const cache = new SessionCache(config.cache, channel ? channel.connected : true);
@@ -148,13 +176,25 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       routes: (router: ConnectRouter) => {
         router.service(TokenService, createTokenServiceImpl(sessions, users));
         router.service(Health, createHealthImpl(health));
+        if (config.reflection) {
+          const index = new DescriptorIndex(
+            [TokenService, Health, ServerReflectionV1, ServerReflectionV1Alpha],
+            [file_google_rpc_error_details],
+          );
+          router.service(ServerReflectionV1, createReflectionV1Impl(index));
+          router.service(ServerReflectionV1Alpha, createReflectionV1AlphaImpl(index));
+        }
       },
-      interceptors: [createLoggingInterceptor(logger), createAuthInterceptor(new CallerDirectory(config.callers), logger)],
+      interceptors: [
+        createLoggingInterceptor(logger, (e) => metrics.rpc(e.method, e.code, e.ms)),
+        createAuthInterceptor(new CallerDirectory(config.callers), logger),
+      ],
       readMaxBytes: config.maxMessageBytes,
       contextValues: contextValuesFor,
       shutdownSignal: shutdown.signal,
     });
     const rpc = await startRpcServer(handler, config.host, config.port, config.tls);
+    const admin = config.admin ? await startAdminServer(config.admin.host, config.admin.port, metrics, health) : undefined;
     probe.start();
     if (config.refresh.background.enabled) background.start();
     if (config.sweeper.enabled) sweeper.start();
@@ -172,6 +212,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
         backgroundRefresh: config.refresh.background.enabled,
         tls: config.tls ? (config.tls.clientCa ? "on, client certificates accepted" : "on") : "off",
         callers: config.callers.map((c) => c.name),
+        reflection: config.reflection,
+        admin: admin ? `${config.admin!.host}:${admin.port}` : "off",
         sweeper: config.sweeper.enabled,
       },
       "token service listening",
@@ -201,6 +243,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       keyRing,
       cache,
       health,
+      metrics,
+      adminPort: admin?.port,
       close() {
         closing ??= (async () => {
           health.setDraining();
@@ -208,7 +252,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
           await rpc.close(config.shutdownGraceMs, () =>
             shutdown.abort(new ConnectError("server is shutting down", Code.Unavailable)),
           );
-          await Promise.all([background.stop(), sweeper.stop(), probe.stop()]);
+          await Promise.all([background.stop(), sweeper.stop(), probe.stop(), admin?.close()]);
           await waiter.close();
           await reader.close();
           await orm.close(true);

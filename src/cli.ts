@@ -2,8 +2,10 @@ import type { Writable } from "node:stream";
 import { createApp } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { KeyRingError } from "./crypto/key-ring.js";
+import { doctorCommand } from "./cli/doctor.js";
 import { keysCommand } from "./cli/keys.js";
-import { describeDatabase, migrateUp, openOrm } from "./db/orm.js";
+import { migrateCommand } from "./cli/migrate.js";
+import { sessionsCommand } from "./cli/sessions.js";
 
 /** What the CLI may touch of the process; main.ts supplies the real ones. */
 export interface CliIo {
@@ -24,10 +26,14 @@ Commands:
                         re-encrypt every session under the primary key
                         (resumable; safe while replicas serve)
   keys status           sessions per key id, and whether each key is configured
+  sessions list --user U [--provider P] [--show-ids]
+                        a user's sessions (metadata only)
+  doctor                check config, database, keys, providers, clocks, TLS
   help                  show this text
 
-Environment: TOKEN_SERVICE_ADDR, DATABASE_URL, TOKEN_SERVICE_ENCRYPTION_KEYS,
-TOKEN_SERVICE_CONFIG, TOKEN_SERVICE_LOG_LEVEL (see README.md).
+Environment: TOKEN_SERVICE_ADDR, TOKEN_SERVICE_ADMIN_ADDR, DATABASE_URL,
+TOKEN_SERVICE_ENCRYPTION_KEYS, TOKEN_SERVICE_CONFIG, TOKEN_SERVICE_LOG_LEVEL
+(see README.md).
 `;
 
 async function serve(env: NodeJS.ProcessEnv, io: CliIo): Promise<undefined> {
@@ -42,30 +48,6 @@ async function serve(env: NodeJS.ProcessEnv, io: CliIo): Promise<undefined> {
   });
   await starting;
   return undefined;
-}
-
-async function migrate(args: string[], env: NodeJS.ProcessEnv, io: CliIo): Promise<number> {
-  const sub = args[0] ?? "up";
-  if (sub !== "up" && sub !== "status") throw new ConfigError(`migrate: unknown subcommand "${sub}" (use up or status)`);
-  const config = loadConfig(env);
-  const orm = await openOrm(config.database);
-  try {
-    const migrator = orm.getMigrator();
-    io.stdout.write(`database: ${describeDatabase(config.database)}\n`);
-    if (sub === "up") {
-      const applied = await migrateUp(orm, config.database);
-      io.stdout.write(applied.length ? applied.map((m) => `applied  ${m}\n`).join("") : "up to date: nothing to apply\n");
-    } else {
-      const executed = await migrator.getExecutedMigrations();
-      const pending = await migrator.getPendingMigrations();
-      for (const m of executed) io.stdout.write(`applied  ${m.name}  ${new Date(m.executed_at).toISOString()}\n`);
-      for (const m of pending) io.stdout.write(`pending  ${m.name}\n`);
-      io.stdout.write(`${executed.length} applied, ${pending.length} pending\n`);
-    }
-    return 0;
-  } finally {
-    await orm.close(true);
-  }
 }
 
 /** One line about an unexpected failure: error names, codes and messages down the cause chain. */
@@ -91,7 +73,11 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv, io: CliIo):
       case "serve":
         return await serve(env, io);
       case "migrate":
-        return await migrate(rest, env, io);
+        return await migrateCommand(rest, env, io.stdout);
+      case "sessions":
+        return await sessionsCommand(rest, env, io.stdout);
+      case "doctor":
+        return await doctorCommand(env, io.stdout);
       case "keys":
         return await keysCommand(rest, env, io.stdout);
       case "help":

@@ -93,6 +93,8 @@ export interface Config {
   logLevel: string;
   /** Largest request message accepted, in bytes. */
   maxMessageBytes: number;
+  /** The admin HTTP listener (/metrics, /healthz, /readyz); undefined: off. */
+  admin: { host: string; port: number } | undefined;
   /** TLS for the listener; undefined: plain-text HTTP/2. */
   tls: TlsConfig | undefined;
   /** Allowed callers; empty: no authentication (loopback only). */
@@ -216,11 +218,11 @@ function formatIssues(source: string, error: z.ZodError): string {
   return `invalid configuration in ${source}:\n${lines.join("\n")}`;
 }
 
-function parseAddr(value: string): { host: string; port: number } {
+function parseAddr(value: string, name = "TOKEN_SERVICE_ADDR"): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value);
   const port = m ? Number(m[3]) : NaN;
   if (!m || !(port >= 0 && port <= 65_535)) {
-    throw new ConfigError(`TOKEN_SERVICE_ADDR: expected HOST:PORT (for example 127.0.0.1:50051), got "${value}"`);
+    throw new ConfigError(`${name}: expected HOST:PORT (for example 127.0.0.1:50051), got "${value}"`);
   }
   const host = m[1] ?? m[2] ?? "";
   return { host: host === "" ? "0.0.0.0" : host, port };
@@ -340,6 +342,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
   });
 
   const { host, port } = parseAddr(env.TOKEN_SERVICE_ADDR ?? "127.0.0.1:50051");
+  const adminSpec = env.TOKEN_SERVICE_ADMIN_ADDR ?? "127.0.0.1:9464";
+  const admin = adminSpec === "off" ? undefined : parseAddr(adminSpec, "TOKEN_SERVICE_ADMIN_ADDR");
   const database = parseDatabaseUrl(env.DATABASE_URL ?? "sqlite:data/token-service.db", cwd);
   const keys = env.TOKEN_SERVICE_ENCRYPTION_KEYS?.trim();
 
@@ -400,6 +404,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     },
     logLevel,
     maxMessageBytes: file.limits.max_message_bytes,
+    admin,
     tls,
     callers,
     reflection: file.reflection,

@@ -3,15 +3,9 @@ import { ConfigError, loadConfig } from "../config.js";
 import { generateKeySpec } from "../crypto/key-ring.js";
 import { CHANNEL } from "../db/pg-channel.js";
 import { rotateKeys } from "../sessions/key-rotation.js";
+import { option } from "./args.js";
 import { openStore } from "./store.js";
 
-function option(args: string[], name: string): string | undefined {
-  const i = args.indexOf(name);
-  if (i === -1) return undefined;
-  const value = args[i + 1];
-  if (value === undefined || value.startsWith("--")) throw new ConfigError(`${name} needs a value`);
-  return value;
-}
 
 /** `keys generate | rotate | status`. */
 export async function keysCommand(args: string[], env: NodeJS.ProcessEnv, out: Writable): Promise<number> {

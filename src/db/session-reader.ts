@@ -1,5 +1,6 @@
 import type { DatabaseConfig } from "../config.js";
 import { DEFAULT_DB_TIMEOUTS } from "./orm.js";
+import type { PoolStats } from "./pool-stats.js";
 import type { SessionHead } from "./session-entity.js";
 import { DatabaseUnavailableError, isUnavailable } from "./session-repository.js";
 
@@ -13,6 +14,8 @@ export interface SessionReader {
   findForUser(id: string, userId: string): Promise<SessionHead | null>;
   /** The user's newest session at a provider, active ones first. */
   findNewest(userId: string, provider: string): Promise<SessionHead | null>;
+  /** Its connections, for metrics (SQLite: one, never waited for). */
+  poolStats(): PoolStats;
   close(): Promise<void>;
 }
 
@@ -104,6 +107,10 @@ class PgSessionReader implements SessionReader {
     return this.one("ts_session_newest", NEWEST, [userId, provider]);
   }
 
+  poolStats(): PoolStats {
+    return { used: this.pool.totalCount - this.pool.idleCount, idle: this.pool.idleCount, waiting: this.pool.waitingCount };
+  }
+
   async close(): Promise<void> {
     await this.pool.end();
   }
@@ -153,6 +160,10 @@ class SqliteSessionReader implements SessionReader {
 
   findNewest(userId: string, provider: string) {
     return this.one(this.newest, [userId, provider]);
+  }
+
+  poolStats(): PoolStats {
+    return { used: 0, idle: 1, waiting: 0 };
   }
 
   async close(): Promise<void> {

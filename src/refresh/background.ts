@@ -37,6 +37,8 @@ export class BackgroundRefresher {
     private readonly providers: ProviderRegistry,
     private readonly config: BackgroundConfig,
     private readonly logger: Logger,
+    /** Told of each refresh it starts: the provider, and how late after the session became due (s). */
+    private readonly onStart: (provider: string, lagSeconds: number) => void = () => undefined,
   ) {
     this.task = new PeriodicTask("background refresh", config.intervalMs, () => this.pass(), logger);
   }
@@ -72,7 +74,8 @@ export class BackgroundRefresher {
       this.config.batchSize,
     );
     for (const row of candidates) {
-      if (secondsLeft(row.accessExpiresAt, now) >= this.aheadSeconds(row)) continue;
+      const ahead = this.aheadSeconds(row);
+      if (secondsLeft(row.accessExpiresAt, now) >= ahead) continue;
       if (row.lastErrorAt && now.getTime() - row.lastErrorAt.getTime() < ERROR_BACKOFF_MS) continue;
       if (!this.providers.get(row.provider)) continue;
       const busy = this.inflight.get(row.provider) ?? 0;
@@ -83,6 +86,7 @@ export class BackgroundRefresher {
       const started = this.coordinator.refreshIfIdle(headOf(row));
       if (!started) continue;
       this.stats.started++;
+      this.onStart(row.provider, Math.max(0, ahead - secondsLeft(row.accessExpiresAt, now)));
       this.inflight.set(row.provider, busy + 1);
       const headroom = secondsLeft(row.accessExpiresAt, new Date());
       const done = started

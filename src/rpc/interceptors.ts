@@ -39,7 +39,9 @@ export function createLoggingInterceptor(logger: Logger, observe?: RpcObserver):
       const { error, known } = toConnectError(err);
       const fields = { ...line(), code: codeName(error.code) };
       if (known) {
-        logger[level]({ ...fields, reason: err instanceof ConnectError ? undefined : (err as Error).name }, "rpc");
+        // The domain's machine code (REAUTH_REQUIRED, NOT_FOUND, …), as the ErrorInfo reason says it.
+        const reason = err instanceof ConnectError ? undefined : (err as { code?: unknown }).code;
+        logger[level]({ ...fields, reason: typeof reason === "string" ? reason : undefined }, "rpc");
       } else {
         // Unknown errors: keep the type and code for operators, never the message text.
         logger.error({ ...fields, err: errSummary(err), stack: stackOnly(err) }, "rpc failed with an unexpected error");

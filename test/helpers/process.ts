@@ -9,6 +9,8 @@ export interface ServiceProcess {
   readonly child: ChildProcess;
   /** http://127.0.0.1:PORT once listening. */
   readonly url: string;
+  /** http://127.0.0.1:PORT of the admin listener (/metrics, /healthz, /readyz), if on. */
+  readonly adminUrl: string | undefined;
   /** Every JSON line written to stdout so far. */
   lines(): Array<Record<string, unknown>>;
   stdout(): string;
@@ -30,7 +32,7 @@ export async function spawnService(
   options: { args?: string[]; expectListening?: boolean; cwd?: string } = {},
 ): Promise<ServiceProcess> {
   const child = spawn(process.execPath, [mainJs, ...(options.args ?? [])], {
-    env: { PATH: process.env.PATH ?? "", TOKEN_SERVICE_ADDR: "127.0.0.1:0", ...env },
+    env: { PATH: process.env.PATH ?? "", TOKEN_SERVICE_ADDR: "127.0.0.1:0", TOKEN_SERVICE_ADMIN_ADDR: "127.0.0.1:0", ...env },
     cwd: options.cwd,
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -80,13 +82,16 @@ export async function spawnService(
     });
 
   let url = "";
+  let adminUrl: string | undefined;
   if (options.expectListening !== false) {
     const line = await waitForLine((l) => l.msg === "token service listening");
     url = `http://${String(line.addr)}`;
+    if (typeof line.admin === "string" && line.admin !== "off") adminUrl = `http://${line.admin}`;
   }
   return {
     child,
     url,
+    adminUrl,
     lines,
     stdout: () => out,
     stderr: () => err,

@@ -104,6 +104,7 @@ export async function startService(options: StartOptions): Promise<TestService> 
   if (!databaseUrl) throw new Error("databaseUrl is required for postgresql");
   const config = loadConfig({
     TOKEN_SERVICE_ADDR: "127.0.0.1:0",
+    TOKEN_SERVICE_ADMIN_ADDR: "127.0.0.1:0",
     DATABASE_URL: databaseUrl,
     TOKEN_SERVICE_CONFIG: configFile,
     TOKEN_SERVICE_LOG_LEVEL: "debug",

@@ -161,7 +161,9 @@ export type GetTokenRequest = Message<"tokenservice.v1.GetTokenRequest"> & {
 
   /**
    * The session to read. When empty, the newest active session of user_id at
-   * provider is used (for background jobs that have no session id).
+   * provider is used (for background jobs that have no session id); when the
+   * user has only sessions that need a new login, the answer is
+   * REAUTH_REQUIRED, and with none at all NOT_FOUND.
    *
    * @generated from field: string session_id = 2;
    */

@@ -1,0 +1,154 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { PoolStats } from "./db/pool-stats.js";
+
+/** Where the metrics read their gauges from, at scrape time. */
+export interface MetricSources {
+  coalesced(): number;
+  takeovers(): number;
+  inflightRefreshes(): number;
+  cacheEntries(): number;
+  cacheHits(): number;
+  cacheMisses(): number;
+  serving(): boolean;
+  pools(): Record<"write" | "read", PoolStats>;
+}
+
+/**
+ * The service's Prometheus metrics, in a registry of their own (no global
+ * state). Label values are method names, gRPC codes, provider ids and
+ * outcomes: never a user id, a session id or anything secret.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly rpcTotal: Counter<"method" | "code">;
+  private readonly rpcSeconds: Histogram<"method" | "code">;
+  private readonly refreshTotal: Counter<"provider" | "result">;
+  private readonly refreshSeconds: Histogram<"provider" | "result">;
+  private readonly backgroundTotal: Counter<"provider">;
+  private readonly backgroundLag: Histogram<"provider">;
+
+  constructor(sources: MetricSources) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    this.rpcTotal = new Counter({
+      name: "token_service_rpc_requests_total",
+      help: "RPCs answered, by method and gRPC code.",
+      labelNames: ["method", "code"],
+      registers,
+    });
+    this.rpcSeconds = new Histogram({
+      name: "token_service_rpc_duration_seconds",
+      help: "RPC latency inside the service, by method and gRPC code.",
+      labelNames: ["method", "code"],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.refreshTotal = new Counter({
+      name: "token_service_refresh_total",
+      help: "Refreshes at providers by this replica, by provider and result (success, reauth_required, unavailable, lease_lost).",
+      labelNames: ["provider", "result"],
+      registers,
+    });
+    this.refreshSeconds = new Histogram({
+      name: "token_service_refresh_duration_seconds",
+      help: "Time from taking a session's lease to storing its refreshed tokens (or failing).",
+      labelNames: ["provider", "result"],
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.backgroundTotal = new Counter({
+      name: "token_service_background_refresh_total",
+      help: "Background refreshes started by this replica, by provider.",
+      labelNames: ["provider"],
+      registers,
+    });
+    this.backgroundLag = new Histogram({
+      name: "token_service_background_refresh_lag_seconds",
+      help: "How late a background refresh started after its session became due (0: on time).",
+      labelNames: ["provider"],
+      buckets: [0, 0.5, 1, 2, 5, 10, 30, 60],
+      registers,
+    });
+    new Counter({
+      name: "token_service_singleflight_coalesced_total",
+      help: "Callers that joined a refresh already in flight in this replica instead of starting one.",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(sources.coalesced());
+      },
+    });
+    new Counter({
+      name: "token_service_lease_takeovers_total",
+      help: "Refresh leases taken over from a replica whose lease had lapsed.",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(sources.takeovers());
+      },
+    });
+    new Gauge({
+      name: "token_service_refreshes_inflight",
+      help: "Sessions with a refresh in flight in this replica.",
+      registers,
+      collect() {
+        this.set(sources.inflightRefreshes());
+      },
+    });
+    new Gauge({
+      name: "token_service_cache_entries",
+      help: "Sessions in this replica's GetToken cache.",
+      registers,
+      collect() {
+        this.set(sources.cacheEntries());
+      },
+    });
+    new Counter({
+      name: "token_service_cache_lookups_total",
+      help: "GetToken cache lookups, by result.",
+      labelNames: ["result"],
+      registers,
+      collect() {
+        this.reset();
+        this.inc({ result: "hit" }, sources.cacheHits());
+        this.inc({ result: "miss" }, sources.cacheMisses());
+      },
+    });
+    new Gauge({
+      name: "token_service_serving",
+      help: "1 while the gRPC health status is SERVING, 0 otherwise.",
+      registers,
+      collect() {
+        this.set(sources.serving() ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "token_service_db_pool_connections",
+      help: "Database connections by pool (write: ORM; read: GetToken) and state (used, idle, waiting callers).",
+      labelNames: ["pool", "state"],
+      registers,
+      collect() {
+        for (const [pool, s] of Object.entries(sources.pools())) {
+          this.set({ pool, state: "used" }, s.used);
+          this.set({ pool, state: "idle" }, s.idle);
+          this.set({ pool, state: "waiting" }, s.waiting);
+        }
+      },
+    });
+  }
+
+  rpc(method: string, code: string, ms: number): void {
+    this.rpcTotal.inc({ method, code });
+    this.rpcSeconds.observe({ method, code }, ms / 1000);
+  }
+
+  refresh(provider: string, result: string, ms: number): void {
+    this.refreshTotal.inc({ provider, result });
+    this.refreshSeconds.observe({ provider, result }, ms / 1000);
+  }
+
+  backgroundStarted(provider: string, lagSeconds: number): void {
+    this.backgroundTotal.inc({ provider });
+    this.backgroundLag.observe({ provider }, lagSeconds);
+  }
+}
