@@ -1,0 +1,151 @@
+import { once } from "node:events";
+import http, { type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { sendError } from "./openai-error.js";
+import { createTokenSource } from "./token-source.js";
+import { createUpstream, type ForwardOutcome } from "./upstream.js";
+
+/** One structured log line. Holds user ids, paths, status codes and error codes; never a token. */
+export type GatewayLogEntry = Record<string, string | number | boolean>;
+
+export interface ChatGatewayOptions {
+  /** Base URL of the token service, e.g. http://127.0.0.1:50051. */
+  tokenServiceUrl: string;
+  /** Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000. */
+  upstreamUrl: string;
+  /** Provider id in the token service, e.g. "corp". */
+  provider: string;
+  /** The gateway's own credential at the token service (sent as authorization Bearer). */
+  tokenServiceCredential?: string;
+  /** Where users sign in again; part of the 401 answers. */
+  loginUrl?: string;
+  /**
+   * Who is asking. Default: the `x-user-id` header, which an authenticating
+   * proxy in front of the gateway sets after it has checked the user. That
+   * header must never come from the internet: the proxy has to strip any
+   * client-supplied copy, and the gateway must not be reachable except
+   * through it. Anyone who can set it can act as any user.
+   */
+  userFrom?: (req: IncomingMessage) => string | undefined | Promise<string | undefined>;
+  /** Deadline of one GetToken call; default 5000 ms. */
+  tokenTimeoutMs?: number;
+  /** Idle timeout on the upstream socket; default 300 000 ms. */
+  upstreamIdleTimeoutMs?: number;
+  /** Receives one entry per request; default: a JSON line on stderr. */
+  log?: (entry: GatewayLogEntry) => void;
+}
+
+export interface ChatGateway {
+  server: Server;
+  /** Starts listening; resolves to the base URL (port 0 picks a free port). */
+  listen(port: number, host?: string): Promise<string>;
+  /** Stops accepting, ends idle connections and closes the clients of the token service and upstream. */
+  close(): Promise<void>;
+}
+
+/** Paths passed through, and the method each accepts. */
+const ROUTES: Record<string, string> = {
+  "/v1/chat/completions": "POST",
+  "/v1/models": "GET",
+};
+
+/** The `x-user-id` header set by the authenticating proxy: exactly one non-empty value. */
+export function userFromHeader(req: IncomingMessage): string | undefined {
+  const values = req.headersDistinct["x-user-id"];
+  if (!values || values.length !== 1) return undefined;
+  const user = values[0]?.trim();
+  return user ? user : undefined;
+}
+
+/** An OpenAI-compatible pass-through that swaps the caller's identity for the user's own bearer token. */
+export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
+  const tokens = createTokenSource({
+    tokenServiceUrl: options.tokenServiceUrl,
+    provider: options.provider,
+    tokenServiceCredential: options.tokenServiceCredential,
+    loginUrl: options.loginUrl,
+    timeoutMs: options.tokenTimeoutMs,
+  });
+  const upstream = createUpstream({ baseUrl: options.upstreamUrl, idleTimeoutMs: options.upstreamIdleTimeoutMs });
+  const userFrom = options.userFrom ?? userFromHeader;
+  const log = options.log ?? ((entry: GatewayLogEntry) => process.stderr.write(`${JSON.stringify(entry)}\n`));
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<GatewayLogEntry> {
+    const path = new URL(req.url ?? "/", "http://gateway.invalid").pathname;
+    const entry: GatewayLogEntry = { method: req.method ?? "", path };
+    const method = ROUTES[path];
+    if (!method) {
+      sendError(res, { status: 404, type: "invalid_request_error", code: "unknown_url", message: `Unknown path ${path}.` });
+      return { ...entry, status: 404 };
+    }
+    if (req.method !== method) {
+      res.setHeader("allow", method);
+      sendError(res, { status: 405, type: "invalid_request_error", code: "method_not_allowed", message: `Use ${method} for ${path}.` });
+      return { ...entry, status: 405 };
+    }
+
+    const user = await Promise.resolve()
+      .then(() => userFrom(req))
+      .catch(() => undefined);
+    if (!user) {
+      sendError(res, { status: 401, type: "authentication_error", code: "no_user", message: "No authenticated user." });
+      return { ...entry, status: 401 };
+    }
+    entry.user = user;
+
+    const gone = new AbortController();
+    res.once("close", () => gone.abort());
+    const got = await tokens.tokenFor(user, gone.signal);
+    if (!got.ok) {
+      sendError(res, got.error);
+      return { ...entry, status: got.error.status, token_error: got.cause };
+    }
+    return { ...entry, ...describe(await upstream.forward(req, res, path, got.token)) };
+  }
+
+  const server = http.createServer((req, res) => {
+    const started = performance.now();
+    handle(req, res)
+      .catch(() => {
+        sendError(res, { status: 500, type: "server_error", code: "internal_error", message: "Internal gateway error." });
+        return { method: req.method ?? "", status: 500, error: "internal" };
+      })
+      .then((entry) => {
+        // An answer sent before the body was read (401, 503 …): drain it so the connection can be reused.
+        if (!req.readableEnded) req.resume();
+        log({ ...entry, ms: Math.round(performance.now() - started) });
+      })
+      .catch(() => undefined);
+  });
+
+  return {
+    server,
+    async listen(port, host = "127.0.0.1") {
+      server.listen(port, host);
+      await once(server, "listening");
+      const address = server.address() as AddressInfo;
+      const shown = address.family === "IPv6" ? `[${address.address}]` : address.address;
+      return `http://${shown}:${address.port}`;
+    },
+    async close() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      await closed;
+      tokens.close();
+      upstream.close();
+    },
+  };
+}
+
+function describe(outcome: ForwardOutcome): GatewayLogEntry {
+  switch (outcome.kind) {
+    case "response":
+      return { status: outcome.status };
+    case "unreachable":
+      return { status: 502, upstream_error: outcome.errorCode };
+    case "timeout":
+      return { status: 504, upstream_error: "timeout" };
+    case "aborted":
+      return { status: 499, upstream_error: "aborted" };
+  }
+}

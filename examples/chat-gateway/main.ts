@@ -1,0 +1,38 @@
+import { createChatGateway } from "./gateway.js";
+
+/** Starts the chat gateway from environment variables; see README.md. */
+function required(name: string): string {
+  const value = process.env[name];
+  if (!value) {
+    console.error(`chat-gateway: ${name} is required`);
+    process.exit(2);
+  }
+  return value;
+}
+
+const port = Number(process.env.PORT ?? "8080");
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  console.error("chat-gateway: PORT must be a port number");
+  process.exit(2);
+}
+
+const gateway = createChatGateway({
+  tokenServiceUrl: required("TOKEN_SERVICE_URL"),
+  upstreamUrl: required("UPSTREAM_URL"),
+  provider: process.env.PROVIDER ?? "corp",
+  tokenServiceCredential: process.env.TOKEN_SERVICE_CREDENTIAL || undefined,
+  loginUrl: process.env.LOGIN_URL || undefined,
+});
+
+const url = await gateway.listen(port, process.env.HOST ?? "127.0.0.1");
+console.error(`chat-gateway: listening on ${url}`);
+
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    console.error(`chat-gateway: ${signal}, finishing in-flight requests`);
+    gateway.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  });
+}

@@ -1,0 +1,125 @@
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
+import type { GatewayError } from "./openai-error.js";
+
+/** Where the gateway gets users' tokens from. */
+export interface TokenSourceOptions {
+  /** Base URL of the token service, e.g. http://127.0.0.1:50051. */
+  tokenServiceUrl: string;
+  /** Provider id as configured in the token service, e.g. "corp". */
+  provider: string;
+  /** Sent as `authorization: Bearer …` on every call to the token service. */
+  tokenServiceCredential?: string;
+  /** Where a user signs in again; part of the 401 answers. */
+  loginUrl?: string;
+  /** Deadline of one GetToken call; default 5000 ms. */
+  timeoutMs?: number;
+}
+
+/** What one lookup gave: a token, or the answer to send the client instead. */
+export type TokenResult =
+  | { ok: true; token: string }
+  | { ok: false; error: GatewayError; /** For the log: gRPC code name and ErrorInfo reason. */ cause: string };
+
+export interface TokenSource {
+  /** A token valid right now for the user at the configured provider. */
+  tokenFor(userId: string, signal?: AbortSignal): Promise<TokenResult>;
+  close(): void;
+}
+
+/** A TokenService client over gRPC (HTTP/2) that maps its errors to HTTP answers. */
+export function createTokenSource(options: TokenSourceOptions): TokenSource {
+  const sessionManager = new Http2SessionManager(options.tokenServiceUrl);
+  const credential = options.tokenServiceCredential;
+  const interceptors: Interceptor[] = credential
+    ? [
+        (next) => (req) => {
+          req.header.set("authorization", `Bearer ${credential}`);
+          return next(req);
+        },
+      ]
+    : [];
+  const client = createClient(
+    TokenService,
+    createGrpcTransport({ baseUrl: options.tokenServiceUrl, sessionManager, interceptors }),
+  );
+  const timeoutMs = options.timeoutMs ?? 5000;
+
+  return {
+    async tokenFor(userId, signal) {
+      try {
+        const res = await client.getToken({ userId, provider: options.provider }, { timeoutMs, signal });
+        return { ok: true, token: res.token };
+      } catch (err) {
+        return mapTokenError(err, options);
+      }
+    },
+    close() {
+      sessionManager.abort();
+    },
+  };
+}
+
+const TOKEN_SERVICE_ERROR: GatewayError = {
+  status: 502,
+  type: "server_error",
+  code: "token_service_error",
+  message: "The token service could not provide a token.",
+};
+
+/** Turns a failed GetToken into the answer for the client. Never copies the error message. */
+export function mapTokenError(err: unknown, options: Pick<TokenSourceOptions, "loginUrl" | "provider">): TokenResult {
+  // Not ConnectError.from(err): nothing of an unknown error (its message could hold anything) is used.
+  if (!(err instanceof ConnectError)) return { ok: false, error: TOKEN_SERVICE_ERROR, cause: "unknown" };
+  const ce = err;
+  const reason = ce.findDetails(ErrorInfoSchema)[0]?.reason ?? "";
+  const cause = `${Code[ce.code]}${reason ? `/${reason}` : ""}`;
+  const login = options.loginUrl;
+  const fail = (error: GatewayError): TokenResult => ({ ok: false, error, cause });
+
+  if (ce.code === Code.FailedPrecondition && reason === "REAUTH_REQUIRED") {
+    return fail({
+      status: 401,
+      type: "reauth_required",
+      code: "reauth_required",
+      message: `Your sign-in at ${options.provider} has expired or was revoked; log in again${login ? ` at ${login}` : ""}.`,
+      ...(login ? { loginUrl: login } : {}),
+    });
+  }
+  switch (ce.code) {
+    case Code.NotFound:
+      return fail({
+        status: 401,
+        type: "authentication_error",
+        code: "no_session",
+        message: `No session at ${options.provider}, log in${login ? ` at ${login}` : ""}.`,
+        ...(login ? { loginUrl: login } : {}),
+      });
+    case Code.Unavailable:
+    case Code.DeadlineExceeded:
+    case Code.Canceled:
+      return fail({
+        status: 503,
+        type: "service_unavailable",
+        code: "token_service_unavailable",
+        message: "The token service is unavailable; retry shortly.",
+        retryAfter: 1,
+      });
+    case Code.ResourceExhausted:
+      return fail({
+        status: 429,
+        type: "rate_limit_error",
+        code: "token_service_rate_limited",
+        message: "Too many token requests; retry shortly.",
+        retryAfter: 1,
+      });
+    case Code.InvalidArgument:
+      return fail({ status: 400, type: "invalid_request_error", code: "invalid_user", message: "The user id was rejected." });
+    default:
+      // UNAUTHENTICATED / PERMISSION_DENIED (the gateway's own credential), KEY_UNAVAILABLE, INTERNAL …:
+      // not the user's fault and nothing they can fix by logging in.
+      return fail(TOKEN_SERVICE_ERROR);
+  }
+}

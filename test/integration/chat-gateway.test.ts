@@ -1,0 +1,301 @@
+import { once } from "node:events";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { createChatGateway, type ChatGateway, type GatewayLogEntry } from "../../examples/chat-gateway/gateway.js";
+import { startTestProvider, type TestProvider, type TestTokenSet } from "../helpers/oidc-provider.js";
+import { startService, type TestService } from "../helpers/service.js";
+
+const LOGIN_URL = "https://login.example.test/start";
+const SSE_EVENTS = ["Hel", "lo", ", world"].map((content, i) =>
+  JSON.stringify({ id: "chatcmpl-1", object: "chat.completion.chunk", choices: [{ index: 0, delta: { content }, finish_reason: i === 2 ? "stop" : null }] }),
+);
+const COMPLETION = {
+  id: "chatcmpl-1",
+  object: "chat.completion",
+  model: "test-model",
+  choices: [{ index: 0, message: { role: "assistant", content: "Hello, world" }, finish_reason: "stop" }],
+};
+
+/** What the fake model server saw of one request. */
+interface SeenRequest {
+  path: string;
+  authorization: string | undefined;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+/** An OpenAI-compatible stand-in: records each request, answers JSON or SSE in delayed chunks. */
+async function startUpstream() {
+  const seen: SeenRequest[] = [];
+  let lastSseWriteAt = 0;
+  const server = http.createServer(async (req, res) => {
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    const body = Buffer.concat(chunks).toString("utf8");
+    seen.push({ path: req.url ?? "", authorization: req.headers.authorization, headers: req.headers, body });
+    if (req.url === "/v1/models") {
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ object: "list", data: [{ id: "test-model", object: "model" }] }));
+      return;
+    }
+    if ((JSON.parse(body) as { stream?: boolean }).stream) {
+      res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+      for (const event of [...SSE_EVENTS, "[DONE]"]) {
+        res.write(`data: ${event}\n\n`);
+        lastSseWriteAt = performance.now();
+        await sleep(60);
+      }
+      res.end();
+      return;
+    }
+    res.writeHead(200, { "content-type": "application/json", "set-cookie": "upstream=1" }).end(JSON.stringify(COMPLETION));
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    seen,
+    lastSseWriteAt: () => lastSseWriteAt,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** A port nothing listens on. */
+async function closedPort(): Promise<number> {
+  const server = http.createServer().listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+interface OpenAiError {
+  error: { message: string; type: string; code: string; login_url?: string };
+}
+
+describe("chat gateway in front of the token service (sqlite)", () => {
+  let provider: TestProvider;
+  let svc: TestService;
+  let upstream: Awaited<ReturnType<typeof startUpstream>>;
+  let gateway: ChatGateway;
+  let gatewayUrl: string;
+  const logs: GatewayLogEntry[] = [];
+  /** Every error body the gateway sent, for the no-token check. */
+  const errorBodies: string[] = [];
+  /** Every token that existed in this test, for the no-token check. */
+  const tokens = new Set<string>();
+
+  async function login(user: string, expiresAt?: Date): Promise<TestTokenSet> {
+    const set = await provider.login(user);
+    for (const t of [set.access_token, set.refresh_token, set.id_token]) tokens.add(t);
+    await svc.client.storeSession({
+      userId: user,
+      provider: "corp",
+      tokens: {
+        accessToken: set.access_token,
+        refreshToken: set.refresh_token,
+        idToken: set.id_token,
+        tokenType: set.token_type,
+        scope: set.scope,
+        ...(expiresAt ? { expiresAt: timestampFromDate(expiresAt) } : { expiresIn: BigInt(set.expires_in) }),
+      },
+    });
+    return set;
+  }
+
+  async function currentToken(user: string): Promise<string> {
+    const { token } = await svc.client.getToken({ userId: user, provider: "corp" });
+    tokens.add(token);
+    return token;
+  }
+
+  async function chat(user: string | undefined, body: Record<string, unknown>, base = gatewayUrl): Promise<Response> {
+    const headers: Record<string, string> = {
+      "content-type": "application/json",
+      // What an OpenAI SDK sends: must be replaced, never forwarded.
+      authorization: "Bearer sk-client-placeholder",
+    };
+    if (user) headers["x-user-id"] = user;
+    const res = await fetch(`${base}/v1/chat/completions`, { method: "POST", headers, body: JSON.stringify(body) });
+    if (res.status >= 400) {
+      const text = await res.text();
+      errorBodies.push(text + JSON.stringify([...res.headers]));
+      return new Response(text, { status: res.status, headers: res.headers });
+    }
+    return res;
+  }
+
+  const ask = { model: "test-model", messages: [{ role: "user", content: "hi" }] };
+
+  beforeAll(async () => {
+    provider = await startTestProvider();
+    svc = await startService({
+      dialect: "sqlite",
+      provider,
+      yaml: { refresh: { lease_seconds: 5, provider_timeout_seconds: 2, max_attempts: 2, retry_base_delay_ms: 20 } },
+    });
+    upstream = await startUpstream();
+    gateway = createChatGateway({
+      tokenServiceUrl: svc.url,
+      upstreamUrl: upstream.url,
+      provider: "corp",
+      loginUrl: LOGIN_URL,
+      log: (entry) => logs.push(entry),
+    });
+    gatewayUrl = await gateway.listen(0, "127.0.0.1");
+  });
+  afterAll(async () => {
+    await gateway?.close();
+    await upstream?.close();
+    await svc?.close();
+    await provider?.close();
+  });
+
+  it("passes a completion through with the user's current access token", async () => {
+    const stored = await login("alice");
+    const res = await chat("alice", ask);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toBe("application/json");
+    expect(res.headers.get("set-cookie")).toBeNull();
+    expect(await res.json()).toEqual(COMPLETION);
+
+    const seen = upstream.seen.at(-1)!;
+    expect(seen.path).toBe("/v1/chat/completions");
+    expect(JSON.parse(seen.body)).toEqual(ask);
+    expect(seen.headers["content-type"]).toBe("application/json");
+    expect(seen.authorization).toBe(`Bearer ${stored.access_token}`);
+    expect(seen.authorization).toBe(`Bearer ${await currentToken("alice")}`);
+    expect(provider.stats.refreshes).toBe(0);
+
+    const models = await fetch(`${gatewayUrl}/v1/models`, { headers: { "x-user-id": "alice" } });
+    expect(models.status).toBe(200);
+    expect(((await models.json()) as { data: unknown[] }).data).toHaveLength(1);
+    expect(upstream.seen.at(-1)!.authorization).toBe(`Bearer ${stored.access_token}`);
+  });
+
+  it("refreshes an expired token on the way and forwards the new one", async () => {
+    const stored = await login("bob", new Date(Date.now() - 60_000));
+    const before = provider.stats.refreshes;
+    const res = await chat("bob", ask);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual(COMPLETION);
+    const sent = upstream.seen.at(-1)!.authorization;
+    expect(sent).not.toBe(`Bearer ${stored.access_token}`);
+    expect(sent).toBe(`Bearer ${await currentToken("bob")}`);
+    expect(provider.stats.refreshes).toBe(before + 1);
+  });
+
+  it("streams server-sent events chunk by chunk as the upstream writes them", async () => {
+    await login("carol");
+    const res = await chat("carol", { ...ask, stream: true });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toBe("text/event-stream");
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    const chunks: Array<{ text: string; at: number }> = [];
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push({ text: decoder.decode(value, { stream: true }), at: performance.now() });
+    }
+    const text = chunks.map((c) => c.text).join("");
+    expect(text).toBe([...SSE_EVENTS, "[DONE]"].map((e) => `data: ${e}\n\n`).join(""));
+    expect(chunks.length).toBeGreaterThan(1);
+    // Not buffered: the first event reached the client before the upstream wrote its last one.
+    expect(chunks[0]!.at).toBeLessThan(upstream.lastSseWriteAt());
+    expect(upstream.seen.at(-1)!.authorization).toBe(`Bearer ${await currentToken("carol")}`);
+  });
+
+  it("answers 401 reauth_required with a login hint once the provider revoked the grant", async () => {
+    const original = await login("dave");
+    // A refresh through the service rotates the refresh token …
+    tokens.add((await svc.client.getToken({ userId: "dave", provider: "corp", forceRefresh: true })).token);
+    // … so redeeming the original again is reuse: the provider revokes the whole grant.
+    expect((await provider.redeem(original.refresh_token)).status).toBe(400);
+    const err = await svc.client.getToken({ userId: "dave", provider: "corp", forceRefresh: true }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(ConnectError);
+    expect((err as ConnectError).code).toBe(Code.FailedPrecondition);
+    expect((err as ConnectError).findDetails(ErrorInfoSchema)[0]?.reason).toBe("REAUTH_REQUIRED");
+
+    const calls = upstream.seen.length;
+    const res = await chat("dave", ask);
+    expect(res.status).toBe(401);
+    const body = (await res.json()) as OpenAiError;
+    expect(body.error.type).toBe("reauth_required");
+    expect(body.error.code).toBe("reauth_required");
+    expect(body.error.login_url).toBe(LOGIN_URL);
+    expect(body.error.message).toContain(LOGIN_URL);
+    expect(upstream.seen.length).toBe(calls);
+  });
+
+  it("answers 401 for a user without a session or a request without a user", async () => {
+    const calls = upstream.seen.length;
+    const unknown = await chat("nobody", ask);
+    expect(unknown.status).toBe(401);
+    const body = (await unknown.json()) as OpenAiError;
+    expect(body.error.code).toBe("no_session");
+    expect(body.error.message).toMatch(/no session/i);
+    expect(body.error.login_url).toBe(LOGIN_URL);
+
+    const anonymous = await chat(undefined, ask);
+    expect(anonymous.status).toBe(401);
+    expect(((await anonymous.json()) as OpenAiError).error.code).toBe("no_user");
+    expect(upstream.seen.length).toBe(calls);
+  });
+
+  it("answers 503 with Retry-After when the token service is down, 502 when the upstream is", async () => {
+    await login("erin");
+    const noTokenService = createChatGateway({
+      tokenServiceUrl: `http://127.0.0.1:${await closedPort()}`,
+      upstreamUrl: upstream.url,
+      provider: "corp",
+      log: (entry) => logs.push(entry),
+    });
+    const noUpstream = createChatGateway({
+      tokenServiceUrl: svc.url,
+      upstreamUrl: `http://127.0.0.1:${await closedPort()}`,
+      provider: "corp",
+      log: (entry) => logs.push(entry),
+    });
+    try {
+      const down = await chat("erin", ask, await noTokenService.listen(0));
+      expect(down.status).toBe(503);
+      expect(down.headers.get("retry-after")).toBe("1");
+      expect(((await down.json()) as OpenAiError).error.code).toBe("token_service_unavailable");
+
+      const unreachable = await chat("erin", ask, await noUpstream.listen(0));
+      expect(unreachable.status).toBe(502);
+      expect(((await unreachable.json()) as OpenAiError).error.code).toBe("upstream_unreachable");
+    } finally {
+      await noTokenService.close();
+      await noUpstream.close();
+    }
+  });
+
+  it("never forwards the identity header or the client's credential, and never leaks a token", async () => {
+    expect(upstream.seen.length).toBeGreaterThan(0);
+    for (const seen of upstream.seen) {
+      expect(seen.headers["x-user-id"]).toBeUndefined();
+      expect(seen.authorization).not.toContain("sk-client-placeholder");
+      expect(seen.headers.cookie).toBeUndefined();
+    }
+    for (const t of upstream.seen.map((s) => s.authorization!.replace(/^Bearer /, ""))) tokens.add(t);
+    expect(errorBodies.length).toBeGreaterThanOrEqual(5);
+    const logText = JSON.stringify(logs);
+    expect(logs.some((l) => l.token_error === "FailedPrecondition/REAUTH_REQUIRED")).toBe(true);
+    for (const t of tokens) {
+      for (const body of errorBodies) expect(body).not.toContain(t);
+      expect(logText).not.toContain(t);
+    }
+  });
+});
