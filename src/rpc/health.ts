@@ -94,6 +94,8 @@ export function createHealthImpl(state: HealthState): ServiceImpl<typeof Health>
           if (next === last) continue;
           last = next;
           yield create(HealthCheckResponseSchema, { status: next });
+          // Draining: watchers have been told NOT_SERVING; end the stream so it does not hold up the drain.
+          if (state.reason === "draining") return;
         }
       } finally {
         unsubscribe();
