@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# Multi-stage image: build with dev dependencies, run with production ones only.
-# Not built on this project's CI machines (no container engine there); see README.
+# Multi-stage image: build with dev dependencies, run with production ones only, as a non-root user.
+# Not built on this project's CI machines (they run no container engine); see README.md.
 
 FROM node:22-bookworm-slim AS build
 WORKDIR /app
@@ -11,9 +11,18 @@ COPY src ./src
 COPY gen ./gen
 RUN npm run build
 
+# The demo identity provider for docker-compose.yml (oidc-provider is a dev dependency).
+FROM build AS demo-provider
+COPY test/helpers ./test/helpers
+COPY examples/demo-provider ./examples/demo-provider
+USER node
+EXPOSE 9443 9444
+CMD ["node", "--import", "tsx", "examples/demo-provider/main.ts"]
+
 FROM node:22-bookworm-slim AS runtime
 ENV NODE_ENV=production \
     TOKEN_SERVICE_ADDR=0.0.0.0:50051 \
+    TOKEN_SERVICE_ADMIN_ADDR=0.0.0.0:9464 \
     DATABASE_URL=sqlite:/var/lib/token-service/token-service.db
 WORKDIR /app
 COPY package.json package-lock.json ./
@@ -21,10 +30,11 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean -
 COPY --from=build /app/dist ./dist
 RUN mkdir -p /var/lib/token-service && chown node:node /var/lib/token-service
 USER node
-EXPOSE 50051
+# 50051: gRPC, gRPC-Web and Connect. 9464: /metrics, /healthz, /readyz.
+EXPOSE 50051 9464
 VOLUME ["/var/lib/token-service"]
-# Liveness without extra binaries: Node itself opens a TCP connection to the gRPC port.
+# Liveness with Node itself (no curl in the image). Readiness, which follows the database, is /readyz.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["node", "-e", "const s=require('net').connect(+(process.env.TOKEN_SERVICE_ADDR.split(':').pop()),'127.0.0.1');s.on('connect',()=>process.exit(0));s.on('error',()=>process.exit(1));setTimeout(()=>process.exit(1),2500)"]
+  CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.TOKEN_SERVICE_ADMIN_ADDR||'').split(':').pop()+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 ENTRYPOINT ["node", "dist/src/main.js"]
 CMD ["serve"]

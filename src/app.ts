@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import type { MikroORM } from "@mikro-orm/core";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
@@ -172,6 +173,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     );
 
     const shutdown = new AbortController();
+    // Every in-flight call listens on this signal (and stops listening when it ends): no limit.
+    setMaxListeners(0, shutdown.signal);
     const handler = connectNodeAdapter({
       routes: (router: ConnectRouter) => {
         router.service(TokenService, createTokenServiceImpl(sessions, users));

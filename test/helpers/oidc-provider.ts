@@ -1,6 +1,7 @@
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import http from "node:http";
+import https from "node:https";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import Provider from "oidc-provider";
@@ -67,14 +68,29 @@ const SETUP_HEADER = "x-test-setup";
  * A real oidc-provider on an ephemeral port with refresh-token rotation: a
  * reused refresh token revokes the whole grant, as real providers do.
  */
-export async function startTestProvider(options: { accessTokenTtl?: number } = {}): Promise<TestProvider> {
+export async function startTestProvider(
+  options: {
+    accessTokenTtl?: number;
+    /** Where to listen (default 127.0.0.1, port 0). */
+    host?: string;
+    port?: number;
+    /** Serve HTTPS with this certificate (for a provider reached by a non-loopback name). */
+    tls?: { cert: Buffer; key: Buffer };
+    /** Host name in the issuer URL, when clients reach the provider by another name. */
+    publicHost?: string;
+    /** Fixed client credentials (default: client id token-service, a random secret). */
+    clientId?: string;
+    clientSecret?: string;
+  } = {},
+): Promise<TestProvider> {
   let accessTtl = options.accessTokenTtl ?? 300;
-  const server = http.createServer();
-  server.listen(0, "127.0.0.1");
+  const server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }) : http.createServer();
+  server.listen(options.port ?? 0, options.host ?? "127.0.0.1");
   await once(server, "listening");
-  const issuer = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const clientId = "token-service";
-  const clientSecret = randomBytes(24).toString("base64url");
+  const port = (server.address() as AddressInfo).port;
+  const issuer = `${options.tls ? "https" : "http"}://${options.publicHost ?? options.host ?? "127.0.0.1"}:${port}`;
+  const clientId = options.clientId ?? "token-service";
+  const clientSecret = options.clientSecret ?? randomBytes(24).toString("base64url");
   const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
   const jwk = { ...privateKey.export({ format: "jwk" }), kid: "test", alg: "RS256", use: "sig" };
 
@@ -101,7 +117,8 @@ export async function startTestProvider(options: { accessTokenTtl?: number } = {
     },
     features: {
       devInteractions: { enabled: false },
-      revocation: { enabled: true },
+      // Any authenticated client may revoke its own tokens (what a token service needs).
+      revocation: { enabled: true, allowedPolicy: async () => true },
       introspection: { enabled: true },
     },
   });

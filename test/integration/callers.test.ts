@@ -8,6 +8,7 @@ import { status as GrpcStatus } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
+import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { SessionStatus } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { makeCertificates, type TestCertificates } from "../helpers/certs.js";
 import { connectGrpcClient, grpcJsClient, type ClientCredentials, type GrpcJsError } from "../helpers/clients.js";
@@ -208,8 +209,27 @@ describe("callers: TLS, mTLS, bearer credentials, scopes and rate limits", () =>
     expect(codes.filter((c) => c === Code.ResourceExhausted).length).toBeGreaterThanOrEqual(4);
   });
 
-  it("answers health checks without credentials", async () => {
+  it("answers health checks without credentials, but reflection only to a known caller", async () => {
     const health = createClient(Health, createGrpcTransport({ baseUrl: svc.url, nodeOptions: { ca: certs.ca } }));
     expect((await health.check({ service: "" })).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+    const reflection = (bearer?: string) =>
+      createClient(
+        ServerReflection,
+        createGrpcTransport({
+          baseUrl: svc.url,
+          nodeOptions: { ca: certs.ca },
+          interceptors: bearer ? [(next) => (req) => (req.header.set("authorization", `Bearer ${bearer}`), next(req))] : [],
+        }),
+      );
+    const list = async (bearer?: string) => {
+      async function* one() {
+        yield { messageRequest: { case: "listServices" as const, value: "" } };
+      }
+      const out = [];
+      for await (const a of reflection(bearer).serverReflectionInfo(one())) out.push(a.messageResponse.case);
+      return out;
+    };
+    await expect(list()).rejects.toThrow(/valid caller credential/);
+    expect(await list(SECRETS.authGateway)).toEqual(["listServicesResponse"]);
   });
 });

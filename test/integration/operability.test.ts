@@ -267,3 +267,13 @@ describe("health on shutdown, reflection switched off, CLI", () => {
     expect(bad.stdout()).toMatch(/1 check\(s\) failed/);
   });
 });
+
+describe("npm run demo", () => {
+  it("walks through store, get, expiry, refresh and revoke, and exits 0", async () => {
+    const tsx = join(root, "node_modules/.bin/tsx");
+    const { stdout } = await execFile(tsx, [join(root, "scripts/demo.ts")], { cwd: root, timeout: 60_000 });
+    expect(stdout).toContain("the provider saw 1 refresh request: one refresh served every caller");
+    expect(stdout).toMatch(/GetToken now → NotFound/);
+    expect(stdout).toContain("Demo complete.");
+  });
+});

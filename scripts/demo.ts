@@ -1,0 +1,142 @@
+/**
+ * `npm run demo`: a local identity provider and the token service on the
+ * embedded default, then one user's session through store, get, expiry,
+ * refresh (one refresh for many callers) and revoke. Prints each step and
+ * exits 0, or 1 at the first surprise.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { stringify } from "yaml";
+import { ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
+import { TokenKind } from "../gen/tokenservice/v1/token_service_pb.js";
+import { connectGrpcClient } from "../test/helpers/clients.js";
+import { startTestProvider, type TestProvider } from "../test/helpers/oidc-provider.js";
+import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
+
+const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
+let step = 0;
+const say = (title: string) => console.log(`\n${bold(`${++step}. ${title}`)}`);
+const info = (line: string) => console.log(`   ${line}`);
+/** A token shown as its length and first characters: enough to tell two apart, never usable. */
+const peek = (token: string) => `${token.slice(0, 8)}… (${token.length} chars)`;
+function check(ok: boolean, what: string): void {
+  if (!ok) throw new Error(`unexpected: ${what}`);
+}
+
+const dir = mkdtempSync(join(tmpdir(), "token-service-demo-"));
+let provider: TestProvider | undefined;
+let service: ServiceProcess | undefined;
+try {
+  say("Start a local OpenID Connect provider (oidc-provider, refresh-token rotation on)");
+  provider = await startTestProvider({ accessTokenTtl: 300 });
+  info(`issuer ${provider.issuer}, client id ${provider.clientId}`);
+
+  say("Start the token service on the embedded default (SQLite, generated key file)");
+  const config = join(dir, "config.yaml");
+  writeFileSync(
+    config,
+    stringify({
+      providers: [
+        {
+          id: "demo",
+          issuer: provider.issuer,
+          client_id: provider.clientId,
+          client_secret: provider.clientSecret,
+          allow_insecure_http: true,
+          refresh_margin_seconds: 60,
+        },
+      ],
+      // Background refresh would renew the 3-second token before the callers ask; this demo shows
+      // the refresh on demand. (In production it keeps recently used tokens fresh so callers never wait.)
+      refresh: { background: { enabled: false } },
+      log_level: "warn",
+    }),
+  );
+  service = await spawnService({ TOKEN_SERVICE_CONFIG: config, TOKEN_SERVICE_LOG_LEVEL: "info" }, { cwd: dir });
+  const started = service.lines().find((l) => l.msg === "token service listening")!;
+  info(`listening on ${service.url} (gRPC, gRPC-Web and Connect on one port); database ${String(started.database)}`);
+  const client = connectGrpcClient(service.url);
+
+  say("Alice logs in at the provider; her auth gateway hands the token set to StoreSession");
+  const tokens = await provider.login("alice");
+  info(`the provider issued an access token ${peek(tokens.access_token)}, a refresh token and an id_token`);
+  const stored = await client.storeSession({
+    userId: "alice",
+    provider: "demo",
+    tokens: {
+      accessToken: tokens.access_token,
+      refreshToken: tokens.refresh_token,
+      idToken: tokens.id_token,
+      tokenType: tokens.token_type,
+      scope: tokens.scope,
+      // Pretend the access token has 3 seconds left, to see the refresh without waiting minutes.
+      expiresIn: 3n,
+    },
+  });
+  info(`StoreSession → session id ${stored.sessionId.slice(0, 8)}… (the gateway keeps only this)`);
+  info(`the service holds the tokens encrypted; access token expires ${timestampDate(stored.expiresAt!).toISOString()}`);
+
+  say("A backend service asks for Alice's token (GetToken)");
+  const first = await client.getToken({ userId: "alice", sessionId: stored.sessionId, minValidSeconds: 1 });
+  check(first.token === tokens.access_token, "GetToken should return the stored token");
+  info(`GetToken → ${peek(first.token)}: the stored token, still valid, no call to the provider`);
+  const byUser = await client.getToken({ userId: "alice", provider: "demo", minValidSeconds: 1 });
+  info(`by user and provider (a background job without a session id) → session ${byUser.sessionId.slice(0, 8)}…, same token`);
+  const id = await client.getToken({ userId: "alice", sessionId: stored.sessionId, kind: TokenKind.ID });
+  info(`the id_token is there too: ${peek(id.token)}`);
+
+  say("Wait for the access token to expire");
+  for (let left = 3; left > 0; left--) {
+    info(`${left}…`);
+    await sleep(1000);
+  }
+  await sleep(200);
+
+  say("100 callers ask at once for the expired token");
+  provider.resetStats();
+  provider.faults.push({ kind: "delay", ms: 300 }); // a provider taking 300 ms, so the callers really overlap
+  const t0 = performance.now();
+  const answers = await Promise.all(Array.from({ length: 100 }, () => client.getToken({ userId: "alice", sessionId: stored.sessionId })));
+  const ms = performance.now() - t0;
+  const distinct = new Set(answers.map((a) => a.token));
+  check(distinct.size === 1, "every caller should get the same new token");
+  check(!distinct.has(tokens.access_token), "the token should have been refreshed");
+  check(provider.stats.refreshes === 1, `one refresh at the provider, saw ${provider.stats.refreshes}`);
+  info(`all 100 got the same new token ${peek(answers[0]!.token)} in ${Math.round(ms)} ms`);
+  info(`the provider saw ${provider.stats.refreshes} refresh request: one refresh served every caller`);
+  info("the provider rotated the refresh token; the service stored the new one before answering anyone");
+
+  say("List Alice's sessions (metadata only, never tokens)");
+  const list = await client.listSessions({ userId: "alice" });
+  for (const s of list.sessions) {
+    info(`${s.sessionId.slice(0, 8)}…  provider ${s.provider}  key ${s.keyId}  expires ${timestampDate(s.accessExpiresAt!).toISOString()}`);
+  }
+
+  say("Alice logs out: RevokeSession, here and at the provider");
+  await client.revokeSession({ userId: "alice", sessionId: stored.sessionId });
+  const after = await client.getToken({ userId: "alice", sessionId: stored.sessionId }).catch((e: unknown) => e);
+  check(after instanceof ConnectError && after.code === Code.NotFound, "GetToken after revoke should be NOT_FOUND");
+  info(`GetToken now → ${Code[(after as ConnectError).code]} (${(after as ConnectError).findDetails(ErrorInfoSchema)[0]?.reason})`);
+  const introspected = await provider.introspect(tokens.refresh_token);
+  check(!introspected.active, "the provider should no longer accept the grant");
+  info("the provider confirms: the grant is revoked (RFC 7009)");
+
+  say("Stop the service: SIGTERM drains in-flight calls, then it exits");
+  service.kill("SIGTERM");
+  const code = await service.exited;
+  check(code === 0, `the service should exit 0, got ${code}`);
+  info("exited 0");
+  console.log(`\n${bold("Demo complete.")} Run it for real with \`npm start\`; see README.md.`);
+} catch (err) {
+  console.error(`\ndemo failed: ${err instanceof Error ? err.message : String(err)}`);
+  if (service) console.error(service.stderr().slice(-2000));
+  process.exitCode = 1;
+} finally {
+  service?.kill("SIGKILL");
+  await provider?.close();
+  rmSync(dir, { recursive: true, force: true });
+}

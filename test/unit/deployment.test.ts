@@ -1,0 +1,83 @@
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parse } from "yaml";
+import { describe, expect, it } from "vitest";
+import { loadConfig } from "../../src/config.js";
+import { generateKeySpec } from "../../src/crypto/key-ring.js";
+
+// No container engine runs on the CI machines, so the image and the compose file cannot be built
+// here. These checks hold them to what the README says they are.
+const root = fileURLToPath(new URL("../..", import.meta.url));
+const read = (p: string) => readFileSync(`${root}/${p}`, "utf8");
+
+describe("Dockerfile", () => {
+  const dockerfile = read("Dockerfile");
+
+  it("builds in stages on Node 22 and ships only production dependencies", () => {
+    expect(dockerfile).toMatch(/^FROM node:22[\w.-]* AS build$/m);
+    expect(dockerfile).toMatch(/^FROM node:22[\w.-]* AS runtime$/m);
+    expect(dockerfile).toMatch(/npm ci --omit=dev/);
+    expect(dockerfile).toMatch(/COPY --from=build \/app\/dist \.\/dist/);
+  });
+
+  it("runs as a non-root user, exposes the gRPC and admin ports, and checks health without extra binaries", () => {
+    const runtime = dockerfile.slice(dockerfile.indexOf("AS runtime"));
+    expect(runtime).toMatch(/^USER node$/m);
+    expect(runtime).toMatch(/^EXPOSE 50051 9464$/m);
+    expect(runtime).toMatch(/^HEALTHCHECK .*\n\s+CMD \["node", "-e", ".*\/healthz/m);
+    const healthcheck = /^HEALTHCHECK[\s\S]*?CMD (.*)$/m.exec(runtime)![1]!;
+    expect(healthcheck).not.toMatch(/curl|wget/);
+  });
+});
+
+describe("docker-compose.yml", () => {
+  const compose = parse(read("docker-compose.yml"), { merge: true }) as {
+    services: Record<string, { environment?: Record<string, string>; ports?: string[]; build?: { target: string }; image?: string }>;
+    "x-token-service": { environment: Record<string, string> };
+  };
+
+  it("runs PostgreSQL, the demo provider and two replicas that share the database and the keys", () => {
+    const s = compose.services;
+    expect(s.postgres?.image).toMatch(/^postgres:15/);
+    expect(s["demo-provider"]?.build?.target).toBe("demo-provider");
+    const replicas = Object.keys(s).filter((n) => n.startsWith("token-service-"));
+    expect(replicas).toHaveLength(2);
+    const env = compose["x-token-service"].environment;
+    for (const r of replicas) expect(s[r]!.environment).toEqual(env);
+    expect(env.TOKEN_SERVICE_ENCRYPTION_KEYS).toMatch(/^\$\{TOKEN_SERVICE_ENCRYPTION_KEYS:\?/);
+    expect(env.DATABASE_URL).toMatch(/^postgres:\/\/.*@postgres:5432\//);
+    const hostPorts = replicas.flatMap((r) => s[r]!.ports!.map((p) => p.split(":")[0]));
+    expect(new Set(hostPorts).size).toBe(hostPorts.length);
+  });
+
+  it("gives the replicas a configuration the service accepts, with the demo caller's credential", () => {
+    // The compose volumes mount examples/compose/* under /etc/token-service: do the same by rewriting the path.
+    const dir = mkdtempSync(join(tmpdir(), "token-service-compose-"));
+    const yaml = read("examples/compose/config.yaml").replace(
+      "/etc/token-service/demo-client-secret",
+      `${root}/examples/compose/demo-client-secret`,
+    );
+    writeFileSync(join(dir, "config.yaml"), yaml);
+    const config = loadConfig(
+      {
+        TOKEN_SERVICE_ADDR: "0.0.0.0:50051",
+        DATABASE_URL: "postgres://token_service:token_service@postgres:5432/token_service",
+        TOKEN_SERVICE_ENCRYPTION_KEYS: generateKeySpec("k"),
+        TOKEN_SERVICE_CONFIG: join(dir, "config.yaml"),
+      },
+      root,
+    );
+    rmSync(dir, { recursive: true, force: true });
+    expect(config.providers[0]!.clientSecret).toBe(read("examples/compose/demo-client-secret").trim());
+    expect(config.providers[0]).toMatchObject({ id: "demo", issuer: "https://demo-provider:9443" });
+    // The YAML names the secret by its path inside the container; the file ships beside it.
+    expect(read("examples/compose/demo-client-secret").trim()).toBe(
+      compose.services["demo-provider"]!.environment!.CLIENT_SECRET,
+    );
+    const digest = createHash("sha256").update("demo-caller-credential").digest();
+    expect(config.callers[0]!.tokenSha256!.equals(digest)).toBe(true);
+  });
+});
