@@ -14,8 +14,8 @@ export interface LoadTarget {
   url: string;
   /** /package.Service/Method */
   path: string;
-  /** gRPC-framed request body, base64. */
-  frame: string;
+  /** gRPC-framed request body, base64; several: each call picks one at random. */
+  frame: string | string[];
 }
 
 export interface LoadSpec {
@@ -57,7 +57,7 @@ function quantile(sorted: Float64Array, q: number): number {
 interface Conn {
   session: http2.ClientHttp2Session;
   target: LoadTarget;
-  frame: Buffer;
+  frames: Buffer[];
 }
 
 async function connect(target: LoadTarget): Promise<Conn> {
@@ -67,7 +67,8 @@ async function connect(target: LoadTarget): Promise<Conn> {
     session.once("connect", () => resolve());
     session.once("error", reject);
   });
-  return { session, target, frame: Buffer.from(target.frame, "base64") };
+  const frames = (Array.isArray(target.frame) ? target.frame : [target.frame]).map((f) => Buffer.from(f, "base64"));
+  return { session, target, frames };
 }
 
 /** One unary call; resolves to [status, latencyMs, body?]. */
@@ -99,7 +100,7 @@ function call(conn: Conn, collect: boolean): Promise<[string, number, Buffer | u
       resolve([status, ms, collect && status === "0" ? Buffer.concat(chunks).subarray(5) : undefined]);
     });
     stream.on("error", () => undefined);
-    stream.end(conn.frame);
+    stream.end(conn.frames.length === 1 ? conn.frames[0] : conn.frames[Math.floor(Math.random() * conn.frames.length)]);
   });
 }
 

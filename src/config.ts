@@ -176,7 +176,7 @@ const fileSchema = z
     cache: z
       .object({
         enabled: z.boolean().default(true),
-        max_entries: z.number().int().min(1).max(10_000_000).default(100_000),
+        max_entries: z.number().int().min(1).max(10_000_000).default(10_000),
         max_age_seconds: z.number().min(0.1).max(3600).default(30),
       })
       .strict()

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-old-space-size=160
 import { runCli } from "./cli.js";
 
 /**

@@ -15,8 +15,10 @@ const CONTROL = /[\u0000-\u001f\u007f]/;
 
 export function requireUserId(value: string, field = "user_id"): string {
   if (value === "") throw new InvalidArgumentError(field, "is required");
-  const chars = [...value].length;
-  if (chars > MAX_USER_ID_CHARS) throw new InvalidArgumentError(field, `must be at most ${MAX_USER_ID_CHARS} characters`);
+  // UTF-16 length bounds the code point count from above: only long values need counting.
+  if (value.length > MAX_USER_ID_CHARS && [...value].length > MAX_USER_ID_CHARS) {
+    throw new InvalidArgumentError(field, `must be at most ${MAX_USER_ID_CHARS} characters`);
+  }
   if (CONTROL.test(value)) throw new InvalidArgumentError(field, "must not contain control characters");
   return value;
 }
