@@ -1,0 +1,93 @@
+import { z } from "zod";
+import { callerSchema, tlsSchema } from "./security.js";
+
+/** The shape of the YAML file (snake_case, as written), with its defaults. loadConfig turns it into Config. */
+
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+const httpUrl = z.string().refine((s) => {
+  try {
+    const u = new URL(s);
+    return u.protocol === "https:" || u.protocol === "http:";
+  } catch {
+    return false;
+  }
+}, "must be an http(s) URL");
+
+const providerSchema = z
+  .object({
+    id: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, "must be 1-64 letters, digits, '_', '.' or '-'"),
+    issuer: httpUrl,
+    client_id: z.string().min(1),
+    client_secret: z.string().min(1).optional(),
+    client_secret_file: z.string().min(1).optional(),
+    client_auth_method: z
+      .enum(["client_secret_basic", "client_secret_post", "none"])
+      .default("client_secret_basic"),
+    allow_insecure_http: z.boolean().default(false),
+    refresh_margin_seconds: z.number().int().min(0).max(86_400).default(60),
+    scopes: z.array(z.string().regex(/^[\x21\x23-\x5B\x5D-\x7E]+$/, "must be a scope token")).optional(),
+    token_endpoint: httpUrl.optional(),
+    revocation_endpoint: httpUrl.optional(),
+    default_token_lifetime_seconds: z.number().int().min(1).max(31_536_000).default(300),
+  })
+  .strict();
+
+export const fileSchema = z
+  .object({
+    providers: z.array(providerSchema).default([]),
+    refresh: z
+      .object({
+        lease_seconds: z.number().min(1).max(600).default(30),
+        provider_timeout_seconds: z.number().min(0.1).max(120).default(10),
+        max_attempts: z.number().int().min(1).max(10).default(3),
+        retry_base_delay_ms: z.number().int().min(1).max(60_000).default(200),
+        background: z
+          .object({
+            enabled: z.boolean().default(true),
+            interval_seconds: z.number().min(0.1).max(3600).default(2),
+            recent_window_seconds: z.number().min(1).max(90 * 86_400).default(86_400),
+            max_inflight_per_provider: z.number().int().min(1).max(1000).default(4),
+            batch_size: z.number().int().min(1).max(10_000).default(200),
+          })
+          .strict()
+          .prefault({}),
+      })
+      .strict()
+      .prefault({}),
+    cache: z
+      .object({
+        enabled: z.boolean().default(true),
+        max_entries: z.number().int().min(1).max(10_000_000).default(10_000),
+        max_age_seconds: z.number().min(0.1).max(3600).default(30),
+      })
+      .strict()
+      .prefault({}),
+    sweeper: z
+      .object({
+        enabled: z.boolean().default(true),
+        interval_seconds: z.number().min(1).max(86_400).default(60),
+        absolute_lifetime_days: z.number().min(0).max(3650).default(90),
+        reauth_retention_hours: z.number().min(0).max(87_600).default(168),
+        batch_size: z.number().int().min(1).max(100_000).default(500),
+      })
+      .strict()
+      .prefault({}),
+    limits: z
+      .object({
+        max_message_bytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(256 * 1024),
+      })
+      .strict()
+      .prefault({}),
+    tls: tlsSchema.optional(),
+    callers: z.array(callerSchema).default([]),
+    insecure_plaintext: z.boolean().default(false),
+    reflection: z.boolean().default(true),
+    shutdown_grace_seconds: z.number().min(0).max(600).default(10),
+    log_level: z.enum(LOG_LEVELS).default("info"),
+  })
+  .strict();
+
+export type FileConfig = z.infer<typeof fileSchema>;
