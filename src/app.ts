@@ -100,6 +100,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
   const logger = overrides.logger ?? createLogger(config.logLevel);
   const keyRing = resolveKeyRing(config, logger);
   const orm = await openOrm(config.database);
+  // What start-up has opened so far, closed in reverse if a later step fails.
+  const opened: Array<() => Promise<unknown>> = [];
   try {
     const check = await orm.checkConnection();
     if (!check.ok) {
@@ -113,8 +115,10 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     );
     let channel: PgChannel | undefined;
     if (config.database.kind === "postgresql") {
-      channel = new PgChannel(config.database.url, logger);
-      await channel.start();
+      const ch = new PgChannel(config.database.url, logger, (channelName, message) => repo.notify(channelName, message));
+      channel = ch;
+      opened.push(() => ch.close());
+      await ch.start();
     }
     const waiter = new SessionWaiter(channel);
     const coordinator = new RefreshCoordinator(repo, vault, providers, waiter, config.refresh, logger, overrides.replicaId);
@@ -135,6 +139,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     );
     const sweeper = new Sweeper(repo, config.sweeper, logger, () => waiter.notifyFlush());
     const reader = await openSessionReader(config.database);
+    opened.push(() => reader.close());
     const cache = new SessionCache(config.cache, channel ? channel.connected : true);
     waiter.subscribe({
       changed: (ref) => cache.invalidateRef(ref),
@@ -197,6 +202,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       shutdownSignal: shutdown.signal,
     });
     const rpc = await startRpcServer(handler, config.host, config.port, config.tls);
+    opened.push(() => rpc.close(0));
     const admin = config.admin ? await startAdminServer(config.admin.host, config.admin.port, metrics, health) : undefined;
     probe.start();
     if (config.refresh.background.enabled) background.start();
@@ -256,6 +262,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
             shutdown.abort(new ConnectError("server is shutting down", Code.Unavailable)),
           );
           await Promise.all([background.stop(), sweeper.stop(), probe.stop(), admin?.close()]);
+          // Refreshes whose callers are gone go on until their tokens are stored (bounded by the lease).
+          await coordinator.drain(config.refresh.leaseMs);
           await waiter.close();
           await reader.close();
           await orm.close(true);
@@ -266,6 +274,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       },
     };
   } catch (err) {
+    for (const close of opened.reverse()) await close().catch(() => undefined);
     await orm.close(true).catch(() => undefined);
     throw err;
   }

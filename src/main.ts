@@ -25,4 +25,8 @@ const code = await runCli(process.argv.slice(2), process.env, {
     process.on("SIGINT", handle);
   },
 });
-if (code !== undefined) process.exitCode = code;
+if (code !== undefined) {
+  process.exitCode = code;
+  // Whatever a failed command left open must not keep the process alive (output is flushed by then).
+  if (code !== 0) setTimeout(() => process.exit(code), 2000).unref();
+}

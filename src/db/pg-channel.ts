@@ -29,9 +29,16 @@ export class PgChannel implements ChangeChannel {
   private timer: NodeJS.Timeout | undefined;
   private downSince: number | undefined;
 
+  private pinger: NodeJS.Timeout | undefined;
+
+  /**
+   * `publishVia` sends a NOTIFY some other way (the pooled write connection):
+   * announcements must not depend on this replica's LISTEN connection being up.
+   */
   constructor(
     private readonly url: string,
     private readonly logger: Logger,
+    private readonly publishVia?: (channel: string, message: string) => Promise<void>,
     private readonly connectTimeoutMs = 3000,
   ) {}
 
@@ -50,6 +57,8 @@ export class PgChannel implements ChangeChannel {
       connectionString: this.url,
       connectionTimeoutMillis: this.connectTimeoutMs,
       keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+      query_timeout: this.connectTimeoutMs,
       application_name: "token-service-listen",
     });
     client.on("notification", (msg) => {
@@ -76,6 +85,12 @@ export class PgChannel implements ChangeChannel {
       }
       this.client = client;
       this.retryMs = 250;
+      // A connection can die silently (a proxy, a failover): ping it, and treat a failed ping as lost.
+      if (this.pinger) clearInterval(this.pinger);
+      this.pinger = setInterval(() => {
+        client.query("select 1").catch(lost);
+      }, 15_000);
+      this.pinger.unref();
       for (const l of this.stateListeners) l(true);
       if (this.downSince !== undefined) {
         this.logger.info({ downMs: Date.now() - this.downSince }, "change channel reconnected");
@@ -105,12 +120,12 @@ export class PgChannel implements ChangeChannel {
   }
 
   async publish(message: string): Promise<void> {
-    const client = this.client;
-    if (!client) return;
     try {
-      await client.query("SELECT pg_notify($1, $2)", [CHANNEL, message]);
-    } catch {
-      // Best effort: waiters poll as well.
+      if (this.publishVia) await this.publishVia(CHANNEL, message);
+      else await this.client?.query("SELECT pg_notify($1, $2)", [CHANNEL, message]);
+    } catch (err) {
+      // Waiters poll as well, and cache entries expire; but say so.
+      this.logger.warn({ err: { name: (err as Error).name } }, "could not announce a session change (NOTIFY)");
     }
   }
 
@@ -125,6 +140,7 @@ export class PgChannel implements ChangeChannel {
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
+    if (this.pinger) clearInterval(this.pinger);
     const client = this.client;
     this.client = undefined;
     if (client) await client.end().catch(() => undefined);

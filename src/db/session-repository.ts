@@ -201,15 +201,23 @@ export class SessionRepository {
 
   /**
    * Deletes the session if it belongs to the user; returns the row deleted, if
-   * any. `check` sees the row first and may throw to keep it.
+   * any. `check` sees the row first and may throw to keep it. The delete is
+   * conditional on the row's version, so the row returned is exactly the one
+   * deleted: a refresh landing in between (new tokens) is read again, and the
+   * caller revokes the tokens that really were stored.
    */
-  async deleteForUser(id: string, userId: string, check: (row: SessionRow) => void = () => undefined): Promise<SessionRow | null> {
+  async deleteForUser(
+    id: string,
+    userId: string,
+    check: (row: SessionRow) => void | Promise<void> = () => undefined,
+  ): Promise<SessionRow | null> {
     return this.run(async (em) => {
-      const row = normalize(await em.findOne(SessionSchema, { id, userId }, { disableIdentityMap: true }));
-      if (!row) return null;
-      check(row);
-      const n = await em.nativeDelete(SessionSchema, { id, userId });
-      return n === 1 ? row : null;
+      for (;;) {
+        const row = normalize(await em.findOne(SessionSchema, { id, userId }, { disableIdentityMap: true }));
+        if (!row) return null;
+        await check(row);
+        if ((await em.nativeDelete(SessionSchema, { id, userId, version: row.version })) === 1) return row;
+      }
     });
   }
 
@@ -223,23 +231,37 @@ export class SessionRepository {
     );
   }
 
-  /** Deletes every session of a user (optionally at some providers only); returns the rows deleted. */
+  /**
+   * Deletes every session of a user (optionally at some providers only);
+   * returns the rows deleted, each as it was when deleted (see deleteForUser).
+   */
   async deleteAllForUser(userId: string, providers: readonly string[] | undefined): Promise<SessionRow[]> {
     const where: FilterQuery<SessionRow> = providers ? { userId, provider: { $in: [...providers] } } : { userId };
     return this.run(async (em) => {
-      const rows = (await em.find(SessionSchema, where, { disableIdentityMap: true })).map((r) => normalize(r) as SessionRow);
-      if (rows.length === 0) return [];
-      await em.nativeDelete(SessionSchema, { id: { $in: rows.map((r) => r.id) }, userId });
-      return rows;
+      const deleted: SessionRow[] = [];
+      for (;;) {
+        const rows = (await em.find(SessionSchema, where, { disableIdentityMap: true })).map((r) => normalize(r) as SessionRow);
+        if (rows.length === 0) return deleted;
+        for (const row of rows) {
+          if ((await em.nativeDelete(SessionSchema, { id: row.id, userId, version: row.version })) === 1) deleted.push(row);
+        }
+      }
     });
   }
 
   /**
-   * Active, refreshable sessions used since `usedSince` whose access token
-   * expires before `expiringBefore` and whose lease is free: candidates for
-   * a background refresh, soonest first.
+   * Active, refreshable sessions of the given providers, used since
+   * `usedSince`, whose access token expires before `expiringBefore`, whose
+   * lease is free and whose last failure (if any) is older than
+   * `failedBefore`: candidates for a background refresh, soonest first.
    */
-  async findRefreshCandidates(now: Date, usedSince: Date, expiringBefore: Date, limit: number): Promise<SessionRow[]> {
+  async findRefreshCandidates(
+    now: Date,
+    usedSince: Date,
+    expiringBefore: Date,
+    limit: number,
+    options: { providers: readonly string[]; failedBefore: Date },
+  ): Promise<SessionRow[]> {
     return this.run(async (em) =>
       (
         await em.find(
@@ -249,7 +271,12 @@ export class SessionRepository {
             refreshCt: { $ne: null },
             lastUsedAt: { $gte: usedSince },
             accessExpiresAt: { $lt: expiringBefore },
-            $or: [{ leaseUntil: null }, { leaseUntil: { $lt: now } }],
+            // Sessions of providers no longer configured, or that just failed, must not fill the batch.
+            provider: { $in: [...options.providers] },
+            $and: [
+              { $or: [{ leaseUntil: null }, { leaseUntil: { $lt: now } }] },
+              { $or: [{ lastErrorAt: null }, { lastErrorAt: { $lt: options.failedBefore } }] },
+            ],
           },
           { orderBy: { accessExpiresAt: "asc" }, limit, disableIdentityMap: true },
         )
@@ -294,11 +321,15 @@ export class SessionRepository {
     );
   }
 
-  /** Rewrites a row's ciphertexts (a key rotation) if it is still at `version`. */
+  /**
+   * Rewrites a row's ciphertexts (a key rotation) if it is still at `version`
+   * and no replica holds a live refresh lease on it: a refresh in flight will
+   * write under the primary key itself, and must find the version it leased.
+   */
   async reencrypt(id: string, version: number, sealed: Pick<SessionRow, "keyId" | "accessCt" | "refreshCt" | "idCt">, now: Date): Promise<boolean> {
+    const where: FilterQuery<SessionRow> = { id, version, $or: [{ leaseUntil: null }, { leaseUntil: { $lt: now } }] };
     return this.run(
-      async (em) =>
-        (await em.nativeUpdate(SessionSchema, { id, version }, { ...sealed, version: version + 1, updatedAt: now })) === 1,
+      async (em) => (await em.nativeUpdate(SessionSchema, where, { ...sealed, version: version + 1, updatedAt: now })) === 1,
     );
   }
 
@@ -315,10 +346,15 @@ export class SessionRepository {
     });
   }
 
-  /** Tells every replica's cache to forget everything (PostgreSQL NOTIFY; no-op on SQLite). */
-  async broadcastFlush(channel: string): Promise<void> {
+  /** PostgreSQL NOTIFY through the pool (a no-op on SQLite, which has no other replicas). */
+  async notify(channel: string, message: string): Promise<void> {
     if (this.dialect !== "postgresql") return;
-    await this.run((em) => em.getConnection().execute("select pg_notify(?, 'flush')", [channel]));
+    await this.run((em) => em.getConnection().execute("select pg_notify(?, ?)", [channel, message]));
+  }
+
+  /** Tells every replica's cache to forget everything. */
+  broadcastFlush(channel: string): Promise<void> {
+    return this.notify(channel, "flush");
   }
 
   /** A cheap round trip, for readiness checks. */

@@ -79,7 +79,9 @@ export function classifyProviderError(err: unknown): ProviderError {
   }
   if (err instanceof WWWAuthenticateChallengeError) {
     // RFC 6749 §5.2: a 401 with a challenge from the token endpoint is a failed client authentication.
-    return new ProviderError("rejected", "invalid_client", { status: err.status, cause: err });
+    // Any other status that happens to carry WWW-Authenticate (a gateway's 503) is judged by its status.
+    if (err.status === 401) return new ProviderError("rejected", "invalid_client", { status: err.status, cause: err });
+    return fromStatus(err.status, err.response.headers, err, `http_${err.status}`);
   }
   if (err instanceof ClientError) {
     switch (err.code) {

@@ -72,12 +72,11 @@ export class BackgroundRefresher {
       new Date(now.getTime() - this.config.recentWindowMs),
       horizon,
       this.config.batchSize,
+      { providers: this.providers.ids(), failedBefore: new Date(now.getTime() - ERROR_BACKOFF_MS) },
     );
     for (const row of candidates) {
       const ahead = this.aheadSeconds(row);
       if (secondsLeft(row.accessExpiresAt, now) >= ahead) continue;
-      if (row.lastErrorAt && now.getTime() - row.lastErrorAt.getTime() < ERROR_BACKOFF_MS) continue;
-      if (!this.providers.get(row.provider)) continue;
       const busy = this.inflight.get(row.provider) ?? 0;
       if (busy >= this.config.maxInflightPerProvider) {
         this.stats.throttled++;

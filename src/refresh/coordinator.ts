@@ -66,7 +66,9 @@ export class RefreshCoordinator {
     /** Identifies this replica in lease_owner (never a secret). */
     readonly replicaId: string = `${process.pid}-${randomBytes(4).toString("hex")}`,
   ) {
-    this.leaseSafetyMs = Math.min(2000, Math.floor(config.leaseMs / 4));
+    // Room after the provider budget for storing the result: a statement may take up to the
+    // database timeouts (5 s pool wait + 5 s statement) before the lease lapses.
+    this.leaseSafetyMs = Math.min(11_000, Math.floor(config.leaseMs / 3));
   }
 
   onOutcome(listener: RefreshListener): void {
@@ -116,6 +118,18 @@ export class RefreshCoordinator {
   /** Sessions with a refresh in flight in this process. */
   get inflightCount(): number {
     return this.inflight.size;
+  }
+
+  /**
+   * Waits (up to `maxMs`) for the refreshes in flight here, whether or not a
+   * caller still waits for them: a provider may already have rotated a
+   * refresh token, and the new one must be stored before the database closes.
+   */
+  async drain(maxMs: number): Promise<void> {
+    const deadline = Date.now() + maxMs;
+    while (this.inflight.size > 0 && Date.now() < deadline) {
+      await Promise.race([Promise.allSettled([...this.inflight.values()]), sleep(Math.max(1, deadline - Date.now()))]);
+    }
   }
 
   private async run(initial: SessionHead, waitForOthers: boolean, caller: string): Promise<RefreshResult> {
@@ -293,7 +307,16 @@ export class RefreshCoordinator {
   ): Promise<boolean> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.repo.completeRefresh(row.id, owner, row.version, fields, now);
+        if (await this.repo.completeRefresh(row.id, owner, row.version, fields, now)) return true;
+        if (attempt === 1) return false;
+        // A retry after an error whose first attempt did commit finds its own write there.
+        const stored = await this.repo.findById(row.id);
+        return (
+          stored !== null &&
+          stored.version === row.version + 1 &&
+          stored.accessIssuedAt.getTime() === fields.accessIssuedAt.getTime() &&
+          stored.accessExpiresAt.getTime() === fields.accessExpiresAt.getTime()
+        );
       } catch (err) {
         const retryable = err instanceof DatabaseUnavailableError && Date.now() + 250 * attempt < leaseUntil.getTime();
         log.error({ err: errSummary(err), attempt, retrying: retryable }, "could not store refreshed tokens");

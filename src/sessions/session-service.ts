@@ -220,7 +220,8 @@ export class SessionService {
       const remaining = ctx.deadline - Date.now();
       // Keep a little time to answer with the still-valid token, if there is one.
       const reserve = Math.min(100, Math.max(0, remaining * 0.1));
-      signals.push(AbortSignal.timeout(Math.max(1, remaining - reserve)));
+      // AbortSignal.timeout takes whole milliseconds (a fraction throws).
+      signals.push(AbortSignal.timeout(Math.max(1, Math.floor(remaining - reserve))));
     }
     const refresh = this.coordinator.refresh(row, undefined, ctx.caller);
     if (signals.length === 0) return refresh;

@@ -8,7 +8,7 @@ import Provider from "oidc-provider";
 
 /** A token endpoint fault to inject into the next token requests. */
 export type TokenFault =
-  | { kind: "status"; status: number; retryAfter?: string; body?: string }
+  | { kind: "status"; status: number; retryAfter?: string; body?: string; headers?: Record<string, string> }
   /** Hangs until the client disconnects (the request is then never processed) or `ms` pass. */
   | { kind: "hang"; ms?: number }
   /** Waits, then processes the request normally. */
@@ -141,6 +141,7 @@ export async function startTestProvider(
     if (fault?.kind === "status") {
       ctx.status = fault.status;
       if (fault.retryAfter) ctx.set("retry-after", fault.retryAfter);
+      for (const [k, v] of Object.entries(fault.headers ?? {})) ctx.set(k, v);
       ctx.body = fault.body ?? "upstream failure";
       return true;
     }

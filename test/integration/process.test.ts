@@ -3,7 +3,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stringify } from "yaml";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { parseKeyRing } from "../../src/crypto/key-ring.js";
+import { once } from "node:events";
+import { createServer, type AddressInfo } from "node:net";
+import { generateKeySpec, parseKeyRing } from "../../src/crypto/key-ring.js";
 import { connectGrpcClient } from "../helpers/clients.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { spawnService } from "../helpers/process.js";
@@ -82,6 +84,56 @@ describe("the service as a process", () => {
       expect(svc.lines().some((l) => l.msg === "shut down")).toBe(true);
     } finally {
       svc.kill("SIGKILL");
+    }
+  });
+
+  it("on SIGTERM, finishes a refresh whose caller gave up, so the rotated refresh token is stored", async () => {
+    const env = {
+      DATABASE_URL: `sqlite:${join(dir, "orphan.db")}`,
+      TOKEN_SERVICE_CONFIG: writeConfig(),
+      TOKEN_SERVICE_ENCRYPTION_KEYS: generateKeySpec("orphan"),
+    };
+    const svc = await spawnService(env);
+    const client = connectGrpcClient(svc.url);
+    const tokens = await provider.login("orphan");
+    const { sessionId } = await client.storeSession({
+      userId: "orphan",
+      provider: "corp",
+      tokens: { accessToken: tokens.access_token, refreshToken: tokens.refresh_token, expiresIn: 1n },
+    });
+    await new Promise((r) => setTimeout(r, 1100));
+    provider.resetStats();
+    provider.faults.push({ kind: "delay", ms: 1500 });
+    // The caller gives up after 300 ms; the refresh at the provider goes on.
+    await expect(client.getToken({ userId: "orphan", sessionId }, { timeoutMs: 300 })).rejects.toThrow();
+    svc.kill("SIGTERM");
+    expect(await svc.exited).toBe(0);
+    expect(provider.stats.refreshes).toBe(1);
+    // The new tokens were stored before the process exited: the next start serves them without a refresh.
+    const again = await spawnService(env);
+    try {
+      const got = await connectGrpcClient(again.url).getToken({ userId: "orphan", sessionId });
+      expect(got.token).not.toBe(tokens.access_token);
+      expect(provider.stats.refreshes).toBe(1);
+      expect(provider.stats.invalidGrants).toBe(0);
+    } finally {
+      again.kill("SIGKILL");
+    }
+  });
+
+  it("exits, closing what it opened, when start-up fails part-way (admin port taken)", async () => {
+    const blocker = createServer().listen(0, "127.0.0.1");
+    await once(blocker, "listening");
+    const port = (blocker.address() as AddressInfo).port;
+    try {
+      const svc = await spawnService(
+        { DATABASE_URL: `sqlite:${join(dir, "half.db")}`, TOKEN_SERVICE_ADMIN_ADDR: `127.0.0.1:${port}` },
+        { expectListening: false },
+      );
+      expect(await svc.exited).toBe(1);
+      expect(svc.stderr()).toMatch(/serve failed: .*EADDRINUSE/);
+    } finally {
+      blocker.close();
     }
   });
 

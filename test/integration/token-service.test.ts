@@ -238,6 +238,25 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
     expect((forced as ConnectError).code).toBe(Code.Unavailable);
   });
 
+  it("keeps the session when a 503 carries a WWW-Authenticate challenge (a gateway's, not the token endpoint's)", async () => {
+    const { sessionId } = await storeExpired("ida");
+    const challenge = { kind: "status" as const, status: 503, headers: { "www-authenticate": 'Bearer realm="gateway"' } };
+    provider.faults.push(challenge, challenge);
+    const err = await rejection(svc.client.getToken({ userId: "ida", sessionId }));
+    expect((err as ConnectError).code).toBe(Code.Unavailable);
+    expect(errorInfo(err)?.metadata.cause).toBe("http_503");
+    expect((await svc.client.getToken({ userId: "ida", sessionId })).token).toBeTruthy();
+  });
+
+  it("refreshes for a caller with a short deadline (under a second)", async () => {
+    const { tokens, sessionId } = await storeExpired("jan");
+    provider.faults.push({ kind: "delay", ms: 100 });
+    const got = await svc.client.getToken({ userId: "jan", sessionId }, { timeoutMs: 700 });
+    expect(got.token).not.toBe(tokens.access_token);
+    const viaGrpcJs = await svc.grpcJs.call("GetToken", { user_id: "jan", session_id: sessionId, force_refresh: true }, { deadlineMs: 450 });
+    expect(viaGrpcJs.token).not.toBe(got.token);
+  });
+
   it("honours Retry-After from a 429 within the call", async () => {
     const { tokens, sessionId } = await storeExpired("ivan");
     provider.faults.push({ kind: "status", status: 429, retryAfter: "1" });

@@ -106,6 +106,13 @@ describe("classifyProviderError: OAuth error responses", () => {
     expect(e).toMatchObject({ kind: "rejected", code: "invalid_client", retryable: false });
     expect(e.options.status).toBe(401);
   });
+
+  it.each([503, 502, 429, 403])("a %i that carries a WWW-Authenticate challenge is judged by its status, not as invalid_client", (status) => {
+    const response = new Response(null, { status, headers: { "www-authenticate": 'Bearer realm="gateway"' } });
+    const e = classifyProviderError(new WWWAuthenticateChallengeError("challenge", { cause: [], response }));
+    expect(e.kind).toBe("unavailable");
+    expect(e.retryable).toBe(status !== 403);
+  });
 });
 
 describe("classifyProviderError: client and transport failures", () => {
