@@ -148,7 +148,6 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     });
     const sessions = new SessionService(repo, reader, cache, vault, providers, coordinator, logger, {
       lastUsedResolutionMs: config.lastUsedResolutionMs,
-      providerTimeoutMs: config.refresh.providerTimeoutMs,
     });
 
     const users = new UserSessions(repo, vault, providers, coordinator, logger, {

@@ -125,3 +125,12 @@ export function headOf(row: SessionRow): SessionHead {
     leaseUntil: row.leaseUntil,
   };
 }
+
+/** A blob column as a Buffer: drivers differ (libsql returns ArrayBuffer, pg a Buffer). */
+export function asBuffer(v: unknown): Buffer | null {
+  if (v === null || v === undefined) return null;
+  if (Buffer.isBuffer(v)) return v;
+  if (v instanceof ArrayBuffer) return Buffer.from(v);
+  if (ArrayBuffer.isView(v)) return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+  throw new TypeError("unexpected blob type from the database driver");
+}

@@ -1,7 +1,7 @@
 import type { DatabaseConfig } from "../config.js";
 import { DEFAULT_DB_TIMEOUTS } from "./orm.js";
 import type { PoolStats } from "./pool-stats.js";
-import type { SessionHead } from "./session-entity.js";
+import { asBuffer, type SessionHead } from "./session-entity.js";
 import { DatabaseUnavailableError, isUnavailable } from "./session-repository.js";
 
 /**
@@ -30,14 +30,6 @@ const NEWEST =
 
 type RawRow = Record<string, unknown>;
 
-function toBuffer(v: unknown): Buffer | null {
-  if (v === null || v === undefined) return null;
-  if (Buffer.isBuffer(v)) return v;
-  if (v instanceof ArrayBuffer) return Buffer.from(v);
-  if (ArrayBuffer.isView(v)) return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
-  throw new TypeError("unexpected blob type from the database driver");
-}
-
 function toDate(v: unknown): Date | null {
   if (v === null || v === undefined) return null;
   if (v instanceof Date) return v;
@@ -52,8 +44,8 @@ function toHead(r: RawRow | undefined): SessionHead | null {
     provider: r.provider as string,
     status: r.status as SessionHead["status"],
     keyId: r.key_id as string,
-    accessCt: toBuffer(r.access_ct) as Buffer,
-    idCt: toBuffer(r.id_ct),
+    accessCt: asBuffer(r.access_ct) as Buffer,
+    idCt: asBuffer(r.id_ct),
     refreshable: r.refreshable === true || r.refreshable === 1 || r.refreshable === 1n,
     tokenType: r.token_type as string,
     scope: r.scope as string,

@@ -1,5 +1,5 @@
 import type { EntityManager, FilterQuery, MikroORM } from "@mikro-orm/core";
-import { SessionSchema, type SessionRow } from "./session-entity.js";
+import { asBuffer, SessionSchema, type SessionRow } from "./session-entity.js";
 
 /** The new token state written by a successful refresh. */
 export type RefreshedFields = Pick<
@@ -58,15 +58,7 @@ export function isUnavailable(err: unknown): boolean {
   return false;
 }
 
-function asBuffer(v: unknown): Buffer | null {
-  if (v === null || v === undefined) return null;
-  if (Buffer.isBuffer(v)) return v;
-  if (v instanceof ArrayBuffer) return Buffer.from(v);
-  if (ArrayBuffer.isView(v)) return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
-  throw new TypeError("unexpected blob type from the database driver");
-}
-
-/** Drivers differ in how blobs come back (libsql: ArrayBuffer, pg: Buffer); rows leave here with Buffers. */
+/** Rows leave here with Buffers, whatever the driver returned (see asBuffer). */
 function normalize(row: SessionRow | null): SessionRow | null {
   if (!row) return null;
   row.accessCt = asBuffer(row.accessCt) as Buffer;
@@ -102,26 +94,6 @@ export class SessionRepository {
   /** Inserts a new session. */
   async insert(row: SessionRow): Promise<void> {
     await this.run((em) => em.insert(SessionSchema, row));
-  }
-
-  /** The session with this id, if it belongs to this user. One query for both checks. */
-  async findForUser(id: string, userId: string): Promise<SessionRow | null> {
-    return this.run(async (em) => normalize(await em.findOne(SessionSchema, { id, userId }, { disableIdentityMap: true })));
-  }
-
-  /** The newest session of a user at a provider: active ones first. */
-  async findNewest(userId: string, provider: string): Promise<SessionRow | null> {
-    return this.run(async (em) => {
-      const active = await em.findOne(
-        SessionSchema,
-        { userId, provider, status: "active" },
-        { orderBy: { createdAt: "desc" }, disableIdentityMap: true },
-      );
-      if (active) return normalize(active);
-      return normalize(
-        await em.findOne(SessionSchema, { userId, provider }, { orderBy: { createdAt: "desc" }, disableIdentityMap: true }),
-      );
-    });
   }
 
   async findById(id: string): Promise<SessionRow | null> {

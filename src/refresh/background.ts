@@ -16,8 +16,6 @@ export interface BackgroundStats {
   started: number;
   /** Skipped because the provider's in-flight bound was reached. */
   throttled: number;
-  /** Seconds of validity left on the last session refreshed (lower means closer to the margin). */
-  lastHeadroomSeconds: number | undefined;
 }
 
 /**
@@ -26,7 +24,7 @@ export interface BackgroundStats {
  * provider for a session, and the others skip it without waiting.
  */
 export class BackgroundRefresher {
-  readonly stats: BackgroundStats = { passes: 0, started: 0, throttled: 0, lastHeadroomSeconds: undefined };
+  readonly stats: BackgroundStats = { passes: 0, started: 0, throttled: 0 };
   private readonly inflight = new Map<string, number>();
   private readonly running = new Set<Promise<unknown>>();
   private readonly task: PeriodicTask;
@@ -87,12 +85,11 @@ export class BackgroundRefresher {
       this.stats.started++;
       this.onStart(row.provider, Math.max(0, ahead - secondsLeft(row.accessExpiresAt, now)));
       this.inflight.set(row.provider, busy + 1);
-      const headroom = secondsLeft(row.accessExpiresAt, new Date());
       const done = started
-        .then((result) => {
-          if (result.tokens) this.stats.lastHeadroomSeconds = headroom;
-        })
-        .catch((err: unknown) => this.logger.debug({ err: errSummary(err), provider: row.provider }, "background refresh failed"))
+        .then(
+          () => undefined,
+          (err: unknown) => this.logger.debug({ err: errSummary(err), provider: row.provider }, "background refresh failed"),
+        )
         .finally(() => {
           this.inflight.set(row.provider, (this.inflight.get(row.provider) ?? 1) - 1);
           this.running.delete(done);

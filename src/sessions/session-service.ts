@@ -83,7 +83,7 @@ export class SessionService {
     private readonly providers: ProviderRegistry,
     private readonly coordinator: RefreshCoordinator,
     private readonly logger: Logger,
-    private readonly options: { lastUsedResolutionMs: number; providerTimeoutMs: number },
+    private readonly options: { lastUsedResolutionMs: number },
   ) {}
 
   async storeSession(input: StoreSessionInput, ctx: CallContext = {}): Promise<{ sessionId: string; expiresAt: Date }> {
