@@ -22,6 +22,11 @@ export interface RefreshResult {
   row: SessionHead;
   /** In clear, only when this process did the refresh (saves a decrypt). */
   tokens?: OpenTokens;
+  /**
+   * Tokens opened to answer callers. Callers here that shared one refresh or
+   * one wait share this object, so they share one decrypt, too.
+   */
+  opened?: { access?: string; id?: string };
 }
 
 /** Counters for metrics and tests. */
@@ -148,14 +153,12 @@ export class RefreshCoordinator {
       const now = new Date();
       const until = new Date(now.getTime() + this.config.leaseMs);
       const owner = `${this.replicaId}:${randomBytes(4).toString("hex")}`;
-      if (await this.repo.tryAcquireLease(current.id, observed, owner, now, until)) {
+      const full = await this.repo.acquireLease(current.id, observed, owner, now, until);
+      if (full) {
         if (current.leaseOwner !== null && current.leaseUntil !== null && current.leaseUntil < now) {
           this.stats.takeovers++;
           this.logger.warn({ sid: sessionRef(current.id), provider: current.provider }, "took over a lapsed refresh lease");
         }
-        // The lease was taken at `observed`, so the full row read now is that version.
-        const full = await this.repo.findById(current.id);
-        if (!full) throw new SessionNotFoundError();
         return this.refreshHolding(full, owner, until, caller);
       }
       if (!waitForOthers) return { row: current };

@@ -207,7 +207,7 @@ export class SessionService {
     }
     // Not cached from here: the next call reads the refreshed row (and caches it) under a fresh ticket.
     this.touch(result.row, new Date());
-    const answer = this.answer(result.row, input.kind, result.tokens);
+    const answer = this.answer(result.row, input.kind, result.tokens, (result.opened ??= {}));
     if (input.kind === "id" && answer.expiresAt.getTime() <= Date.now()) throw new NoIdTokenError();
     return answer;
   }
@@ -238,7 +238,8 @@ export class SessionService {
     row: SessionHead,
     kind: TokenKind,
     tokens?: { access: string; id: string | undefined },
-    entry?: CacheEntry,
+    /** Where tokens opened here are kept for the next answer (a cache entry, or a shared refresh result). */
+    entry?: Pick<CacheEntry, "access" | "id">,
   ): TokenAnswer {
     let token: string | undefined;
     if (kind === "id") {

@@ -65,10 +65,29 @@ describe.each<Dialect>(["sqlite", "postgresql"])("session repository races on %s
     rmSync(dir, { recursive: true, force: true });
   });
 
+  it("takes a lease in one statement and returns the whole row as leased, typed as a read would give it", async () => {
+    const row = await insert({ userId: "lease", refreshCt: Buffer.from("refresh-ct"), idCt: Buffer.from("id-ct") });
+    const now = new Date();
+    const until = new Date(now.getTime() + 30_000);
+    const leased = await repo.acquireLease(row.id, 1, "replica-a", now, until);
+    expect(leased).toEqual(await repo.findById(row.id));
+    expect(leased!.leaseOwner).toBe("replica-a");
+    expect(leased!.leaseUntil!.getTime()).toBe(until.getTime());
+    expect(leased!.accessExpiresAt).toBeInstanceOf(Date);
+    expect(Buffer.isBuffer(leased!.accessCt) && Buffer.isBuffer(leased!.refreshCt)).toBe(true);
+    expect(leased!.refreshCt!.toString()).toBe("refresh-ct");
+    // A live lease, or a version that moved on, is not taken.
+    expect(await repo.acquireLease(row.id, 1, "replica-b", now, until)).toBeNull();
+    expect(await repo.acquireLease(row.id, 2, "replica-b", new Date(until.getTime() + 1), until)).toBeNull();
+    // A lapsed lease is taken over.
+    const later = new Date(until.getTime() + 1);
+    expect((await repo.acquireLease(row.id, 1, "replica-b", later, new Date(later.getTime() + 30_000)))!.leaseOwner).toBe("replica-b");
+  });
+
   it("key rotation leaves a row alone while a replica holds its refresh lease", async () => {
     const row = await insert({ userId: "rot" });
     const now = new Date();
-    expect(await repo.tryAcquireLease(row.id, 1, "replica-a", now, new Date(now.getTime() + 30_000))).toBe(true);
+    expect(await repo.acquireLease(row.id, 1, "replica-a", now, new Date(now.getTime() + 30_000))).not.toBeNull();
     const during = await rotateKeys(repo, newVault, { batchSize: 10 });
     expect(during.changedMeanwhile).toBeGreaterThanOrEqual(1);
     expect((await repo.findById(row.id))!.keyId).toBe("k1");

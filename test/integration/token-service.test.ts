@@ -1,9 +1,12 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { afterAll, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, beforeAll, beforeEach, describe, expect, inject, it, vi } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { TokenKind } from "../../gen/tokenservice/v1/token_service_pb.js";
+import { SessionRepository } from "../../src/db/session-repository.js";
+import { TokenVault } from "../../src/sessions/token-vault.js";
 import type { GrpcJsError } from "../helpers/clients.js";
 import { startTestProvider, type TestProvider, type TestTokenSet } from "../helpers/oidc-provider.js";
 import { createTestDatabase, startService, type Dialect, type TestService } from "../helpers/service.js";
@@ -183,6 +186,42 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
     expect(provider.stats.maxConcurrentRefreshes).toBe(1);
     expect(provider.stats.invalidGrants).toBe(0);
     expect(svc.app.coordinator.stats.coalesced).toBeGreaterThanOrEqual(99);
+  });
+
+  it("callers waiting on another replica's refresh share one decrypt of its result", async () => {
+    const { sessionId } = await storeExpired("wendy");
+    provider.resetStats();
+    // Another replica holds the lease...
+    const repo = new SessionRepository(svc.app.orm, dialect);
+    const row = (await repo.findById(sessionId))!;
+    const now = new Date();
+    const leased = (await repo.acquireLease(sessionId, row.version, "other-replica:1", now, new Date(now.getTime() + 5000)))!;
+    expect(leased.leaseOwner).toBe("other-replica:1");
+    const calls = Array.from({ length: 50 }, () => svc.client.getToken({ userId: "wendy", sessionId }));
+    await sleep(150);
+    // ...and stores new tokens, which the 50 waiting callers here must all get.
+    const vault = new TokenVault(svc.app.keyRing);
+    const issued = new Date();
+    const fields = {
+      ...vault.sealAll(leased, { access: "access-from-elsewhere", refresh: "refresh-2", id: undefined }),
+      tokenType: "Bearer",
+      scope: "",
+      accessExpiresAt: new Date(issued.getTime() + 3_600_000),
+      accessIssuedAt: issued,
+      idExpiresAt: null,
+      refreshExpiresAt: null,
+    };
+    const opened = vi.spyOn(TokenVault.prototype, "openField");
+    try {
+      expect(await repo.completeRefresh(sessionId, "other-replica:1", leased.version, fields, issued)).toBe(true);
+      await svc.app.coordinator.announce(sessionId);
+      const answers = await Promise.all(calls);
+      expect(answers.map((a) => a.token)).toEqual(Array.from({ length: 50 }, () => "access-from-elsewhere"));
+      expect(opened.mock.calls.filter(([, field]) => field === "access")).toHaveLength(1);
+    } finally {
+      opened.mockRestore();
+    }
+    expect(provider.stats.refreshes).toBe(0);
   });
 
   it("answers REAUTH_REQUIRED when the provider rejects the refresh, without asking it again", async () => {
