@@ -148,6 +148,7 @@ async function hotPath(svc: ServiceProcess, frames: string[], dialect: string, c
 function medianResult(rs: LoadResult[]): LoadResult {
   const pick = (f: (r: LoadResult) => number) => median(rs.map(f));
   return {
+    startedAt: Math.min(...rs.map((r) => r.startedAt)),
     requests: rs.reduce((n, r) => n + r.requests, 0),
     ok: rs.reduce((n, r) => n + r.ok, 0),
     errors: Object.assign({}, ...rs.map((r) => r.errors)) as Record<string, number>,
@@ -352,7 +353,7 @@ ${writes.map(({ dialect, r }) => row(dialect, r).replace(/^\| [^|]+ \| (\d+)/, `
 
     // 4: refresh storm.
     console.log("\n== refresh storm: 1000 callers over 3 replicas");
-    const storm = await runRefreshStorm({ callers: 1000, replicas: 3, runs: QUICK ? 1 : 5, providerMs: 200 });
+    const storm = await runRefreshStorm({ callers: 1000, replicas: 3, runs: QUICK ? 1 : 5, providerMs: 200, profileRuns: QUICK ? 1 : 3 });
     sections.push(storm.markdown.replace("## Refresh storm: 1000 callers (`npm run bench:refresh`)", "## Refresh storm (also `npm run bench:refresh`)"));
 
     const header = `## How these figures were made

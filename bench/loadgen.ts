@@ -25,6 +25,13 @@ export interface LoadSpec {
   connections: number;
   /** burst: total calls. */
   requests?: number;
+  /** burst: streams built per event-loop turn (default 50). */
+  burstBatch?: number;
+  /**
+   * burst: before the burst, this many calls per connection to grpc.health.v1.Health/Check, one at a
+   * time, so that the burst does not pay for this fresh process's cold JIT.
+   */
+  warmupCalls?: number;
   /** sustained: calls in flight per connection, and how long. */
   concurrency?: number;
   durationMs?: number;
@@ -35,6 +42,8 @@ export interface LoadSpec {
 }
 
 export interface LoadResult {
+  /** Wall clock (epoch ms) when the first call was sent, to line results up with the service's logs. */
+  startedAt: number;
   requests: number;
   ok: number;
   /** grpc-status (or "http_XXX", "stream_error") → count, for everything but 0. */
@@ -117,11 +126,28 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     else errors[status] = (errors[status] ?? 0) + 1;
     if (body) bodies.add(body.toString("base64"));
   };
+  if (spec.mode === "burst" && spec.warmupCalls) {
+    const health = Buffer.from([0, 0, 0, 0, 0]); // an empty HealthCheckRequest
+    for (const conn of conns) {
+      const probe: Conn = { ...conn, target: { ...conn.target, path: "/grpc.health.v1.Health/Check" }, frames: [health] };
+      for (let i = 0; i < spec.warmupCalls; i++) await call(probe, false);
+    }
+  }
+  const startedAt = Date.now();
   const started = performance.now();
   let measuredFrom = started;
   if (spec.mode === "burst") {
     const n = spec.requests ?? 1000;
-    await Promise.all(Array.from({ length: n }, (_, i) => call(conns[i % conns.length]!, spec.collectBodies === true).then(record)));
+    // Built in batches, one event-loop turn each: HTTP/2 writes leave only when the loop turns, so building
+    // all n streams in one go would hold every request back until the last was built, and charge that
+    // to every caller's latency. Each call's clock starts when its batch is built, just before it is written.
+    const batch = spec.burstBatch ?? 50;
+    const calls: Promise<void>[] = [];
+    for (let i = 0; i < n; i++) {
+      if (i > 0 && i % batch === 0) await new Promise((resolve) => setImmediate(resolve));
+      calls.push(call(conns[i % conns.length]!, spec.collectBodies === true).then(record));
+    }
+    await Promise.all(calls);
   } else {
     const end = started + (spec.durationMs ?? 10_000);
     const warmEnd = started + (spec.warmupMs ?? 0);
@@ -138,6 +164,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
   for (const c of conns) c.session.close();
   const sorted = Float64Array.from(latencies).sort();
   return {
+    startedAt,
     requests: latencies.length,
     ok,
     errors,

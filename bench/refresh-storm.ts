@@ -2,23 +2,26 @@
  * Refresh storm: N concurrent GetToken calls on an expired session, spread
  * over R replicas on one PostgreSQL, against an oidc-provider whose token
  * endpoint takes a fixed extra latency. Reports the provider calls made and
- * the slowest caller against the provider's own latency.
+ * the slowest caller against the provider's own latency, a timeline of each
+ * storm from the replicas' logs, the same burst of empty RPCs as a floor, and
+ * a CPU profile of further storms (BENCH_PROFILE_RUNS, 0 for none).
  *
- *   npm run bench:refresh                   # N=1000, R=3, 5 runs, 200 ms provider latency
- *   BENCH_CALLERS=500 BENCH_REPLICAS=2 BENCH_RUNS=3 BENCH_PROVIDER_MS=100 npm run bench:refresh
+ *   npm run bench:refresh                   # N=1000 and N=100, R=3, 5 runs, 200 ms provider latency
+ *   BENCH_CALLERS=500 BENCH_REPLICAS=2 BENCH_RUNS=3 BENCH_PROVIDER_MS=100 BENCH_PROFILE_RUNS=0 npm run bench:refresh
  */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { stringify } from "yaml";
 import { generateKeySpec } from "../src/crypto/key-ring.js";
 import { connectGrpcClient } from "../test/helpers/clients.js";
-import { startTestProvider } from "../test/helpers/oidc-provider.js";
+import { startTestProvider, type TestProvider } from "../test/helpers/oidc-provider.js";
 import { startPostgres, type TestPostgres } from "../test/helpers/postgres.js";
 import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
 import { createTestDatabase } from "../test/helpers/service.js";
 import { GetTokenRequestSchema } from "../gen/tokenservice/v1/token_service_pb.js";
+import { profileTable, summarizeProfiles, type ProfileSummary } from "./profile.js";
 import { fmt, machine, median, writeSection } from "./report.js";
 import { grpcFrame, runLoadProcess } from "./run-load.js";
 
@@ -26,8 +29,24 @@ const N = Number(process.env.BENCH_CALLERS ?? 1000);
 const R = Number(process.env.BENCH_REPLICAS ?? 3);
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 const PROVIDER_MS = Number(process.env.BENCH_PROVIDER_MS ?? 200);
+const PROFILE_RUNS = Number(process.env.BENCH_PROFILE_RUNS ?? 3);
+
+/** Milliseconds after the load generator sent the first call, from the replicas' logs. */
+export interface StormTimeline {
+  /** The first call reached a replica's RPC stack. */
+  firstIn: number;
+  /** The last call reached a replica's RPC stack. */
+  lastIn: number;
+  /** The refreshing replica held the lease and called the provider. */
+  refreshStart: number;
+  /** The new tokens were stored. */
+  stored: number;
+  /** The last caller was answered. */
+  lastOut: number;
+}
 
 export interface StormRun {
+  timeline: StormTimeline;
   /** From the refresh being stored to the last caller answered, over all replicas (from their logs). */
   fanOutMs: number;
   /** The refresh as the refreshing replica timed it: lease taken to new tokens stored. */
@@ -38,6 +57,10 @@ export interface StormRun {
   slowestMs: number;
   p50Ms: number;
   errors: number;
+  /** The slowest caller of a burst of as many empty RPCs (Health/Check) on the same replicas: the floor. */
+  emptySlowestMs: number;
+  /** Wall-clock span of the storm (epoch ms), to pick its samples out of CPU profiles. */
+  window: [number, number];
 }
 
 export interface StormSummary {
@@ -45,11 +68,103 @@ export interface StormSummary {
   replicas: number;
   providerDelayMs: number;
   runs: StormRun[];
+  profile?: ProfileSummary;
   markdown: string;
 }
 
+export interface StormOptions {
+  callers: number;
+  replicas: number;
+  runs: number;
+  providerMs: number;
+  /** Storms to run again on CPU-profiled replicas, after the timed runs (0: no profile). */
+  profileRuns?: number;
+}
+
+const HEALTH_FRAME = Buffer.from([0, 0, 0, 0, 0]).toString("base64"); // an empty HealthCheckRequest
+
+/** One storm on `procs`: an expired session, `callers` GetToken calls at once, then as many Health/Check calls. */
+async function storm(
+  procs: ServiceProcess[],
+  clients: ReturnType<typeof connectGrpcClient>[],
+  provider: TestProvider,
+  label: string,
+  options: StormOptions,
+): Promise<StormRun> {
+  const user = `bench-${label}`;
+  const tokens = await provider.login(user);
+  const { sessionId } = await clients[0]!.storeSession({
+    userId: user,
+    provider: "corp",
+    tokens: {
+      accessToken: tokens.access_token,
+      refreshToken: tokens.refresh_token,
+      expiresAt: timestampFromDate(new Date(Date.now() - 1000)),
+    },
+  });
+  // Warm each replica's connection and the provider's discovery cache with a fresh session.
+  for (const c of clients) {
+    const warm = await clients[0]!.storeSession({ userId: user, provider: "corp", tokens: { accessToken: "warm", expiresIn: 3600n } });
+    await c.getToken({ userId: user, sessionId: warm.sessionId });
+  }
+  provider.resetStats();
+  provider.faults.push({ kind: "delay", ms: options.providerMs });
+  const frame = grpcFrame(GetTokenRequestSchema, { userId: user, sessionId });
+  const seen = procs.map((p) => p.lines().length);
+  const load = await runLoadProcess({
+    mode: "burst",
+    targets: procs.map((p) => ({ url: p.url, path: "/tokenservice.v1.TokenService/GetToken", frame })),
+    connections: 1,
+    requests: options.callers,
+    collectBodies: true,
+    warmupCalls: 200,
+  });
+  const window: [number, number] = [load.startedAt, load.startedAt + load.maxMs + 20];
+  if (load.distinctBodies && load.distinctBodies.length > 1) throw new Error("callers got different tokens");
+  const empty = await runLoadProcess({
+    mode: "burst",
+    targets: procs.map((p) => ({ url: p.url, path: "/grpc.health.v1.Health/Check", frame: HEALTH_FRAME })),
+    connections: 1,
+    requests: options.callers,
+    warmupCalls: 200,
+  });
+  if (empty.ok !== empty.requests) throw new Error(`Health/Check burst: ${JSON.stringify(empty.errors)}`);
+
+  const lines = procs.flatMap((p, i) => p.lines().slice(seen[i]));
+  const at = (l: Record<string, unknown>) => Date.parse(String(l.time));
+  const refreshed = lines.filter((l) => l.msg === "session refreshed");
+  const refreshedAt = Math.min(...refreshed.map(at));
+  const refreshMs = Number(refreshed[0]?.ms ?? NaN);
+  // The storm's calls (warm-up calls logged late are left out); the log's clock has whole milliseconds.
+  const rpcs = lines.filter((l) => l.msg === "rpc" && String(l.rpc).endsWith("/GetToken") && at(l) - Number(l.ms) >= load.startedAt - 1);
+  const startsAt = rpcs.map((l) => at(l) - Number(l.ms));
+  const lastAnswerAt = Math.max(...rpcs.map(at));
+  const since = (t: number) => Math.round(t - load.startedAt);
+  return {
+    timeline: {
+      firstIn: since(Math.min(...startsAt)),
+      lastIn: since(Math.max(...startsAt)),
+      refreshStart: since(refreshedAt - refreshMs),
+      stored: since(refreshedAt),
+      lastOut: since(lastAnswerAt),
+    },
+    fanOutMs: lastAnswerAt - refreshedAt,
+    refreshMs,
+    providerCalls: provider.stats.refreshes,
+    invalidGrants: provider.stats.invalidGrants,
+    providerMs: provider.stats.refreshMs[0] ?? NaN,
+    slowestMs: load.maxMs,
+    p50Ms: load.p50Ms,
+    errors: load.requests - load.ok,
+    emptySlowestMs: empty.maxMs,
+    window,
+  };
+}
+
 /** Runs the storm benchmark and returns its figures and a Markdown section. */
-export async function runRefreshStorm(options = { callers: N, replicas: R, runs: RUNS, providerMs: PROVIDER_MS }): Promise<StormSummary> {
+export async function runRefreshStorm(
+  options: StormOptions = { callers: N, replicas: R, runs: RUNS, providerMs: PROVIDER_MS, profileRuns: PROFILE_RUNS },
+): Promise<StormSummary> {
   const dir = mkdtempSync(join(tmpdir(), "token-service-bench-"));
   let pgServer: TestPostgres | undefined;
   const procs: ServiceProcess[] = [];
@@ -79,92 +194,128 @@ export async function runRefreshStorm(options = { callers: N, replicas: R, runs:
       TOKEN_SERVICE_CONFIG: configFile,
       TOKEN_SERVICE_LOG_LEVEL: "info",
     };
-    for (let i = 0; i < options.replicas; i++) procs.push(await spawnService(env));
-    const clients = procs.map((p) => connectGrpcClient(p.url));
+    const startReplicas = async (nodeArgs: (i: number) => string[]) => {
+      for (let i = 0; i < options.replicas; i++) procs.push(await spawnService(env, { nodeArgs: nodeArgs(i) }));
+      return procs.map((p) => connectGrpcClient(p.url));
+    };
 
     const runs: StormRun[] = [];
+    let clients = await startReplicas(() => []);
     for (let run = 0; run <= options.runs; run++) {
-      const user = `bench-${run}`;
-      const tokens = await provider.login(user);
-      const { sessionId } = await clients[0]!.storeSession({
-        userId: user,
-        provider: "corp",
-        tokens: {
-          accessToken: tokens.access_token,
-          refreshToken: tokens.refresh_token,
-          expiresAt: timestampFromDate(new Date(Date.now() - 1000)),
-        },
-      });
-      // Warm each replica's connection and the provider's discovery cache with a fresh session.
-      for (const c of clients) await c.getToken({ userId: user, sessionId: (await clients[0]!.storeSession({ userId: user, provider: "corp", tokens: { accessToken: "warm", expiresIn: 3600n } })).sessionId });
-      provider.resetStats();
-      provider.faults.push({ kind: "delay", ms: options.providerMs });
-      const frame = grpcFrame(GetTokenRequestSchema, { userId: user, sessionId });
-      const seen = procs.map((p) => p.lines().length);
-      const load = await runLoadProcess({
-        mode: "burst",
-        targets: procs.map((p) => ({ url: p.url, path: "/tokenservice.v1.TokenService/GetToken", frame })),
-        connections: 1,
-        requests: options.callers,
-        collectBodies: true,
-      });
-      const errors = load.requests - load.ok;
-      if (load.distinctBodies && load.distinctBodies.length > 1) throw new Error("callers got different tokens");
-      const lines = procs.flatMap((p, i) => p.lines().slice(seen[i]));
-      const at = (l: Record<string, unknown>) => Date.parse(String(l.time));
-      const refreshed = lines.filter((l) => l.msg === "session refreshed");
-      const refreshedAt = Math.min(...refreshed.map(at));
-      const lastAnswerAt = Math.max(...lines.filter((l) => l.msg === "rpc" && String(l.rpc).endsWith("/GetToken")).map(at));
-      const result: StormRun = {
-        fanOutMs: lastAnswerAt - refreshedAt,
-        refreshMs: Number(refreshed[0]?.ms ?? NaN),
-        providerCalls: provider.stats.refreshes,
-        invalidGrants: provider.stats.invalidGrants,
-        providerMs: provider.stats.refreshMs[0] ?? NaN,
-        slowestMs: load.maxMs,
-        p50Ms: load.p50Ms,
-        errors,
-      };
+      const result = await storm(procs, clients, provider, String(run), options);
       if (run > 0) runs.push(result); // run 0 warms up the JIT and connections
+      const t = result.timeline;
       console.log(
         `run ${run}${run === 0 ? " (warm-up)" : ""}: provider calls ${result.providerCalls}, provider ${fmt(result.providerMs)} ms, ` +
-          `slowest caller ${fmt(result.slowestMs)} ms, p50 ${fmt(result.p50Ms)} ms, last answer ${result.fanOutMs} ms after the refresh was stored, errors ${errors}`,
+          `slowest caller ${fmt(result.slowestMs)} ms (empty RPC burst: ${fmt(result.emptySlowestMs)} ms), p50 ${fmt(result.p50Ms)} ms, errors ${result.errors}; ` +
+          `ms after the first send: calls in ${t.firstIn}–${t.lastIn}, refresh ${t.refreshStart}–${t.stored}, last answer ${t.lastOut}`,
       );
     }
 
-    const med = (f: (r: StormRun) => number) => median(runs.map(f));
-    const overhead = med((r) => r.slowestMs - r.providerMs);
-    const maxCalls = Math.max(...runs.map((r) => r.providerCalls));
-    const markdown = `## Refresh storm: ${options.callers} callers (\`npm run bench:refresh\`)
-
-${options.callers} concurrent GetToken calls on one expired session, spread round-robin over ${options.replicas} replicas
-(separate processes) on one PostgreSQL, sent at once by the load generator (\`bench/loadgen.ts\`, its own process:
-raw HTTP/2, one connection per replica, every answer checked by grpc-status and all tokens compared). The
-provider's token endpoint adds ${options.providerMs} ms. Background refresh off (cold path). ${runs.length} runs after one warm-up; medians.
-
-- Machine: ${machine()}
-- Command: \`BENCH_CALLERS=${options.callers} BENCH_REPLICAS=${options.replicas} BENCH_RUNS=${options.runs} BENCH_PROVIDER_MS=${options.providerMs} npm run bench:refresh\`
-
-| run | provider calls | invalid_grant | provider latency (ms) | refresh, lease to stored (ms) | slowest caller (ms) | slowest − provider (ms) | p50 caller (ms) | before the refresh began (ms) | refresh stored → last answer (ms) | errors |
-|---|---|---|---|---|---|---|---|---|---|---|
-${runs.map((r, i) => `| ${i + 1} | ${r.providerCalls} | ${r.invalidGrants} | ${fmt(r.providerMs)} | ${r.refreshMs} | ${fmt(r.slowestMs)} | ${fmt(r.slowestMs - r.providerMs)} | ${fmt(r.p50Ms)} | ${fmt(r.slowestMs - r.refreshMs - r.fanOutMs)} | ${r.fanOutMs} | ${r.errors} |`).join("\n")}
-| **median** | ${med((r) => r.providerCalls)} | ${med((r) => r.invalidGrants)} | ${fmt(med((r) => r.providerMs))} | ${med((r) => r.refreshMs)} | ${fmt(med((r) => r.slowestMs))} | **${fmt(overhead)}** | ${fmt(med((r) => r.p50Ms))} | ${fmt(med((r) => r.slowestMs - r.refreshMs - r.fanOutMs))} | **${med((r) => r.fanOutMs)}** | ${med((r) => r.errors)} |
-
-"Before the refresh began" is the slowest caller's time not spent in the refresh or in answering: the
-replicas reading the burst off the wire and through the RPC stack (the refresh can start only once the
-first call's session read returns, and that waits behind the burst on a busy event loop), plus the trip
-to and from the load generator.
-
-Targets: 1 provider call per storm (${maxCalls === 1 ? "met in every run" : `NOT met: up to ${maxCalls}`}); slowest caller within provider latency + 50 ms
-(${overhead <= 50 ? `met: median +${fmt(overhead)} ms` : `NOT met: median +${fmt(overhead)} ms`}).
-`;
-    return { callers: options.callers, replicas: options.replicas, providerDelayMs: options.providerMs, runs, markdown };
+    let profile: ProfileSummary | undefined;
+    if (options.profileRuns) {
+      // Profiled replicas, apart from the timed runs (the profiler costs a little CPU itself).
+      for (const p of procs.splice(0)) p.kill("SIGKILL");
+      const profileDirs = Array.from({ length: options.replicas }, (_, i) => join(dir, `profile-${i}`));
+      clients = await startReplicas((i) => ["--cpu-prof", `--cpu-prof-dir=${profileDirs[i]}`]);
+      const windows: Array<[number, number]> = [];
+      for (let run = 0; run <= options.profileRuns; run++) {
+        const result = await storm(procs, clients, provider, `profile-${run}`, options);
+        if (run > 0) windows.push(result.window);
+      }
+      // A profile is written on a clean exit; its end is placed on the wall clock when the process exits.
+      const stopped = procs.map((p) => p.exited.then(() => Date.now()));
+      for (const p of procs) p.kill("SIGTERM");
+      const stoppedAt = await Promise.all(stopped);
+      procs.splice(0);
+      const files = profileDirs.map((d, i) => ({ path: join(d, readdirSync(d).find((f) => f.endsWith(".cpuprofile"))!), stoppedAt: stoppedAt[i]! }));
+      profile = summarizeProfiles(files, windows);
+      console.log(`\nCPU profile of ${options.profileRuns} storms on all replicas:\n${profileTable(profile)}`);
+    }
+    return {
+      callers: options.callers,
+      replicas: options.replicas,
+      providerDelayMs: options.providerMs,
+      runs,
+      profile,
+      markdown: stormMarkdown(options, runs, profile),
+    };
   } finally {
     for (const p of procs) p.kill("SIGKILL");
     await provider.close();
     await pgServer?.destroy();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+function stormMarkdown(options: StormOptions, runs: StormRun[], profile: ProfileSummary | undefined): string {
+  const med = (f: (r: StormRun) => number) => median(runs.map(f));
+  const overhead = med((r) => r.slowestMs - r.providerMs);
+  const maxCalls = Math.max(...runs.map((r) => r.providerCalls));
+  const share = (pred: (name: string) => boolean) =>
+    profile ? (100 * profile.categories.filter(([n]) => pred(n)).reduce((a, [, ms]) => a + ms, 0)) / profile.busyMs : NaN;
+  const rpcShare = share((n) => n.startsWith("RPC stack") || n === "garbage collection" || n.startsWith("V8"));
+  const ownShare = share((n) => n.startsWith("token service"));
+  const floor = med((r) => r.emptySlowestMs);
+  const lastIn = med((r) => r.timeline.lastIn);
+  const profileText = profile
+    ? `
+### Where the CPU goes during a storm
+
+${options.profileRuns} more storms on replicas started with \`node --cpu-prof\` (not the timed runs above; the
+profiler costs a little itself), samples inside the storms only, all ${options.replicas} replicas together
+(\`bench/profile.ts\` sorts them by the file each function comes from):
+
+${profileTable(profile)}
+
+Busiest functions: ${profile.functions
+        .slice(0, 8)
+        .map(([name, ms]) => `\`${name}\` ${ms.toFixed(0)} ms`)
+        .join(", ")}.
+`
+    : "";
+  return `## Refresh storm: ${options.callers} callers (\`npm run bench:refresh\`)
+
+${options.callers} concurrent GetToken calls on one expired session, spread round-robin over ${options.replicas} replicas
+(separate processes) on one PostgreSQL, sent by the load generator (\`bench/loadgen.ts\`, its own process:
+raw HTTP/2, one connection per replica, every answer checked by grpc-status and all tokens compared; it
+warms its own JIT with 200 Health/Check calls per connection first, then writes the burst 50 streams per
+event-loop turn, and each call's clock starts as its stream is built). The provider's token endpoint adds
+${options.providerMs} ms. Background refresh off (cold path). Right after each storm, a burst of as many
+\`grpc.health.v1.Health/Check\` calls (the empty RPC) goes to the same replicas: its slowest caller is the
+floor for any burst of that size on this machine. ${runs.length} runs after one warm-up; medians.
+
+- Machine: ${machine()}
+- Command: \`BENCH_CALLERS=${options.callers} BENCH_REPLICAS=${options.replicas} BENCH_RUNS=${options.runs} BENCH_PROVIDER_MS=${options.providerMs} npm run bench:refresh\`
+
+| run | provider calls | invalid_grant | provider latency (ms) | slowest caller (ms) | slowest − provider (ms) | p50 caller (ms) | empty-RPC burst, slowest (ms) | errors |
+|---|---|---|---|---|---|---|---|---|
+${runs.map((r, i) => `| ${i + 1} | ${r.providerCalls} | ${r.invalidGrants} | ${fmt(r.providerMs)} | ${fmt(r.slowestMs)} | ${fmt(r.slowestMs - r.providerMs)} | ${fmt(r.p50Ms)} | ${fmt(r.emptySlowestMs)} | ${r.errors} |`).join("\n")}
+| **median** | ${med((r) => r.providerCalls)} | ${med((r) => r.invalidGrants)} | ${fmt(med((r) => r.providerMs))} | ${fmt(med((r) => r.slowestMs))} | **${fmt(overhead)}** | ${fmt(med((r) => r.p50Ms))} | **${fmt(floor)}** | ${med((r) => r.errors)} |
+
+Timeline of each storm from the replicas' logs, in ms after the load generator sent the first call (log
+times have whole milliseconds): when calls reached a replica's RPC stack, when the refreshing replica held
+the lease and called the provider, when the new tokens were stored, and when the last caller was answered.
+
+| run | first call in | last call in | refresh began | new tokens stored | refresh, lease to stored | last answer |
+|---|---|---|---|---|---|---|
+${runs.map((r, i) => `| ${i + 1} | ${r.timeline.firstIn} | ${r.timeline.lastIn} | ${r.timeline.refreshStart} | ${r.timeline.stored} | ${r.refreshMs} | ${r.timeline.lastOut} |`).join("\n")}
+| **median** | ${med((r) => r.timeline.firstIn)} | **${lastIn}** | ${med((r) => r.timeline.refreshStart)} | ${med((r) => r.timeline.stored)} | ${med((r) => r.refreshMs)} | ${med((r) => r.timeline.lastOut)} |
+${profileText}
+Targets: 1 provider call per storm (${maxCalls === 1 ? "met in every run" : `NOT met: up to ${maxCalls}`}); slowest caller within provider latency + 50 ms
+(${overhead <= 50 ? `met: median +${fmt(overhead)} ms` : `NOT met: median +${fmt(overhead)} ms`}).${
+    overhead <= 50
+      ? ""
+      : ` A caller cannot be answered before its call has been read: the last call reached a replica's RPC stack
+${lastIn} ms after the first was sent (median), and a burst of as many empty RPCs has its slowest caller at
+${fmt(floor)} ms${floor > options.providerMs + 50 ? `, already more than provider latency + 50 ms (${options.providerMs + 50} ms)` : ""}.${
+          profile
+            ? ` During the storms ${fmt(rpcShare)} % of the replicas' busy CPU went to the RPC stack,
+garbage collection and the event loop, and ${fmt(ownShare)} % to the service's own code.`
+            : ""
+        }`
+  }
+`;
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
@@ -174,7 +325,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const parts: string[] = [];
   for (const callers of scenarios) {
     console.log(`\n== ${callers} callers over ${R} replicas`);
-    parts.push((await runRefreshStorm({ callers, replicas: R, runs: RUNS, providerMs: PROVIDER_MS })).markdown);
+    parts.push((await runRefreshStorm({ callers, replicas: R, runs: RUNS, providerMs: PROVIDER_MS, profileRuns: PROFILE_RUNS })).markdown);
   }
   const markdown = parts.join("\n");
   writeSection("refresh", markdown);
