@@ -308,7 +308,8 @@ Targets: 1 provider call per storm (${maxCalls === 1 ? "met in every run" : `NOT
 Where the +${fmt(overhead)} ms go (medians of each part, so they need not add up exactly):
 - ${med((r) => r.timeline.refreshStart)} ms until the refresh began: the first calls' session read and the lease, each a
   database round trip that waits its turn while the replicas take in the burst;
-- ${fmt(med((r) => r.refreshMs - r.providerMs))} ms of the refresh beyond the provider's own time (the HTTP exchange, sealing, the write);
+- ${fmt(med((r) => r.refreshMs - r.providerMs))} ms of the refresh beyond the provider's own time (the HTTP exchange, sealing and the write, each waiting
+  its turn on a replica that is also taking in the burst);
 - ${med((r) => r.fanOutMs)} ms from the new tokens stored to the last answer logged (the other replicas wake on \`NOTIFY\`,
   read the row and answer their waiting callers, while still reading calls off the wire);
 - ${fmt(med((r) => r.slowestMs - r.timeline.lastOut))} ms from the last answer logged to the slowest caller's answer at the load generator.
