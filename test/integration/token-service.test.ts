@@ -197,8 +197,13 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
     const now = new Date();
     const leased = (await repo.acquireLease(sessionId, row.version, "other-replica:1", now, new Date(now.getTime() + 5000)))!;
     expect(leased.leaseOwner).toBe("other-replica:1");
+    const joinedBefore = svc.app.coordinator.stats.coalesced;
     const calls = Array.from({ length: 50 }, () => svc.client.getToken({ userId: "wendy", sessionId }));
-    await sleep(150);
+    // Until all 50 wait on this process's one refresh: the first runs it, 49 join it.
+    for (let waited = 0; svc.app.coordinator.stats.coalesced - joinedBefore < 49; waited += 10) {
+      if (waited > 10_000) throw new Error("the callers did not all join one refresh");
+      await sleep(10);
+    }
     // ...and stores new tokens, which the 50 waiting callers here must all get.
     const vault = new TokenVault(svc.app.keyRing);
     const issued = new Date();
