@@ -2,7 +2,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { setTimeout as sleep } from "node:timers/promises";
-import { afterAll, beforeAll, beforeEach, describe, expect, inject, it, vi } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, inject, it, onTestFinished, vi } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { TokenKind } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { SessionRepository } from "../../src/db/session-repository.js";
@@ -189,6 +189,9 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
   });
 
   it("callers waiting on another replica's refresh share one decrypt of its result", async () => {
+    // This process's background refresh would take the expired session's lease itself.
+    await svc.app.background.stop();
+    onTestFinished(() => svc.app.background.start());
     const { sessionId } = await storeExpired("wendy");
     provider.resetStats();
     // Another replica holds the lease...
