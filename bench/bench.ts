@@ -15,7 +15,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { stringify } from "yaml";
-import { HealthCheckRequestSchema } from "../gen/health/v1/health_pb.js";
 import { GetTokenRequestSchema, StoreSessionRequestSchema } from "../gen/tokenservice/v1/token_service_pb.js";
 import { generateKeySpec } from "../src/crypto/key-ring.js";
 import { connectGrpcClient } from "../test/helpers/clients.js";
@@ -26,7 +25,7 @@ import { createTestDatabase } from "../test/helpers/service.js";
 import type { LoadResult, LoadSpec } from "./loadgen.js";
 import { runRefreshStorm } from "./refresh-storm.js";
 import { fmt, machine, median, writeSection } from "./report.js";
-import { grpcFrame, runLoadProcess } from "./run-load.js";
+import { EMPTY_FRAME, grpcFrame, runLoadProcess } from "./run-load.js";
 
 const QUICK = process.env.BENCH_QUICK === "1";
 const DURATION_MS = QUICK ? 3000 : 8000;
@@ -129,7 +128,7 @@ interface HotPath {
 
 /** Health/Check against GetToken on one server, alternating, ROUNDS times each. */
 async function hotPath(svc: ServiceProcess, frames: string[], dialect: string, cache: boolean): Promise<HotPath> {
-  const health = grpcFrame(HealthCheckRequestSchema, { service: "" });
+  const health = EMPTY_FRAME; // an empty grpc.health.v1.HealthCheckRequest
   const out: HotPath = { dialect, cache, health: [], getToken: [], peakRssKiB: 0 };
   for (let i = 0; i < ROUNDS; i++) {
     const h = await load(svc, HEALTH, health);

@@ -23,7 +23,7 @@ import { createTestDatabase } from "../test/helpers/service.js";
 import { GetTokenRequestSchema } from "../gen/tokenservice/v1/token_service_pb.js";
 import { profileTable, summarizeProfiles, type ProfileSummary } from "./profile.js";
 import { fmt, machine, median, writeSection } from "./report.js";
-import { grpcFrame, runLoadProcess } from "./run-load.js";
+import { EMPTY_FRAME, grpcFrame, runLoadProcess } from "./run-load.js";
 
 const N = Number(process.env.BENCH_CALLERS ?? 1000);
 const R = Number(process.env.BENCH_REPLICAS ?? 3);
@@ -81,7 +81,6 @@ export interface StormOptions {
   profileRuns?: number;
 }
 
-const HEALTH_FRAME = Buffer.from([0, 0, 0, 0, 0]).toString("base64"); // an empty HealthCheckRequest
 
 /** One storm on `procs`: an expired session, `callers` GetToken calls at once, then as many Health/Check calls. */
 async function storm(
@@ -123,7 +122,7 @@ async function storm(
   if (load.distinctBodies && load.distinctBodies.length > 1) throw new Error("callers got different tokens");
   const empty = await runLoadProcess({
     mode: "burst",
-    targets: procs.map((p) => ({ url: p.url, path: "/grpc.health.v1.Health/Check", frame: HEALTH_FRAME })),
+    targets: procs.map((p) => ({ url: p.url, path: "/grpc.health.v1.Health/Check", frame: EMPTY_FRAME })),
     connections: 1,
     requests: options.callers,
     warmupCalls: 200,

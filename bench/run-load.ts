@@ -14,6 +14,9 @@ export function grpcFrame<D extends DescMessage>(schema: D, init: MessageInitSha
   return frame.toString("base64");
 }
 
+/** An empty message in a gRPC frame (an empty grpc.health.v1.HealthCheckRequest, for instance), base64. */
+export const EMPTY_FRAME = Buffer.alloc(5).toString("base64");
+
 /** Runs the load generator as its own process and returns its result. */
 export function runLoadProcess(spec: LoadSpec): Promise<LoadResult> {
   return new Promise((resolve, reject) => {
