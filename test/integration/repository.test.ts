@@ -12,6 +12,7 @@ import { SessionRepository } from "../../src/db/session-repository.js";
 import { rotateKeys } from "../../src/sessions/key-rotation.js";
 import { TokenVault } from "../../src/sessions/token-vault.js";
 import { createTestDatabase, type Dialect } from "../helpers/service.js";
+import { sessionRow } from "../helpers/session-row.js";
 
 /** Races between the service's writers, made deterministic by acting through the repository itself. */
 describe.each<Dialect>(["sqlite", "postgresql"])("session repository races on %s", (dialect) => {
@@ -27,27 +28,11 @@ describe.each<Dialect>(["sqlite", "postgresql"])("session repository races on %s
     const now = new Date();
     const id = randomBytes(32).toString("base64url");
     const owner = { id, userId: extra.userId ?? "u", provider: extra.provider ?? "corp" };
-    const row: SessionRow = {
-      ...owner,
-      ...oldVault.sealAll(owner, { access: "at-1", refresh: "rt-1", id: undefined }),
-      status: "active",
-      tokenType: "Bearer",
-      scope: "",
+    const row = sessionRow(oldVault, owner, { access: "at-1", refresh: "rt-1", id: undefined }, {
+      now,
       accessExpiresAt: new Date(now.getTime() + 10_000),
-      accessIssuedAt: now,
-      idExpiresAt: null,
-      refreshExpiresAt: null,
-      createdAt: now,
-      updatedAt: now,
-      lastUsedAt: now,
-      version: 1,
-      leaseOwner: null,
-      leaseUntil: null,
-      lastErrorCode: null,
-      lastErrorAt: null,
-      reauthReason: null,
       ...extra,
-    };
+    });
     await repo.insert(row);
     return row;
   }

@@ -4,6 +4,7 @@ import { OpenError, UnknownKeyError } from "../../src/crypto/seal.js";
 import type { SessionRow } from "../../src/db/session-entity.js";
 import { CorruptSessionError, KeyUnavailableError } from "../../src/sessions/errors.js";
 import { TokenVault, type OpenTokens } from "../../src/sessions/token-vault.js";
+import { sessionRow } from "../helpers/session-row.js";
 
 const oldSpec = generateKeySpec("old");
 const vault = new TokenVault(parseKeyRing(`${generateKeySpec("k1")},${oldSpec}`));
@@ -12,29 +13,9 @@ const SID = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 const OTHER_SID = "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
 const TOKENS: OpenTokens = { access: "access-token-A", refresh: "refresh-token-R", id: "id-token-I" };
 
-/** A full SessionRow built by hand around the sealed columns. */
+/** A session row around `tokens` sealed with `v`. */
 function row(owner: { id: string; userId: string; provider: string }, v: TokenVault, tokens: OpenTokens = TOKENS): SessionRow {
-  const now = new Date("2026-01-15T12:00:00Z");
-  return {
-    ...owner,
-    ...v.sealAll(owner, tokens),
-    status: "active",
-    tokenType: "Bearer",
-    scope: "openid",
-    accessExpiresAt: new Date(now.getTime() + 300_000),
-    accessIssuedAt: now,
-    idExpiresAt: null,
-    refreshExpiresAt: null,
-    createdAt: now,
-    updatedAt: now,
-    lastUsedAt: now,
-    version: 1,
-    leaseOwner: null,
-    leaseUntil: null,
-    lastErrorCode: null,
-    lastErrorAt: null,
-    reauthReason: null,
-  };
+  return sessionRow(v, owner, tokens, { now: new Date("2026-01-15T12:00:00Z"), scope: "openid" });
 }
 
 const alice = { id: SID, userId: "alice", provider: "google" };
