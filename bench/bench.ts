@@ -58,7 +58,7 @@ async function startBenchService(
   writeFileSync(
     config,
     stringify({
-      providers: [{ id: "corp", issuer: provider.issuer, client_id: provider.clientId, client_secret: provider.clientSecret, allow_insecure_http: true }],
+      providers: [provider.configEntry()],
       // Quiet, but still one line per RPC would be "info": benchmark the service as deployed.
       log_level: "info",
       ...extra,

@@ -180,7 +180,7 @@ export async function runRefreshStorm(
       configFile,
       stringify({
         providers: [
-          { id: "corp", issuer: provider.issuer, client_id: provider.clientId, client_secret: provider.clientSecret, allow_insecure_http: true },
+          provider.configEntry(),
         ],
         // Background refresh would refresh the expired session before the storm; measure the cold path.
         refresh: { background: { enabled: false } },

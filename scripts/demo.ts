@@ -41,14 +41,7 @@ try {
     config,
     stringify({
       providers: [
-        {
-          id: "demo",
-          issuer: provider.issuer,
-          client_id: provider.clientId,
-          client_secret: provider.clientSecret,
-          allow_insecure_http: true,
-          refresh_margin_seconds: 60,
-        },
+        { ...provider.configEntry("demo"), refresh_margin_seconds: 60 },
       ],
       // Background refresh would renew the 3-second token before the callers ask; this demo shows
       // the refresh on demand. (In production it keeps recently used tokens fresh so callers never wait.)

@@ -50,6 +50,8 @@ export interface TestProvider {
   readonly revocationFaults: TokenFault[];
   /** Access token lifetime for tokens issued from now on. */
   setAccessTokenTtl(seconds: number): void;
+  /** This provider as an entry of the service's `providers:` configuration (plain HTTP allowed). */
+  configEntry(id?: string): { id: string; issuer: string; client_id: string; client_secret: string; allow_insecure_http: true };
   /** Logs a user in: returns a full token set from a real token endpoint response. */
   login(accountId: string): Promise<TestTokenSet>;
   /** Uses a refresh token directly at the token endpoint (not counted as a service refresh). */
@@ -225,6 +227,9 @@ export async function startTestProvider(
       const { status, body } = await post("/token", { grant_type: "refresh_token", refresh_token: seed });
       if (status !== 200) throw new Error(`test login failed: ${status} ${JSON.stringify(body)}`);
       return body as unknown as TestTokenSet;
+    },
+    configEntry(id = "corp") {
+      return { id, issuer, client_id: clientId, client_secret: clientSecret, allow_insecure_http: true };
     },
     redeem(refreshToken) {
       return post("/token", { grant_type: "refresh_token", refresh_token: refreshToken });

@@ -84,14 +84,7 @@ export async function startService(options: StartOptions): Promise<TestService> 
   const dir = mkdtempSync(join(tmpdir(), "token-service-test-"));
   const providers = options.provider
     ? [
-        {
-          id: "corp",
-          issuer: options.provider.issuer,
-          client_id: options.provider.clientId,
-          client_secret: options.provider.clientSecret,
-          allow_insecure_http: true,
-          ...options.providerConfig,
-        },
+        { ...options.provider.configEntry(), ...options.providerConfig },
       ]
     : [];
   const configFile = join(dir, "config.yaml");

@@ -48,15 +48,11 @@ describe("callers: TLS, mTLS, bearer credentials, scopes and rate limits", () =>
     dir = mkdtempSync(join(tmpdir(), "token-service-callers-"));
     [certs, provider] = await Promise.all([makeCertificates(dir), startTestProvider()]);
     chatCert = await certs.client("chat-gateway", "chat-gateway.internal");
-    const base = { issuer: provider.issuer, client_id: provider.clientId, client_secret: provider.clientSecret, allow_insecure_http: true };
     svc = await startService({
       dialect: "sqlite",
       provider,
       yaml: {
-        providers: [
-          { id: "corp", ...base },
-          { id: "other", ...base },
-        ],
+        providers: [provider.configEntry("corp"), provider.configEntry("other")],
         tls: { cert_file: certs.serverCertFile, key_file: certs.serverKeyFile, client_ca_file: certs.caFile },
         callers: [
           {

@@ -95,7 +95,7 @@ describe("hostile input", () => {
     writeFileSync(
       configFile,
       stringify({
-        providers: [{ id: "corp", issuer: provider.issuer, client_id: provider.clientId, client_secret: provider.clientSecret, allow_insecure_http: true }],
+        providers: [provider.configEntry()],
       }),
     );
     svc = await spawnService({

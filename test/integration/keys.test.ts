@@ -36,7 +36,7 @@ describe.each<Dialect>(["sqlite", "postgresql"])("key rotation on %s", (dialect)
     const configFile = join(dir, "config.yaml");
     writeFileSync(
       configFile,
-      stringify({ providers: [{ id: "corp", issuer: provider.issuer, client_id: provider.clientId, client_secret: provider.clientSecret, allow_insecure_http: true }] }),
+      stringify({ providers: [provider.configEntry()] }),
     );
     cliEnv = (keys) => ({
       DATABASE_URL: databaseUrl ?? `sqlite:${sqlitePath}`,

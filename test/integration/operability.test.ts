@@ -170,7 +170,7 @@ describe("health on shutdown, reflection switched off, CLI", () => {
     writeFileSync(
       config,
       stringify({
-        providers: [{ id: "corp", issuer: provider.issuer, client_id: provider.clientId, client_secret: provider.clientSecret, allow_insecure_http: true }],
+        providers: [provider.configEntry()],
         reflection: false,
         shutdown_grace_seconds: 5,
       }),

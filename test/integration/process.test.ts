@@ -28,13 +28,7 @@ function writeConfig(extra: Record<string, unknown> = {}): string {
     file,
     stringify({
       providers: [
-        {
-          id: "corp",
-          issuer: provider.issuer,
-          client_id: provider.clientId,
-          client_secret: provider.clientSecret,
-          allow_insecure_http: true,
-        },
+        provider.configEntry(),
       ],
       ...extra,
     }),

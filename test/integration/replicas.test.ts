@@ -96,13 +96,7 @@ describe("three replicas on one PostgreSQL", () => {
       configFile,
       stringify({
         providers: [
-          {
-            id: "corp",
-            issuer: provider.issuer,
-            client_id: provider.clientId,
-            client_secret: provider.clientSecret,
-            allow_insecure_http: true,
-          },
+          provider.configEntry(),
         ],
         refresh: {
           lease_seconds: 3,
