@@ -115,3 +115,12 @@ export class PermissionDeniedError extends SessionError {
     super(`this caller may not act on provider ${provider}`);
   }
 }
+
+/** The session store (the database) could not be reached or did not answer in time; nothing was changed by this call. */
+export class StoreUnavailableError extends SessionError {
+  override name = "StoreUnavailableError";
+  readonly code = "DATABASE_UNAVAILABLE";
+  constructor(options?: { cause?: unknown }) {
+    super("database unavailable; try again", options);
+  }
+}

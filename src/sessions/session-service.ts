@@ -18,6 +18,7 @@ import { accessTokenExpiry, idTokenExpiry, lifetimeSeconds, requiredValiditySeco
 import type { CacheEntry, SessionCache } from "./session-cache.js";
 import type { TokenVault } from "./token-vault.js";
 import { requireProviderAllowed, type CallContext } from "./scope.js";
+import { asDomainError } from "./store-errors.js";
 
 export type { CallContext } from "./scope.js";
 import {
@@ -86,7 +87,17 @@ export class SessionService {
     private readonly options: { lastUsedResolutionMs: number },
   ) {}
 
-  async storeSession(input: StoreSessionInput, ctx: CallContext = {}): Promise<{ sessionId: string; expiresAt: Date }> {
+  /** Stores a login's token set as a new session; returns its id. */
+  storeSession(input: StoreSessionInput, ctx: CallContext = {}): Promise<{ sessionId: string; expiresAt: Date }> {
+    return this.store(input, ctx).catch(asDomainError);
+  }
+
+  /** A token valid right now, refreshed at the provider first when needed. */
+  getToken(input: GetTokenInput, ctx: CallContext = {}): Promise<TokenAnswer> {
+    return this.get(input, ctx).catch(asDomainError);
+  }
+
+  private async store(input: StoreSessionInput, ctx: CallContext): Promise<{ sessionId: string; expiresAt: Date }> {
     const now = new Date();
     const userId = requireUserId(input.userId);
     const provider = this.requireProvider(input.provider, "provider");
@@ -152,7 +163,7 @@ export class SessionService {
     return { sessionId: id, expiresAt: expiry.expiresAt };
   }
 
-  async getToken(input: GetTokenInput, ctx: CallContext = {}): Promise<TokenAnswer> {
+  private async get(input: GetTokenInput, ctx: CallContext): Promise<TokenAnswer> {
     const userId = requireUserId(input.userId);
     let head: SessionHead | null;
     let entry: CacheEntry | undefined;

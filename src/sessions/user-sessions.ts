@@ -7,6 +7,7 @@ import type { RefreshCoordinator } from "../refresh/coordinator.js";
 import { SessionNotFoundError } from "./errors.js";
 import { providersInScope, requireProviderAllowed, type CallContext } from "./scope.js";
 import type { TokenVault } from "./token-vault.js";
+import { asDomainError } from "./store-errors.js";
 import { requireSessionId, requireUserId } from "./validation.js";
 
 /** Most sessions ListSessions returns for one user. */
@@ -41,7 +42,12 @@ export class UserSessions {
     private readonly options: { providerTimeoutMs: number },
   ) {}
 
-  async listSessions(input: { userId: string; provider: string }, ctx: CallContext = {}): Promise<SessionSummary[]> {
+  /** A user's sessions (metadata only), at one provider or every provider the caller may act on. */
+  listSessions(input: { userId: string; provider: string }, ctx: CallContext = {}): Promise<SessionSummary[]> {
+    return this.list(input, ctx).catch(asDomainError);
+  }
+
+  private async list(input: { userId: string; provider: string }, ctx: CallContext): Promise<SessionSummary[]> {
     const userId = requireUserId(input.userId);
     const rows = await this.repo.listForUser(userId, providersInScope(ctx, input.provider), LIST_LIMIT);
     return rows.map((r) => ({
@@ -58,7 +64,11 @@ export class UserSessions {
   }
 
   /** Deletes one session, then revokes its tokens at the provider (best effort). */
-  async revokeSession(input: { userId: string; sessionId: string }, ctx: CallContext = {}): Promise<void> {
+  revokeSession(input: { userId: string; sessionId: string }, ctx: CallContext = {}): Promise<void> {
+    return this.revokeOne(input, ctx).catch(asDomainError);
+  }
+
+  private async revokeOne(input: { userId: string; sessionId: string }, ctx: CallContext): Promise<void> {
     const userId = requireUserId(input.userId);
     const sessionId = requireSessionId(input.sessionId);
     const row = await this.repo.deleteForUser(sessionId, userId, (r) => requireProviderAllowed(ctx, r.provider));
@@ -70,7 +80,11 @@ export class UserSessions {
   }
 
   /** Logs a user out everywhere (at one provider, or every provider the caller may act on). */
-  async revokeUserSessions(input: { userId: string; provider: string }, ctx: CallContext = {}): Promise<number> {
+  revokeUserSessions(input: { userId: string; provider: string }, ctx: CallContext = {}): Promise<number> {
+    return this.revokeAll(input, ctx).catch(asDomainError);
+  }
+
+  private async revokeAll(input: { userId: string; provider: string }, ctx: CallContext): Promise<number> {
     const userId = requireUserId(input.userId);
     const scope = providersInScope(ctx, input.provider);
     const rows = await this.repo.deleteAllForUser(userId, scope);
