@@ -1,8 +1,12 @@
-import { setMaxListeners } from "node:events";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { MikroORM } from "@mikro-orm/core";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import type { ConnectRouter } from "@connectrpc/connect";
 import { TokenService } from "../gen/tokenservice/v1/token_service_pb.js";
+import { Health } from "../gen/health/v1/health_pb.js";
+import { ServerReflection as ServerReflectionV1 } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ServerReflectionV1Alpha } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
 import { ConfigError, type Config } from "./config.js";
 import { loadOrCreateKeyFile } from "./crypto/key-file.js";
 import { parseKeyRing, type KeyRing } from "./crypto/key-ring.js";
@@ -18,26 +22,20 @@ import { PgChannel } from "./db/pg-channel.js";
 import { ormPoolStats } from "./db/pool-stats.js";
 import { Metrics } from "./metrics.js";
 import { startAdminServer } from "./admin.js";
-import { contextValuesFor } from "./rpc/context.js";
-import { createHealthImpl, HealthState, ServingStatus } from "./rpc/health.js";
-import {
-  createReflectionV1AlphaImpl,
-  createReflectionV1Impl,
-  DescriptorIndex,
-  ServerReflectionV1,
-  ServerReflectionV1Alpha,
-} from "./rpc/reflection.js";
-import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
-import { createLoggingInterceptor } from "./rpc/interceptors.js";
-import { Health } from "../gen/health/v1/health_pb.js";
+import { CallerDirectory } from "./rpc/auth.js";
+import { RpcChain } from "./rpc/chain.js";
+import { connectService, contextValuesFor } from "./rpc/connect-service.js";
+import { grpcHandlers, grpcServiceDefinition } from "./rpc/grpc-service.js";
+import { startGrpcServer, type GrpcListener } from "./rpc/grpc-server.js";
+import { createHealthService, HealthState, ServingStatus } from "./rpc/health.js";
+import { startHttpServer, type HttpListener } from "./rpc/http-server.js";
+import { createReflection } from "./rpc/reflection.js";
+import { createTokenServiceHandlers } from "./rpc/token-service.js";
 import { PeriodicTask } from "./refresh/periodic.js";
-import { startRpcServer, type RpcServer } from "./rpc/server.js";
-import { createTokenServiceImpl } from "./rpc/token-service.js";
 import { openSessionReader } from "./db/session-reader.js";
 import { SessionCache } from "./sessions/session-cache.js";
 import { SessionService } from "./sessions/session-service.js";
 import { UserSessions } from "./sessions/user-sessions.js";
-import { CallerDirectory, createAuthInterceptor } from "./rpc/auth.js";
 import { TokenVault } from "./sessions/token-vault.js";
 
 /** Replaceable parts, for tests and embedding. */
@@ -53,9 +51,16 @@ export interface AppOverrides {
 export interface App {
   readonly config: Config;
   readonly logger: Logger;
-  readonly rpc: RpcServer;
-  /** http://host:port of the gRPC / Connect listener. */
+  /** The gRPC listener (grpc-js). */
+  readonly grpc: GrpcListener;
+  /** The HTTP listener for Connect and gRPC-Web (connect-node), when on. */
+  readonly http: HttpListener | undefined;
+  /** The shared RPC chain (calls in flight on both listeners). */
+  readonly chain: RpcChain;
+  /** http(s)://host:port of the gRPC listener. */
   readonly url: string;
+  /** http(s)://host:port of the HTTP listener, when on. */
+  readonly httpUrl: string | undefined;
   readonly orm: MikroORM;
   readonly sessions: SessionService;
   readonly users: UserSessions;
@@ -176,40 +181,52 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       logger,
     );
 
-    const shutdown = new AbortController();
-    // Every in-flight call listens on this signal (and stops listening when it ends): no limit.
-    setMaxListeners(0, shutdown.signal);
-    const handler = connectNodeAdapter({
-      routes: (router: ConnectRouter) => {
-        router.service(TokenService, createTokenServiceImpl(sessions, users));
-        router.service(Health, createHealthImpl(health));
+    const chain = new RpcChain(new CallerDirectory(config.callers), logger, (e) => metrics.rpc(e.method, e.code, e.ms));
+    const handlers = createTokenServiceHandlers(sessions, users);
+    const grpc = await startGrpcServer({
+      host: config.host,
+      port: config.port,
+      tls: config.tls,
+      maxMessageBytes: config.maxMessageBytes,
+      chain,
+      addServices(server, chained) {
+        server.addService(grpcServiceDefinition(TokenService), grpcHandlers(TokenService, handlers, chain));
+        createHealthService(health).addToServer(chained);
         if (config.reflection) {
-          const index = new DescriptorIndex(
-            [TokenService, Health, ServerReflectionV1, ServerReflectionV1Alpha],
-            [file_google_rpc_error_details],
+          createReflection([TokenService, Health, ServerReflectionV1, ServerReflectionV1Alpha], [file_google_rpc_error_details]).addToServer(
+            chained,
           );
-          router.service(ServerReflectionV1, createReflectionV1Impl(index));
-          router.service(ServerReflectionV1Alpha, createReflectionV1AlphaImpl(index));
         }
       },
-      interceptors: [
-        createLoggingInterceptor(logger, (e) => metrics.rpc(e.method, e.code, e.ms)),
-        createAuthInterceptor(new CallerDirectory(config.callers), logger),
-      ],
-      readMaxBytes: config.maxMessageBytes,
-      contextValues: contextValuesFor,
-      shutdownSignal: shutdown.signal,
     });
-    const rpc = await startRpcServer(handler, config.host, config.port, config.tls);
-    opened.push(() => rpc.close(0));
+    opened.push(async () => grpc.forceClose());
+    const http = config.http
+      ? await startHttpServer(
+          connectNodeAdapter({
+            routes: (router: ConnectRouter) => router.service(TokenService, connectService(TokenService, handlers, chain)),
+            // gRPC has its own listener; this one speaks Connect and gRPC-Web.
+            grpc: false,
+            readMaxBytes: config.maxMessageBytes,
+            contextValues: contextValuesFor,
+          }),
+          config.http.host,
+          config.http.port,
+          config.tls,
+        )
+      : undefined;
+    if (http) opened.push(async () => http.forceClose());
     const admin = config.admin ? await startAdminServer(config.admin.host, config.admin.port, metrics, health) : undefined;
     probe.start();
     if (config.refresh.background.enabled) background.start();
     if (config.sweeper.enabled) sweeper.start();
-    const url = `${rpc.tls ? "https" : "http"}://${config.host.includes(":") ? `[${config.host}]` : config.host}:${rpc.port}`;
+    const urlOf = (l: { tls: boolean; host: string; port: number }) =>
+      `${l.tls ? "https" : "http"}://${l.host.includes(":") ? `[${l.host}]` : l.host}:${l.port}`;
+    const addrOf = (l: { host: string; port: number }) => `${l.host.includes(":") ? `[${l.host}]` : l.host}:${l.port}`;
+    const url = urlOf(grpc);
     logger.info(
       {
-        addr: `${config.host}:${rpc.port}`,
+        addr: addrOf(grpc),
+        httpAddr: http ? addrOf(http) : "off",
         database: describeDatabase(config.database),
         migrationsApplied: applied,
         providers: providers.ids(),
@@ -228,7 +245,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     );
     if (config.callers.length === 0) {
       logger.warn(
-        { addr: `${config.host}:${rpc.port}` },
+        { addr: addrOf(grpc), httpAddr: http ? addrOf(http) : "off" },
         "no callers configured: any local process may call every RPC; listening on loopback only",
       );
     }
@@ -240,8 +257,11 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     return {
       config,
       logger,
-      rpc,
+      grpc,
+      http,
+      chain,
       url,
+      httpUrl: http ? urlOf(http) : undefined,
       orm,
       sessions,
       users,
@@ -256,10 +276,21 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       close() {
         closing ??= (async () => {
           health.setDraining();
-          logger.info({ inflight: rpc.inflight(), graceMs: config.shutdownGraceMs }, "shutting down: draining calls");
-          await rpc.close(config.shutdownGraceMs, () =>
-            shutdown.abort(new ConnectError("server is shutting down", Code.Unavailable)),
-          );
+          logger.info({ inflight: chain.inflightCount, graceMs: config.shutdownGraceMs }, "shutting down: draining calls");
+          // Watchers have been told NOT_SERVING; their streams end so that they do not hold the drain up.
+          grpc.endStreams();
+          // No new connections; GOAWAY on the open ones. Calls in flight go on until they finish or the grace ends.
+          const closed = Promise.all([grpc.shutdown(), http?.shutdown()]);
+          const deadline = Date.now() + config.shutdownGraceMs;
+          while (chain.inflightCount > 0 && Date.now() < deadline) await sleep(20);
+          if (chain.inflightCount > 0) {
+            logger.warn({ inflight: chain.inflightCount }, "shutdown grace period over: cutting off the calls still in flight");
+            chain.cutOff();
+          }
+          // The last answers go out, then each connection closes by itself; what is still open after that is closed.
+          await Promise.race([closed, sleep(Math.max(250, deadline - Date.now()))]);
+          grpc.forceClose();
+          http?.forceClose();
           await Promise.all([background.stop(), sweeper.stop(), probe.stop(), admin?.close()]);
           // Refreshes whose callers are gone go on until their tokens are stored (bounded by the lease).
           await coordinator.drain(config.refresh.leaseMs);

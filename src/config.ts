@@ -73,8 +73,11 @@ export interface SweeperConfig {
 }
 
 export interface Config {
+  /** The gRPC listener (grpc-js): TOKEN_SERVICE_ADDR. */
   host: string;
   port: number;
+  /** The HTTP listener for Connect and gRPC-Web (connect-node): TOKEN_SERVICE_HTTP_ADDR; undefined: off. */
+  http: { host: string; port: number } | undefined;
   database: DatabaseConfig;
   /** Raw `kid:base64[,kid:base64…]`; parsed by the key ring, never logged. */
   encryptionKeys: string | undefined;
@@ -248,6 +251,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
   });
 
   const { host, port } = parseAddr(env.TOKEN_SERVICE_ADDR ?? "127.0.0.1:50051");
+  const httpSpec = env.TOKEN_SERVICE_HTTP_ADDR ?? "127.0.0.1:50052";
+  const httpAddr = httpSpec === "off" ? undefined : parseAddr(httpSpec, "TOKEN_SERVICE_HTTP_ADDR");
   const adminSpec = env.TOKEN_SERVICE_ADMIN_ADDR ?? "127.0.0.1:9464";
   const admin = adminSpec === "off" ? undefined : parseAddr(adminSpec, "TOKEN_SERVICE_ADMIN_ADDR");
   const database = parseDatabaseUrl(env.DATABASE_URL ?? "sqlite:data/token-service.db", cwd);
@@ -284,7 +289,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
   try {
     tls = toTls(file.tls, baseDir);
     callers = toCallers(file.callers, tls, new Set(providers.map((p) => p.id)));
-    checkExposure({ loopback: isLoopbackHost(host), callers: callers.length, tls: tls !== undefined, insecurePlaintext: file.insecure_plaintext });
+    const exposure = { callers: callers.length, tls: tls !== undefined, insecurePlaintext: file.insecure_plaintext };
+    checkExposure({ ...exposure, variable: "TOKEN_SERVICE_ADDR", loopback: isLoopbackHost(host) });
+    if (httpAddr) checkExposure({ ...exposure, variable: "TOKEN_SERVICE_HTTP_ADDR", loopback: isLoopbackHost(httpAddr.host) });
   } catch (err) {
     throw new ConfigError((err as Error).message);
   }
@@ -297,6 +304,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
   return {
     host,
     port,
+    http: httpAddr,
     database,
     encryptionKeys: keys === "" ? undefined : keys,
     configFile,

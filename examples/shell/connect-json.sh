@@ -7,7 +7,10 @@
 # Request bodies go to curl on stdin and the credential through a file
 # descriptor, so neither appears on a command line.
 #
-#   ACCESS_TOKEN=... ./connect-json.sh --target 127.0.0.1:50051 --user alice --provider corp [--bearer-env NAME]
+#   ACCESS_TOKEN=... ./connect-json.sh --target 127.0.0.1:50052 --user alice --provider corp [--bearer-env NAME]
+#
+# --target is the HTTP listener (TOKEN_SERVICE_HTTP_ADDR), which speaks plain
+# HTTP/1.1 in clear text: no curl flags beyond the body are needed.
 #
 # Exit status: 0 when every step gave the expected answer, 1 otherwise, 2 for bad usage.
 set -euo pipefail
@@ -15,7 +18,7 @@ set -euo pipefail
 usage() { echo "$*" >&2; echo "usage: $0 --user ID --provider ID [--target HOST:PORT] [--bearer-env NAME]" >&2; exit 2; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
 
-target=127.0.0.1:50051 user="" provider="" bearer_env=""
+target=127.0.0.1:50052 user="" provider="" bearer_env=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --target) target=${2:-}; shift 2 || usage "--target needs a value" ;;
@@ -53,7 +56,7 @@ rpc() {
   local out
   # Headers come from a file descriptor: printf is a shell builtin, so the
   # credential reaches curl through a pipe and never shows in argv.
-  out=$(curl --http2-prior-knowledge -sS --max-time 10 -X POST \
+  out=$(curl -sS --max-time 10 -X POST \
     -H @<(headers) \
     --data-binary @- -w '\n%{http_code}' "$base/$1" <<<"$2") || fail "$1: curl could not reach $target"
   status=${out##*$'\n'}

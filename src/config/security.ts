@@ -122,21 +122,24 @@ export function toCallers(raw: RawCaller[], tls: TlsConfig | undefined, provider
  * a mesh or sidecar provides it).
  */
 export function checkExposure(opts: {
+  /** The variable that names the address, for the message. */
+  variable?: string;
   loopback: boolean;
   callers: number;
   tls: boolean;
   insecurePlaintext: boolean;
 }): void {
   if (opts.loopback) return;
+  const variable = opts.variable ?? "TOKEN_SERVICE_ADDR";
   if (opts.callers === 0) {
     throw new Error(
-      "TOKEN_SERVICE_ADDR: a non-loopback address needs callers (anyone who can connect could otherwise fetch any user's token); " +
+      `${variable}: a non-loopback address needs callers (anyone who can connect could otherwise fetch any user's token); ` +
         "configure callers, or listen on 127.0.0.1",
     );
   }
   if (!opts.tls && !opts.insecurePlaintext) {
     throw new Error(
-      "TOKEN_SERVICE_ADDR: a non-loopback address needs tls (credentials and tokens would cross the network in clear); " +
+      `${variable}: a non-loopback address needs tls (credentials and tokens would cross the network in clear); ` +
         "configure tls, or set insecure_plaintext: true when a mesh or sidecar terminates TLS in front of the service",
     );
   }

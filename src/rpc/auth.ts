@@ -1,23 +1,5 @@
 import { createHash, timingSafeEqual } from "node:crypto";
-import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
-import type { CallerConfig, RpcName } from "../config.js";
-import type { Logger } from "../logger.js";
-import { PermissionDeniedError } from "../sessions/errors.js";
-import { kCaller, kCallerScope, kPeer, kPeerNames } from "./context.js";
-import { ERROR_DOMAIN } from "./errors.js";
-import { TokenBucket } from "./rate-limit.js";
-
-const TOKEN_SERVICE = "tokenservice.v1.TokenService";
-/** Probes must work without credentials. */
-const OPEN_SERVICES = new Set(["grpc.health.v1.Health"]);
-
-function denied(code: Code, message: string, reason: string): ConnectError {
-  return new ConnectError(message, code, undefined, [
-    { desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason, domain: ERROR_DOMAIN }) },
-  ]);
-}
+import type { CallerConfig } from "../config.js";
 
 /** Finds the caller for a request's credentials: a bearer secret, else a verified client certificate. */
 export class CallerDirectory {
@@ -55,46 +37,4 @@ export class CallerDirectory {
     }
     return "none";
   }
-}
-
-/**
- * Authentication, authorization and rate limiting for every RPC. With no
- * callers configured (loopback only) everyone is "anonymous" with full rights.
- * Each denial is an audit line naming the caller (never the credential).
- */
-export function createAuthInterceptor(directory: CallerDirectory, logger: Logger): Interceptor {
-  const buckets = new Map<string, TokenBucket>();
-  for (const c of directory.callers) if (c.rateLimit) buckets.set(c.name, new TokenBucket(c.rateLimit.perSecond, c.rateLimit.burst));
-
-  return (next) => async (req) => {
-    const service = req.service.typeName;
-    const rpc = req.method.name;
-    const audit = (caller: string | null, reason: string) =>
-      logger.warn({ audit: true, event: "denied", caller, rpc: `${service}/${rpc}`, reason, peer: req.contextValues.get(kPeer) }, "call denied");
-
-    if (directory.enabled && !OPEN_SERVICES.has(service)) {
-      const who = directory.identify(req.header.get("authorization"), req.contextValues.get(kPeerNames));
-      if (who === "none" || who === "bad") {
-        audit(null, who === "none" ? "no_credential" : "unknown_credential");
-        throw denied(Code.Unauthenticated, "a valid caller credential is required", "UNAUTHENTICATED");
-      }
-      req.contextValues.set(kCaller, who.name);
-      req.contextValues.set(kCallerScope, { providers: who.providers });
-      if (service === TOKEN_SERVICE && who.rpcs && !who.rpcs.has(rpc as RpcName)) {
-        audit(who.name, "rpc_not_allowed");
-        throw denied(Code.PermissionDenied, `caller ${who.name} may not call ${rpc}`, "RPC_NOT_ALLOWED");
-      }
-      const bucket = buckets.get(who.name);
-      if (bucket && !bucket.take()) {
-        audit(who.name, "rate_limited");
-        throw denied(Code.ResourceExhausted, `caller ${who.name} is over its rate limit`, "RATE_LIMITED");
-      }
-    }
-    try {
-      return await next(req);
-    } catch (err) {
-      if (err instanceof PermissionDeniedError) audit(req.contextValues.get(kCaller), err.reason);
-      throw err;
-    }
-  };
 }

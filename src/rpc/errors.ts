@@ -1,7 +1,6 @@
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
-import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
-import { DatabaseUnavailableError } from "../db/session-repository.js";
+import { Code } from "@connectrpc/connect";
+import { ErrorInfoSchema, type ErrorInfo } from "../../gen/google/rpc/error_details_pb.js";
 import {
   CallerDeadlineError,
   CorruptSessionError,
@@ -13,76 +12,120 @@ import {
   ReauthRequiredError,
   RefreshTimeoutError,
   SessionNotFoundError,
+  StoreUnavailableError,
 } from "../sessions/errors.js";
+
+export { Code } from "@connectrpc/connect";
 
 /** ErrorInfo domain of every error this service reports. */
 export const ERROR_DOMAIN = "tokenservice.v1";
 
-function withInfo(message: string, code: Code, reason: string, metadata: Record<string, string> = {}, cause?: unknown) {
-  return new ConnectError(
-    message,
-    code,
-    undefined,
-    [{ desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason, domain: ERROR_DOMAIN, metadata }) }],
-    cause,
-  );
+/**
+ * How a call ended, in terms both listeners share: a canonical gRPC code (the
+ * same numbers on every protocol), a message that is safe to show the caller,
+ * and the google.rpc.ErrorInfo reason and metadata, when there is one.
+ */
+export interface RpcStatus {
+  code: Code;
+  message: string;
+  reason?: string;
+  metadata?: Record<string, string>;
+  /** False for an unexpected error (a bug): the caller sees INTERNAL, the log keeps the cause. */
+  known: boolean;
+}
+
+/** A call refused by the RPC layer itself (authentication, scopes, rate limit, malformed request). */
+export class CallRefusedError extends Error {
+  override name = "CallRefusedError";
+  constructor(
+    readonly status: Code,
+    readonly reason: string | undefined,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The caller went away (cancelled, or its deadline passed) before the call ended. */
+export class CallCancelledError extends Error {
+  override name = "CallCancelledError";
+  constructor(readonly status: Code.Canceled | Code.DeadlineExceeded) {
+    super(status === Code.Canceled ? "the call was cancelled" : "the caller's deadline passed");
+  }
+}
+
+/** The server cut a call off at the end of the shutdown grace period. */
+export class ShuttingDownError extends Error {
+  override name = "ShuttingDownError";
+  constructor() {
+    super("server is shutting down; try again");
+  }
 }
 
 /**
- * The one place that turns errors into gRPC status. Domain errors get their
- * code, a safe message and a google.rpc.ErrorInfo; anything unknown becomes
- * INTERNAL with a generic message (its own message may hold a secret, so it
- * is never copied: the log keeps the cause). `known` is false for the latter.
+ * A status produced by a library handler on the gRPC port (health, reflection),
+ * passed on as it is: those messages never hold a secret.
  */
-export function toConnectError(err: unknown): { error: ConnectError; known: boolean } {
-  if (err instanceof ConnectError) return { error: err, known: true };
-  if (err instanceof InvalidArgumentError) {
-    return { error: withInfo(err.message, Code.InvalidArgument, "INVALID_ARGUMENT", { field: err.field }), known: true };
+export class LibraryStatusError extends Error {
+  override name = "LibraryStatusError";
+  constructor(
+    readonly status: Code,
+    message: string,
+  ) {
+    super(message);
   }
-  if (err instanceof SessionNotFoundError) {
-    return { error: withInfo(err.message, Code.NotFound, "SESSION_NOT_FOUND"), known: true };
-  }
+}
+
+function info(code: Code, message: string, reason: string, metadata?: Record<string, string>): RpcStatus {
+  return { code, message, reason, metadata, known: true };
+}
+
+/**
+ * The one place that turns errors into gRPC status, for both listeners.
+ * Domain errors get their code, a safe message and an ErrorInfo reason;
+ * anything unknown becomes INTERNAL with a generic message (its own message
+ * may hold a secret, so it is never copied: the log keeps the cause).
+ */
+export function toRpcStatus(err: unknown): RpcStatus {
+  if (err instanceof InvalidArgumentError) return info(Code.InvalidArgument, err.message, "INVALID_ARGUMENT", { field: err.field });
+  if (err instanceof SessionNotFoundError) return info(Code.NotFound, err.message, "SESSION_NOT_FOUND");
   if (err instanceof ReauthRequiredError) {
-    return {
-      error: withInfo(err.message, Code.FailedPrecondition, "REAUTH_REQUIRED", {
-        provider: err.provider,
-        provider_error: err.reason,
-      }),
-      known: true,
-    };
+    return info(Code.FailedPrecondition, err.message, "REAUTH_REQUIRED", { provider: err.provider, provider_error: err.reason });
   }
   if (err instanceof PermissionDeniedError) {
-    return {
-      error: withInfo(err.message, Code.PermissionDenied, "PROVIDER_NOT_ALLOWED", { provider: err.provider }),
-      known: true,
-    };
+    return info(Code.PermissionDenied, err.message, "PROVIDER_NOT_ALLOWED", { provider: err.provider });
   }
-  if (err instanceof NoIdTokenError) {
-    return { error: withInfo(err.message, Code.FailedPrecondition, "NO_ID_TOKEN"), known: true };
-  }
+  if (err instanceof NoIdTokenError) return info(Code.FailedPrecondition, err.message, "NO_ID_TOKEN");
   if (err instanceof ProviderUnavailableError) {
-    return {
-      error: withInfo(err.message, Code.Unavailable, "PROVIDER_UNAVAILABLE", { provider: err.provider, cause: err.reason }),
-      known: true,
-    };
+    return info(Code.Unavailable, err.message, "PROVIDER_UNAVAILABLE", { provider: err.provider, cause: err.reason });
   }
-  if (err instanceof RefreshTimeoutError) {
-    return { error: withInfo(err.message, Code.Unavailable, "REFRESH_TIMEOUT"), known: true };
-  }
-  if (err instanceof CallerDeadlineError) {
-    return { error: withInfo(err.message, Code.DeadlineExceeded, "DEADLINE_EXCEEDED"), known: true };
-  }
-  if (err instanceof DatabaseUnavailableError) {
-    return { error: withInfo("database unavailable; try again", Code.Unavailable, "DATABASE_UNAVAILABLE"), known: true };
-  }
+  if (err instanceof RefreshTimeoutError) return info(Code.Unavailable, err.message, "REFRESH_TIMEOUT");
+  if (err instanceof CallerDeadlineError) return info(Code.DeadlineExceeded, err.message, "DEADLINE_EXCEEDED");
+  if (err instanceof StoreUnavailableError) return info(Code.Unavailable, err.message, "DATABASE_UNAVAILABLE");
   if (err instanceof KeyUnavailableError) {
-    return {
-      error: withInfo(err.message, Code.FailedPrecondition, "KEY_UNAVAILABLE", { key_id: err.keyId }),
-      known: true,
-    };
+    return info(Code.FailedPrecondition, err.message, "KEY_UNAVAILABLE", { key_id: err.keyId });
   }
-  if (err instanceof CorruptSessionError) {
-    return { error: withInfo(err.message, Code.DataLoss, "CORRUPT_SESSION"), known: true };
+  if (err instanceof CorruptSessionError) return info(Code.DataLoss, err.message, "CORRUPT_SESSION");
+  if (err instanceof CallRefusedError) {
+    return err.reason === undefined
+      ? { code: err.status, message: err.message, known: true }
+      : info(err.status, err.message, err.reason);
   }
-  return { error: new ConnectError("internal error", Code.Internal), known: false };
+  if (err instanceof ShuttingDownError) return info(Code.Unavailable, err.message, "SHUTTING_DOWN");
+  if (err instanceof CallCancelledError || err instanceof LibraryStatusError) {
+    return { code: err.status, message: err.message, known: true };
+  }
+  return { code: Code.Internal, message: "internal error", known: false };
+}
+
+/** Lower-case gRPC code name, as logs and metrics name it ("ok", "not_found", …). */
+export function codeName(code: Code | undefined): string {
+  if (code === undefined) return "ok";
+  return Code[code].replace(/[A-Z]/g, (c, i: number) => (i === 0 ? c.toLowerCase() : `_${c.toLowerCase()}`));
+}
+
+/** The google.rpc.ErrorInfo a status carries, if it has a reason. */
+export function errorInfoOf(status: RpcStatus): ErrorInfo | undefined {
+  if (status.reason === undefined) return undefined;
+  return create(ErrorInfoSchema, { reason: status.reason, domain: ERROR_DOMAIN, metadata: status.metadata ?? {} });
 }

@@ -1,11 +1,5 @@
-import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import {
-  Health,
-  HealthCheckResponse_ServingStatus as Status,
-  HealthCheckResponseSchema,
-  HealthListResponseSchema,
-} from "../../gen/health/v1/health_pb.js";
+import { HealthImplementation, type ServingStatus as ServingStatusName } from "grpc-health-check";
+import { HealthCheckResponse_ServingStatus as Status } from "../../gen/health/v1/health_pb.js";
 import { TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
 
 export { HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
@@ -56,57 +50,23 @@ export class HealthState {
   }
 }
 
-function statusOf(state: HealthState, service: string): Status | undefined {
-  return (HEALTH_SERVICES as readonly string[]).includes(service) ? state.status : undefined;
-}
+const STATUS_NAMES: Record<Status, ServingStatusName> = {
+  [Status.UNKNOWN]: "UNKNOWN",
+  [Status.SERVING]: "SERVING",
+  [Status.NOT_SERVING]: "NOT_SERVING",
+  // Only Watch reports it, for a service that is not in the map; never set.
+  [Status.SERVICE_UNKNOWN]: "UNKNOWN",
+};
 
-/** grpc.health.v1.Health: Check, Watch (server stream) and List. */
-export function createHealthImpl(state: HealthState): ServiceImpl<typeof Health> {
-  return {
-    check(req) {
-      const status = statusOf(state, req.service);
-      if (status === undefined) throw new ConnectError("unknown service", Code.NotFound);
-      return create(HealthCheckResponseSchema, { status });
-    },
-
-    async *watch(req, ctx) {
-      // Per the protocol, an unknown service is reported as SERVICE_UNKNOWN and the stream stays open.
-      const known = statusOf(state, req.service) !== undefined;
-      const queue: Status[] = [known ? state.status : Status.SERVICE_UNKNOWN];
-      let wake: (() => void) | undefined;
-      const unsubscribe = known
-        ? state.subscribe((s) => {
-            queue.push(s);
-            wake?.();
-          })
-        : () => false;
-      const onAbort = () => wake?.();
-      ctx.signal.addEventListener("abort", onAbort);
-      try {
-        let last: Status | undefined;
-        while (!ctx.signal.aborted) {
-          const next = queue.shift();
-          if (next === undefined) {
-            await new Promise<void>((resolve) => (wake = resolve));
-            wake = undefined;
-            continue;
-          }
-          if (next === last) continue;
-          last = next;
-          yield create(HealthCheckResponseSchema, { status: next });
-          // Draining: watchers have been told NOT_SERVING; end the stream so it does not hold up the drain.
-          if (state.reason === "draining") return;
-        }
-      } finally {
-        unsubscribe();
-        ctx.signal.removeEventListener("abort", onAbort);
-      }
-    },
-
-    list() {
-      const statuses: Record<string, ReturnType<typeof create<typeof HealthCheckResponseSchema>>> = {};
-      for (const s of HEALTH_SERVICES) statuses[s] = create(HealthCheckResponseSchema, { status: state.status });
-      return create(HealthListResponseSchema, { statuses });
-    },
-  };
+/**
+ * grpc.health.v1.Health (Check, Watch, List) from `grpc-health-check`,
+ * following `state` for the server ("") and the token service.
+ */
+export function createHealthService(state: HealthState): HealthImplementation {
+  const statuses = () => Object.fromEntries(HEALTH_SERVICES.map((s) => [s, STATUS_NAMES[state.status]]));
+  const health = new HealthImplementation(statuses());
+  state.subscribe((status) => {
+    for (const s of HEALTH_SERVICES) health.setStatus(s, STATUS_NAMES[status]);
+  });
+  return health;
 }

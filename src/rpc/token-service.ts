@@ -1,6 +1,5 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
   GetTokenResponseSchema,
   ListSessionsResponseSchema,
@@ -13,19 +12,9 @@ import {
   type TokenService,
 } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { InvalidArgumentError } from "../sessions/errors.js";
-import type { CallContext, SessionService } from "../sessions/session-service.js";
+import type { SessionService } from "../sessions/session-service.js";
 import type { UserSessions } from "../sessions/user-sessions.js";
-import { kCaller, kCallerScope } from "./context.js";
-
-function callContext(ctx: HandlerContext): CallContext {
-  const timeout = ctx.timeoutMs();
-  return {
-    caller: ctx.values.get(kCaller),
-    providers: ctx.values.get(kCallerScope).providers,
-    signal: ctx.signal,
-    deadline: timeout === undefined ? undefined : Date.now() + timeout,
-  };
-}
+import type { ServiceHandlers } from "./handlers.js";
 
 function toDate(ts: Timestamp | undefined, field: string): Date | undefined {
   if (!ts || (ts.seconds === 0n && ts.nanos === 0)) return undefined;
@@ -48,11 +37,11 @@ function kindOf(kind: TokenKind): "access" | "id" {
 }
 
 /**
- * The TokenService RPCs: proto in, domain call, proto out. No logic lives
- * here; typed against the full generated service so a missing RPC fails to
- * compile.
+ * The TokenService RPCs, once for both listeners: proto in, domain call,
+ * proto out. No logic lives here; typed against the full generated service
+ * so a missing RPC fails to compile. `ctx` comes from the RPC chain.
  */
-export function createTokenServiceImpl(sessions: SessionService, users: UserSessions): ServiceImpl<typeof TokenService> {
+export function createTokenServiceHandlers(sessions: SessionService, users: UserSessions): ServiceHandlers<typeof TokenService> {
   return {
     async storeSession(req, ctx) {
       const t = req.tokens;
@@ -71,7 +60,7 @@ export function createTokenServiceImpl(sessions: SessionService, users: UserSess
             refreshExpiresAt: toDate(t?.refreshExpiresAt, "tokens.refresh_expires_at"),
           },
         },
-        callContext(ctx),
+        ctx,
       );
       return create(StoreSessionResponseSchema, {
         sessionId: result.sessionId,
@@ -89,7 +78,7 @@ export function createTokenServiceImpl(sessions: SessionService, users: UserSess
           minValidSeconds: req.minValidSeconds,
           forceRefresh: req.forceRefresh,
         },
-        callContext(ctx),
+        ctx,
       );
       return create(GetTokenResponseSchema, {
         token: answer.token,
@@ -101,12 +90,12 @@ export function createTokenServiceImpl(sessions: SessionService, users: UserSess
     },
 
     async revokeSession(req, ctx) {
-      await users.revokeSession({ userId: req.userId, sessionId: req.sessionId }, callContext(ctx));
+      await users.revokeSession({ userId: req.userId, sessionId: req.sessionId }, ctx);
       return create(RevokeSessionResponseSchema, {});
     },
 
     async listSessions(req, ctx) {
-      const list = await users.listSessions({ userId: req.userId, provider: req.provider }, callContext(ctx));
+      const list = await users.listSessions({ userId: req.userId, provider: req.provider }, ctx);
       return create(ListSessionsResponseSchema, {
         sessions: list.map((s) =>
           create(SessionInfoSchema, {
@@ -125,7 +114,7 @@ export function createTokenServiceImpl(sessions: SessionService, users: UserSess
     },
 
     async revokeUserSessions(req, ctx) {
-      const revoked = await users.revokeUserSessions({ userId: req.userId, provider: req.provider }, callContext(ctx));
+      const revoked = await users.revokeUserSessions({ userId: req.userId, provider: req.provider }, ctx);
       return create(RevokeUserSessionsResponseSchema, { revoked });
     },
   };

@@ -1,6 +1,6 @@
 import { fileURLToPath } from "node:url";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
@@ -37,9 +37,33 @@ export function connectGrpcClient(baseUrl: string, creds: ClientCredentials = {}
   );
 }
 
-/** A Connect-ES client speaking the Connect protocol (JSON) over HTTP/2. */
-export function connectJsonClient(baseUrl: string): ConnectTokenClient {
-  return createClient(TokenService, createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: false }));
+/** How a client reaches the HTTP listener: HTTP/1.1 (the default, as in clear text) or HTTP/2 (over TLS). */
+export interface HttpClientOptions extends ClientCredentials {
+  httpVersion?: "1.1" | "2";
+}
+
+function httpTransportOptions(baseUrl: string, o: HttpClientOptions) {
+  return {
+    baseUrl,
+    httpVersion: o.httpVersion ?? "1.1",
+    nodeOptions: { ca: o.ca, cert: o.cert, key: o.key },
+    interceptors: bearerInterceptor(o.bearer),
+  } as const;
+}
+
+/** A Connect-ES client speaking the Connect protocol with JSON, to the HTTP listener. */
+export function connectJsonClient(baseUrl: string, o: HttpClientOptions = {}): ConnectTokenClient {
+  return createClient(TokenService, createConnectTransport({ ...httpTransportOptions(baseUrl, o), useBinaryFormat: false }));
+}
+
+/** A Connect-ES client speaking the Connect protocol with binary protobuf, to the HTTP listener. */
+export function connectBinaryClient(baseUrl: string, o: HttpClientOptions = {}): ConnectTokenClient {
+  return createClient(TokenService, createConnectTransport({ ...httpTransportOptions(baseUrl, o), useBinaryFormat: true }));
+}
+
+/** A Connect-ES client speaking gRPC-Web (binary), to the HTTP listener. */
+export function grpcWebClient(baseUrl: string, o: HttpClientOptions = {}): ConnectTokenClient {
+  return createClient(TokenService, createGrpcWebTransport({ ...httpTransportOptions(baseUrl, o), useBinaryFormat: true }));
 }
 
 const protoRoot = fileURLToPath(new URL("../../proto", import.meta.url));

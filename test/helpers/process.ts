@@ -7,8 +7,10 @@ const mainJs = fileURLToPath(new URL("../../dist/src/main.js", import.meta.url))
 /** The built service running as its own process (run `npm run build` first; `npm test` does). */
 export interface ServiceProcess {
   readonly child: ChildProcess;
-  /** http://127.0.0.1:PORT once listening. */
+  /** http://127.0.0.1:PORT of the gRPC listener, once listening. */
   readonly url: string;
+  /** http://127.0.0.1:PORT of the HTTP listener (Connect, gRPC-Web), if on. */
+  readonly httpUrl: string | undefined;
   /** http://127.0.0.1:PORT of the admin listener (/metrics, /healthz, /readyz), if on. */
   readonly adminUrl: string | undefined;
   /** Every JSON line written to stdout so far. */
@@ -33,7 +35,7 @@ export async function spawnService(
 ): Promise<ServiceProcess> {
   // The same V8 heap cap as `npm start` and the image (see README, "Memory").
   const child = spawn(process.execPath, ["--max-old-space-size=160", ...(options.nodeArgs ?? []), mainJs, ...(options.args ?? [])], {
-    env: { PATH: process.env.PATH ?? "", TOKEN_SERVICE_ADDR: "127.0.0.1:0", TOKEN_SERVICE_ADMIN_ADDR: "127.0.0.1:0", ...env },
+    env: { PATH: process.env.PATH ?? "", TOKEN_SERVICE_ADDR: "127.0.0.1:0", TOKEN_SERVICE_HTTP_ADDR: "127.0.0.1:0", TOKEN_SERVICE_ADMIN_ADDR: "127.0.0.1:0", ...env },
     cwd: options.cwd,
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -83,15 +85,18 @@ export async function spawnService(
     });
 
   let url = "";
+  let httpUrl: string | undefined;
   let adminUrl: string | undefined;
   if (options.expectListening !== false) {
     const line = await waitForLine((l) => l.msg === "token service listening");
     url = `http://${String(line.addr)}`;
+    if (typeof line.httpAddr === "string" && line.httpAddr !== "off") httpUrl = `http://${line.httpAddr}`;
     if (typeof line.admin === "string" && line.admin !== "off") adminUrl = `http://${line.admin}`;
   }
   return {
     child,
     url,
+    httpUrl,
     adminUrl,
     lines,
     stdout: () => out,

@@ -66,12 +66,15 @@ export interface StartOptions {
 
 export interface TestService {
   app: App;
+  /** The gRPC listener. */
   url: string;
+  /** The HTTP listener (Connect, gRPC-Web). */
+  httpUrl: string;
   logs: LogSink;
   keys: string | undefined;
-  /** Connect-ES, gRPC protocol. */
+  /** Connect-ES, gRPC protocol, to the gRPC listener. */
   client: ConnectTokenClient;
-  /** Connect-ES, Connect protocol with JSON. */
+  /** Connect-ES, Connect protocol with JSON, to the HTTP listener. */
   jsonClient: ConnectTokenClient;
   /** Stock @grpc/grpc-js. */
   grpcJs: GrpcJsTokenClient;
@@ -98,6 +101,7 @@ export async function startService(options: StartOptions): Promise<TestService> 
   const config = loadConfig({
     TOKEN_SERVICE_ADDR: "127.0.0.1:0",
     TOKEN_SERVICE_ADMIN_ADDR: "127.0.0.1:0",
+    TOKEN_SERVICE_HTTP_ADDR: "127.0.0.1:0",
     DATABASE_URL: databaseUrl,
     TOKEN_SERVICE_CONFIG: configFile,
     TOKEN_SERVICE_LOG_LEVEL: "debug",
@@ -109,10 +113,11 @@ export async function startService(options: StartOptions): Promise<TestService> 
   return {
     app,
     url: app.url,
+    httpUrl: app.httpUrl!,
     logs,
     keys,
     client: connectGrpcClient(app.url),
-    jsonClient: connectJsonClient(app.url),
+    jsonClient: connectJsonClient(app.httpUrl!),
     grpcJs,
     dir,
     async close() {

@@ -33,6 +33,7 @@ function pythonMissing(): string | undefined {
   }
   if (fails("protoc", ["--version"])) return "protoc not found (Debian package protobuf-compiler)";
   if (!existsSync(GRPC_PYTHON_PLUGIN)) return `${GRPC_PYTHON_PLUGIN} not found (Debian package protobuf-compiler-grpc)`;
+  if (!existsSync("/usr/include/google/protobuf/timestamp.proto")) return "google/protobuf/timestamp.proto not found (Debian package libprotobuf-dev)";
   return undefined;
 }
 
@@ -109,6 +110,8 @@ interface ExampleClient {
   command(): Promise<{ file: string; args: string[] }>;
   /** Record the argv of the commands it runs (the shell examples). */
   recordArgv?: boolean;
+  /** Which listener it calls: gRPC (the default) or HTTP (Connect). */
+  listener?: "grpc" | "http";
 }
 
 const CLIENTS: ExampleClient[] = [
@@ -130,6 +133,7 @@ const CLIENTS: ExampleClient[] = [
     missing: curlMissing(),
     command: async () => ({ file: "bash", args: [join(ROOT, "examples/shell/connect-json.sh")] }),
     recordArgv: true,
+    listener: "http",
   },
   {
     name: "shell (buf curl, gRPC)",
@@ -188,7 +192,8 @@ describe("client examples against a live service", () => {
     };
     const recorder = c.recordArgv ? argvRecorder() : undefined;
     if (recorder) env.PATH = `${recorder.dir}${delimiter}${env.PATH ?? ""}`;
-    const argv = [...args, "--target", new URL(target.url).host, "--user", user, "--provider", "corp", ...(extra.args ?? [])];
+    const targetUrl = c.listener === "http" ? target.httpUrl : target.url;
+    const argv = [...args, "--target", new URL(targetUrl).host, "--user", user, "--provider", "corp", ...(extra.args ?? [])];
     const result = await run(file, argv, env);
     return { user, tokens, result, argvLog: recorder ? readFileSync(recorder.log, "utf8") : undefined };
   }

@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import http from "node:http";
 import http2 from "node:http2";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -77,6 +78,22 @@ function send(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHead
   });
 }
 
+/** One raw HTTP/1.1 request on `agent`'s connections; resolves with what came back (never rejects). */
+function sendHttp1(url: string, agent: http.Agent, headers: http.OutgoingHttpHeaders & { ":path": string }, body: Buffer): Promise<Answer | "no-answer"> {
+  return new Promise((resolve) => {
+    const { ":path": path, ...rest } = headers;
+    const req = http.request(new URL(path, url), { method: "POST", headers: rest, agent, timeout: 15_000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.length < 64 && chunks.push(c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("latin1") }));
+      res.on("error", () => resolve("no-answer"));
+    });
+    req.on("error", () => resolve("no-answer"));
+    req.on("timeout", () => req.destroy());
+    req.end(body);
+  });
+}
+
 function rssKiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   return m ? Number(m[1]) : NaN;
@@ -120,7 +137,7 @@ describe("hostile input", () => {
 
   it("refuses a message over the limit with RESOURCE_EXHAUSTED, on gRPC and Connect", async () => {
     const huge = { userId: "victim", provider: "corp", tokens: { accessToken: "a".repeat(300 * 1024) } };
-    for (const client of [connectGrpcClient(svc.url), connectJsonClient(svc.url)]) {
+    for (const client of [connectGrpcClient(svc.url), connectJsonClient(svc.httpUrl!)]) {
       const err = await client.storeSession(huge).catch((e: unknown) => e);
       expect((err as ConnectError).code).toBe(Code.ResourceExhausted);
     }
@@ -131,32 +148,42 @@ describe("hostile input", () => {
     expect((err as ConnectError).code).toBe(Code.InvalidArgument);
   });
 
-  it("answers malformed protobuf and JSON with INVALID_ARGUMENT or INTERNAL, without a stack trace", async () => {
+  it("answers malformed protobuf with INVALID_ARGUMENT and malformed JSON with INVALID_ARGUMENT or INTERNAL, without a stack trace", async () => {
     const session = http2.connect(svc.url);
+    const agent = new http.Agent({ keepAlive: true });
     try {
       const grpc = { ":path": "/tokenservice.v1.TokenService/GetToken", "content-type": "application/grpc", te: "trailers" };
       const json = { ":path": "/tokenservice.v1.TokenService/GetToken", "content-type": "application/json" };
-      const malformed = ["3", "13", "invalid_argument", "internal"];
-      const cases: Array<[http2.OutgoingHttpHeaders, Buffer, string[]]> = [
-        [grpc, grpcFrame(Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f])), malformed], // length beyond the message
-        [grpc, grpcFrame(Buffer.from([0xff, 0xff, 0xff])), malformed], // invalid tag
-        [grpc, grpcFrame(Buffer.alloc(0), 1), malformed], // "compressed" without an encoding
+      const grpcCases: Array<[http2.OutgoingHttpHeaders, Buffer, string[]]> = [
+        [grpc, grpcFrame(Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f])), ["3"]], // length beyond the message
+        [grpc, grpcFrame(Buffer.from([0xff, 0xff, 0xff])), ["3"]], // invalid tag
+        [grpc, grpcFrame(Buffer.alloc(0), 1), ["3", "13"]], // "compressed" without an encoding (grpc-js decides)
         [grpc, grpcFrame(Buffer.from([1, 2]), 0, 1_000_000), ["8"]], // declares a message over the size limit
-        [json, Buffer.from("{not json"), malformed],
-        [json, Buffer.from('{"userId": 42, "sessionId": []}'), malformed],
-        [json, Buffer.from('{"kind": "TOKEN_KIND_NOPE"}'), malformed],
-        [json, Buffer.from("[1,2,3]"), malformed],
       ];
-      for (const [headers, body, expected] of cases) {
+      for (const [headers, body, expected] of grpcCases) {
         const answer = await send(session, headers, body);
         expect(answer).not.toBe("no-answer");
         const a = answer as Answer;
-        const code = a.grpcStatus ?? (JSON.parse(a.body || "{}") as { code?: string }).code;
-        expect(expected).toContain(code);
-        expect(`${a.grpcMessage ?? ""}${a.body}`).not.toMatch(/\n\s+at |\.js:\d+/);
+        expect(expected).toContain(a.grpcStatus);
+        expect(a.grpcMessage ?? "").not.toMatch(/\n\s+at |\.js:\d+/);
+      }
+      const malformed = ["invalid_argument", "internal"];
+      const jsonCases: Buffer[] = [
+        Buffer.from("{not json"),
+        Buffer.from('{"userId": 42, "sessionId": []}'),
+        Buffer.from('{"kind": "TOKEN_KIND_NOPE"}'),
+        Buffer.from("[1,2,3]"),
+      ];
+      for (const body of jsonCases) {
+        const answer = await sendHttp1(svc.httpUrl!, agent, json, body);
+        expect(answer).not.toBe("no-answer");
+        const a = answer as Answer;
+        expect(malformed).toContain((JSON.parse(a.body || "{}") as { code?: string }).code);
+        expect(a.body).not.toMatch(/\n\s+at |\.js:\d+/);
       }
     } finally {
       session.close();
+      agent.destroy();
     }
     expect(svc.child.exitCode).toBeNull();
   });
@@ -191,21 +218,22 @@ describe("hostile input", () => {
           return rand.bytes(rand.int(200));
       }
     };
-    const oneCase = (): [http2.OutgoingHttpHeaders, Buffer] => {
+    /** A gRPC frame (for the gRPC listener, over HTTP/2) or a Connect body (for the HTTP listener, over HTTP/1.1). */
+    const oneCase = (): ["grpc" | "connect", http2.OutgoingHttpHeaders & { ":path": string }, Buffer] => {
       const path = rand.pick(paths);
       if (rand.next() < 0.6) {
         const body = mutate(rand.next() < 0.7 ? valid : validStore);
         const declared = rand.next() < 0.1 ? rand.int(1 << 20) : body.length;
-        const headers: http2.OutgoingHttpHeaders = { ":path": path, "content-type": rand.pick(["application/grpc", "application/grpc+proto", "application/grpc+json"]), te: "trailers" };
+        const headers = { ":path": path, "content-type": rand.pick(["application/grpc", "application/grpc+proto", "application/grpc+json"]), te: "trailers" } as http2.OutgoingHttpHeaders & { ":path": string };
         if (rand.next() < 0.2) headers["grpc-timeout"] = rand.pick(["1S", "10m", "abc", "99999999999H", "0n"]);
         if (rand.next() < 0.1) headers["grpc-encoding"] = rand.pick(["gzip", "br", "nope"]);
-        return [headers, grpcFrame(body, rand.next() < 0.1 ? 1 : 0, declared)];
+        return ["grpc", headers, grpcFrame(body, rand.next() < 0.1 ? 1 : 0, declared)];
       }
       const json = JSON.stringify({ userId: "victim", sessionId, kind: "TOKEN_KIND_ACCESS", minValidSeconds: 5 });
       const body = rand.next() < 0.5 ? mutate(Buffer.from(json)) : Buffer.from(json.slice(0, rand.int(json.length)));
-      const headers: http2.OutgoingHttpHeaders = { ":path": path, "content-type": rand.pick(["application/json", "application/proto", "text/plain", "application/json; charset=utf-16"]) };
+      const headers = { ":path": path, "content-type": rand.pick(["application/json", "application/proto", "text/plain", "application/json; charset=utf-16", "application/grpc-web+proto"]) } as http2.OutgoingHttpHeaders & { ":path": string };
       if (rand.next() < 0.3) headers["connect-protocol-version"] = rand.pick(["1", "2", "x"]);
-      return [headers, body];
+      return ["connect", headers, body];
     };
 
     const rounds: number[] = []; // RSS in KiB after each round of 1000
@@ -215,12 +243,14 @@ describe("hostile input", () => {
     for (let round = 0; round < 8; round++) {
       const session = http2.connect(svc.url);
       session.on("error", () => undefined);
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
       for (let batch = 0; batch < 20; batch++) {
         const answers = await Promise.all(
           Array.from({ length: 50 }, () => {
-            const [h, b] = oneCase();
+            const [listener, h, b] = oneCase();
             sent++;
-            return send(session, h, b).then((a) => [h, a] as const);
+            const answer = listener === "grpc" ? send(session, h, b) : sendHttp1(svc.httpUrl!, agent, h, b);
+            return answer.then((a) => [h, a] as const);
           }),
         );
         for (const [h, a] of answers) {
@@ -236,6 +266,7 @@ describe("hostile input", () => {
         }
       }
       session.close();
+      agent.destroy();
       rounds.push(rssKiB(svc.child.pid!));
     }
     expect(sent).toBe(8000);

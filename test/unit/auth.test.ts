@@ -1,22 +1,11 @@
 import { createHash } from "node:crypto";
-import { create, type DescMethodUnary } from "@bufbuild/protobuf";
-import {
-  Code,
-  ConnectError,
-  createContextValues,
-  type Interceptor,
-  type UnaryRequest,
-  type UnaryResponse,
-} from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
-import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
-import { Health } from "../../gen/health/v1/health_pb.js";
-import { TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
 import type { CallerConfig, RpcName } from "../../src/config.js";
 import { createLogger } from "../../src/logger.js";
-import { CallerDirectory, createAuthInterceptor } from "../../src/rpc/auth.js";
-import { kCaller, kCallerScope, kPeer, kPeerNames } from "../../src/rpc/context.js";
-import { PermissionDeniedError } from "../../src/sessions/errors.js";
+import { CallerDirectory } from "../../src/rpc/auth.js";
+import { RpcChain, RpcFailure, type IncomingCall } from "../../src/rpc/chain.js";
+import { Code, type RpcStatus } from "../../src/rpc/errors.js";
+import { PermissionDeniedError, SessionNotFoundError } from "../../src/sessions/errors.js";
 import { LogSink } from "../helpers/service.js";
 
 const digestOf = (secret: string) => createHash("sha256").update(secret, "utf8").digest();
@@ -127,15 +116,16 @@ describe("CallerDirectory.identify", () => {
 });
 
 // ---------------------------------------------------------------------------
-// createAuthInterceptor, driven directly with a fake `next`.
+// The RPC chain's admission (authentication, scopes, rate limit), driven
+// directly with IncomingCall objects as either listener builds them.
 
-type AnyMethod = DescMethodUnary;
-
-const getToken = TokenService.method.getToken as unknown as AnyMethod;
-const storeSession = TokenService.method.storeSession as unknown as AnyMethod;
-const revokeSession = TokenService.method.revokeSession as unknown as AnyMethod;
-const listSessions = TokenService.method.listSessions as unknown as AnyMethod;
-const healthCheck = Health.method.check as unknown as AnyMethod;
+const TOKEN_SERVICE = "tokenservice.v1.TokenService";
+const getToken = [TOKEN_SERVICE, "GetToken"] as const;
+const storeSession = [TOKEN_SERVICE, "StoreSession"] as const;
+const revokeSession = [TOKEN_SERVICE, "RevokeSession"] as const;
+const listSessions = [TOKEN_SERVICE, "ListSessions"] as const;
+const healthCheck = ["grpc.health.v1.Health", "Check"] as const;
+type Method = readonly [string, string];
 
 const PEER = "10.0.0.7:51000";
 
@@ -144,76 +134,51 @@ interface CallOptions {
   peerNames?: string[];
 }
 
-/** The request fields the interceptor reads: service, method, header and contextValues. */
-function request(method: AnyMethod, o: CallOptions = {}): UnaryRequest {
-  const header = new Headers();
-  if (o.authorization !== undefined) header.set("authorization", o.authorization);
-  const contextValues = createContextValues();
-  contextValues.set(kPeer, PEER);
-  if (o.peerNames) contextValues.set(kPeerNames, o.peerNames);
+/** The IncomingCall a listener would build for a call with these credentials. */
+function incoming([service, method]: Method, o: CallOptions = {}): IncomingCall {
   return {
-    stream: false,
-    service: method.parent,
+    service,
     method,
-    requestMethod: "POST",
-    url: `http://127.0.0.1/${method.parent.typeName}/${method.name}`,
-    signal: new AbortController().signal,
-    header,
-    contextValues,
-    message: create(method.input),
+    protocol: "grpc",
+    peer: PEER,
+    authorization: o.authorization,
+    peerNames: () => o.peerNames ?? [],
+    deadline: undefined,
+    onCancel: () => undefined,
   };
 }
 
 interface Harness {
   logs: LogSink;
-  /** Requests that reached `next`, with the context values at that moment. */
-  passed: Array<{ rpc: string; caller: string; providers: ReadonlySet<string> | undefined }>;
-  call(method: AnyMethod, o?: CallOptions): Promise<UnaryResponse>;
-  callRaw(req: UnaryRequest): Promise<UnaryResponse>;
+  /** Calls that reached the handler, with the caller and scope the chain gave them. */
+  passed: Array<{ rpc: string; caller: string | undefined; providers: ReadonlySet<string> | undefined }>;
+  call(method: Method, o?: CallOptions): Promise<string>;
 }
 
-function harness(callers: CallerConfig[], handler?: (req: UnaryRequest) => void): Harness {
+function harness(callers: CallerConfig[], handler?: () => void): Harness {
   const logs = new LogSink();
-  const interceptor: Interceptor = createAuthInterceptor(new CallerDirectory(callers), createLogger("info", logs));
+  const chain = new RpcChain(new CallerDirectory(callers), createLogger("info", logs));
   const passed: Harness["passed"] = [];
-  const next = async (req: Parameters<ReturnType<Interceptor>>[0]) => {
-    const unary = req as UnaryRequest;
-    handler?.(unary);
-    passed.push({
-      rpc: unary.method.name,
-      caller: unary.contextValues.get(kCaller),
-      providers: unary.contextValues.get(kCallerScope).providers,
-    });
-    const response: UnaryResponse = {
-      stream: false,
-      service: unary.service,
-      method: unary.method,
-      header: new Headers(),
-      trailer: new Headers(),
-      message: create(unary.method.output),
-    };
-    return response;
+  return {
+    logs,
+    passed,
+    call: (method, o) =>
+      chain.run(incoming(method, o), async (ctx) => {
+        handler?.();
+        passed.push({ rpc: method[1], caller: ctx.caller, providers: ctx.providers });
+        return "answer";
+      }),
   };
-  const fn = interceptor(next);
-  const callRaw = async (req: UnaryRequest) => (await fn(req)) as UnaryResponse;
-  return { logs, passed, callRaw, call: (method, o) => callRaw(request(method, o)) };
 }
 
-/** Expects the promise to reject with a ConnectError and returns it. */
-async function connectError(p: Promise<unknown>): Promise<ConnectError> {
+/** Expects the call to fail with an RpcFailure and returns its status. */
+async function failure(p: Promise<unknown>): Promise<RpcStatus> {
   const err = await p.then(
     () => undefined,
     (e: unknown) => e,
   );
-  expect(err).toBeInstanceOf(ConnectError);
-  return err as ConnectError;
-}
-
-function reasonOf(err: ConnectError): string | undefined {
-  const [info, ...rest] = err.findDetails(ErrorInfoSchema);
-  expect(rest).toEqual([]);
-  expect(info?.domain).toBe("tokenservice.v1");
-  return info?.reason;
+  expect(err).toBeInstanceOf(RpcFailure);
+  return (err as RpcFailure).status;
 }
 
 function auditLines(logs: LogSink) {
@@ -228,14 +193,14 @@ function expectNoSecret(logs: LogSink, extra: string[] = []): void {
   for (const s of ALL_SECRETS) expect(text).not.toContain(digestOf(s).toString("hex"));
 }
 
-describe("createAuthInterceptor: authentication", () => {
+describe("RpcChain: authentication", () => {
   const callers = [gateway, ops, chat, limited];
 
   it("refuses a call without a credential with UNAUTHENTICATED and an audit line", async () => {
     const h = harness(callers);
-    const err = await connectError(h.call(getToken));
+    const err = await failure(h.call(getToken));
     expect(err.code).toBe(Code.Unauthenticated);
-    expect(reasonOf(err)).toBe("UNAUTHENTICATED");
+    expect(err.reason).toBe("UNAUTHENTICATED");
     expect(h.passed).toEqual([]);
     const [line, ...more] = auditLines(h.logs);
     expect(more).toEqual([]);
@@ -253,7 +218,7 @@ describe("createAuthInterceptor: authentication", () => {
   it("refuses an unknown secret with UNAUTHENTICATED, and the audit line never holds it", async () => {
     const h = harness(callers);
     const wrong = "wrong-secret-Xy7Kq2Lp9Vn4";
-    const err = await connectError(h.call(getToken, { authorization: `Bearer ${wrong}` }));
+    const err = await failure(h.call(getToken, { authorization: `Bearer ${wrong}` }));
     expect(err.code).toBe(Code.Unauthenticated);
     expect(err.message).not.toContain(wrong);
     expect(h.passed).toEqual([]);
@@ -265,35 +230,31 @@ describe("createAuthInterceptor: authentication", () => {
 
   it("refuses a malformed header even with a valid client certificate", async () => {
     const h = harness(callers);
-    const err = await connectError(h.call(getToken, { authorization: "Basic x", peerNames: ["chat-gateway.internal"] }));
+    const err = await failure(h.call(getToken, { authorization: "Basic x", peerNames: ["chat-gateway.internal"] }));
     expect(err.code).toBe(Code.Unauthenticated);
     expect(auditLines(h.logs)).toEqual([expect.objectContaining({ caller: null, reason: "unknown_credential" })]);
   });
 
   it("lets grpc.health.v1.Health through without a credential, and writes no audit line", async () => {
     const h = harness(callers);
-    await expect(h.call(healthCheck)).resolves.toMatchObject({ stream: false });
+    await expect(h.call(healthCheck)).resolves.toBe("answer");
     // Even with a bad credential: probes are not authenticated at all.
-    await expect(h.call(healthCheck, { authorization: "Bearer wrong" })).resolves.toMatchObject({ stream: false });
+    await expect(h.call(healthCheck, { authorization: "Bearer wrong" })).resolves.toBe("answer");
     expect(h.passed.map((p) => p.rpc)).toEqual(["Check", "Check"]);
     expect(h.passed.every((p) => p.caller === "anonymous")).toBe(true);
     expect(auditLines(h.logs)).toEqual([]);
   });
 
-  it("sets kCaller and kCallerScope for a bearer caller", async () => {
+  it("gives the handler the caller and its scope, for a bearer caller", async () => {
     const h = harness(callers);
     await h.call(storeSession, { authorization: `Bearer ${GATEWAY_SECRET}` });
     expect(h.passed).toEqual([{ rpc: "StoreSession", caller: "auth-gateway", providers: undefined }]);
     expect(auditLines(h.logs)).toEqual([]);
   });
 
-  it("sets kCaller and kCallerScope (with its providers) for an mTLS caller", async () => {
+  it("gives the handler the caller and its providers, for an mTLS caller", async () => {
     const h = harness(callers);
-    const req = request(getToken, { peerNames: ["chat-gateway.internal"] });
-    await h.callRaw(req);
-    expect(req.contextValues.get(kCaller)).toBe("chat-gateway");
-    const scope = req.contextValues.get(kCallerScope);
-    expect([...(scope.providers ?? [])]).toEqual(["corp"]);
+    await h.call(getToken, { peerNames: ["chat-gateway.internal"] });
     expect(h.passed).toEqual([{ rpc: "GetToken", caller: "chat-gateway", providers: new Set(["corp"]) }]);
   });
 
@@ -306,16 +267,16 @@ describe("createAuthInterceptor: authentication", () => {
   });
 });
 
-describe("createAuthInterceptor: authorization", () => {
+describe("RpcChain: authorization", () => {
   const callers = [gateway, ops, chat, limited];
 
   it("refuses an RPC outside the caller's rpcs with PERMISSION_DENIED, naming the caller", async () => {
     const h = harness(callers);
     const auth = { authorization: `Bearer ${GATEWAY_SECRET}` };
-    const err = await connectError(h.call(getToken, auth));
+    const err = await failure(h.call(getToken, auth));
     expect(err.code).toBe(Code.PermissionDenied);
-    expect(reasonOf(err)).toBe("RPC_NOT_ALLOWED");
-    expect(err.rawMessage).toBe("caller auth-gateway may not call GetToken");
+    expect(err.reason).toBe("RPC_NOT_ALLOWED");
+    expect(err.message).toBe("caller auth-gateway may not call GetToken");
     expect(h.passed).toEqual([]);
     expect(auditLines(h.logs)).toEqual([
       expect.objectContaining({
@@ -335,45 +296,42 @@ describe("createAuthInterceptor: authorization", () => {
 
   it("refuses an mTLS caller outside its rpcs", async () => {
     const h = harness(callers);
-    const err = await connectError(h.call(storeSession, { peerNames: ["chat-gateway.internal"] }));
+    const err = await failure(h.call(storeSession, { peerNames: ["chat-gateway.internal"] }));
     expect(err.code).toBe(Code.PermissionDenied);
     expect(auditLines(h.logs)).toEqual([expect.objectContaining({ caller: "chat-gateway", reason: "rpc_not_allowed" })]);
   });
 
-  it("writes an audit line naming the caller when the handler refuses a provider, and rethrows", async () => {
+  it("writes an audit line naming the caller when the handler refuses a provider, and answers PERMISSION_DENIED", async () => {
     const h = harness(callers, () => {
       throw new PermissionDeniedError("google");
     });
-    const err = await h.call(getToken, { peerNames: ["chat-gateway.internal"] }).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(err).toBeInstanceOf(PermissionDeniedError);
+    const err = await failure(h.call(getToken, { peerNames: ["chat-gateway.internal"] }));
+    expect(err).toMatchObject({ code: Code.PermissionDenied, reason: "PROVIDER_NOT_ALLOWED", metadata: { provider: "google" } });
     expect(auditLines(h.logs)).toEqual([
       expect.objectContaining({ audit: true, event: "denied", caller: "chat-gateway", reason: "provider_not_allowed" }),
     ]);
   });
 
-  it("writes no audit line for other handler errors, and rethrows them unchanged", async () => {
-    const boom = new ConnectError("not found", Code.NotFound);
+  it("writes no audit line for other handler errors, and maps them to their status", async () => {
     const h = harness(callers, () => {
-      throw boom;
+      throw new SessionNotFoundError();
     });
-    await expect(h.call(getToken, { authorization: `Bearer ${OPS_SECRET}` })).rejects.toBe(boom);
+    const err = await failure(h.call(getToken, { authorization: `Bearer ${OPS_SECRET}` }));
+    expect(err).toMatchObject({ code: Code.NotFound, reason: "SESSION_NOT_FOUND" });
     expect(auditLines(h.logs)).toEqual([]);
   });
 });
 
-describe("createAuthInterceptor: rate limit", () => {
+describe("RpcChain: rate limit", () => {
   it("answers RESOURCE_EXHAUSTED after the burst, with an audit line naming the caller", async () => {
     // 0.001 per second: no token comes back during the test.
     const h = harness([gateway, limited]);
     const auth = { authorization: `Bearer ${CHAT_SECRET}` };
     for (let i = 0; i < 3; i++) await h.call(getToken, auth);
-    const err = await connectError(h.call(getToken, auth));
+    const err = await failure(h.call(getToken, auth));
     expect(err.code).toBe(Code.ResourceExhausted);
-    expect(reasonOf(err)).toBe("RATE_LIMITED");
-    expect(err.rawMessage).toBe("caller limited is over its rate limit");
+    expect(err.reason).toBe("RATE_LIMITED");
+    expect(err.message).toBe("caller limited is over its rate limit");
     expect(h.passed).toHaveLength(3);
     expect(auditLines(h.logs)).toEqual([
       expect.objectContaining({ audit: true, event: "denied", caller: "limited", reason: "rate_limited" }),
@@ -385,7 +343,7 @@ describe("createAuthInterceptor: rate limit", () => {
     const other = caller("other", { secret: GATEWAY_SECRET, rateLimit: { perSecond: 0.001, burst: 1 } });
     const h = harness([other, limited]);
     await h.call(getToken, { authorization: `Bearer ${GATEWAY_SECRET}` });
-    expect((await connectError(h.call(getToken, { authorization: `Bearer ${GATEWAY_SECRET}` }))).code).toBe(
+    expect((await failure(h.call(getToken, { authorization: `Bearer ${GATEWAY_SECRET}` }))).code).toBe(
       Code.ResourceExhausted,
     );
     for (let i = 0; i < 3; i++) await h.call(getToken, { authorization: `Bearer ${CHAT_SECRET}` });
@@ -394,13 +352,13 @@ describe("createAuthInterceptor: rate limit", () => {
 
   it("does not spend tokens on calls refused before the limit (unauthenticated or outside rpcs)", async () => {
     const h = harness([limited]);
-    await connectError(h.call(getToken));
-    await connectError(h.call(storeSession, { authorization: `Bearer ${CHAT_SECRET}` }));
+    await failure(h.call(getToken));
+    await failure(h.call(storeSession, { authorization: `Bearer ${CHAT_SECRET}` }));
     for (let i = 0; i < 3; i++) await h.call(getToken, { authorization: `Bearer ${CHAT_SECRET}` });
     expect(h.passed).toHaveLength(3);
   });
 
-  it("gives a separate bucket to each interceptor (per replica)", async () => {
+  it("gives a separate bucket to each chain (per replica)", async () => {
     const a = harness([limited]);
     const b = harness([limited]);
     const auth = { authorization: `Bearer ${CHAT_SECRET}` };
@@ -410,7 +368,7 @@ describe("createAuthInterceptor: rate limit", () => {
   });
 });
 
-describe("createAuthInterceptor: no callers configured", () => {
+describe("RpcChain: no callers configured", () => {
   it('lets every call through as "anonymous" with full scope, and writes no audit line', async () => {
     const h = harness([]);
     await h.call(getToken);
@@ -431,12 +389,12 @@ describe("createAuthInterceptor: no callers configured", () => {
     const h = harness([], () => {
       throw new PermissionDeniedError("corp");
     });
-    await expect(h.call(getToken)).rejects.toBeInstanceOf(PermissionDeniedError);
+    expect((await failure(h.call(getToken))).reason).toBe("PROVIDER_NOT_ALLOWED");
     expect(auditLines(h.logs)).toEqual([expect.objectContaining({ caller: "anonymous", reason: "provider_not_allowed" })]);
   });
 });
 
-describe("createAuthInterceptor: audit lines never hold a credential", () => {
+describe("RpcChain: audit lines never hold a credential", () => {
   it("over a mix of denials", async () => {
     const h = harness([gateway, ops, chat, limited]);
     const attempts: CallOptions[] = [
@@ -446,7 +404,7 @@ describe("createAuthInterceptor: audit lines never hold a credential", () => {
       { authorization: `Bearer ${OPS_SECRET} ${GATEWAY_SECRET}` },
       { authorization: `Bearer ${GATEWAY_SECRET}` },
     ];
-    for (const o of attempts) await connectError(h.call(getToken, o));
+    for (const o of attempts) await failure(h.call(getToken, o));
     for (let i = 0; i < 4; i++) await h.call(getToken, { authorization: `Bearer ${CHAT_SECRET}` }).catch(() => undefined);
     const lines = auditLines(h.logs);
     expect(lines.map((l) => l.reason)).toEqual([

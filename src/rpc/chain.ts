@@ -1,0 +1,196 @@
+import type { RpcName } from "../config.js";
+import { errSummary, type Logger } from "../logger.js";
+import { PermissionDeniedError } from "../sessions/errors.js";
+import type { CallContext } from "../sessions/scope.js";
+import type { CallerDirectory } from "./auth.js";
+import { CallCancelledError, CallRefusedError, Code, codeName, ShuttingDownError, toRpcStatus, type RpcStatus } from "./errors.js";
+import { TokenBucket } from "./rate-limit.js";
+
+const TOKEN_SERVICE = "tokenservice.v1.TokenService";
+/** Probes must work without credentials. */
+const OPEN_SERVICES = new Set(["grpc.health.v1.Health"]);
+
+/** What a listener knows about one incoming call, in the same terms on both listeners. */
+export interface IncomingCall {
+  /** Fully qualified service name, "tokenservice.v1.TokenService". */
+  service: string;
+  /** Method name, "GetToken". */
+  method: string;
+  /** Wire protocol, for the log line: grpc, connect or grpc_web. */
+  protocol: string;
+  /** Remote address and port of the connection. */
+  peer: string;
+  /** The `authorization` header, if sent. */
+  authorization: string | undefined;
+  /** Names (subject CN, DNS SANs) of a client certificate the TLS layer verified; read only when needed. */
+  peerNames(): readonly string[];
+  /** Epoch ms of the caller's deadline, if it set one. */
+  deadline: number | undefined;
+  /** Registers what to do when the caller goes away (cancel, reset, deadline). */
+  onCancel(listener: () => void): void;
+}
+
+/** A call that did not succeed: its status, for the listener to put on the wire. */
+export class RpcFailure {
+  constructor(readonly status: RpcStatus) {}
+}
+
+/** Called once per finished RPC, for metrics. */
+export type RpcObserver = (event: { method: string; code: string; ms: number }) => void;
+
+interface Scope {
+  caller: string;
+  providers: ReadonlySet<string> | undefined;
+}
+
+const ANONYMOUS: Scope = { caller: "anonymous", providers: undefined };
+
+interface InflightCall {
+  abort: AbortController;
+  fail(err: unknown): void;
+}
+
+/**
+ * The cross-cutting concerns of every RPC, shared by the gRPC listener
+ * (grpc-js) and the HTTP listener (connect-node), each of which only
+ * translates its own call objects into an IncomingCall:
+ *
+ * 1. authentication (bearer credential or verified client certificate),
+ *    RPC and provider scopes, and per-caller rate limits, with an audit line
+ *    for every denial;
+ * 2. the call's context for the domain: caller, scope, deadline, and a signal
+ *    that aborts when the caller goes away or the server cuts calls off;
+ * 3. error mapping through `toRpcStatus`, one log line and one metric per
+ *    call (never a message body).
+ */
+export class RpcChain {
+  private readonly inflight = new Set<InflightCall>();
+  private readonly buckets = new Map<string, TokenBucket>();
+
+  constructor(
+    private readonly directory: CallerDirectory,
+    private readonly logger: Logger,
+    private readonly observe?: RpcObserver,
+  ) {
+    for (const c of directory.callers) {
+      if (c.rateLimit) this.buckets.set(c.name, new TokenBucket(c.rateLimit.perSecond, c.rateLimit.burst));
+    }
+  }
+
+  /** Calls in flight on either listener. */
+  get inflightCount(): number {
+    return this.inflight.size;
+  }
+
+  /**
+   * Runs one call: admits it, hands the handler its context, and settles
+   * with the handler's result or an RpcFailure carrying the mapped status.
+   */
+  run<T>(call: IncomingCall, handler: (ctx: CallContext) => Promise<T>): Promise<T> {
+    const started = performance.now();
+    return new Promise<T>((resolve, reject) => {
+      let scope = ANONYMOUS;
+      let settled = false;
+      let callerGone = false;
+      const entry: InflightCall = {
+        abort: new AbortController(),
+        fail: (err) => settle(false, err),
+      };
+      const settle = (ok: boolean, outcome: unknown) => {
+        if (settled) return;
+        settled = true;
+        this.inflight.delete(entry);
+        // A caller that went away already has its answer from the transport (CANCELLED or DEADLINE_EXCEEDED): log that.
+        if (callerGone) [ok, outcome] = [false, new CallCancelledError(pastDeadline(call) ? Code.DeadlineExceeded : Code.Canceled)];
+        const status = ok ? undefined : toRpcStatus(outcome);
+        this.record(call, scope, started, status, outcome);
+        if (status) reject(new RpcFailure(status));
+        else resolve(outcome as T);
+      };
+      this.inflight.add(entry);
+      call.onCancel(() => {
+        if (settled) return;
+        callerGone = true;
+        entry.abort.abort();
+      });
+      try {
+        scope = this.admit(call);
+        handler({ caller: scope.caller, providers: scope.providers, signal: entry.abort.signal, deadline: call.deadline }).then(
+          (value) => settle(true, value),
+          (err: unknown) => settle(false, err),
+        );
+      } catch (err) {
+        settle(false, err);
+      }
+    });
+  }
+
+  /**
+   * The end of the shutdown grace period: every call still in flight is
+   * answered UNAVAILABLE (SHUTTING_DOWN) now, and its work is aborted.
+   */
+  cutOff(): void {
+    for (const entry of [...this.inflight]) {
+      entry.abort.abort();
+      entry.fail(new ShuttingDownError());
+    }
+  }
+
+  /** Authentication, scopes and rate limit; throws CallRefusedError after writing the audit line. */
+  private admit(call: IncomingCall): Scope {
+    if (!this.directory.enabled || OPEN_SERVICES.has(call.service)) return ANONYMOUS;
+    const who = this.directory.identify(call.authorization ?? null, call.peerNames());
+    if (who === "none" || who === "bad") {
+      this.audit(call, null, who === "none" ? "no_credential" : "unknown_credential");
+      throw new CallRefusedError(Code.Unauthenticated, "UNAUTHENTICATED", "a valid caller credential is required");
+    }
+    if (call.service === TOKEN_SERVICE && who.rpcs && !who.rpcs.has(call.method as RpcName)) {
+      this.audit(call, who.name, "rpc_not_allowed");
+      throw new CallRefusedError(Code.PermissionDenied, "RPC_NOT_ALLOWED", `caller ${who.name} may not call ${call.method}`);
+    }
+    const bucket = this.buckets.get(who.name);
+    if (bucket && !bucket.take()) {
+      this.audit(call, who.name, "rate_limited");
+      throw new CallRefusedError(Code.ResourceExhausted, "RATE_LIMITED", `caller ${who.name} is over its rate limit`);
+    }
+    return { caller: who.name, providers: who.providers };
+  }
+
+  private audit(call: IncomingCall, caller: string | null, reason: string): void {
+    this.logger.warn(
+      { audit: true, event: "denied", caller, rpc: `${call.service}/${call.method}`, reason, peer: call.peer, protocol: call.protocol },
+      "call denied",
+    );
+  }
+
+  /** One log line and one metric per call. */
+  private record(call: IncomingCall, scope: Scope, started: number, status: RpcStatus | undefined, outcome: unknown): void {
+    const ms = Math.round((performance.now() - started) * 100) / 100;
+    const method = `${call.service}/${call.method}`;
+    const code = codeName(status?.code);
+    // Probes and reflection are frequent and dull: debug level. Token service calls: info.
+    const level = call.service === TOKEN_SERVICE ? "info" : "debug";
+    const fields = { rpc: method, ms, peer: call.peer, caller: scope.caller, protocol: call.protocol, code };
+    if (!status) {
+      this.logger[level](fields, "rpc");
+    } else if (status.known) {
+      // The ErrorInfo reason (REAUTH_REQUIRED, SESSION_NOT_FOUND, …) names what went wrong.
+      this.logger[level]({ ...fields, reason: status.reason }, "rpc");
+      if (outcome instanceof PermissionDeniedError) this.audit(call, scope.caller, outcome.reason);
+    } else {
+      // Unknown errors: keep the type and code for operators, never the message text.
+      this.logger.error({ ...fields, err: errSummary(outcome), stack: stackOnly(outcome) }, "rpc failed with an unexpected error");
+    }
+    this.observe?.({ method, code, ms });
+  }
+}
+
+function pastDeadline(call: IncomingCall): boolean {
+  return call.deadline !== undefined && Date.now() >= call.deadline;
+}
+
+/** The stack frames of an error, without its first line (which repeats the message). */
+function stackOnly(err: unknown): string | undefined {
+  if (!(err instanceof Error) || !err.stack) return undefined;
+  return err.stack.split("\n").slice(1, 8).join("\n");
+}

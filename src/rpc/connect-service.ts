@@ -1,0 +1,74 @@
+import type { Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
+import type { DescMessage, DescService } from "@bufbuild/protobuf";
+import {
+  ConnectError,
+  createContextKey,
+  createContextValues,
+  type ContextValues,
+  type HandlerContext,
+  type ServiceImpl,
+} from "@connectrpc/connect";
+import type { RpcChain, RpcFailure } from "./chain.js";
+import { certificateNames } from "./context.js";
+import { errorInfoOf, type RpcStatus } from "./errors.js";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import type { ServiceHandlers, UnaryHandler } from "./handlers.js";
+
+/** The connection a Connect or gRPC-Web request arrived on. */
+const kSocket = createContextKey<Socket | undefined>(undefined, { description: "connection" });
+
+/** connect-node's per-request values: the request's socket, read by the handler only when needed. */
+export function contextValuesFor(req: { socket: Socket }): ContextValues {
+  return createContextValues().set(kSocket, req.socket);
+}
+
+/** A status as a ConnectError: code, safe message, ErrorInfo in the details. */
+export function connectErrorOf(status: RpcStatus): ConnectError {
+  const info = errorInfoOf(status);
+  return new ConnectError(status.message, status.code, undefined, info ? [{ desc: ErrorInfoSchema, value: info }] : []);
+}
+
+function peerOf(socket: Socket | undefined): string {
+  return socket?.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort ?? 0}` : "unknown";
+}
+
+function verifiedNames(socket: Socket | undefined): string[] {
+  const tls = socket as TLSSocket | undefined;
+  if (!tls?.encrypted || !tls.authorized) return [];
+  return certificateNames(tls.getPeerCertificate());
+}
+
+/**
+ * A connect-node implementation of a service whose every call goes through
+ * the RPC chain to the shared handler; a failure becomes a ConnectError from
+ * its mapped status (never from the original error's message).
+ */
+export function connectService<S extends DescService>(service: S, handlers: ServiceHandlers<S>, chain: RpcChain): ServiceImpl<S> {
+  const impl: Record<string, (req: never, ctx: HandlerContext) => Promise<unknown>> = {};
+  for (const method of service.methods) {
+    const handler = handlers[method.localName as keyof ServiceHandlers<S>] as UnaryHandler<DescMessage, DescMessage>;
+    impl[method.localName] = (request, ctx) => {
+      const socket = ctx.values.get(kSocket);
+      const timeout = ctx.timeoutMs();
+      return chain
+        .run(
+          {
+            service: service.typeName,
+            method: method.name,
+            protocol: ctx.protocolName.replace("-", "_"),
+            peer: peerOf(socket),
+            authorization: ctx.requestHeader.get("authorization") ?? undefined,
+            peerNames: () => verifiedNames(socket),
+            deadline: timeout === undefined ? undefined : Date.now() + timeout,
+            onCancel: (listener) => ctx.signal.addEventListener("abort", listener, { once: true }),
+          },
+          (callCtx) => handler(request, callCtx),
+        )
+        .catch((failure: RpcFailure) => {
+          throw connectErrorOf(failure.status);
+        });
+    };
+  }
+  return impl as ServiceImpl<S>;
+}

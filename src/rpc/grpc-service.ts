@@ -1,0 +1,123 @@
+import { create, fromBinary, toBinary, type DescMessage, type DescService } from "@bufbuild/protobuf";
+import { anyPack } from "@bufbuild/protobuf/wkt";
+import * as grpc from "@grpc/grpc-js";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
+import { InvalidArgumentError } from "../sessions/errors.js";
+import type { IncomingCall, RpcChain } from "./chain.js";
+import { RpcFailure } from "./chain.js";
+import { certificateNames, deadlineMs } from "./context.js";
+import { errorInfoOf, type RpcStatus } from "./errors.js";
+import type { ServiceHandlers, UnaryHandler } from "./handlers.js";
+
+/**
+ * A request whose bytes are not a valid message of its type. grpc-js would
+ * answer a throwing deserializer with INTERNAL; the handler answers this
+ * marker with INVALID_ARGUMENT instead (after authentication, like any call).
+ */
+class MalformedRequest {
+  constructor(readonly typeName: string) {}
+}
+
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function serializer(schema: DescMessage) {
+  return (message: unknown) => asBuffer(toBinary(schema, message as Parameters<typeof toBinary>[1]));
+}
+
+function deserializer(schema: DescMessage) {
+  return (bytes: Buffer) => {
+    try {
+      return fromBinary(schema, bytes);
+    } catch {
+      return new MalformedRequest(schema.typeName);
+    }
+  };
+}
+
+/**
+ * The grpc-js service definition of a generated service: the protobuf-es
+ * messages of gen/, with `toBinary` and `fromBinary` as the serializers.
+ */
+export function grpcServiceDefinition(service: DescService): grpc.ServiceDefinition {
+  const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const method of service.methods) {
+    definition[method.localName] = {
+      path: `/${service.typeName}/${method.name}`,
+      originalName: method.name,
+      requestStream: method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming",
+      responseStream: method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming",
+      requestSerialize: serializer(method.input),
+      requestDeserialize: deserializer(method.input),
+      responseSerialize: serializer(method.output),
+      responseDeserialize: deserializer(method.output),
+    };
+  }
+  return definition;
+}
+
+/**
+ * A status for grpc-js: the code, the message, and google.rpc.Status (with
+ * its ErrorInfo) in the standard `grpc-status-details-bin` trailer.
+ */
+export function grpcStatusOf(status: RpcStatus): Partial<grpc.StatusObject> {
+  const metadata = new grpc.Metadata();
+  const info = errorInfoOf(status);
+  if (info) {
+    const details = create(StatusSchema, { code: status.code, message: status.message, details: [anyPack(ErrorInfoSchema, info)] });
+    metadata.set("grpc-status-details-bin", asBuffer(toBinary(StatusSchema, details)));
+  }
+  return { code: status.code as number as grpc.status, details: status.message, metadata };
+}
+
+/** Something a grpc-js server call offers, for the chain. */
+type GrpcCall = Pick<grpc.ServerUnaryCall<unknown, unknown>, "getPeer" | "getDeadline" | "getAuthContext" | "metadata"> &
+  Pick<NodeJS.EventEmitter, "once">;
+
+/** The chain's view of a grpc-js call. */
+export function incomingGrpcCall(call: GrpcCall, service: string, method: string): IncomingCall {
+  const authorization = call.metadata.get("authorization")[0];
+  return {
+    service,
+    method,
+    protocol: "grpc",
+    peer: call.getPeer(),
+    authorization: typeof authorization === "string" ? authorization : undefined,
+    peerNames: () => certificateNames(call.getAuthContext().sslPeerCertificate),
+    deadline: deadlineMs(call.getDeadline()),
+    onCancel: (listener) => call.once("cancelled", listener),
+  };
+}
+
+/**
+ * grpc-js handlers for one of our services: each call goes through the RPC
+ * chain to the shared handler, and its result or status back to grpc-js.
+ */
+export function grpcHandlers<S extends DescService>(
+  service: S,
+  handlers: ServiceHandlers<S>,
+  chain: RpcChain,
+): grpc.UntypedServiceImplementation {
+  const implementation: grpc.UntypedServiceImplementation = {};
+  for (const method of service.methods) {
+    if (method.methodKind !== "unary") throw new Error(`${service.typeName}/${method.name}: only unary methods are served`);
+    const handler = handlers[method.localName as keyof ServiceHandlers<S>] as UnaryHandler<DescMessage, DescMessage>;
+    implementation[method.localName] = (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      chain
+        .run(incomingGrpcCall(call, service.typeName, method.name), (ctx) => {
+          const request = call.request;
+          if (request instanceof MalformedRequest) {
+            throw new InvalidArgumentError("request", `is not a valid ${request.typeName} message`);
+          }
+          return handler(request as never, ctx);
+        })
+        .then(
+          (response) => callback(null, response),
+          (failure: RpcFailure) => callback(grpcStatusOf(failure.status)),
+        );
+    };
+  }
+  return implementation;
+}

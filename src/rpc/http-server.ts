@@ -1,0 +1,90 @@
+import { once } from "node:events";
+import http from "node:http";
+import http2 from "node:http2";
+import type { AddressInfo, Socket } from "node:net";
+import type { TlsConfig } from "../config.js";
+
+type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
+
+/** The HTTP listener: Connect (JSON and binary) and gRPC-Web, served by connect-node. */
+export interface HttpListener {
+  readonly server: http.Server | http2.Http2SecureServer;
+  readonly host: string;
+  readonly port: number;
+  readonly tls: boolean;
+  /** Stops accepting connections; idle ones close now, busy ones after their response. */
+  shutdown(): Promise<void>;
+  /** Closes every connection now. */
+  forceClose(): void;
+}
+
+/**
+ * How long an idle HTTP/1.1 keep-alive connection stays open: longer than
+ * the 60 s idle timeout common in load balancers, so that the balancer, not
+ * the service, closes it (a race between the two loses requests).
+ */
+const KEEP_ALIVE_MS = 65_000;
+
+/**
+ * Listens on host:port (port 0 picks a free one). In clear text it speaks
+ * HTTP/1.1, so plain curl works; with `tls` it offers HTTP/2 and HTTP/1.1 by
+ * ALPN and asks for (without requiring) client certificates when a client CA
+ * is configured: only a certificate the CA verified identifies a caller.
+ */
+export async function startHttpServer(handler: Handler, host: string, port: number, tls: TlsConfig | undefined): Promise<HttpListener> {
+  const sockets = new Set<Socket>();
+  let draining = false;
+  const onRequest: Handler = (req, res) => {
+    // While draining, an HTTP/1.1 connection closes after its response instead of waiting for more.
+    if (draining && req.httpVersionMajor === 1) (res as http.ServerResponse).setHeader("connection", "close");
+    handler(req, res);
+  };
+  const server = tls
+    ? http2.createSecureServer(
+        {
+          cert: tls.cert,
+          key: tls.key,
+          ca: tls.clientCa,
+          requestCert: tls.clientCa !== undefined,
+          rejectUnauthorized: false,
+          allowHTTP1: true,
+          minVersion: "TLSv1.2",
+        },
+        onRequest,
+      )
+    : http.createServer({ keepAliveTimeout: KEEP_ALIVE_MS }, onRequest);
+  server.on("connection", (socket: Socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  });
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (session: http2.ServerHttp2Session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  });
+  // Protocol garbage on a connection is that connection's problem only.
+  server.on("clientError", (_err: Error, socket: Socket) => socket.destroy());
+  server.on("sessionError", () => undefined);
+  server.on("tlsClientError", () => undefined);
+  server.listen(port, host);
+  await once(server, "listening");
+  const address = server.address() as AddressInfo;
+  let closed: Promise<void> | undefined;
+  return {
+    server,
+    host,
+    port: address.port,
+    tls: tls !== undefined,
+    shutdown() {
+      draining = true;
+      closed ??= new Promise<void>((resolve) => server.close(() => resolve()));
+      if (server instanceof http.Server) server.closeIdleConnections();
+      // HTTP/2: GOAWAY; streams in flight go on.
+      for (const session of sessions) session.close();
+      return closed;
+    },
+    forceClose() {
+      for (const socket of sockets) socket.destroy();
+    },
+  };
+}
