@@ -33,10 +33,20 @@ const KEEP_ALIVE_MS = 65_000;
  */
 export async function startHttpServer(handler: Handler, host: string, port: number, tls: TlsConfig | undefined): Promise<HttpListener> {
   const sockets = new Set<Socket>();
+  /** HTTP/1.1 responses not yet finished: a drain tells their connections to close after them. */
+  const pending = new Set<http.ServerResponse>();
   let draining = false;
+  const closeAfter = (res: http.ServerResponse) => {
+    if (!res.headersSent) res.setHeader("connection", "close");
+  };
   const onRequest: Handler = (req, res) => {
-    // While draining, an HTTP/1.1 connection closes after its response instead of waiting for more.
-    if (draining && req.httpVersionMajor === 1) (res as http.ServerResponse).setHeader("connection", "close");
+    if (req.httpVersionMajor === 1) {
+      const r = res as http.ServerResponse;
+      // While draining, an HTTP/1.1 connection closes after its response instead of waiting for more.
+      if (draining) closeAfter(r);
+      pending.add(r);
+      r.once("close", () => pending.delete(r));
+    }
     handler(req, res);
   };
   const server = tls
@@ -77,6 +87,7 @@ export async function startHttpServer(handler: Handler, host: string, port: numb
     tls: tls !== undefined,
     shutdown() {
       draining = true;
+      for (const res of pending) closeAfter(res);
       closed ??= new Promise<void>((resolve) => server.close(() => resolve()));
       if (server instanceof http.Server) server.closeIdleConnections();
       // HTTP/2: GOAWAY; streams in flight go on.

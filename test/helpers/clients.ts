@@ -1,8 +1,21 @@
 import { fileURLToPath } from "node:url";
+import {
+  create,
+  fromBinary,
+  toBinary,
+  type DescMessage,
+  type DescMethodUnary,
+  type DescService,
+  type MessageInitShape,
+  type MessageShape,
+} from "@bufbuild/protobuf";
+import { anyUnpack } from "@bufbuild/protobuf/wkt";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
 
 export type ConnectTokenClient = Client<typeof TokenService>;
@@ -115,6 +128,63 @@ export function grpcJsClient(baseUrl: string, creds: ClientCredentials = {}): Gr
         const metadata = new grpc.Metadata();
         if (creds.bearer) metadata.set("authorization", `Bearer ${creds.bearer}`);
         fn.call(client, request, metadata, callOptions, (err, res) => (err ? reject(err) : resolve(res)));
+      });
+    },
+    close() {
+      client.close();
+    },
+  };
+}
+
+/** How one call ended, in the same terms for every client: code, ErrorInfo and the response. */
+export interface CallOutcome<O = unknown> {
+  /** gRPC code: 0 for OK. */
+  code: number;
+  /** google.rpc.ErrorInfo reason and metadata, when the error carried one. */
+  reason?: string;
+  metadata?: Record<string, string>;
+  response?: O;
+}
+
+/**
+ * A stock @grpc/grpc-js client that sends and receives raw bytes (encoded
+ * here with protobuf-es), and reads the ErrorInfo from the standard
+ * `grpc-status-details-bin` trailer itself.
+ */
+export function grpcJsRawClient(baseUrl: string, creds: ClientCredentials = {}) {
+  const url = new URL(baseUrl);
+  const channel =
+    url.protocol === "https:"
+      ? grpc.credentials.createSsl(creds.ca ?? null, creds.key ?? null, creds.cert ?? null)
+      : grpc.credentials.createInsecure();
+  const client = new grpc.Client(url.host, channel);
+  return {
+    call<I extends DescMessage, O extends DescMessage>(
+      service: DescService,
+      method: DescMethodUnary<I, O>,
+      request: MessageInitShape<I>,
+      options: { bearer?: string; timeoutMs?: number } = {},
+    ): Promise<CallOutcome<MessageShape<O>>> {
+      const metadata = new grpc.Metadata();
+      const bearer = options.bearer ?? creds.bearer;
+      if (bearer) metadata.set("authorization", `Bearer ${bearer}`);
+      const callOptions: grpc.CallOptions = options.timeoutMs ? { deadline: Date.now() + options.timeoutMs } : {};
+      return new Promise((resolve) => {
+        client.makeUnaryRequest(
+          `/${service.typeName}/${method.name}`,
+          (m: MessageShape<I>) => Buffer.from(toBinary(method.input, m)),
+          (b: Buffer) => fromBinary(method.output, b),
+          create(method.input, request),
+          metadata,
+          callOptions,
+          (err, response) => {
+            if (!err) return resolve({ code: 0, response });
+            const [bin] = err.metadata?.get("grpc-status-details-bin") ?? [];
+            const status = bin instanceof Buffer ? fromBinary(StatusSchema, bin) : undefined;
+            const info = status?.details.map((d) => anyUnpack(d, ErrorInfoSchema)).find((i) => i !== undefined);
+            resolve({ code: err.code, reason: info?.reason, metadata: info ? { ...info.metadata } : undefined });
+          },
+        );
       });
     },
     close() {

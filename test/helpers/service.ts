@@ -62,13 +62,15 @@ export interface StartOptions {
   /** Use SQLite's generated key file instead of keys. */
   sqliteKeyFile?: boolean;
   overrides?: AppOverrides;
+  /** Extra environment, e.g. { TOKEN_SERVICE_HTTP_ADDR: "off" }. */
+  env?: Record<string, string>;
 }
 
 export interface TestService {
   app: App;
   /** The gRPC listener. */
   url: string;
-  /** The HTTP listener (Connect, gRPC-Web). */
+  /** The HTTP listener (Connect, gRPC-Web); empty when it is off. */
   httpUrl: string;
   logs: LogSink;
   keys: string | undefined;
@@ -106,6 +108,7 @@ export async function startService(options: StartOptions): Promise<TestService> 
     TOKEN_SERVICE_CONFIG: configFile,
     TOKEN_SERVICE_LOG_LEVEL: "debug",
     ...(keys ? { TOKEN_SERVICE_ENCRYPTION_KEYS: keys } : {}),
+    ...options.env,
   });
   const logs = new LogSink();
   const app = await createApp(config, { logger: createLogger(config.logLevel, logs), ...options.overrides });
@@ -113,11 +116,11 @@ export async function startService(options: StartOptions): Promise<TestService> 
   return {
     app,
     url: app.url,
-    httpUrl: app.httpUrl!,
+    httpUrl: app.httpUrl ?? "",
     logs,
     keys,
     client: connectGrpcClient(app.url),
-    jsonClient: connectJsonClient(app.httpUrl!),
+    jsonClient: connectJsonClient(app.httpUrl ?? "http://127.0.0.1:1"),
     grpcJs,
     dir,
     async close() {

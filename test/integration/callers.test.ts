@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { connect as tlsConnect } from "node:tls";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { status as GrpcStatus } from "@grpc/grpc-js";
@@ -11,7 +12,14 @@ import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/h
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { SessionStatus } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { makeCertificates, type TestCertificates } from "../helpers/certs.js";
-import { connectGrpcClient, grpcJsClient, type ClientCredentials, type GrpcJsError } from "../helpers/clients.js";
+import {
+  connectGrpcClient,
+  connectJsonClient,
+  grpcJsClient,
+  grpcWebClient,
+  type ClientCredentials,
+  type GrpcJsError,
+} from "../helpers/clients.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { startService, type TestService } from "../helpers/service.js";
 
@@ -96,6 +104,45 @@ describe("callers: TLS, mTLS, bearer credentials, scopes and rate limits", () =>
     }
     const rpcLine = svc.logs.lines().find((l) => l.msg === "rpc" && l.caller === "chat-gateway");
     expect(rpcLine).toBeDefined();
+  });
+
+  it("serves Connect and gRPC-Web on the HTTP listener over the same TLS, by ALPN HTTP/2 or HTTP/1.1, with the same callers", async () => {
+    expect(svc.httpUrl.startsWith("https://")).toBe(true);
+    const { port } = new URL(svc.httpUrl);
+    const alpn = (protocols: string[]) =>
+      new Promise<string | false>((resolve, reject) => {
+        const socket = tlsConnect({ host: "127.0.0.1", port: Number(port), ca: certs.ca, servername: "localhost", ALPNProtocols: protocols }, () => {
+          resolve(socket.alpnProtocol ?? false);
+          socket.end();
+        });
+        socket.on("error", reject);
+      });
+    expect(await alpn(["h2", "http/1.1"])).toBe("h2");
+    expect(await alpn(["http/1.1"])).toBe("http/1.1");
+
+    const { tokens, sessionId } = await storeAsGateway("ada");
+    const mtls = { ca: certs.ca, cert: chatCert.cert, key: chatCert.key };
+    for (const httpVersion of ["1.1", "2"] as const) {
+      expect((await connectJsonClient(svc.httpUrl, { ...mtls, httpVersion }).getToken({ userId: "ada", sessionId })).token).toBe(
+        tokens.access_token,
+      );
+      expect((await grpcWebClient(svc.httpUrl, { ...mtls, httpVersion }).getToken({ userId: "ada", sessionId })).token).toBe(
+        tokens.access_token,
+      );
+      const sessions = await connectJsonClient(svc.httpUrl, { ca: certs.ca, bearer: SECRETS.authGateway, httpVersion }).listSessions({ userId: "ada" });
+      expect(sessions.sessions.map((s) => s.sessionId)).toEqual([sessionId]);
+      // Scopes hold here too: the chat gateway may only call GetToken.
+      expect(await codeOf(connectJsonClient(svc.httpUrl, { ...mtls, httpVersion }).listSessions({ userId: "ada" }))).toBe(Code.PermissionDenied);
+      // A certificate the CA did not sign identifies nobody on this listener either.
+      const rogue = await certs.rogue("chat-gateway.internal");
+      const err = await connectJsonClient(svc.httpUrl, { ca: certs.ca, cert: rogue.cert, key: rogue.key, httpVersion })
+        .getToken({ userId: "ada", sessionId })
+        .catch((e: unknown) => e);
+      expect((err as ConnectError).code).toBe(Code.Unauthenticated);
+      expect(reasonOf(err)).toBe("UNAUTHENTICATED");
+    }
+    const lines = svc.logs.lines().filter((l) => l.msg === "rpc" && l.caller === "chat-gateway" && l.code === "ok");
+    expect(new Set(lines.map((l) => l.protocol))).toEqual(new Set(["grpc", "connect", "grpc_web"]));
   });
 
   it("refuses callers without a credential, or with a wrong one, with UNAUTHENTICATED", async () => {

@@ -6,7 +6,9 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { once } from "node:events";
 import { createServer, type AddressInfo } from "node:net";
 import { generateKeySpec, parseKeyRing } from "../../src/crypto/key-ring.js";
-import { connectGrpcClient } from "../helpers/clients.js";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { connectGrpcClient, connectJsonClient } from "../helpers/clients.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { spawnService } from "../helpers/process.js";
 import { createTestDatabase } from "../helpers/service.js";
@@ -66,16 +68,59 @@ describe("the service as a process", () => {
       });
       await new Promise((r) => setTimeout(r, 1100));
       provider.faults.push({ kind: "delay", ms: 1500 });
+      // One call on each listener; they share the one refresh.
+      const http = connectJsonClient(svc.httpUrl!);
       const inflight = client.getToken({ userId: "drain", sessionId });
+      const inflightHttp = http.getToken({ userId: "drain", sessionId });
       await svc.waitForLine((l) => l.msg === "provider discovery done");
       svc.kill("SIGTERM");
       await svc.waitForLine((l) => l.msg === "shutting down: draining calls");
       const got = await inflight;
       expect(got.token).not.toBe(tokens.access_token);
+      expect((await inflightHttp).token).toBe(got.token);
       expect(await svc.exited).toBe(0);
-      // Shut down means shut: new calls are refused.
+      // Shut down means shut: new calls are refused, on both listeners.
       await expect(client.getToken({ userId: "drain", sessionId })).rejects.toThrow();
+      await expect(http.getToken({ userId: "drain", sessionId })).rejects.toThrow();
       expect(svc.lines().some((l) => l.msg === "shut down")).toBe(true);
+    } finally {
+      svc.kill("SIGKILL");
+    }
+  });
+
+  it("cuts off calls still in flight when the grace period ends: UNAVAILABLE (SHUTTING_DOWN) on both listeners, exit 0", async () => {
+    const svc = await spawnService({
+      DATABASE_URL: `sqlite:${join(dir, "cutoff.db")}`,
+      TOKEN_SERVICE_CONFIG: writeConfig({ shutdown_grace_seconds: 1 }),
+    });
+    try {
+      const client = connectGrpcClient(svc.url);
+      const tokens = await provider.login("cutoff");
+      const { sessionId } = await client.storeSession({
+        userId: "cutoff",
+        provider: "corp",
+        tokens: { accessToken: tokens.access_token, refreshToken: tokens.refresh_token, expiresIn: 1n },
+      });
+      await new Promise((r) => setTimeout(r, 1100));
+      provider.faults.push({ kind: "delay", ms: 4000 });
+      const calls = [client, connectJsonClient(svc.httpUrl!)].map((c) =>
+        c.getToken({ userId: "cutoff", sessionId }).then(
+          () => "answered",
+          (e: unknown) => e,
+        ),
+      );
+      await svc.waitForLine((l) => l.msg === "provider discovery done");
+      const killed = Date.now();
+      svc.kill("SIGTERM");
+      for (const outcome of await Promise.all(calls)) {
+        expect(outcome).toBeInstanceOf(ConnectError);
+        expect((outcome as ConnectError).code).toBe(Code.Unavailable);
+        expect((outcome as ConnectError).findDetails(ErrorInfoSchema)[0]?.reason).toBe("SHUTTING_DOWN");
+      }
+      expect(await svc.exited).toBe(0);
+      // Cut off after the 1 s grace; the refresh itself is waited for, bounded by its lease (not the 4 s delay here).
+      expect(svc.lines().some((l) => l.msg === "shutdown grace period over: cutting off the calls still in flight")).toBe(true);
+      expect(Date.now() - killed).toBeGreaterThanOrEqual(1000);
     } finally {
       svc.kill("SIGKILL");
     }

@@ -27,7 +27,9 @@ describe.each<Dialect>(["sqlite", "postgresql"])("no secret in clear at rest or 
     for (const user of ["ann", "ben", "cat"]) {
       const tokens = await provider.login(user);
       [tokens.access_token, tokens.refresh_token, tokens.id_token].forEach((t) => seen.add(t));
-      const { sessionId } = await svc.client.storeSession({
+      // Ben's calls go through the HTTP listener (Connect JSON), the others' through the gRPC one.
+      const client = user === "ben" ? svc.jsonClient : svc.client;
+      const { sessionId } = await client.storeSession({
         userId: user,
         provider: "corp",
         tokens: {
@@ -39,12 +41,13 @@ describe.each<Dialect>(["sqlite", "postgresql"])("no secret in clear at rest or 
       });
       sessionIds.push(sessionId);
       // Refresh, so rotated tokens are written too; then read both kinds.
-      const fresh = await svc.client.getToken({ userId: user, sessionId, forceRefresh: true });
+      const fresh = await client.getToken({ userId: user, sessionId, forceRefresh: true });
       seen.add(fresh.token);
       seen.add((await svc.grpcJs.call("GetToken", { user_id: user, session_id: sessionId, kind: "TOKEN_KIND_ID" })).token as string);
     }
     // A failing call and a revocation also write log lines.
     await svc.client.getToken({ userId: "ann", sessionId: "B".repeat(43) }).catch(() => undefined);
+    await svc.jsonClient.getToken({ userId: "ann", sessionId: "C".repeat(43) }).catch(() => undefined);
     await svc.client.revokeSession({ userId: "cat", sessionId: sessionIds[2]! });
     // The rotated refresh tokens, as the provider issued them, are only in the database: fetch them
     // back through the provider's view is impossible, so also check that no refresh token of any
@@ -102,11 +105,13 @@ describe.each<Dialect>(["sqlite", "postgresql"])("no secret in clear at rest or 
     }
   });
 
-  it("keeps error details free of tokens", async () => {
-    const err = await svc.client.getToken({ userId: "ann", sessionId: sessionIds[0]!, kind: 99 as TokenKind }).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(ConnectError);
-    expect((err as ConnectError).code).toBe(Code.InvalidArgument);
-    const serialized = JSON.stringify({ m: (err as ConnectError).message, d: (err as ConnectError).details });
-    for (const secret of secretsOf(seen)) expect(serialized.includes(secret)).toBe(false);
+  it("keeps error details free of tokens, on both listeners", async () => {
+    for (const client of [svc.client, svc.jsonClient]) {
+      const err = await client.getToken({ userId: "ann", sessionId: sessionIds[0]!, kind: 99 as TokenKind }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ConnectError);
+      expect((err as ConnectError).code).toBe(Code.InvalidArgument);
+      const serialized = JSON.stringify({ m: (err as ConnectError).message, d: (err as ConnectError).details });
+      for (const secret of secretsOf(seen)) expect(serialized.includes(secret)).toBe(false);
+    }
   });
 });

@@ -117,6 +117,19 @@ describe("loadConfig: exposure rules", () => {
     expect(c.tls).toBeUndefined();
   });
 
+  it("applies the same rules to the HTTP listener's address, naming TOKEN_SERVICE_HTTP_ADDR", () => {
+    const httpNetwork = { TOKEN_SERVICE_HTTP_ADDR: "0.0.0.0:8080" };
+    expect(configError(() => load("", httpNetwork))).toMatch(/^TOKEN_SERVICE_HTTP_ADDR: .*needs callers/);
+    const msg = configError(() => load(ONE_CALLER, httpNetwork));
+    expect(msg).toMatch(/^TOKEN_SERVICE_HTTP_ADDR: /);
+    expect(msg).toContain("needs tls");
+    expect(load(`${ONE_CALLER}insecure_plaintext: true\n`, httpNetwork).http).toEqual({ host: "0.0.0.0", port: 8080 });
+    expect(load(`${ONE_CALLER}${TLS_YAML}`, { ...NETWORK, ...httpNetwork }, TLS_FILES).http).toEqual({ host: "0.0.0.0", port: 8080 });
+    // A loopback gRPC address does not excuse a network HTTP address, nor the other way round.
+    expect(configError(() => load("", { TOKEN_SERVICE_ADDR: "127.0.0.1:50051", ...httpNetwork }))).toMatch(/^TOKEN_SERVICE_HTTP_ADDR: /);
+    expect(configError(() => load("", { ...NETWORK, TOKEN_SERVICE_HTTP_ADDR: "off" }))).toMatch(/^TOKEN_SERVICE_ADDR: /);
+  });
+
   it("accepts the default address with no callers", () => {
     const c = loadConfig({}, dir);
     expect(c.host).toBe("127.0.0.1");

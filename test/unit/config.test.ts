@@ -93,6 +93,16 @@ describe("loadConfig: environment", () => {
     },
   );
 
+  it("listens for Connect and gRPC-Web on 127.0.0.1:50052 by default, elsewhere with TOKEN_SERVICE_HTTP_ADDR, and not at all with off", () => {
+    expect(loadConfig({}, dir).http).toEqual({ host: "127.0.0.1", port: 50052 });
+    expect(loadConfig({ TOKEN_SERVICE_HTTP_ADDR: "[::1]:8080" }, dir).http).toEqual({ host: "::1", port: 8080 });
+    expect(loadConfig({ TOKEN_SERVICE_HTTP_ADDR: "off" }, dir).http).toBeUndefined();
+  });
+
+  it.each(["", "50052", "host:99999", "on"])("rejects TOKEN_SERVICE_HTTP_ADDR=%j, naming the variable", (addr) => {
+    expect(configError(() => loadConfig({ TOKEN_SERVICE_HTTP_ADDR: addr }, dir))).toMatch(/^TOKEN_SERVICE_HTTP_ADDR: /);
+  });
+
   it.each([
     ["postgres://u:pw@db.example:5432/tokens", "postgres://u:pw@db.example:5432/tokens"],
     ["postgresql://db.example/tokens?sslmode=require", "postgresql://db.example/tokens?sslmode=require"],
