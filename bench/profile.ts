@@ -77,7 +77,7 @@ export function summarizeProfiles(files: ProfileFile[], windows: Array<[number, 
     }
   }
   const sorted = (m: Map<string, number>) => [...m].sort((a, b) => b[1] - a[1]);
-  return { busyMs: busy, categories: sorted(categories), functions: sorted(functions).slice(0, 12) };
+  return { busyMs: busy, categories: sorted(categories), functions: sorted(functions).slice(0, Number(process.env.PROFILE_TOP ?? 12)) };
 }
 
 /** A Markdown table of the categories, with shares of the busy time. */

@@ -289,6 +289,9 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
           }
           // The last answers go out, then each connection closes by itself; what is still open after that is closed.
           await Promise.race([closed, sleep(Math.max(250, deadline - Date.now()))]);
+          // Whatever is still open now is cut off with an answer, never just reset.
+          chain.cutOff();
+          await sleep(chain.inflightCount > 0 ? 50 : 0);
           grpc.forceClose();
           http?.forceClose();
           await Promise.all([background.stop(), sweeper.stop(), probe.stop(), admin?.close()]);

@@ -58,10 +58,17 @@ export function connectService<S extends DescService>(service: S, handlers: Serv
             method: method.name,
             protocol: ctx.protocolName.replace("-", "_"),
             peer: peerOf(socket),
-            authorization: ctx.requestHeader.get("authorization") ?? undefined,
+            authorization: () => ctx.requestHeader.get("authorization") ?? undefined,
             peerNames: () => verifiedNames(socket),
             deadline: timeout === undefined ? undefined : Date.now() + timeout,
-            onCancel: (listener) => ctx.signal.addEventListener("abort", listener, { once: true }),
+            // connect-node aborts the signal on the deadline, on a disconnect, and after the answer is written
+            // (which the chain ignores: the call has settled by then).
+            isCancelled: () => ctx.signal.aborted,
+            onCancel: (listener) => {
+              // connect-node starts the deadline before the body is read: the signal may be aborted already.
+              if (ctx.signal.aborted) listener();
+              else ctx.signal.addEventListener("abort", listener, { once: true });
+            },
           },
           (callCtx) => handler(request, callCtx),
         )

@@ -121,6 +121,8 @@ export function toRpcStatus(err: unknown): RpcStatus {
 /** Lower-case gRPC code name, as logs and metrics name it ("ok", "not_found", …). */
 export function codeName(code: Code | undefined): string {
   if (code === undefined) return "ok";
+  // A code outside the canonical 1-16 (a library's bug) is "unknown", never a crash in the log line.
+  if (Code[code] === undefined) return "unknown";
   return Code[code].replace(/[A-Z]/g, (c, i: number) => (i === 0 ? c.toLowerCase() : `_${c.toLowerCase()}`));
 }
 

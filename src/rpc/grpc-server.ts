@@ -14,10 +14,11 @@ import type { RpcChain } from "./chain.js";
  *   police client pings, so callers may set their own keepalive as they like.
  * - idle connections are kept: a channel that is quiet for hours must not pay
  *   a reconnect (and a TLS handshake) on its next GetToken.
- * - max connection age 30 min (grpc-js adds jitter), then GOAWAY with 5 min
- *   for calls in flight: clients reconnect by themselves, which spreads them
- *   over replicas that were added meanwhile. A health Watch stream is ended
- *   then too; watchers re-subscribe, as the health protocol expects.
+ * - max connection age 30 min (grpc-js adds ±10 % jitter), then GOAWAY with
+ *   5 min for calls in flight: clients reconnect by themselves, which spreads
+ *   them over replicas that were added meanwhile. A health Watch stream still
+ *   open when those 5 min end is reset; watchers re-subscribe, as the health
+ *   protocol expects.
  * - up to 10,000 concurrent streams per connection, so that one channel can
  *   carry a refresh storm.
  * - channelz is off (nothing here serves it), which saves work on every call.

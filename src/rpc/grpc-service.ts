@@ -73,21 +73,27 @@ export function grpcStatusOf(status: RpcStatus): Partial<grpc.StatusObject> {
 }
 
 /** Something a grpc-js server call offers, for the chain. */
-type GrpcCall = Pick<grpc.ServerUnaryCall<unknown, unknown>, "getPeer" | "getDeadline" | "getAuthContext" | "metadata"> &
+type GrpcCall = Pick<grpc.ServerUnaryCall<unknown, unknown>, "getPeer" | "getDeadline" | "getAuthContext" | "metadata" | "cancelled"> &
   Pick<NodeJS.EventEmitter, "once">;
 
 /** The chain's view of a grpc-js call. */
 export function incomingGrpcCall(call: GrpcCall, service: string, method: string): IncomingCall {
-  const authorization = call.metadata.get("authorization")[0];
   return {
     service,
     method,
     protocol: "grpc",
     peer: call.getPeer(),
-    authorization: typeof authorization === "string" ? authorization : undefined,
+    authorization() {
+      const value = call.metadata.get("authorization")[0];
+      return typeof value === "string" ? value : undefined;
+    },
     peerNames: () => certificateNames(call.getAuthContext().sslPeerCertificate),
     deadline: deadlineMs(call.getDeadline()),
-    onCancel: (listener) => call.once("cancelled", listener),
+    isCancelled: () => call.cancelled,
+    onCancel: (listener) => {
+      if (call.cancelled) listener();
+      else call.once("cancelled", listener);
+    },
   };
 }
 

@@ -25,6 +25,9 @@ export interface HttpListener {
  */
 const KEEP_ALIVE_MS = 65_000;
 
+/** TCP keepalive probes on idle connections start after this long. */
+const TCP_KEEPALIVE_MS = 60_000;
+
 /**
  * Listens on host:port (port 0 picks a free one). In clear text it speaks
  * HTTP/1.1, so plain curl works; with `tls` it offers HTTP/2 and HTTP/1.1 by
@@ -66,9 +69,13 @@ export async function startHttpServer(handler: Handler, host: string, port: numb
   server.on("connection", (socket: Socket) => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
+    // A client that vanished (power loss, a dropped NAT entry) must not keep its connection forever.
+    socket.setKeepAlive(true, TCP_KEEPALIVE_MS);
   });
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (session: http2.ServerHttp2Session) => {
+    // A connection whose TLS handshake ends after the drain began gets its GOAWAY at once.
+    if (draining) return session.close();
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
   });

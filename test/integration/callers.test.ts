@@ -276,3 +276,41 @@ describe("callers: TLS, mTLS, bearer credentials, scopes and rate limits", () =>
     expect(await list(SECRETS.authGateway)).toEqual(["listServicesResponse"]);
   });
 });
+
+describe("TLS without a client CA", () => {
+  it("serves both listeners over TLS to bearer callers, asking for no client certificate", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "token-service-tls-"));
+    const [certs, provider] = await Promise.all([makeCertificates(dir), startTestProvider()]);
+    const svc = await startService({
+      dialect: "sqlite",
+      provider,
+      yaml: {
+        tls: { cert_file: certs.serverCertFile, key_file: certs.serverKeyFile },
+        callers: [{ name: "ops", token_sha256: sha256(SECRETS.ops), rpcs: ["*"] }],
+      },
+    });
+    try {
+      expect(svc.url.startsWith("https://")).toBe(true);
+      const stored = await connectGrpcClient(svc.url, { ca: certs.ca, bearer: SECRETS.ops }).storeSession({
+        userId: "tls-only",
+        provider: "corp",
+        tokens: { accessToken: "at-tls-only", expiresIn: 60n },
+      });
+      const viaHttp = await connectJsonClient(svc.httpUrl, { ca: certs.ca, bearer: SECRETS.ops, httpVersion: "2" }).getToken({
+        userId: "tls-only",
+        sessionId: stored.sessionId,
+      });
+      expect(viaHttp.token).toBe("at-tls-only");
+      const grpcJs = grpcJsClient(svc.url, { ca: certs.ca, bearer: SECRETS.ops });
+      try {
+        expect((await grpcJs.call("GetToken", { user_id: "tls-only", session_id: stored.sessionId })).token).toBe("at-tls-only");
+      } finally {
+        grpcJs.close();
+      }
+    } finally {
+      await svc.close();
+      await provider.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -141,9 +141,10 @@ function incoming([service, method]: Method, o: CallOptions = {}): IncomingCall 
     method,
     protocol: "grpc",
     peer: PEER,
-    authorization: o.authorization,
+    authorization: () => o.authorization,
     peerNames: () => o.peerNames ?? [],
     deadline: undefined,
+    isCancelled: () => false,
     onCancel: () => undefined,
   };
 }

@@ -1,0 +1,138 @@
+import { describe, expect, it } from "vitest";
+import { createLogger } from "../../src/logger.js";
+import { CallerDirectory } from "../../src/rpc/auth.js";
+import { RpcChain, RpcFailure, type IncomingCall } from "../../src/rpc/chain.js";
+import { Code, type RpcStatus } from "../../src/rpc/errors.js";
+import { SessionNotFoundError } from "../../src/sessions/errors.js";
+import type { CallContext } from "../../src/sessions/scope.js";
+import { LogSink } from "../helpers/service.js";
+
+/** A call as a listener would describe it, with a cancel switch the test controls. */
+function incoming(o: { method?: string; deadline?: number; cancelledAlready?: boolean } = {}) {
+  const listeners: Array<() => void> = [];
+  let cancelled = o.cancelledAlready ?? false;
+  const call: IncomingCall = {
+    service: "tokenservice.v1.TokenService",
+    method: o.method ?? "GetToken",
+    protocol: "connect",
+    peer: "127.0.0.1:5000",
+    authorization: () => undefined,
+    peerNames: () => [],
+    deadline: o.deadline,
+    isCancelled: () => cancelled,
+    onCancel: (l) => (cancelled ? l() : listeners.push(l)),
+  };
+  return {
+    call,
+    cancel() {
+      cancelled = true;
+      for (const l of listeners) l();
+    },
+  };
+}
+
+function setup() {
+  const logs = new LogSink();
+  const observed: Array<{ method: string; code: string }> = [];
+  const chain = new RpcChain(new CallerDirectory([]), createLogger("debug", logs), (e) => observed.push(e));
+  return { logs, observed, chain };
+}
+
+async function statusOf(p: Promise<unknown>): Promise<RpcStatus> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(RpcFailure);
+  return (err as RpcFailure).status;
+}
+
+describe("RpcChain: one log line and one metric per call", () => {
+  it("logs success and failure with the code, reason and protocol, and counts each once", async () => {
+    const { chain, logs, observed } = setup();
+    await chain.run(incoming().call, async () => "ok");
+    await statusOf(chain.run(incoming().call, async () => Promise.reject(new SessionNotFoundError())));
+    const lines = logs.lines().filter((l) => l.msg === "rpc");
+    expect(lines).toEqual([
+      expect.objectContaining({ level: "info", code: "ok", protocol: "connect", caller: "anonymous", rpc: "tokenservice.v1.TokenService/GetToken" }),
+      expect.objectContaining({ level: "info", code: "not_found", reason: "SESSION_NOT_FOUND" }),
+    ]);
+    expect(observed.map((o) => o.code)).toEqual(["ok", "not_found"]);
+    expect(chain.inflightCount).toBe(0);
+  });
+
+  it("answers an unexpected error with INTERNAL and logs its stack frames, never its message, even over several lines", async () => {
+    const { chain, logs } = setup();
+    const status = await statusOf(
+      chain.run(incoming().call, async () => {
+        throw new Error("boom: first line\nDETAIL: refresh_token=SECRET-rt-123\nmore");
+      }),
+    );
+    expect(status).toEqual({ code: Code.Internal, message: "internal error", known: false });
+    const line = logs.lines().find((l) => l.msg === "rpc failed with an unexpected error")!;
+    expect(line).toMatchObject({ level: "error", code: "internal", err: { name: "Error" } });
+    expect(String(line.stack)).toMatch(/^\s+at /);
+    expect(logs.text()).not.toContain("SECRET-rt-123");
+    expect(logs.text()).not.toContain("boom");
+  });
+});
+
+describe("RpcChain: cancellation and deadlines", () => {
+  it("gives the handler the caller's deadline, and a signal that aborts when the caller goes away", async () => {
+    const { chain, logs } = setup();
+    const deadline = Date.now() + 5000;
+    const { call, cancel } = incoming({ deadline });
+    let seen: CallContext | undefined;
+    const running = chain.run(call, (ctx) => {
+      seen = ctx;
+      return new Promise((_, reject) => ctx.signal!.addEventListener("abort", () => reject(new Error("aborted"))));
+    });
+    expect(seen!.deadline).toBe(deadline);
+    expect(seen!.signal!.aborted).toBe(false);
+    cancel();
+    // The caller already has its answer from the transport; the log says it went away.
+    expect(await statusOf(running)).toMatchObject({ code: Code.Canceled });
+    expect(logs.lines().find((l) => l.msg === "rpc")).toMatchObject({ code: "canceled" });
+  });
+
+  it("hands an already aborted signal to a handler whose caller left before it asked", async () => {
+    const { chain } = setup();
+    const { call } = incoming({ cancelledAlready: true, deadline: Date.now() - 1 });
+    let aborted: boolean | undefined;
+    const status = await statusOf(
+      chain.run(call, async (ctx) => {
+        aborted = ctx.signal!.aborted;
+        return "late";
+      }),
+    );
+    expect(aborted).toBe(true);
+    // Its deadline had passed: logged as DEADLINE_EXCEEDED, not as a success.
+    expect(status.code).toBe(Code.DeadlineExceeded);
+  });
+});
+
+describe("RpcChain: cut-off at the end of a drain", () => {
+  it("answers calls in flight UNAVAILABLE (SHUTTING_DOWN), aborts their work, and refuses calls that come later", async () => {
+    const { chain, logs } = setup();
+    let signal: AbortSignal | undefined;
+    const stuck = chain.run(incoming().call, (ctx) => {
+      signal = ctx.signal;
+      return new Promise(() => undefined);
+    });
+    expect(chain.inflightCount).toBe(1);
+    chain.cutOff();
+    expect(await statusOf(stuck)).toMatchObject({ code: Code.Unavailable, reason: "SHUTTING_DOWN" });
+    expect(signal!.aborted).toBe(true);
+    expect(chain.inflightCount).toBe(0);
+    let ran = false;
+    const later = await statusOf(
+      chain.run(incoming().call, async () => {
+        ran = true;
+        return "no";
+      }),
+    );
+    expect(later).toMatchObject({ code: Code.Unavailable, reason: "SHUTTING_DOWN" });
+    expect(ran).toBe(false);
+    expect(logs.lines().filter((l) => l.msg === "rpc").map((l) => l.reason)).toEqual(["SHUTTING_DOWN", "SHUTTING_DOWN"]);
+  });
+});
