@@ -137,18 +137,9 @@ export class Metrics {
     });
   }
 
-  /** The labelled children of the RPC metrics, per method and code: found once, not hashed on every call. */
-  private readonly rpcChildren = new Map<string, { total: { inc(): void }; seconds: { observe(v: number): void } }>();
-
   rpc(method: string, code: string, ms: number): void {
-    const key = `${method} ${code}`;
-    let child = this.rpcChildren.get(key);
-    if (!child) {
-      child = { total: this.rpcTotal.labels(method, code), seconds: this.rpcSeconds.labels(method, code) };
-      this.rpcChildren.set(key, child);
-    }
-    child.total.inc();
-    child.seconds.observe(ms / 1000);
+    this.rpcTotal.inc({ method, code });
+    this.rpcSeconds.observe({ method, code }, ms / 1000);
   }
 
   refresh(provider: string, result: string, ms: number): void {
