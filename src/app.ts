@@ -31,6 +31,7 @@ import { createHealthService, HealthState, ServingStatus } from "./rpc/health.js
 import { startHttpServer, type HttpListener } from "./rpc/http-server.js";
 import { createReflection } from "./rpc/reflection.js";
 import { createTokenServiceHandlers } from "./rpc/token-service.js";
+import { useNodeUtf8Encoder } from "./rpc/utf8.js";
 import { PeriodicTask } from "./refresh/periodic.js";
 import { openSessionReader } from "./db/session-reader.js";
 import { SessionCache } from "./sessions/session-cache.js";
@@ -103,6 +104,7 @@ export function resolveKeyRing(config: Config, logger: Logger): KeyRing {
  */
 export async function createApp(config: Config, overrides: AppOverrides = {}): Promise<App> {
   const logger = overrides.logger ?? createLogger(config.logLevel);
+  useNodeUtf8Encoder();
   const keyRing = resolveKeyRing(config, logger);
   const orm = await openOrm(config.database);
   // What start-up has opened so far, closed in reverse if a later step fails.

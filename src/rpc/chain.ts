@@ -83,7 +83,8 @@ class ActiveCall implements CallContext {
     if (!this.controller) {
       this.controller = new AbortController();
       if (this.aborted || this.call.isCancelled()) this.controller.abort();
-      else this.call.onCancel(() => this.abort());
+      // grpc-js also reports "cancelled" after every answer it sends: by then there is nothing to abort.
+      else this.call.onCancel(() => !this.settled && this.abort());
     }
     return this.controller.signal;
   }

@@ -236,7 +236,8 @@ export class SessionService {
     }
     const refresh = this.coordinator.refresh(row, undefined, ctx.caller);
     if (signals.length === 0) return refresh;
-    const stop = AbortSignal.any(signals);
+    // AbortSignal.any costs a new signal and listeners per caller (thousands in a refresh storm): only when needed.
+    const stop = signals.length === 1 ? signals[0]! : AbortSignal.any(signals);
     try {
       return await abortable(refresh, stop);
     } catch (err) {
