@@ -44,4 +44,6 @@ if (kind !== "http2" && kind !== "grpc-js") {
   process.exit(2);
 }
 const port = kind === "http2" ? await bareHttp2() : await bareGrpcJs();
+// A clean exit on SIGTERM, so that --cpu-prof writes its profile.
+process.on("SIGTERM", () => process.exit(0));
 process.stdout.write(`${port}\n`);

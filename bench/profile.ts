@@ -29,22 +29,35 @@ export interface ProfileSummary {
   functions: Array<[string, number]>;
 }
 
+/** Kinds of code, by the file a sampled function comes from; the first that matches wins. */
 const CATEGORIES: Array<[string, RegExp]> = [
   ["token service code (src/)", /\/dist\/src\//],
   ["logging (pino)", /node_modules\/(pino|@pinojs|sonic-boom|fast-redact|thread-stream)/],
+  ["metrics (prom-client)", /node_modules\/prom-client\//],
   ["database (pg, knex, MikroORM, libsql)", /node_modules\/(pg|pg-[a-z-]+|knex|tarn|@mikro-orm\/[a-z]+|libsql|@libsql\/[a-z-]+)\//],
   ["provider client (openid-client, undici)", /node_modules\/(openid-client|oauth4webapi|jose)\/|node:internal\/deps\/undici/],
+  ["gRPC (grpc-js, grpc-health-check, @grpc/reflection)", /node_modules\/(@grpc\/[a-z-]+|grpc-health-check)\//],
+  ["Connect (connect-node)", /node_modules\/@connectrpc\//],
+  ["protobuf (protobuf-es, protobufjs)", /node_modules\/(@bufbuild|protobufjs|@protobufjs)\//],
   [
-    "RPC stack (connect, protobuf, node:http2, streams, events, abort signals)",
-    /node_modules\/(@connectrpc|@bufbuild)\/|node:internal\/(http2|streams|abort_controller|event_target|per_context\/domexception|webstreams|url)|node:(events|buffer|stream)/,
+    "Node HTTP/2, HTTP/1.1, streams, events, buffers",
+    /node:internal\/(http2|http|_http|streams|abort_controller|event_target|per_context\/domexception|webstreams|url|buffer|encoding|process\/task_queues|timers)|node:(events|buffer|stream|http|_http_[a-z]+|net|timers)/,
   ],
 ];
+
+/** Categories that belong to the RPC stack (the part a bare server has too), for the shares in reports. */
+export const RPC_STACK_CATEGORIES = new Set([
+  "gRPC (grpc-js, grpc-health-check, @grpc/reflection)",
+  "Connect (connect-node)",
+  "protobuf (protobuf-es, protobufjs)",
+  "Node HTTP/2, HTTP/1.1, streams, events, buffers",
+]);
 
 function categoryOf(functionName: string, url: string): string {
   if (functionName === "(garbage collector)") return "garbage collection";
   for (const [name, re] of CATEGORIES) if (re.test(url)) return name;
   if (functionName === "(program)" || functionName === "runMicrotasks" || functionName === "(root)") return "V8 and the event loop (program, microtasks)";
-  return "other Node internals";
+  return "other Node internals (native calls, write syscalls)";
 }
 
 /**
@@ -81,12 +94,17 @@ export function summarizeProfiles(files: ProfileFile[], windows: Array<[number, 
 }
 
 /** A Markdown table of the categories, with shares of the busy time. */
-export function profileTable(summary: ProfileSummary): string {
+export function profileTable(summary: ProfileSummary, total = "busy, all replicas"): string {
   const pct = (ms: number) => `${((100 * ms) / summary.busyMs).toFixed(1)} %`;
   return [
     "| where the CPU went | ms | share |",
     "|---|---|---|",
     ...summary.categories.map(([name, ms]) => `| ${name} | ${ms.toFixed(0)} | ${pct(ms)} |`),
-    `| **busy, all replicas** | **${summary.busyMs.toFixed(0)}** | 100 % |`,
+    `| **${total}** | **${summary.busyMs.toFixed(0)}** | 100 % |`,
   ].join("\n");
+}
+
+/** Share (percent) of the busy time spent in the categories `pred` picks. */
+export function profileShare(summary: ProfileSummary, pred: (category: string) => boolean): number {
+  return (100 * summary.categories.filter(([n]) => pred(n)).reduce((a, [, ms]) => a + ms, 0)) / summary.busyMs;
 }
