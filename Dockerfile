@@ -22,6 +22,7 @@ CMD ["node", "--import", "tsx", "examples/demo-provider/main.ts"]
 FROM node:22-bookworm-slim AS runtime
 ENV NODE_ENV=production \
     TOKEN_SERVICE_ADDR=0.0.0.0:50051 \
+    TOKEN_SERVICE_HTTP_ADDR=0.0.0.0:50052 \
     TOKEN_SERVICE_ADMIN_ADDR=0.0.0.0:9464 \
     DATABASE_URL=sqlite:/var/lib/token-service/token-service.db
 WORKDIR /app
@@ -30,8 +31,8 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean -
 COPY --from=build /app/dist ./dist
 RUN mkdir -p /var/lib/token-service && chown node:node /var/lib/token-service
 USER node
-# 50051: gRPC, gRPC-Web and Connect. 9464: /metrics, /healthz, /readyz.
-EXPOSE 50051 9464
+# 50051: gRPC. 50052: Connect and gRPC-Web (HTTP). 9464: /metrics, /healthz, /readyz.
+EXPOSE 50051 50052 9464
 VOLUME ["/var/lib/token-service"]
 # Liveness with Node itself (no curl in the image). Readiness, which follows the database, is /readyz.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

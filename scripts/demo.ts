@@ -51,7 +51,7 @@ try {
   );
   service = await spawnService({ TOKEN_SERVICE_CONFIG: config, TOKEN_SERVICE_LOG_LEVEL: "info" }, { cwd: dir });
   const started = service.lines().find((l) => l.msg === "token service listening")!;
-  info(`listening on ${service.url} (gRPC, gRPC-Web and Connect on one port); database ${String(started.database)}`);
+  info(`listening on ${service.url} (gRPC) and ${service.httpUrl ?? "no HTTP listener"} (Connect, gRPC-Web); database ${String(started.database)}`);
   const client = connectGrpcClient(service.url);
 
   say("Alice logs in at the provider; her auth gateway hands the token set to StoreSession");

@@ -23,10 +23,12 @@ describe("Dockerfile", () => {
     expect(dockerfile).toMatch(/COPY --from=build \/app\/dist \.\/dist/);
   });
 
-  it("runs as a non-root user, exposes the gRPC and admin ports, and checks health without extra binaries", () => {
+  it("runs as a non-root user, exposes the gRPC, HTTP and admin ports, and checks health without extra binaries", () => {
     const runtime = dockerfile.slice(dockerfile.indexOf("AS runtime"));
     expect(runtime).toMatch(/^USER node$/m);
-    expect(runtime).toMatch(/^EXPOSE 50051 9464$/m);
+    expect(runtime).toMatch(/^EXPOSE 50051 50052 9464$/m);
+    expect(runtime).toMatch(/TOKEN_SERVICE_ADDR=0\.0\.0\.0:50051/);
+    expect(runtime).toMatch(/TOKEN_SERVICE_HTTP_ADDR=0\.0\.0\.0:50052/);
     expect(runtime).toMatch(/^HEALTHCHECK .*\n\s+CMD \["node", "-e", ".*\/healthz/m);
     const healthcheck = /^HEALTHCHECK[\s\S]*?CMD (.*)$/m.exec(runtime)![1]!;
     expect(healthcheck).not.toMatch(/curl|wget/);
@@ -64,6 +66,7 @@ describe("docker-compose.yml", () => {
     const config = loadConfig(
       {
         TOKEN_SERVICE_ADDR: "0.0.0.0:50051",
+        TOKEN_SERVICE_HTTP_ADDR: "0.0.0.0:50052",
         DATABASE_URL: "postgres://token_service:token_service@postgres:5432/token_service",
         TOKEN_SERVICE_ENCRYPTION_KEYS: generateKeySpec("k"),
         TOKEN_SERVICE_CONFIG: join(dir, "config.yaml"),
