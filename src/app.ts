@@ -1,17 +1,11 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { MikroORM } from "@mikro-orm/core";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
-import type { ConnectRouter } from "@connectrpc/connect";
-import { TokenService } from "../gen/tokenservice/v1/token_service_pb.js";
-import { Health } from "../gen/health/v1/health_pb.js";
-import { ServerReflection as ServerReflectionV1 } from "../gen/grpc/reflection/v1/reflection_pb.js";
-import { ServerReflection as ServerReflectionV1Alpha } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
-import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.js";
 import { ConfigError, type Config } from "./config.js";
 import { loadOrCreateKeyFile } from "./crypto/key-file.js";
 import { parseKeyRing, type KeyRing } from "./crypto/key-ring.js";
 import { describeDatabase, migrateUp, openOrm } from "./db/orm.js";
 import { SessionRepository } from "./db/session-repository.js";
+import { AuthorizationRepository } from "./db/provider-repository.js";
 import { createLogger, type Logger } from "./logger.js";
 import { OidcProviderClient, ProviderRegistry, type FetchLike } from "./providers/provider-client.js";
 import { RefreshCoordinator } from "./refresh/coordinator.js";
@@ -24,12 +18,13 @@ import { Metrics } from "./metrics.js";
 import { startAdminServer } from "./admin.js";
 import { CallerDirectory } from "./rpc/auth.js";
 import { RpcChain } from "./rpc/chain.js";
-import { connectService, contextValuesFor } from "./rpc/connect-service.js";
-import { grpcHandlers, grpcServiceDefinition } from "./rpc/grpc-service.js";
-import { startGrpcServer, type GrpcListener } from "./rpc/grpc-server.js";
-import { createHealthService, HealthState, ServingStatus } from "./rpc/health.js";
-import { startHttpServer, type HttpListener } from "./rpc/http-server.js";
-import { createReflection } from "./rpc/reflection.js";
+import { HealthState, ServingStatus } from "./rpc/health.js";
+import type { GrpcListener } from "./rpc/grpc-server.js";
+import type { HttpListener } from "./rpc/http-server.js";
+import { startListeners } from "./rpc/listeners.js";
+import { createProviderServiceHandlers } from "./rpc/provider-service.js";
+import { createBackchannelRoute } from "./rpc/backchannel-route.js";
+import { createAuthorization, type Authorization } from "./authorization/wiring.js";
 import { createTokenServiceHandlers } from "./rpc/token-service.js";
 import { useNodeUtf8Encoder } from "./rpc/utf8.js";
 import { PeriodicTask } from "./refresh/periodic.js";
@@ -58,6 +53,8 @@ export interface App {
   readonly http: HttpListener | undefined;
   /** The shared RPC chain (calls in flight on both listeners). */
   readonly chain: RpcChain;
+  /** Runtime providers, the authorization code flow, back-channel logout. */
+  readonly authorization: Authorization;
   /** http(s)://host:port of the gRPC listener. */
   readonly url: string;
   /** http(s)://host:port of the HTTP listener, when on. */
@@ -144,7 +141,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const background = new BackgroundRefresher(repo, coordinator, providers, config.refresh.background, logger, (provider, lag) =>
       metrics.backgroundStarted(provider, lag),
     );
-    const sweeper = new Sweeper(repo, config.sweeper, logger, () => waiter.notifyFlush());
+    const authRepo = new AuthorizationRepository(orm);
+    const sweeper = new Sweeper(repo, config.sweeper, logger, () => waiter.notifyFlush(), authRepo);
     const reader = await openSessionReader(config.database);
     opened.push(() => reader.close());
     const cache = new SessionCache(config.cache, channel ? channel.connected : true);
@@ -159,6 +157,19 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
 
     const users = new UserSessions(repo, vault, providers, coordinator, logger, {
       providerTimeoutMs: config.refresh.providerTimeoutMs,
+    });
+    const authorization = await createAuthorization({
+      orm,
+      config,
+      keyRing,
+      sessionsRepo: repo,
+      authRepo,
+      registry: providers,
+      sessions,
+      users,
+      waiter,
+      fetch: overrides.fetch,
+      logger,
     });
     const health = new HealthState();
     health.setDatabaseUp(true);
@@ -184,43 +195,21 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     );
 
     const chain = new RpcChain(new CallerDirectory(config.callers), logger, (e) => metrics.rpc(e.method, e.code, e.ms));
-    const handlers = createTokenServiceHandlers(sessions, users);
-    const grpc = await startGrpcServer({
-      host: config.host,
-      port: config.port,
-      tls: config.tls,
-      maxMessageBytes: config.maxMessageBytes,
+    const { grpc, http } = await startListeners({
+      config,
       chain,
-      addServices(server, chained) {
-        server.addService(grpcServiceDefinition(TokenService), grpcHandlers(TokenService, handlers, chain));
-        createHealthService(health).addToServer(chained);
-        if (config.reflection) {
-          createReflection([TokenService, Health, ServerReflectionV1, ServerReflectionV1Alpha], [file_google_rpc_error_details]).addToServer(
-            chained,
-          );
-        }
-      },
+      health,
+      tokenService: createTokenServiceHandlers(sessions, users, authorization.codeFlow),
+      providerService: createProviderServiceHandlers(authorization.admin),
+      httpRoute: createBackchannelRoute(authorization.logout, logger),
     });
     opened.push(async () => grpc.forceClose());
-    const http = config.http
-      ? await startHttpServer(
-          connectNodeAdapter({
-            routes: (router: ConnectRouter) => router.service(TokenService, connectService(TokenService, handlers, chain)),
-            // gRPC has its own listener; this one speaks Connect and gRPC-Web.
-            grpc: false,
-            readMaxBytes: config.maxMessageBytes,
-            contextValues: contextValuesFor,
-          }),
-          config.http.host,
-          config.http.port,
-          config.tls,
-        )
-      : undefined;
     if (http) opened.push(async () => http.forceClose());
     const admin = config.admin ? await startAdminServer(config.admin.host, config.admin.port, metrics, health) : undefined;
     probe.start();
     if (config.refresh.background.enabled) background.start();
     if (config.sweeper.enabled) sweeper.start();
+    authorization.reloadTask.start();
     const urlOf = (l: { tls: boolean; host: string; port: number }) =>
       `${l.tls ? "https" : "http"}://${l.host.includes(":") ? `[${l.host}]` : l.host}:${l.port}`;
     const addrOf = (l: { host: string; port: number }) => `${l.host.includes(":") ? `[${l.host}]` : l.host}:${l.port}`;
@@ -262,6 +251,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       grpc,
       http,
       chain,
+      authorization,
       url,
       httpUrl: http ? urlOf(http) : undefined,
       orm,
@@ -296,7 +286,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
           await sleep(chain.inflightCount > 0 ? 50 : 0);
           grpc.forceClose();
           http?.forceClose();
-          await Promise.all([background.stop(), sweeper.stop(), probe.stop(), admin?.close()]);
+          await Promise.all([background.stop(), sweeper.stop(), probe.stop(), authorization.reloadTask.stop(), admin?.close()]);
           // Refreshes whose callers are gone go on until their tokens are stored (bounded by the lease).
           await coordinator.drain(config.refresh.leaseMs);
           await waiter.close();

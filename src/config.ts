@@ -24,6 +24,21 @@ export interface ProviderConfig {
   revocationEndpoint: string | undefined;
   /** Lifetime assumed for an access token that states none (no expires_in, no JWT exp). */
   defaultTokenLifetimeSeconds: number;
+  /** Where it comes from: the YAML file, or RegisterProvider (the database). */
+  source: "config" | "runtime";
+  /** Redirect URIs StartAuthorization may use; empty: any (the provider checks its own list). */
+  redirectUris: string[];
+  /** RFC 8707 resource its authorizations are for by default (a registered protected resource). */
+  defaultResource: string | undefined;
+  /** Runtime providers only: the discovered metadata, kept in the database (no discovery at start-up). */
+  metadata?: Record<string, unknown>;
+  /** Runtime providers only: how it was registered and found. */
+  runtime?: {
+    registration: "static" | "dynamic";
+    resourceUrl: string | undefined;
+    openid: boolean;
+    createdAt: Date;
+  };
 }
 
 export type DatabaseConfig =
@@ -101,6 +116,8 @@ export interface Config {
   shutdownGraceMs: number;
   /** last_used_at is written at most this often per session, to keep reads cheap. */
   lastUsedResolutionMs: number;
+  /** The authorization code flow (StartAuthorization, CompleteAuthorization). */
+  authorization: { stateTtlMs: number };
 }
 
 /** A configuration problem; `message` names the field and never holds a secret. */
@@ -205,6 +222,9 @@ function toProvider(p: FileConfig["providers"][number], index: number, baseDir: 
     tokenEndpoint: p.token_endpoint,
     revocationEndpoint: p.revocation_endpoint,
     defaultTokenLifetimeSeconds: p.default_token_lifetime_seconds,
+    source: "config",
+    redirectUris: p.redirect_uris ?? [],
+    defaultResource: p.default_resource,
   };
 }
 
@@ -324,5 +344,6 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     reflection: file.reflection,
     shutdownGraceMs: Math.round(file.shutdown_grace_seconds * 1000),
     lastUsedResolutionMs: 60_000,
+    authorization: { stateTtlMs: file.authorization.state_ttl_seconds * 1000 },
   };
 }

@@ -32,6 +32,10 @@ const providerSchema = z
     token_endpoint: httpUrl.optional(),
     revocation_endpoint: httpUrl.optional(),
     default_token_lifetime_seconds: z.number().int().min(1).max(31_536_000).default(300),
+    // For StartAuthorization: the redirect URIs allowed (default: any; the provider checks its own list),
+    // and the RFC 8707 resource its authorizations are for by default.
+    redirect_uris: z.array(httpUrl).optional(),
+    default_resource: httpUrl.optional(),
   })
   .strict();
 
@@ -87,6 +91,13 @@ export const fileSchema = z
     reflection: z.boolean().default(true),
     shutdown_grace_seconds: z.number().min(0).max(600).default(10),
     log_level: z.enum(LOG_LEVELS).default("info"),
+    authorization: z
+      .object({
+        // How long a started authorization (its state, PKCE verifier and nonce) may be completed.
+        state_ttl_seconds: z.number().int().min(30).max(86_400).default(600),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict();
 

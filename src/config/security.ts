@@ -3,7 +3,18 @@ import { resolve } from "node:path";
 import { z } from "zod";
 
 /** RPC names a caller may be granted, as written in `callers[].rpcs`. */
-export const RPC_NAMES = ["StoreSession", "GetToken", "RevokeSession", "ListSessions", "RevokeUserSessions"] as const;
+export const RPC_NAMES = [
+  "StoreSession",
+  "GetToken",
+  "RevokeSession",
+  "ListSessions",
+  "RevokeUserSessions",
+  "StartAuthorization",
+  "CompleteAuthorization",
+  "RegisterProvider",
+  "ListProviders",
+  "DeleteProvider",
+] as const;
 export type RpcName = (typeof RPC_NAMES)[number];
 
 /** An allowed caller of the service. */

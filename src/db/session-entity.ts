@@ -38,6 +38,11 @@ export interface SessionRow {
   lastErrorAt: Date | null;
   /** The provider's error code that made this session need a new login. */
   reauthReason: string | null;
+  /** The ID token's `sub` and `sid` (OpenID Connect), for back-channel logout. */
+  subject: string | null;
+  sid: string | null;
+  /** RFC 8707 resources granted at login, as a JSON array of URIs; null: none. */
+  resources: string | null;
 }
 
 export const SessionSchema = new EntitySchema<SessionRow>({
@@ -67,10 +72,15 @@ export const SessionSchema = new EntitySchema<SessionRow>({
     lastErrorCode: { type: "string", length: 64, nullable: true },
     lastErrorAt: { type: "datetime", length: 3, nullable: true },
     reauthReason: { type: "string", length: 64, nullable: true },
+    subject: { type: "string", length: 255, nullable: true },
+    sid: { type: "string", length: 255, nullable: true },
+    resources: { type: "text", nullable: true },
   },
   indexes: [
     { name: "sessions_user_provider_created_idx", properties: ["userId", "provider", "createdAt"] },
     { name: "sessions_status_access_expires_idx", properties: ["status", "accessExpiresAt"] },
+    { name: "sessions_provider_sid_idx", properties: ["provider", "sid"] },
+    { name: "sessions_provider_subject_idx", properties: ["provider", "subject"] },
   ],
 });
 

@@ -59,6 +59,30 @@ export function isUnavailable(err: unknown): boolean {
   return false;
 }
 
+/**
+ * Runs `fn` on a fresh EntityManager fork (no unit of work shared between
+ * calls), turning an outage into DatabaseUnavailableError.
+ */
+export async function runOn<T>(orm: MikroORM, fn: (em: EntityManager) => Promise<T>): Promise<T> {
+  try {
+    return await fn(orm.em.fork({ clear: true, useContext: false }));
+  } catch (err) {
+    if (isUnavailable(err)) throw new DatabaseUnavailableError(err);
+    throw err;
+  }
+}
+
+/** Whether an error is a primary-key or unique-constraint violation. */
+export function isUniqueViolation(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e && depth < 5; depth++) {
+    const x = e as { code?: unknown; name?: unknown; message?: unknown; cause?: unknown };
+    if (x.code === "23505" || x.name === "UniqueConstraintViolationException") return true;
+    if (typeof x.message === "string" && /UNIQUE constraint failed|SQLITE_CONSTRAINT_PRIMARYKEY/.test(x.message)) return true;
+    e = x.cause;
+  }
+  return false;
+}
+
 /** Rows leave here with Buffers, whatever the driver returned (see asBuffer). */
 function normalize(row: SessionRow | null): SessionRow | null {
   if (!row) return null;
@@ -79,17 +103,8 @@ export class SessionRepository {
     private readonly dialect: "sqlite" | "postgresql" = "sqlite",
   ) {}
 
-  private em(): EntityManager {
-    return this.orm.em.fork({ clear: true, useContext: false });
-  }
-
-  private async run<T>(fn: (em: EntityManager) => Promise<T>): Promise<T> {
-    try {
-      return await fn(this.em());
-    } catch (err) {
-      if (isUnavailable(err)) throw new DatabaseUnavailableError(err);
-      throw err;
-    }
+  private run<T>(fn: (em: EntityManager) => Promise<T>): Promise<T> {
+    return runOn(this.orm, fn);
   }
 
   /** Inserts a new session. */
@@ -219,14 +234,36 @@ export class SessionRepository {
    * returns the rows deleted, each as it was when deleted (see deleteForUser).
    */
   async deleteAllForUser(userId: string, providers: readonly string[] | undefined): Promise<SessionRow[]> {
-    const where: FilterQuery<SessionRow> = providers ? { userId, provider: { $in: [...providers] } } : { userId };
+    return this.deleteAll(providers ? { userId, provider: { $in: [...providers] } } : { userId });
+  }
+
+  /**
+   * Deletes the sessions of a provider whose ID token had this `sid`, or
+   * else this `sub` (back-channel logout); returns the rows deleted.
+   */
+  async deleteForLogout(provider: string, by: { sid: string } | { subject: string }): Promise<SessionRow[]> {
+    return this.deleteAll({ provider, ...by });
+  }
+
+  /** Deletes every session of a provider; returns the rows deleted. */
+  async deleteAllForProvider(provider: string): Promise<SessionRow[]> {
+    return this.deleteAll({ provider });
+  }
+
+  /** How many sessions a provider has. */
+  async countForProvider(provider: string): Promise<number> {
+    return this.run((em) => em.count(SessionSchema, { provider }));
+  }
+
+  /** Deletes the matching rows, each as it was when deleted (a compare-and-set on its version, as deleteForUser). */
+  private async deleteAll(where: FilterQuery<SessionRow>): Promise<SessionRow[]> {
     return this.run(async (em) => {
       const deleted: SessionRow[] = [];
       for (;;) {
         const rows = (await em.find(SessionSchema, where, { disableIdentityMap: true })).map((r) => normalize(r) as SessionRow);
         if (rows.length === 0) return deleted;
         for (const row of rows) {
-          if ((await em.nativeDelete(SessionSchema, { id: row.id, userId, version: row.version })) === 1) deleted.push(row);
+          if ((await em.nativeDelete(SessionSchema, { id: row.id, version: row.version })) === 1) deleted.push(row);
         }
       }
     });

@@ -1,3 +1,4 @@
+import { createRemoteJWKSet, customFetch as joseFetch, type JWTVerifyGetKey } from "jose";
 import * as oidc from "openid-client";
 import type { ProviderConfig, RefreshConfig } from "../config.js";
 import type { Logger } from "../logger.js";
@@ -25,7 +26,21 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
-/** Refresh and revocation at one provider. */
+/** What a code exchange must check: the PKCE verifier sent, the state and nonce issued. */
+export interface CodeChecks {
+  codeVerifier: string;
+  state: string;
+  /** OpenID Connect providers: the nonce the ID token must carry. */
+  nonce: string | undefined;
+}
+
+/** A code exchange's tokens, with who the ID token (validated) is about. */
+export interface CodeGrantResult extends ProviderTokens {
+  subject: string | undefined;
+  sid: string | undefined;
+}
+
+/** Refresh, revocation and the authorization code flow at one provider. */
 export interface ProviderClient {
   readonly id: string;
   readonly config: ProviderConfig;
@@ -34,6 +49,15 @@ export interface ProviderClient {
   refresh(refreshToken: string, options: CallOptions): Promise<ProviderTokens>;
   /** RFC 7009 revocation; false when the provider has no revocation endpoint. */
   revoke(token: string, hint: "refresh_token" | "access_token", options: CallOptions): Promise<boolean>;
+  /** The authorization request URL with these parameters (client_id and response_type=code added). */
+  authorizationUrl(params: Record<string, string>, options: CallOptions): Promise<URL>;
+  /**
+   * Exchanges the code in `callbackUrl` (one attempt: a code is used once),
+   * checking state, `iss` (RFC 9207) and, for OpenID Connect, the ID token.
+   */
+  exchangeCode(callbackUrl: URL, checks: CodeChecks, resource: string | undefined, options: CallOptions): Promise<CodeGrantResult>;
+  /** The provider's signing keys (its jwks_uri), for logout tokens; cached and refetched on an unknown kid. */
+  signingKeys(options: CallOptions): Promise<JWTVerifyGetKey>;
 }
 
 function clientAuth(config: ProviderConfig): oidc.ClientAuth {
@@ -71,6 +95,7 @@ function fromResponseBody(body: Record<string, unknown>): ProviderTokens | undef
  */
 export class OidcProviderClient implements ProviderClient {
   private discovered: Promise<oidc.ServerMetadata> | undefined;
+  private jwks: Promise<JWTVerifyGetKey> | undefined;
 
   constructor(
     readonly config: ProviderConfig,
@@ -84,6 +109,7 @@ export class OidcProviderClient implements ProviderClient {
   }
 
   metadata(options: CallOptions): Promise<oidc.ServerMetadata> {
+    if (this.config.metadata) return Promise.resolve(this.config.metadata as unknown as oidc.ServerMetadata);
     if (this.config.tokenEndpoint) {
       return Promise.resolve({
         issuer: this.config.issuer,
@@ -170,6 +196,46 @@ export class OidcProviderClient implements ProviderClient {
     return true;
   }
 
+  async authorizationUrl(params: Record<string, string>, options: CallOptions): Promise<URL> {
+    const metadata = await this.metadata(options);
+    if (!metadata.authorization_endpoint) throw new ProviderError("unavailable", "no_authorization_endpoint");
+    return oidc.buildAuthorizationUrl(this.configuration(metadata, AbortSignal.timeout(this.refreshConfig.providerTimeoutMs)), params);
+  }
+
+  async exchangeCode(callbackUrl: URL, checks: CodeChecks, resource: string | undefined, options: CallOptions): Promise<CodeGrantResult> {
+    const metadata = await this.metadata(options);
+    const remaining = Math.max(1, Math.floor(Math.min(options.deadline - Date.now(), this.refreshConfig.providerTimeoutMs)));
+    const signals = [AbortSignal.timeout(remaining), ...(options.signal ? [options.signal] : [])];
+    const config = this.configuration(metadata, signals.length === 1 ? signals[0]! : AbortSignal.any(signals));
+    const response = await oidc.authorizationCodeGrant(
+      config,
+      callbackUrl,
+      {
+        pkceCodeVerifier: checks.codeVerifier,
+        expectedState: checks.state,
+        ...(checks.nonce !== undefined ? { expectedNonce: checks.nonce, idTokenExpected: true } : {}),
+      },
+      resource ? { resource } : undefined,
+    );
+    const tokens = fromResponseBody(response as unknown as Record<string, unknown>);
+    if (!tokens) throw new ProviderError("unavailable", "bad_response");
+    const claims = response.claims();
+    const str = (v: unknown) => (typeof v === "string" && v !== "" ? v : undefined);
+    return { ...tokens, subject: str(claims?.sub), sid: str(claims?.sid) };
+  }
+
+  signingKeys(options: CallOptions): Promise<JWTVerifyGetKey> {
+    this.jwks ??= this.metadata(options).then((metadata) => {
+      if (!metadata.jwks_uri) throw new ProviderError("unavailable", "no_jwks_uri");
+      return createRemoteJWKSet(new URL(metadata.jwks_uri), {
+        timeoutDuration: this.refreshConfig.providerTimeoutMs,
+        [joseFetch]: (url: string, init: RequestInit) => this.fetchImpl(url, init),
+      });
+    });
+    this.jwks.catch(() => (this.jwks = undefined));
+    return this.jwks;
+  }
+
   private retryPolicy() {
     return {
       maxAttempts: this.refreshConfig.maxAttempts,
@@ -213,19 +279,39 @@ export class OidcProviderClient implements ProviderClient {
   }
 }
 
-/** The configured providers by id. */
+/**
+ * The providers by id: those of the YAML file, fixed for the life of the
+ * process, and those registered at run time, replaced as a whole whenever
+ * the database says they changed.
+ */
 export class ProviderRegistry {
-  private readonly clients: Map<string, ProviderClient>;
+  private readonly configured: Map<string, ProviderClient>;
+  private runtime = new Map<string, ProviderClient>();
 
   constructor(clients: ProviderClient[]) {
-    this.clients = new Map(clients.map((c) => [c.id, c]));
+    this.configured = new Map(clients.map((c) => [c.id, c]));
   }
 
   get(id: string): ProviderClient | undefined {
-    return this.clients.get(id);
+    return this.configured.get(id) ?? this.runtime.get(id);
   }
 
+  /** Every provider id, YAML ones first. */
   ids(): string[] {
-    return [...this.clients.keys()];
+    return [...this.configured.keys(), ...this.runtime.keys()];
+  }
+
+  /** Whether the id belongs to a provider of the YAML file. */
+  isConfigured(id: string): boolean {
+    return this.configured.has(id);
+  }
+
+  /** The runtime providers now (a client kept from before is reused, so its caches survive). */
+  setRuntime(clients: ProviderClient[]): void {
+    this.runtime = new Map(clients.filter((c) => !this.configured.has(c.id)).map((c) => [c.id, c]));
+  }
+
+  runtimeClients(): ProviderClient[] {
+    return [...this.runtime.values()];
   }
 }

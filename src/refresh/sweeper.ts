@@ -10,17 +10,27 @@ export interface SweepResult {
   expiredLifetime: number;
   reauthRetained: number;
   unrefreshable: number;
+  /** Started authorizations past their lifetime, and logout tokens past their replay window. */
+  authorizationStates: number;
+  logoutTokens: number;
+}
+
+/** The authorization code flow's own expiring rows. */
+export interface AuthorizationSweeps {
+  sweepStates(before: Date, limit: number): Promise<number>;
+  sweepLogoutTokens(before: Date): Promise<number>;
 }
 
 /**
  * Deletes, in batches, sessions that are past the absolute lifetime, that
  * have needed a new login for longer than the retention, or whose refresh
- * token is known to have expired. Every replica may sweep: deletes are
+ * token is known to have expired; and started authorizations and seen
+ * logout tokens past their lifetime. Every replica may sweep: deletes are
  * idempotent.
  */
 export class Sweeper {
   private readonly task: PeriodicTask;
-  readonly totals: SweepResult = { expiredLifetime: 0, reauthRetained: 0, unrefreshable: 0 };
+  readonly totals: SweepResult = { expiredLifetime: 0, reauthRetained: 0, unrefreshable: 0, authorizationStates: 0, logoutTokens: 0 };
 
   constructor(
     private readonly repo: SessionRepository,
@@ -28,6 +38,7 @@ export class Sweeper {
     private readonly logger: Logger,
     /** Told when sessions were deleted, so caches forget them. */
     private readonly onDeleted: () => Promise<void> = async () => undefined,
+    private readonly authorization?: AuthorizationSweeps,
   ) {
     this.task = new PeriodicTask("sweeper", config.intervalMs, async () => {
       await this.sweep();
@@ -61,15 +72,13 @@ export class Sweeper {
           : 0,
       reauthRetained: await drain(() => this.repo.deleteReauthBefore(new Date(now.getTime() - reauthRetentionMs), batchSize)),
       unrefreshable: await drain(() => this.repo.deleteUnrefreshable(now, batchSize)),
+      authorizationStates: this.authorization ? await drain(() => this.authorization!.sweepStates(now, batchSize)) : 0,
+      logoutTokens: this.authorization ? await this.authorization.sweepLogoutTokens(now) : 0,
     };
-    const total = result.expiredLifetime + result.reauthRetained + result.unrefreshable;
-    if (total > 0) {
-      this.totals.expiredLifetime += result.expiredLifetime;
-      this.totals.reauthRetained += result.reauthRetained;
-      this.totals.unrefreshable += result.unrefreshable;
-      this.logger.info({ ...result }, "swept sessions");
-      await this.onDeleted();
-    }
+    for (const k of Object.keys(result) as Array<keyof SweepResult>) this.totals[k] += result[k];
+    const sessions = result.expiredLifetime + result.reauthRetained + result.unrefreshable;
+    if (sessions + result.authorizationStates + result.logoutTokens > 0) this.logger.info({ ...result }, "swept");
+    if (sessions > 0) await this.onDeleted();
     return result;
   }
 }

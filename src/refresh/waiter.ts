@@ -16,6 +16,7 @@ export interface RowWaiter {
 
 const PREFIX = "changed:";
 const FLUSH = "flush";
+const PROVIDERS = "providers";
 
 /** Listeners of session changes, local or from other replicas. */
 export interface SessionChangeListener {
@@ -25,6 +26,8 @@ export interface SessionChangeListener {
   flush(): void;
   /** The cross-replica channel went down (false) or came back (true). */
   channel?(connected: boolean): void;
+  /** A provider was registered or deleted (here or on another replica). */
+  providers?(): void;
 }
 
 /**
@@ -44,6 +47,8 @@ export class SessionWaiter implements RowWaiter {
         for (const l of this.listeners) l.changed(ref);
       } else if (message === FLUSH) {
         for (const l of this.listeners) l.flush();
+      } else if (message === PROVIDERS) {
+        for (const l of this.listeners) l.providers?.();
       }
     });
     channel?.onStateChange((connected) => {
@@ -89,6 +94,12 @@ export class SessionWaiter implements RowWaiter {
     this.wakeRef(ref);
     for (const l of this.listeners) l.changed(ref);
     await this.channel?.publish(`${PREFIX}${ref}`);
+  }
+
+  /** Announces that the runtime providers changed (registered or deleted). */
+  async notifyProviders(): Promise<void> {
+    for (const l of this.listeners) l.providers?.();
+    await this.channel?.publish(PROVIDERS);
   }
 
   /** Announces that many sessions changed at once (a sweep, a key rotation). */

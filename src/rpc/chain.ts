@@ -7,6 +7,8 @@ import { CallCancelledError, CallRefusedError, Code, codeName, ShuttingDownError
 import { TokenBucket } from "./rate-limit.js";
 
 const TOKEN_SERVICE = "tokenservice.v1.TokenService";
+/** Services whose RPCs a caller's `rpcs` list names. */
+const SCOPED_SERVICES = new Set([TOKEN_SERVICE, "tokenservice.v1.ProviderService"]);
 /** Probes must work without credentials. */
 const OPEN_SERVICES = new Set(["grpc.health.v1.Health"]);
 
@@ -191,7 +193,7 @@ export class RpcChain {
       this.audit(call, null, who === "none" ? "no_credential" : "unknown_credential");
       throw new CallRefusedError(Code.Unauthenticated, "UNAUTHENTICATED", "a valid caller credential is required");
     }
-    if (call.service === TOKEN_SERVICE && who.rpcs && !who.rpcs.has(call.method as RpcName)) {
+    if (SCOPED_SERVICES.has(call.service) && who.rpcs && !who.rpcs.has(call.method as RpcName)) {
       this.audit(call, who.name, "rpc_not_allowed");
       throw new CallRefusedError(Code.PermissionDenied, "RPC_NOT_ALLOWED", `caller ${who.name} may not call ${call.method}`);
     }
@@ -216,7 +218,7 @@ export class RpcChain {
     const method = `${call.service}/${call.method}`;
     const code = codeName(status?.code);
     // Probes and reflection are frequent and dull: debug level. Token service calls: info.
-    const level = call.service === TOKEN_SERVICE ? "info" : "debug";
+    const level = SCOPED_SERVICES.has(call.service) ? "info" : "debug";
     const fields = { rpc: method, ms, peer: call.peer, caller: scope.caller, protocol: call.protocol, code };
     if (!status) {
       this.logger[level](fields, "rpc");

@@ -2,6 +2,17 @@ import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { ErrorInfoSchema, type ErrorInfo } from "../../gen/google/rpc/error_details_pb.js";
 import {
+  AuthorizationDeniedError,
+  CodeRejectedError,
+  InvalidCallbackError,
+  InvalidStateError,
+  ProviderExistsError,
+  ProviderHasSessionsError,
+  ProviderNotFoundError,
+  ProviderReadOnlyError,
+  ProviderSetupError,
+} from "../authorization/errors.js";
+import {
   CallerDeadlineError,
   CorruptSessionError,
   InvalidArgumentError,
@@ -106,6 +117,17 @@ export function toRpcStatus(err: unknown): RpcStatus {
     return info(Code.FailedPrecondition, err.message, "KEY_UNAVAILABLE", { key_id: err.keyId });
   }
   if (err instanceof CorruptSessionError) return info(Code.DataLoss, err.message, "CORRUPT_SESSION");
+  if (err instanceof AuthorizationDeniedError) return info(Code.FailedPrecondition, err.message, "AUTHORIZATION_DENIED", { error: err.error });
+  if (err instanceof InvalidStateError) return info(Code.FailedPrecondition, err.message, "INVALID_STATE");
+  if (err instanceof CodeRejectedError) return info(Code.FailedPrecondition, err.message, "CODE_REJECTED", { error: err.error });
+  if (err instanceof InvalidCallbackError) return info(Code.FailedPrecondition, err.message, "INVALID_CALLBACK", { check: err.check });
+  if (err instanceof ProviderExistsError) return info(Code.AlreadyExists, err.message, "PROVIDER_EXISTS", { provider: err.provider });
+  if (err instanceof ProviderNotFoundError) return info(Code.NotFound, err.message, "PROVIDER_NOT_FOUND", { provider: err.provider });
+  if (err instanceof ProviderReadOnlyError) return info(Code.FailedPrecondition, err.message, "PROVIDER_READ_ONLY", { provider: err.provider });
+  if (err instanceof ProviderHasSessionsError) {
+    return info(Code.FailedPrecondition, err.message, "PROVIDER_HAS_SESSIONS", { provider: err.provider, sessions: String(err.sessions) });
+  }
+  if (err instanceof ProviderSetupError) return info(Code.FailedPrecondition, err.message, "PROVIDER_SETUP_FAILED", { reason: err.reason });
   if (err instanceof CallRefusedError) {
     return err.reason === undefined
       ? { code: err.status, message: err.message, known: true }

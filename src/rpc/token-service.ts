@@ -1,12 +1,14 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import {
+  CompleteAuthorizationResponseSchema,
   GetTokenResponseSchema,
   ListSessionsResponseSchema,
   RevokeSessionResponseSchema,
   RevokeUserSessionsResponseSchema,
   SessionInfoSchema,
   SessionStatus,
+  StartAuthorizationResponseSchema,
   StoreSessionResponseSchema,
   TokenKind,
   type TokenService,
@@ -14,6 +16,7 @@ import {
 import { InvalidArgumentError } from "../sessions/errors.js";
 import type { SessionService } from "../sessions/session-service.js";
 import type { UserSessions } from "../sessions/user-sessions.js";
+import type { CodeFlow } from "../authorization/code-flow.js";
 import type { ServiceHandlers } from "./handlers.js";
 
 function toDate(ts: Timestamp | undefined, field: string): Date | undefined {
@@ -41,7 +44,11 @@ function kindOf(kind: TokenKind): "access" | "id" {
  * proto out. No logic lives here; typed against the full generated service
  * so a missing RPC fails to compile. `ctx` comes from the RPC chain.
  */
-export function createTokenServiceHandlers(sessions: SessionService, users: UserSessions): ServiceHandlers<typeof TokenService> {
+export function createTokenServiceHandlers(
+  sessions: SessionService,
+  users: UserSessions,
+  codeFlow: CodeFlow,
+): ServiceHandlers<typeof TokenService> {
   return {
     async storeSession(req, ctx) {
       const t = req.tokens;
@@ -116,6 +123,34 @@ export function createTokenServiceHandlers(sessions: SessionService, users: User
     async revokeUserSessions(req, ctx) {
       const revoked = await users.revokeUserSessions({ userId: req.userId, provider: req.provider }, ctx);
       return create(RevokeUserSessionsResponseSchema, { revoked });
+    },
+
+    async startAuthorization(req, ctx) {
+      const started = await codeFlow.start(
+        {
+          userId: req.userId,
+          provider: req.provider,
+          redirectUri: req.redirectUri,
+          scopes: req.scopes,
+          resources: req.resources,
+          extraParams: req.extraParams,
+        },
+        ctx,
+      );
+      return create(StartAuthorizationResponseSchema, {
+        authorizationUrl: started.authorizationUrl,
+        state: started.state,
+        expiresAt: timestampFromDate(started.expiresAt),
+      });
+    },
+
+    async completeAuthorization(req, ctx) {
+      const done = await codeFlow.complete({ userId: req.userId, callbackUrl: req.callbackUrl }, ctx);
+      return create(CompleteAuthorizationResponseSchema, {
+        sessionId: done.sessionId,
+        expiresAt: timestampFromDate(done.expiresAt),
+        provider: done.provider,
+      });
     },
   };
 }

@@ -70,6 +70,13 @@ export function idTokenExpiry(idToken: string): Date | undefined {
   return epochClaim(jwtClaims(idToken), "exp");
 }
 
+/** Who an id_token is about: its `sub` and `sid` claims (for back-channel logout), when they are strings. */
+export function idTokenIdentity(idToken: string): { subject: string | null; sid: string | null } {
+  const claims = jwtClaims(idToken);
+  const str = (v: unknown) => (typeof v === "string" && v !== "" && v.length <= 255 ? v : null);
+  return { subject: str(claims?.sub), sid: str(claims?.sid) };
+}
+
 /**
  * The refresh margin for a token: the configured margin, but never more than
  * half the token's lifetime, so a 5-minute token with a 5-minute margin is not

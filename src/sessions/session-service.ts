@@ -14,7 +14,7 @@ import {
   RefreshTimeoutError,
   SessionNotFoundError,
 } from "./errors.js";
-import { accessTokenExpiry, idTokenExpiry, lifetimeSeconds, requiredValiditySeconds, secondsLeft } from "./expiry.js";
+import { accessTokenExpiry, idTokenExpiry, idTokenIdentity, lifetimeSeconds, requiredValiditySeconds, secondsLeft } from "./expiry.js";
 import type { CacheEntry, SessionCache } from "./session-cache.js";
 import type { TokenVault } from "./token-vault.js";
 import { requireProviderAllowed, type CallContext } from "./scope.js";
@@ -44,6 +44,8 @@ export interface StoreSessionInput {
     scope: string;
     refreshExpiresAt: Date | undefined;
   };
+  /** RFC 8707 resources granted at login (absolute URIs); none when omitted. */
+  resources?: string[];
 }
 
 export type TokenKind = "access" | "id";
@@ -145,6 +147,8 @@ export class SessionService {
       lastErrorCode: null,
       lastErrorAt: null,
       reauthReason: null,
+      ...(idToken !== undefined ? idTokenIdentity(idToken) : { subject: null, sid: null }),
+      resources: input.resources?.length ? JSON.stringify(input.resources) : null,
     };
     await this.repo.insert(row);
     this.logger.info(

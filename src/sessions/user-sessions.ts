@@ -93,7 +93,59 @@ export class UserSessions {
       { audit: true, event: "revoke_all", caller: ctx.caller, userId, provider: input.provider || undefined, count: rows.length },
       "user logged out everywhere",
     );
-    // Provider revocations, a few at a time, each bounded by the provider timeout.
+    await this.revokeMany(rows, ctx);
+    return rows.length;
+  }
+
+  /** Deletes every session of a provider and revokes each at the provider (before the provider itself is deleted). */
+  revokeProviderSessions(provider: string, ctx: CallContext = {}): Promise<number> {
+    return this.revokeProvider(provider, ctx).catch(asDomainError);
+  }
+
+  private async revokeProvider(provider: string, ctx: CallContext): Promise<number> {
+    const rows = await this.repo.deleteAllForProvider(provider);
+    await Promise.all(rows.map((r) => this.coordinator.announce(r.id)));
+    for (const row of rows) {
+      this.logger.info(
+        { audit: true, event: "revoke", reason: "provider_deleted", caller: ctx.caller, userId: row.userId, provider, sid: sessionRef(row.id) },
+        "session revoked with its provider",
+      );
+    }
+    await this.revokeMany(rows, ctx);
+    return rows.length;
+  }
+
+  /**
+   * Back-channel logout: deletes the provider's sessions whose ID token had
+   * this `sid` (or, without one, this `sub`). The provider ended them, so
+   * they are not revoked there again. Returns the rows deleted.
+   */
+  logout(provider: string, by: { sid: string } | { subject: string }, ctx: CallContext = {}): Promise<SessionRow[]> {
+    return this.logoutBy(provider, by, ctx).catch(asDomainError);
+  }
+
+  private async logoutBy(provider: string, by: { sid: string } | { subject: string }, ctx: CallContext): Promise<SessionRow[]> {
+    const rows = await this.repo.deleteForLogout(provider, by);
+    await Promise.all(rows.map((r) => this.coordinator.announce(r.id)));
+    for (const row of rows) {
+      this.logger.info(
+        {
+          audit: true,
+          event: "backchannel_logout",
+          caller: ctx.caller,
+          userId: row.userId,
+          provider,
+          sid: sessionRef(row.id),
+          matched: "sid" in by ? "sid" : "sub",
+        },
+        "session ended by the provider (back-channel logout)",
+      );
+    }
+    return rows;
+  }
+
+  /** Provider revocations, a few at a time, each bounded by the provider timeout. */
+  private async revokeMany(rows: SessionRow[], ctx: CallContext): Promise<void> {
     const queue = [...rows];
     const worker = async () => {
       for (let row = queue.shift(); row; row = queue.shift()) {
@@ -101,7 +153,6 @@ export class UserSessions {
       }
     };
     await Promise.all(Array.from({ length: Math.min(REVOKE_CONCURRENCY, rows.length) }, worker));
-    return rows.length;
   }
 
   private async revokeAtProvider(row: SessionRow, ctx: CallContext, log: Logger): Promise<void> {

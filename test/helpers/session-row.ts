@@ -31,6 +31,9 @@ export function sessionRow(
     lastErrorCode: null,
     lastErrorAt: null,
     reauthReason: null,
+    subject: null,
+    sid: null,
+    resources: null,
     ...fields,
   };
 }

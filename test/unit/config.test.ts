@@ -171,7 +171,17 @@ describe("loadConfig: providers", () => {
       tokenEndpoint: undefined,
       revocationEndpoint: undefined,
       defaultTokenLifetimeSeconds: 300,
+      source: "config",
+      redirectUris: [],
+      defaultResource: undefined,
     });
+  });
+
+  it("reads a provider's redirect_uris and default_resource, and the authorization state lifetime", () => {
+    const c = load(`${provider()}    redirect_uris: [https://app.example/cb]\n    default_resource: https://mcp.example/mcp\nauthorization:\n  state_ttl_seconds: 120\n`);
+    expect(c.providers[0]).toMatchObject({ redirectUris: ["https://app.example/cb"], defaultResource: "https://mcp.example/mcp" });
+    expect(c.authorization.stateTtlMs).toBe(120_000);
+    expect(load(provider()).authorization.stateTtlMs).toBe(600_000);
   });
 
   it("reads client_secret_file relative to the config file, trimmed", () => {

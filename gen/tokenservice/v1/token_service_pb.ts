@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokenservice/v1/token_service.proto.
  */
 export const file_tokenservice_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("CiN0b2tlbnNlcnZpY2UvdjEvdG9rZW5fc2VydmljZS5wcm90bxIPdG9rZW5zZXJ2aWNlLnYxIugBCghUb2tlblNldBIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRIQCghpZF90b2tlbhgDIAEoCRISCgp0b2tlbl90eXBlGAQgASgJEhIKCmV4cGlyZXNfaW4YBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc2NvcGUYByABKAkSNgoScmVmcmVzaF9leHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJjChNTdG9yZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSKQoGdG9rZW5zGAMgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlRva2VuU2V0IloKFFN0b3JlU2Vzc2lvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAipAEKD0dldFRva2VuUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEAoIcHJvdmlkZXIYAyABKAkSKAoEa2luZBgEIAEoDjIaLnRva2Vuc2VydmljZS52MS5Ub2tlbktpbmQSGQoRbWluX3ZhbGlkX3NlY29uZHMYBSABKA0SFQoNZm9yY2VfcmVmcmVzaBgGIAEoCCKIAQoQR2V0VG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXNjb3BlGAQgASgJEhIKCnNlc3Npb25faWQYBSABKAkiOwoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhcKFVJldm9rZVNlc3Npb25SZXNwb25zZSK4AgoLU2Vzc2lvbkluZm8SEgoKc2Vzc2lvbl9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3VzZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWFjY2Vzc19leHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgZzdGF0dXMYBiABKA4yHi50b2tlbnNlcnZpY2UudjEuU2Vzc2lvblN0YXR1cxIOCgZrZXlfaWQYByABKAkSEwoLcmVmcmVzaGFibGUYCCABKAgSFQoNcmVhdXRoX3JlYXNvbhgJIAEoCSI4ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkiRgoUTGlzdFNlc3Npb25zUmVzcG9uc2USLgoIc2Vzc2lvbnMYASADKAsyHC50b2tlbnNlcnZpY2UudjEuU2Vzc2lvbkluZm8iPgoZUmV2b2tlVXNlclNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJIi0KGlJldm9rZVVzZXJTZXNzaW9uc1Jlc3BvbnNlEg8KB3Jldm9rZWQYASABKA0qUQoJVG9rZW5LaW5kEhoKFlRPS0VOX0tJTkRfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9LSU5EX0FDQ0VTUxABEhEKDVRPS0VOX0tJTkRfSUQQAipuCg1TZXNzaW9uU3RhdHVzEh4KGlNFU1NJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASGQoVU0VTU0lPTl9TVEFUVVNfQUNUSVZFEAESIgoeU0VTU0lPTl9TVEFUVVNfUkVBVVRIX1JFUVVJUkVEEAIy6AMKDFRva2VuU2VydmljZRJbCgxTdG9yZVNlc3Npb24SJC50b2tlbnNlcnZpY2UudjEuU3RvcmVTZXNzaW9uUmVxdWVzdBolLnRva2Vuc2VydmljZS52MS5TdG9yZVNlc3Npb25SZXNwb25zZRJPCghHZXRUb2tlbhIgLnRva2Vuc2VydmljZS52MS5HZXRUb2tlblJlcXVlc3QaIS50b2tlbnNlcnZpY2UudjEuR2V0VG9rZW5SZXNwb25zZRJeCg1SZXZva2VTZXNzaW9uEiUudG9rZW5zZXJ2aWNlLnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GiYudG9rZW5zZXJ2aWNlLnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJbCgxMaXN0U2Vzc2lvbnMSJC50b2tlbnNlcnZpY2UudjEuTGlzdFNlc3Npb25zUmVxdWVzdBolLnRva2Vuc2VydmljZS52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJtChJSZXZva2VVc2VyU2Vzc2lvbnMSKi50b2tlbnNlcnZpY2UudjEuUmV2b2tlVXNlclNlc3Npb25zUmVxdWVzdBorLnRva2Vuc2VydmljZS52MS5SZXZva2VVc2VyU2Vzc2lvbnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiN0b2tlbnNlcnZpY2UvdjEvdG9rZW5fc2VydmljZS5wcm90bxIPdG9rZW5zZXJ2aWNlLnYxIugBCghUb2tlblNldBIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRIQCghpZF90b2tlbhgDIAEoCRISCgp0b2tlbl90eXBlGAQgASgJEhIKCmV4cGlyZXNfaW4YBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc2NvcGUYByABKAkSNgoScmVmcmVzaF9leHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJjChNTdG9yZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSKQoGdG9rZW5zGAMgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlRva2VuU2V0IloKFFN0b3JlU2Vzc2lvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAipAEKD0dldFRva2VuUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEAoIcHJvdmlkZXIYAyABKAkSKAoEa2luZBgEIAEoDjIaLnRva2Vuc2VydmljZS52MS5Ub2tlbktpbmQSGQoRbWluX3ZhbGlkX3NlY29uZHMYBSABKA0SFQoNZm9yY2VfcmVmcmVzaBgGIAEoCCKIAQoQR2V0VG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXNjb3BlGAQgASgJEhIKCnNlc3Npb25faWQYBSABKAkiOwoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhcKFVJldm9rZVNlc3Npb25SZXNwb25zZSK4AgoLU2Vzc2lvbkluZm8SEgoKc2Vzc2lvbl9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3VzZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWFjY2Vzc19leHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgZzdGF0dXMYBiABKA4yHi50b2tlbnNlcnZpY2UudjEuU2Vzc2lvblN0YXR1cxIOCgZrZXlfaWQYByABKAkSEwoLcmVmcmVzaGFibGUYCCABKAgSFQoNcmVhdXRoX3JlYXNvbhgJIAEoCSI4ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkiRgoUTGlzdFNlc3Npb25zUmVzcG9uc2USLgoIc2Vzc2lvbnMYASADKAsyHC50b2tlbnNlcnZpY2UudjEuU2Vzc2lvbkluZm8iPgoZUmV2b2tlVXNlclNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJIi0KGlJldm9rZVVzZXJTZXNzaW9uc1Jlc3BvbnNlEg8KB3Jldm9rZWQYASABKA0i/gEKGVN0YXJ0QXV0aG9yaXphdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIUCgxyZWRpcmVjdF91cmkYAyABKAkSDgoGc2NvcGVzGAQgAygJEhEKCXJlc291cmNlcxgFIAMoCRJRCgxleHRyYV9wYXJhbXMYBiADKAsyOy50b2tlbnNlcnZpY2UudjEuU3RhcnRBdXRob3JpemF0aW9uUmVxdWVzdC5FeHRyYVBhcmFtc0VudHJ5GjIKEEV4dHJhUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ2ChpTdGFydEF1dGhvcml6YXRpb25SZXNwb25zZRIZChFhdXRob3JpemF0aW9uX3VybBgBIAEoCRINCgVzdGF0ZRgCIAEoCRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJFChxDb21wbGV0ZUF1dGhvcml6YXRpb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFAoMY2FsbGJhY2tfdXJsGAIgASgJInUKHUNvbXBsZXRlQXV0aG9yaXphdGlvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcHJvdmlkZXIYAyABKAkimQEKEVByb3ZpZGVyRW5kcG9pbnRzEh4KFmF1dGhvcml6YXRpb25fZW5kcG9pbnQYASABKAkSFgoOdG9rZW5fZW5kcG9pbnQYAiABKAkSGwoTcmV2b2NhdGlvbl9lbmRwb2ludBgDIAEoCRIdChVyZWdpc3RyYXRpb25fZW5kcG9pbnQYBCABKAkSEAoIandrc191cmkYBSABKAkirgMKCFByb3ZpZGVyEgoKAmlkGAEgASgJEg4KBmlzc3VlchgCIAEoCRIUCgxyZXNvdXJjZV91cmwYAyABKAkSEQoJY2xpZW50X2lkGAQgASgJEhoKEmNsaWVudF9hdXRoX21ldGhvZBgFIAEoCRIvCgZzb3VyY2UYBiABKA4yHy50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXJTb3VyY2USOwoMcmVnaXN0cmF0aW9uGAcgASgOMiUudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyUmVnaXN0cmF0aW9uEjUKCWVuZHBvaW50cxgIIAEoCzIiLnRva2Vuc2VydmljZS52MS5Qcm92aWRlckVuZHBvaW50cxIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIYChBkZWZhdWx0X3Jlc291cmNlGAogASgJEg4KBnNjb3BlcxgLIAMoCRIVCg1yZWRpcmVjdF91cmlzGAwgAygJEhsKE2FsbG93X2luc2VjdXJlX2h0dHAYDSABKAgSDgoGb3BlbmlkGA4gASgIIocCChdSZWdpc3RlclByb3ZpZGVyUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZpc3N1ZXIYAiABKAkSFAoMcmVzb3VyY2VfdXJsGAMgASgJEhEKCWNsaWVudF9pZBgEIAEoCRIVCg1jbGllbnRfc2VjcmV0GAUgASgJEhoKEmNsaWVudF9hdXRoX21ldGhvZBgGIAEoCRIcChRkeW5hbWljX3JlZ2lzdHJhdGlvbhgHIAEoCBIVCg1yZWRpcmVjdF91cmlzGAggAygJEg4KBnNjb3BlcxgJIAMoCRIbChNhbGxvd19pbnNlY3VyZV9odHRwGAogASgIEhIKCnB1YmxpY191cmwYCyABKAkiRwoYUmVnaXN0ZXJQcm92aWRlclJlc3BvbnNlEisKCHByb3ZpZGVyGAEgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyIhYKFExpc3RQcm92aWRlcnNSZXF1ZXN0IkUKFUxpc3RQcm92aWRlcnNSZXNwb25zZRIsCglwcm92aWRlcnMYASADKAsyGS50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXIiPAoVRGVsZXRlUHJvdmlkZXJSZXF1ZXN0EgoKAmlkGAEgASgJEhcKD3Jldm9rZV9zZXNzaW9ucxgCIAEoCCIyChZEZWxldGVQcm92aWRlclJlc3BvbnNlEhgKEHNlc3Npb25zX3Jldm9rZWQYASABKA0qUQoJVG9rZW5LaW5kEhoKFlRPS0VOX0tJTkRfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9LSU5EX0FDQ0VTUxABEhEKDVRPS0VOX0tJTkRfSUQQAipuCg1TZXNzaW9uU3RhdHVzEh4KGlNFU1NJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASGQoVU0VTU0lPTl9TVEFUVVNfQUNUSVZFEAESIgoeU0VTU0lPTl9TVEFUVVNfUkVBVVRIX1JFUVVJUkVEEAIqagoOUHJvdmlkZXJTb3VyY2USHwobUFJPVklERVJfU09VUkNFX1VOU1BFQ0lGSUVEEAASGgoWUFJPVklERVJfU09VUkNFX0NPTkZJRxABEhsKF1BST1ZJREVSX1NPVVJDRV9SVU5USU1FEAIqggEKFFByb3ZpZGVyUmVnaXN0cmF0aW9uEiUKIVBST1ZJREVSX1JFR0lTVFJBVElPTl9VTlNQRUNJRklFRBAAEiAKHFBST1ZJREVSX1JFR0lTVFJBVElPTl9TVEFUSUMQARIhCh1QUk9WSURFUl9SRUdJU1RSQVRJT05fRFlOQU1JQxACMs8FCgxUb2tlblNlcnZpY2USWwoMU3RvcmVTZXNzaW9uEiQudG9rZW5zZXJ2aWNlLnYxLlN0b3JlU2Vzc2lvblJlcXVlc3QaJS50b2tlbnNlcnZpY2UudjEuU3RvcmVTZXNzaW9uUmVzcG9uc2USTwoIR2V0VG9rZW4SIC50b2tlbnNlcnZpY2UudjEuR2V0VG9rZW5SZXF1ZXN0GiEudG9rZW5zZXJ2aWNlLnYxLkdldFRva2VuUmVzcG9uc2USXgoNUmV2b2tlU2Vzc2lvbhIlLnRva2Vuc2VydmljZS52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBomLnRva2Vuc2VydmljZS52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2USWwoMTGlzdFNlc3Npb25zEiQudG9rZW5zZXJ2aWNlLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJS50b2tlbnNlcnZpY2UudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USbQoSUmV2b2tlVXNlclNlc3Npb25zEioudG9rZW5zZXJ2aWNlLnYxLlJldm9rZVVzZXJTZXNzaW9uc1JlcXVlc3QaKy50b2tlbnNlcnZpY2UudjEuUmV2b2tlVXNlclNlc3Npb25zUmVzcG9uc2USbQoSU3RhcnRBdXRob3JpemF0aW9uEioudG9rZW5zZXJ2aWNlLnYxLlN0YXJ0QXV0aG9yaXphdGlvblJlcXVlc3QaKy50b2tlbnNlcnZpY2UudjEuU3RhcnRBdXRob3JpemF0aW9uUmVzcG9uc2USdgoVQ29tcGxldGVBdXRob3JpemF0aW9uEi0udG9rZW5zZXJ2aWNlLnYxLkNvbXBsZXRlQXV0aG9yaXphdGlvblJlcXVlc3QaLi50b2tlbnNlcnZpY2UudjEuQ29tcGxldGVBdXRob3JpemF0aW9uUmVzcG9uc2UyvQIKD1Byb3ZpZGVyU2VydmljZRJnChBSZWdpc3RlclByb3ZpZGVyEigudG9rZW5zZXJ2aWNlLnYxLlJlZ2lzdGVyUHJvdmlkZXJSZXF1ZXN0GikudG9rZW5zZXJ2aWNlLnYxLlJlZ2lzdGVyUHJvdmlkZXJSZXNwb25zZRJeCg1MaXN0UHJvdmlkZXJzEiUudG9rZW5zZXJ2aWNlLnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiYudG9rZW5zZXJ2aWNlLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJhCg5EZWxldGVQcm92aWRlchImLnRva2Vuc2VydmljZS52MS5EZWxldGVQcm92aWRlclJlcXVlc3QaJy50b2tlbnNlcnZpY2UudjEuRGVsZXRlUHJvdmlkZXJSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * TokenSet is a token endpoint response as the auth gateway received it.
@@ -454,6 +454,474 @@ export const RevokeUserSessionsResponseSchema: GenMessage<RevokeUserSessionsResp
   messageDesc(file_tokenservice_v1_token_service, 11);
 
 /**
+ * @generated from message tokenservice.v1.StartAuthorizationRequest
+ */
+export type StartAuthorizationRequest = Message<"tokenservice.v1.StartAuthorizationRequest"> & {
+  /**
+   * Required: the user the session will belong to.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * Required: a configured or registered provider id.
+   *
+   * @generated from field: string provider = 2;
+   */
+  provider: string;
+
+  /**
+   * Required: where the provider sends the browser back (registered at the
+   * provider; for a provider with redirect_uris, one of them).
+   *
+   * @generated from field: string redirect_uri = 3;
+   */
+  redirectUri: string;
+
+  /**
+   * Scopes to ask for; default: the provider's scopes, else "openid
+   * offline_access" for an OpenID Connect provider.
+   *
+   * @generated from field: repeated string scopes = 4;
+   */
+  scopes: string[];
+
+  /**
+   * RFC 8707 resource indicators (absolute URIs), sent on the authorization
+   * request and remembered by the session. Default: the provider's own
+   * resource, if it has one.
+   *
+   * @generated from field: repeated string resources = 5;
+   */
+  resources: string[];
+
+  /**
+   * Extra authorization request parameters (prompt=consent,
+   * access_type=offline, …). They may not set state, code_challenge,
+   * code_challenge_method, redirect_uri, client_id, response_type, nonce,
+   * scope or resource.
+   *
+   * @generated from field: map<string, string> extra_params = 6;
+   */
+  extraParams: { [key: string]: string };
+};
+
+/**
+ * Describes the message tokenservice.v1.StartAuthorizationRequest.
+ * Use `create(StartAuthorizationRequestSchema)` to create a new message.
+ */
+export const StartAuthorizationRequestSchema: GenMessage<StartAuthorizationRequest> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 12);
+
+/**
+ * @generated from message tokenservice.v1.StartAuthorizationResponse
+ */
+export type StartAuthorizationResponse = Message<"tokenservice.v1.StartAuthorizationResponse"> & {
+  /**
+   * Send the browser here.
+   *
+   * @generated from field: string authorization_url = 1;
+   */
+  authorizationUrl: string;
+
+  /**
+   * The state in the URL (also in the callback): one use, until expires_at.
+   *
+   * @generated from field: string state = 2;
+   */
+  state: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 3;
+   */
+  expiresAt?: Timestamp;
+};
+
+/**
+ * Describes the message tokenservice.v1.StartAuthorizationResponse.
+ * Use `create(StartAuthorizationResponseSchema)` to create a new message.
+ */
+export const StartAuthorizationResponseSchema: GenMessage<StartAuthorizationResponse> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 13);
+
+/**
+ * @generated from message tokenservice.v1.CompleteAuthorizationRequest
+ */
+export type CompleteAuthorizationRequest = Message<"tokenservice.v1.CompleteAuthorizationRequest"> & {
+  /**
+   * Required: the user StartAuthorization was called for.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * Required: the whole URL the browser came back to (with code, state and
+   * iss, or error).
+   *
+   * @generated from field: string callback_url = 2;
+   */
+  callbackUrl: string;
+};
+
+/**
+ * Describes the message tokenservice.v1.CompleteAuthorizationRequest.
+ * Use `create(CompleteAuthorizationRequestSchema)` to create a new message.
+ */
+export const CompleteAuthorizationRequestSchema: GenMessage<CompleteAuthorizationRequest> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 14);
+
+/**
+ * @generated from message tokenservice.v1.CompleteAuthorizationResponse
+ */
+export type CompleteAuthorizationResponse = Message<"tokenservice.v1.CompleteAuthorizationResponse"> & {
+  /**
+   * The new session, as StoreSession returns it.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * When its access token expires.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 2;
+   */
+  expiresAt?: Timestamp;
+
+  /**
+   * @generated from field: string provider = 3;
+   */
+  provider: string;
+};
+
+/**
+ * Describes the message tokenservice.v1.CompleteAuthorizationResponse.
+ * Use `create(CompleteAuthorizationResponseSchema)` to create a new message.
+ */
+export const CompleteAuthorizationResponseSchema: GenMessage<CompleteAuthorizationResponse> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 15);
+
+/**
+ * The endpoints a provider's metadata names (empty when it names none).
+ *
+ * @generated from message tokenservice.v1.ProviderEndpoints
+ */
+export type ProviderEndpoints = Message<"tokenservice.v1.ProviderEndpoints"> & {
+  /**
+   * @generated from field: string authorization_endpoint = 1;
+   */
+  authorizationEndpoint: string;
+
+  /**
+   * @generated from field: string token_endpoint = 2;
+   */
+  tokenEndpoint: string;
+
+  /**
+   * @generated from field: string revocation_endpoint = 3;
+   */
+  revocationEndpoint: string;
+
+  /**
+   * @generated from field: string registration_endpoint = 4;
+   */
+  registrationEndpoint: string;
+
+  /**
+   * @generated from field: string jwks_uri = 5;
+   */
+  jwksUri: string;
+};
+
+/**
+ * Describes the message tokenservice.v1.ProviderEndpoints.
+ * Use `create(ProviderEndpointsSchema)` to create a new message.
+ */
+export const ProviderEndpointsSchema: GenMessage<ProviderEndpoints> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 16);
+
+/**
+ * A provider, without its client secret or registration access token.
+ *
+ * @generated from message tokenservice.v1.Provider
+ */
+export type Provider = Message<"tokenservice.v1.Provider"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The authorization server's issuer.
+   *
+   * @generated from field: string issuer = 2;
+   */
+  issuer: string;
+
+  /**
+   * The protected resource it was discovered from (RFC 9728), if any.
+   *
+   * @generated from field: string resource_url = 3;
+   */
+  resourceUrl: string;
+
+  /**
+   * @generated from field: string client_id = 4;
+   */
+  clientId: string;
+
+  /**
+   * client_secret_basic, client_secret_post or none.
+   *
+   * @generated from field: string client_auth_method = 5;
+   */
+  clientAuthMethod: string;
+
+  /**
+   * @generated from field: tokenservice.v1.ProviderSource source = 6;
+   */
+  source: ProviderSource;
+
+  /**
+   * @generated from field: tokenservice.v1.ProviderRegistration registration = 7;
+   */
+  registration: ProviderRegistration;
+
+  /**
+   * @generated from field: tokenservice.v1.ProviderEndpoints endpoints = 8;
+   */
+  endpoints?: ProviderEndpoints;
+
+  /**
+   * When it was registered (the start of the process for YAML providers).
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 9;
+   */
+  createdAt?: Timestamp;
+
+  /**
+   * The canonical URI of the protected resource: the default resource of
+   * its authorizations (RFC 8707).
+   *
+   * @generated from field: string default_resource = 10;
+   */
+  defaultResource: string;
+
+  /**
+   * @generated from field: repeated string scopes = 11;
+   */
+  scopes: string[];
+
+  /**
+   * @generated from field: repeated string redirect_uris = 12;
+   */
+  redirectUris: string[];
+
+  /**
+   * @generated from field: bool allow_insecure_http = 13;
+   */
+  allowInsecureHttp: boolean;
+
+  /**
+   * Whether the issuer speaks OpenID Connect (an ID token is expected).
+   *
+   * @generated from field: bool openid = 14;
+   */
+  openid: boolean;
+};
+
+/**
+ * Describes the message tokenservice.v1.Provider.
+ * Use `create(ProviderSchema)` to create a new message.
+ */
+export const ProviderSchema: GenMessage<Provider> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 17);
+
+/**
+ * @generated from message tokenservice.v1.RegisterProviderRequest
+ */
+export type RegisterProviderRequest = Message<"tokenservice.v1.RegisterProviderRequest"> & {
+  /**
+   * Required: 1-64 letters, digits, '.', '_' or '-'; not in use.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Exactly one of issuer and resource_url.
+   *
+   * @generated from field: string issuer = 2;
+   */
+  issuer: string;
+
+  /**
+   * A protected resource (an MCP server's URL): its RFC 9728 metadata names
+   * the authorization server.
+   *
+   * @generated from field: string resource_url = 3;
+   */
+  resourceUrl: string;
+
+  /**
+   * With dynamic_registration false: the client id (and secret, unless
+   * client_auth_method is none).
+   *
+   * @generated from field: string client_id = 4;
+   */
+  clientId: string;
+
+  /**
+   * @generated from field: string client_secret = 5;
+   */
+  clientSecret: string;
+
+  /**
+   * client_secret_basic (default with a secret), client_secret_post or none
+   * (a public client: always PKCE).
+   *
+   * @generated from field: string client_auth_method = 6;
+   */
+  clientAuthMethod: string;
+
+  /**
+   * Register a client at the server's registration_endpoint (RFC 7591).
+   *
+   * @generated from field: bool dynamic_registration = 7;
+   */
+  dynamicRegistration: boolean;
+
+  /**
+   * Redirect URIs StartAuthorization may use (required for dynamic
+   * registration).
+   *
+   * @generated from field: repeated string redirect_uris = 8;
+   */
+  redirectUris: string[];
+
+  /**
+   * Default scopes of its authorizations.
+   *
+   * @generated from field: repeated string scopes = 9;
+   */
+  scopes: string[];
+
+  /**
+   * Plain http is accepted for a loopback host only (local development).
+   *
+   * @generated from field: bool allow_insecure_http = 10;
+   */
+  allowInsecureHttp: boolean;
+
+  /**
+   * The base URL at which the service's HTTP listener is reachable from the
+   * provider; with dynamic registration, the client's
+   * backchannel_logout_uri is <public_url>/oidc/backchannel-logout/<id>.
+   *
+   * @generated from field: string public_url = 11;
+   */
+  publicUrl: string;
+};
+
+/**
+ * Describes the message tokenservice.v1.RegisterProviderRequest.
+ * Use `create(RegisterProviderRequestSchema)` to create a new message.
+ */
+export const RegisterProviderRequestSchema: GenMessage<RegisterProviderRequest> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 18);
+
+/**
+ * @generated from message tokenservice.v1.RegisterProviderResponse
+ */
+export type RegisterProviderResponse = Message<"tokenservice.v1.RegisterProviderResponse"> & {
+  /**
+   * @generated from field: tokenservice.v1.Provider provider = 1;
+   */
+  provider?: Provider;
+};
+
+/**
+ * Describes the message tokenservice.v1.RegisterProviderResponse.
+ * Use `create(RegisterProviderResponseSchema)` to create a new message.
+ */
+export const RegisterProviderResponseSchema: GenMessage<RegisterProviderResponse> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 19);
+
+/**
+ * @generated from message tokenservice.v1.ListProvidersRequest
+ */
+export type ListProvidersRequest = Message<"tokenservice.v1.ListProvidersRequest"> & {
+};
+
+/**
+ * Describes the message tokenservice.v1.ListProvidersRequest.
+ * Use `create(ListProvidersRequestSchema)` to create a new message.
+ */
+export const ListProvidersRequestSchema: GenMessage<ListProvidersRequest> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 20);
+
+/**
+ * @generated from message tokenservice.v1.ListProvidersResponse
+ */
+export type ListProvidersResponse = Message<"tokenservice.v1.ListProvidersResponse"> & {
+  /**
+   * @generated from field: repeated tokenservice.v1.Provider providers = 1;
+   */
+  providers: Provider[];
+};
+
+/**
+ * Describes the message tokenservice.v1.ListProvidersResponse.
+ * Use `create(ListProvidersResponseSchema)` to create a new message.
+ */
+export const ListProvidersResponseSchema: GenMessage<ListProvidersResponse> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 21);
+
+/**
+ * @generated from message tokenservice.v1.DeleteProviderRequest
+ */
+export type DeleteProviderRequest = Message<"tokenservice.v1.DeleteProviderRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Revoke and delete the provider's sessions first; without it, a
+   * provider with sessions is not deleted.
+   *
+   * @generated from field: bool revoke_sessions = 2;
+   */
+  revokeSessions: boolean;
+};
+
+/**
+ * Describes the message tokenservice.v1.DeleteProviderRequest.
+ * Use `create(DeleteProviderRequestSchema)` to create a new message.
+ */
+export const DeleteProviderRequestSchema: GenMessage<DeleteProviderRequest> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 22);
+
+/**
+ * @generated from message tokenservice.v1.DeleteProviderResponse
+ */
+export type DeleteProviderResponse = Message<"tokenservice.v1.DeleteProviderResponse"> & {
+  /**
+   * @generated from field: uint32 sessions_revoked = 1;
+   */
+  sessionsRevoked: number;
+};
+
+/**
+ * Describes the message tokenservice.v1.DeleteProviderResponse.
+ * Use `create(DeleteProviderResponseSchema)` to create a new message.
+ */
+export const DeleteProviderResponseSchema: GenMessage<DeleteProviderResponse> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 23);
+
+/**
  * TokenKind selects which token GetToken returns.
  *
  * @generated from enum tokenservice.v1.TokenKind
@@ -519,6 +987,70 @@ export enum SessionStatus {
  */
 export const SessionStatusSchema: GenEnum<SessionStatus> = /*@__PURE__*/
   enumDesc(file_tokenservice_v1_token_service, 1);
+
+/**
+ * Where a provider's configuration comes from.
+ *
+ * @generated from enum tokenservice.v1.ProviderSource
+ */
+export enum ProviderSource {
+  /**
+   * @generated from enum value: PROVIDER_SOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The YAML file (read-only here).
+   *
+   * @generated from enum value: PROVIDER_SOURCE_CONFIG = 1;
+   */
+  CONFIG = 1,
+
+  /**
+   * RegisterProvider (stored in the database).
+   *
+   * @generated from enum value: PROVIDER_SOURCE_RUNTIME = 2;
+   */
+  RUNTIME = 2,
+}
+
+/**
+ * Describes the enum tokenservice.v1.ProviderSource.
+ */
+export const ProviderSourceSchema: GenEnum<ProviderSource> = /*@__PURE__*/
+  enumDesc(file_tokenservice_v1_token_service, 2);
+
+/**
+ * How the service's client at the provider came to be.
+ *
+ * @generated from enum tokenservice.v1.ProviderRegistration
+ */
+export enum ProviderRegistration {
+  /**
+   * @generated from enum value: PROVIDER_REGISTRATION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A client id (and secret) given by an administrator.
+   *
+   * @generated from enum value: PROVIDER_REGISTRATION_STATIC = 1;
+   */
+  STATIC = 1,
+
+  /**
+   * Registered by the service itself (RFC 7591).
+   *
+   * @generated from enum value: PROVIDER_REGISTRATION_DYNAMIC = 2;
+   */
+  DYNAMIC = 2,
+}
+
+/**
+ * Describes the enum tokenservice.v1.ProviderRegistration.
+ */
+export const ProviderRegistrationSchema: GenEnum<ProviderRegistration> = /*@__PURE__*/
+  enumDesc(file_tokenservice_v1_token_service, 3);
 
 /**
  * TokenService holds users' OAuth/OIDC token sets server-side and hands out
@@ -590,6 +1122,74 @@ export const TokenService: GenService<{
     input: typeof RevokeUserSessionsRequestSchema;
     output: typeof RevokeUserSessionsResponseSchema;
   },
+  /**
+   * StartAuthorization begins an authorization code flow with PKCE for a
+   * user: it returns the URL to send the browser to. The state, PKCE verifier
+   * and nonce stay in the service, encrypted, for one use.
+   *
+   * @generated from rpc tokenservice.v1.TokenService.StartAuthorization
+   */
+  startAuthorization: {
+    methodKind: "unary";
+    input: typeof StartAuthorizationRequestSchema;
+    output: typeof StartAuthorizationResponseSchema;
+  },
+  /**
+   * CompleteAuthorization takes the URL the browser came back to, checks it,
+   * exchanges the code and stores the session as StoreSession does.
+   *
+   * @generated from rpc tokenservice.v1.TokenService.CompleteAuthorization
+   */
+  completeAuthorization: {
+    methodKind: "unary";
+    input: typeof CompleteAuthorizationRequestSchema;
+    output: typeof CompleteAuthorizationResponseSchema;
+  },
 }> = /*@__PURE__*/
   serviceDesc(file_tokenservice_v1_token_service, 0);
+
+/**
+ * ProviderService manages the identity providers and authorization servers
+ * the service acts as an OAuth client of. Providers from the YAML file are
+ * listed but read-only; providers registered here live in the database and
+ * reach every replica within a second.
+ *
+ * @generated from service tokenservice.v1.ProviderService
+ */
+export const ProviderService: GenService<{
+  /**
+   * RegisterProvider discovers a provider (from its issuer, or from a
+   * protected resource such as an MCP server) and registers it, with the
+   * given client or a client registered dynamically (RFC 7591).
+   *
+   * @generated from rpc tokenservice.v1.ProviderService.RegisterProvider
+   */
+  registerProvider: {
+    methodKind: "unary";
+    input: typeof RegisterProviderRequestSchema;
+    output: typeof RegisterProviderResponseSchema;
+  },
+  /**
+   * ListProviders lists every provider, YAML and runtime, without secrets.
+   *
+   * @generated from rpc tokenservice.v1.ProviderService.ListProviders
+   */
+  listProviders: {
+    methodKind: "unary";
+    input: typeof ListProvidersRequestSchema;
+    output: typeof ListProvidersResponseSchema;
+  },
+  /**
+   * DeleteProvider removes a runtime provider; with revoke_sessions, its
+   * sessions are revoked at the provider and deleted first.
+   *
+   * @generated from rpc tokenservice.v1.ProviderService.DeleteProvider
+   */
+  deleteProvider: {
+    methodKind: "unary";
+    input: typeof DeleteProviderRequestSchema;
+    output: typeof DeleteProviderResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_tokenservice_v1_token_service, 1);
 

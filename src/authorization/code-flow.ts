@@ -1,0 +1,227 @@
+import { createHash } from "node:crypto";
+import * as oidc from "openid-client";
+import type { AuthorizationRepository } from "../db/provider-repository.js";
+import { sessionRef, type Logger } from "../logger.js";
+import { classifyProviderError } from "../providers/errors.js";
+import type { ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
+import { InvalidArgumentError, ProviderUnavailableError } from "../sessions/errors.js";
+import { requireProviderAllowed, type CallContext } from "../sessions/scope.js";
+import type { SessionService } from "../sessions/session-service.js";
+import { asDomainError } from "../sessions/store-errors.js";
+import { requireUserId } from "../sessions/validation.js";
+import { AuthorizationDeniedError, CodeRejectedError, InvalidCallbackError, InvalidStateError } from "./errors.js";
+import type { SecretVault } from "./secret-vault.js";
+import { checkResources, checkScopes, checkUrl } from "./validation.js";
+
+/** Parameters of the authorization request the service sets itself; extra_params may not set them. */
+const RESERVED = new Set([
+  "state",
+  "code_challenge",
+  "code_challenge_method",
+  "redirect_uri",
+  "client_id",
+  "response_type",
+  "nonce",
+  "scope",
+  "resource",
+  "request",
+  "request_uri",
+]);
+const SAFE_ERROR = /^[\x20-\x21\x23-\x5B\x5D-\x7E]{1,64}$/;
+
+export interface StartAuthorizationInput {
+  userId: string;
+  provider: string;
+  redirectUri: string;
+  scopes: string[];
+  resources: string[];
+  extraParams: Record<string, string>;
+}
+
+/** What is kept, sealed, between StartAuthorization and CompleteAuthorization. */
+interface PendingAuthorization {
+  codeVerifier: string;
+  nonce: string | undefined;
+  scopes: string[];
+  resources: string[];
+}
+
+export interface CodeFlowDeps {
+  repo: AuthorizationRepository;
+  registry: ProviderRegistry;
+  vault: SecretVault;
+  sessions: SessionService;
+  stateTtlMs: number;
+  providerTimeoutMs: number;
+  logger: Logger;
+}
+
+function stateId(state: string): string {
+  return createHash("sha256").update(state).digest("hex");
+}
+
+/** The redirect URI a callback URL came back to: the URL without its query and fragment. */
+function withoutQuery(url: URL): string {
+  return `${url.origin}${url.pathname}`;
+}
+
+/**
+ * The authorization code flow with PKCE (RFC 7636), run by the service for
+ * its callers: StartAuthorization makes the state, verifier and nonce and
+ * keeps them server-side, sealed, for one use; CompleteAuthorization checks
+ * the callback, exchanges the code and stores the session.
+ */
+export class CodeFlow {
+  constructor(private readonly deps: CodeFlowDeps) {}
+
+  start(input: StartAuthorizationInput, ctx: CallContext = {}): Promise<{ authorizationUrl: string; state: string; expiresAt: Date }> {
+    return this.startFlow(input, ctx).catch(asDomainError);
+  }
+
+  complete(input: { userId: string; callbackUrl: string }, ctx: CallContext = {}): Promise<{ sessionId: string; expiresAt: Date; provider: string }> {
+    return this.completeFlow(input, ctx).catch(asDomainError);
+  }
+
+  private provider(id: string, field = "provider"): ProviderClient {
+    if (id === "") throw new InvalidArgumentError(field, "is required");
+    const provider = this.deps.registry.get(id);
+    if (!provider) throw new InvalidArgumentError(field, "is not a configured provider");
+    return provider;
+  }
+
+  private async startFlow(input: StartAuthorizationInput, ctx: CallContext) {
+    const userId = requireUserId(input.userId);
+    const provider = this.provider(input.provider);
+    requireProviderAllowed(ctx, provider.id);
+    const config = provider.config;
+    const redirectUri = checkUrl(input.redirectUri, "redirect_uri", true).href;
+    if (config.redirectUris.length > 0 && !config.redirectUris.includes(redirectUri)) {
+      throw new InvalidArgumentError("redirect_uri", "is not one of the provider's redirect_uris");
+    }
+    const deadline = Date.now() + this.deps.providerTimeoutMs;
+    const metadata = await provider.metadata({ deadline, signal: ctx.signal });
+    const openid = config.runtime?.openid ?? Array.isArray(metadata.id_token_signing_alg_values_supported);
+    const scopes = checkScopes(input.scopes.length ? input.scopes : (config.scopes ?? (openid ? ["openid", "offline_access"] : [])));
+    const resources = checkResources(input.resources.length ? input.resources : config.defaultResource ? [config.defaultResource] : []);
+    const extra = Object.entries(input.extraParams);
+    if (extra.length > 32) throw new InvalidArgumentError("extra_params", "must hold at most 32 parameters");
+    for (const [k, v] of extra) {
+      if (RESERVED.has(k.toLowerCase())) throw new InvalidArgumentError("extra_params", `may not set ${k}: the service sets it`);
+      if (k.length > 128 || v.length > 2048) throw new InvalidArgumentError("extra_params", "keys are at most 128 and values 2048 characters");
+    }
+
+    const state = oidc.randomState();
+    const codeVerifier = oidc.randomPKCECodeVerifier();
+    const nonce = openid ? oidc.randomNonce() : undefined;
+    const url = await provider.authorizationUrl(
+      {
+        ...Object.fromEntries(extra),
+        redirect_uri: redirectUri,
+        ...(scopes.length ? { scope: scopes.join(" ") } : {}),
+        state,
+        code_challenge: await oidc.calculatePKCECodeChallenge(codeVerifier),
+        code_challenge_method: "S256",
+        ...(nonce ? { nonce } : {}),
+      },
+      { deadline, signal: ctx.signal },
+    );
+    for (const r of resources) url.searchParams.append("resource", r);
+
+    const now = new Date();
+    const id = stateId(state);
+    const pending: PendingAuthorization = { codeVerifier, nonce, scopes, resources };
+    const sealed = this.deps.vault.seal("authorization", id, "payload", JSON.stringify(pending));
+    const expiresAt = new Date(now.getTime() + this.deps.stateTtlMs);
+    await this.deps.repo.insertState({
+      id,
+      userId,
+      provider: provider.id,
+      redirectUri,
+      keyId: sealed.keyId,
+      payloadCt: sealed.blob,
+      createdAt: now,
+      expiresAt,
+      usedAt: null,
+    });
+    this.deps.logger.info(
+      { audit: true, event: "authorization_started", caller: ctx.caller, userId, provider: provider.id, resources: resources.length ? resources : undefined },
+      "authorization started",
+    );
+    return { authorizationUrl: url.href, state, expiresAt };
+  }
+
+  private async completeFlow(input: { userId: string; callbackUrl: string }, ctx: CallContext) {
+    const userId = requireUserId(input.userId);
+    let url: URL;
+    try {
+      url = new URL(input.callbackUrl);
+    } catch {
+      throw new InvalidArgumentError("callback_url", "must be the absolute URL the browser came back to");
+    }
+    const state = url.searchParams.get("state");
+    if (!state) throw new InvalidStateError("missing");
+    const found = await this.deps.repo.consumeState(stateId(state), new Date());
+    if (found.found !== "ok") throw new InvalidStateError(found.found);
+    const row = found.row;
+    if (row.userId !== userId) throw new InvalidStateError("other_user");
+    if (withoutQuery(url) !== withoutQuery(new URL(row.redirectUri))) throw new InvalidStateError("other_redirect_uri");
+    const pending = JSON.parse(this.deps.vault.open("authorization", row.id, "payload", row.keyId, row.payloadCt)) as PendingAuthorization;
+
+    const denied = url.searchParams.get("error");
+    if (denied !== null) {
+      const error = SAFE_ERROR.test(denied) ? denied : "invalid_error_code";
+      this.deps.logger.info({ audit: true, event: "authorization_denied", caller: ctx.caller, userId, provider: row.provider, error }, "authorization denied");
+      throw new AuthorizationDeniedError(error);
+    }
+    const provider = this.provider(row.provider);
+    requireProviderAllowed(ctx, provider.id);
+    const deadline = Date.now() + this.deps.providerTimeoutMs;
+    // At most one resource on the code exchange: some servers refuse more; each audience is fetched later.
+    let tokens;
+    try {
+      tokens = await provider.exchangeCode(url, { codeVerifier: pending.codeVerifier, state, nonce: pending.nonce }, pending.resources[0], {
+        deadline,
+        signal: ctx.signal,
+      });
+    } catch (err) {
+      throw this.exchangeError(err, provider.id);
+    }
+    const now = Date.now();
+    const stored = await this.deps.sessions.storeSession(
+      {
+        userId,
+        provider: provider.id,
+        tokens: {
+          accessToken: tokens.accessToken,
+          refreshToken: tokens.refreshToken ?? "",
+          idToken: tokens.idToken ?? "",
+          tokenType: tokens.tokenType,
+          expiresIn: BigInt(tokens.expiresIn ?? 0),
+          expiresAt: undefined,
+          scope: tokens.scope ?? pending.scopes.join(" "),
+          refreshExpiresAt: tokens.refreshExpiresIn ? new Date(now + tokens.refreshExpiresIn * 1000) : undefined,
+        },
+        resources: pending.resources,
+      },
+      ctx,
+    );
+    this.deps.logger.info(
+      { audit: true, event: "authorization_completed", caller: ctx.caller, userId, provider: provider.id, sid: sessionRef(stored.sessionId) },
+      "authorization completed",
+    );
+    return { sessionId: stored.sessionId, expiresAt: stored.expiresAt, provider: provider.id };
+  }
+
+  /** A failed code exchange: refused by the provider, the provider unreachable, or a check of the answer failed. */
+  private exchangeError(err: unknown, provider: string): Error {
+    if (err instanceof oidc.ResponseBodyError && err.status < 500 && err.status !== 429) {
+      return new CodeRejectedError(SAFE_ERROR.test(err.error) ? err.error : "invalid_request", { cause: err });
+    }
+    const e = classifyProviderError(err);
+    if (err instanceof oidc.ClientError && e.code === "bad_response" && err.code !== "OAUTH_RESPONSE_IS_NOT_JSON") {
+      return new InvalidCallbackError(err.code ?? "invalid_response", { cause: err });
+    }
+    if (e.kind === "rejected") return new CodeRejectedError(e.code, { cause: err });
+    return new ProviderUnavailableError(e.code, provider, { cause: err });
+  }
+}

@@ -1,0 +1,341 @@
+import type { ProviderConfig, RefreshConfig } from "../config.js";
+import type { ProviderRow } from "../db/provider-entity.js";
+import { DuplicateKeyError, type ProviderRepository } from "../db/provider-repository.js";
+import type { SessionRepository } from "../db/session-repository.js";
+import { errSummary, type Logger } from "../logger.js";
+import { discoverIssuer, discoverResource, registerClient, type DiscoveryOptions } from "../providers/discovery.js";
+import { classifyProviderError, ProviderError } from "../providers/errors.js";
+import type { FetchLike, ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
+import { InvalidArgumentError, ProviderUnavailableError } from "../sessions/errors.js";
+import type { CallContext } from "../sessions/scope.js";
+import { asDomainError } from "../sessions/store-errors.js";
+import type { UserSessions } from "../sessions/user-sessions.js";
+import {
+  ProviderExistsError,
+  ProviderHasSessionsError,
+  ProviderNotFoundError,
+  ProviderReadOnlyError,
+  ProviderSetupError,
+} from "./errors.js";
+import type { SecretVault } from "./secret-vault.js";
+import { checkProviderId, checkScopes, checkUrl } from "./validation.js";
+
+export type ClientAuthMethod = "client_secret_basic" | "client_secret_post" | "none";
+
+export interface RegisterProviderInput {
+  id: string;
+  issuer: string;
+  resourceUrl: string;
+  clientId: string;
+  clientSecret: string;
+  clientAuthMethod: string;
+  dynamicRegistration: boolean;
+  redirectUris: string[];
+  scopes: string[];
+  allowInsecureHttp: boolean;
+  /** The service's HTTP listener as the provider reaches it, for the back-channel logout URI. */
+  publicUrl: string;
+}
+
+/** A provider as ListProviders shows it: no secret. */
+export interface ProviderView {
+  id: string;
+  issuer: string;
+  resourceUrl: string | undefined;
+  clientId: string;
+  clientAuthMethod: string;
+  source: "config" | "runtime";
+  registration: "static" | "dynamic";
+  endpoints: { authorization?: string; token?: string; revocation?: string; registration?: string; jwks?: string };
+  createdAt: Date;
+  defaultResource: string | undefined;
+  scopes: string[];
+  redirectUris: string[];
+  allowInsecureHttp: boolean;
+  openid: boolean;
+}
+
+export interface ProviderAdminDeps {
+  repo: ProviderRepository;
+  sessions: SessionRepository;
+  registry: ProviderRegistry;
+  vault: SecretVault;
+  users: UserSessions;
+  /** Tells every replica that providers changed. */
+  announce: () => Promise<void>;
+  refresh: RefreshConfig;
+  fetch: FetchLike;
+  logger: Logger;
+  /** Makes the client of a provider (the same adapter YAML providers use). */
+  makeClient: (config: ProviderConfig) => ProviderClient;
+  /** When the YAML providers came to be: the process start. */
+  startedAt: Date;
+}
+
+const METHODS = new Set<ClientAuthMethod>(["client_secret_basic", "client_secret_post", "none"]);
+
+function str(v: unknown): string | undefined {
+  return typeof v === "string" && v !== "" ? v : undefined;
+}
+
+/**
+ * Providers registered at run time: discovery (an issuer, or a protected
+ * resource's RFC 9728 metadata), a static or dynamically registered client
+ * (RFC 7591), storage with sealed secrets, and every replica's registry kept
+ * in step through the database.
+ */
+export class ProviderAdmin {
+  /** Row versions behind the runtime clients, to keep unchanged clients (and their caches) across reloads. */
+  private loaded = new Map<string, { version: number; client: ProviderClient }>();
+  private reloading: Promise<void> | undefined;
+  private reloadAgain = false;
+
+  constructor(private readonly deps: ProviderAdminDeps) {}
+
+  /** Reads the runtime providers from the database into the registry. Concurrent calls coalesce. */
+  reload(): Promise<void> {
+    if (this.reloading) {
+      this.reloadAgain = true;
+      return this.reloading;
+    }
+    this.reloading = (async () => {
+      do {
+        this.reloadAgain = false;
+        const rows = await this.deps.repo.list();
+        const next = new Map<string, { version: number; client: ProviderClient }>();
+        for (const row of rows) {
+          const kept = this.loaded.get(row.id);
+          if (kept && kept.version === row.version) {
+            next.set(row.id, kept);
+            continue;
+          }
+          try {
+            next.set(row.id, { version: row.version, client: this.deps.makeClient(this.configOf(row)) });
+          } catch (err) {
+            this.deps.logger.error({ provider: row.id, err: errSummary(err) }, "runtime provider cannot be loaded (its secret does not open); skipped");
+          }
+        }
+        this.loaded = next;
+        this.deps.registry.setRuntime([...next.values()].map((e) => e.client));
+      } while (this.reloadAgain);
+    })().finally(() => (this.reloading = undefined));
+    return this.reloading;
+  }
+
+  register(input: RegisterProviderInput, ctx: CallContext = {}): Promise<ProviderView> {
+    return this.registerProvider(input, ctx).catch(asDomainError);
+  }
+
+  list(): Promise<ProviderView[]> {
+    return this.listProviders().catch(asDomainError);
+  }
+
+  delete(id: string, revokeSessions: boolean, ctx: CallContext = {}): Promise<number> {
+    return this.deleteProvider(id, revokeSessions, ctx).catch(asDomainError);
+  }
+
+  private async registerProvider(input: RegisterProviderInput, ctx: CallContext): Promise<ProviderView> {
+    const id = checkProviderId(input.id);
+    if ((input.issuer === "") === (input.resourceUrl === "")) {
+      throw new InvalidArgumentError(input.issuer === "" ? "issuer" : "resource_url", "set exactly one of issuer and resource_url");
+    }
+    const insecure = input.allowInsecureHttp;
+    const redirectUris = input.redirectUris.map((u, i) => checkUrl(u, `redirect_uris[${i}]`, insecure).href);
+    const scopes = checkScopes(input.scopes);
+    let method: ClientAuthMethod;
+    if (input.dynamicRegistration) {
+      if (input.clientId !== "" || input.clientSecret !== "") {
+        throw new InvalidArgumentError("client_id", "must be empty with dynamic_registration (the server assigns it)");
+      }
+      if (redirectUris.length === 0) throw new InvalidArgumentError("redirect_uris", "are required for dynamic_registration");
+      method = input.clientAuthMethod === "none" ? "none" : "client_secret_basic";
+    } else {
+      if (input.clientId === "") throw new InvalidArgumentError("client_id", "is required without dynamic_registration");
+      if (input.clientId.length > 255) throw new InvalidArgumentError("client_id", "must be at most 255 characters");
+      method = (input.clientAuthMethod || (input.clientSecret === "" ? "none" : "client_secret_basic")) as ClientAuthMethod;
+      if (!METHODS.has(method)) throw new InvalidArgumentError("client_auth_method", "must be client_secret_basic, client_secret_post or none");
+      if (method !== "none" && input.clientSecret === "") throw new InvalidArgumentError("client_secret", "is required unless client_auth_method is none");
+      if (method === "none" && input.clientSecret !== "") throw new InvalidArgumentError("client_secret", "must be empty for a public client (none)");
+    }
+    const publicUrl = input.publicUrl === "" ? undefined : checkUrl(input.publicUrl, "public_url", insecure);
+    if (this.deps.registry.get(id)) throw new ProviderExistsError(id);
+
+    const options: DiscoveryOptions = { fetch: this.deps.fetch, allowInsecureHttp: insecure, timeoutMs: this.deps.refresh.providerTimeoutMs };
+    const log = this.deps.logger.child({ provider: id });
+    let resourceUrl: string | undefined;
+    let defaultResource: string | undefined;
+    let issuer: URL;
+    try {
+      if (input.resourceUrl !== "") {
+        const resource = await discoverResource(checkUrl(input.resourceUrl, "resource_url", insecure), options);
+        resourceUrl = input.resourceUrl;
+        defaultResource = resource.resource;
+        issuer = checkUrl(resource.authorizationServers[0]!, "resource_url (its authorization server)", insecure);
+        log.info({ resource: defaultResource, authorizationServer: issuer.href }, "protected resource metadata found");
+      } else {
+        issuer = checkUrl(input.issuer, "issuer", insecure);
+      }
+    } catch (err) {
+      if (err instanceof InvalidArgumentError) throw err;
+      throw this.setupError(err, "resource_discovery_failed");
+    }
+    const server = await discoverIssuer(issuer, options).catch((err: unknown) => {
+      throw this.setupError(err, "discovery_failed");
+    });
+    const metadata = server.metadata;
+    if (!metadata.authorization_endpoint || !metadata.token_endpoint) {
+      throw new ProviderSetupError("no_authorization_or_token_endpoint");
+    }
+
+    let clientId = input.clientId;
+    let clientSecret: string | undefined = input.clientSecret === "" ? undefined : input.clientSecret;
+    let registrationToken: string | undefined;
+    if (input.dynamicRegistration) {
+      if (!metadata.registration_endpoint) throw new ProviderSetupError("no_registration_endpoint");
+      const registered = await registerClient(
+        new URL(metadata.issuer),
+        server.algorithm,
+        {
+          redirectUris,
+          authMethod: method === "none" ? "none" : "client_secret_basic",
+          scopes,
+          backchannelLogoutUri: publicUrl ? new URL(`oidc/backchannel-logout/${encodeURIComponent(id)}`, publicUrl.href.endsWith("/") ? publicUrl : `${publicUrl.href}/`).href : undefined,
+        },
+        options,
+      ).catch((err: unknown) => {
+        throw this.setupError(err, "registration_refused");
+      });
+      clientId = registered.clientId;
+      clientSecret = registered.clientSecret;
+      registrationToken = registered.registrationAccessToken;
+      method = registered.authMethod;
+      log.info({ clientId, authMethod: method }, "client registered dynamically");
+    }
+
+    const vault = this.deps.vault;
+    const sealed = (column: string, value: string | undefined) => (value === undefined ? null : vault.seal("provider", id, column, value).blob);
+    const row: ProviderRow = {
+      id,
+      issuer: metadata.issuer,
+      resourceUrl: resourceUrl ?? null,
+      defaultResource: defaultResource ?? null,
+      clientId,
+      clientAuthMethod: method,
+      registration: input.dynamicRegistration ? "dynamic" : "static",
+      keyId: vault.primaryKeyId,
+      clientSecretCt: sealed("client_secret", clientSecret),
+      registrationTokenCt: sealed("registration_access_token", registrationToken),
+      metadata: JSON.stringify({ ...metadata, openid: server.openid }),
+      redirectUris: JSON.stringify(redirectUris),
+      scopes: JSON.stringify(scopes),
+      allowInsecureHttp: insecure,
+      createdAt: new Date(),
+      version: 1,
+    };
+    try {
+      await this.deps.repo.insert(row);
+    } catch (err) {
+      if (err instanceof DuplicateKeyError) throw new ProviderExistsError(id);
+      throw err;
+    }
+    await this.reload();
+    await this.deps.announce();
+    log.info(
+      { audit: true, event: "provider_registered", caller: ctx.caller, issuer: row.issuer, resource: defaultResource, registration: row.registration },
+      "provider registered",
+    );
+    return this.viewOf(this.deps.registry.get(id)!, metadata);
+  }
+
+  private async listProviders(): Promise<ProviderView[]> {
+    const ids = this.deps.registry.ids();
+    return Promise.all(
+      ids.map(async (id) => {
+        const client = this.deps.registry.get(id)!;
+        // YAML providers show the endpoints of their discovery; one that cannot be reached shows none.
+        const metadata = await client.metadata({ deadline: Date.now() + this.deps.refresh.providerTimeoutMs }).catch(() => undefined);
+        return this.viewOf(client, metadata);
+      }),
+    );
+  }
+
+  private async deleteProvider(id: string, revokeSessions: boolean, ctx: CallContext): Promise<number> {
+    checkProviderId(id);
+    if (this.deps.registry.isConfigured(id)) throw new ProviderReadOnlyError(id);
+    const row = await this.deps.repo.find(id);
+    if (!row) throw new ProviderNotFoundError(id);
+    let revoked = 0;
+    if (revokeSessions) {
+      revoked = await this.deps.users.revokeProviderSessions(id, ctx);
+    } else {
+      const count = await this.deps.sessions.countForProvider(id);
+      if (count > 0) throw new ProviderHasSessionsError(id, count);
+    }
+    await this.deps.repo.delete(id);
+    await this.reload();
+    await this.deps.announce();
+    this.deps.logger.info({ audit: true, event: "provider_deleted", caller: ctx.caller, provider: id, sessionsRevoked: revoked }, "provider deleted");
+    return revoked;
+  }
+
+  /** The client configuration of a stored provider (its secret opened). */
+  private configOf(row: ProviderRow): ProviderConfig {
+    const metadata = JSON.parse(row.metadata) as Record<string, unknown> & { openid?: boolean };
+    const { openid, ...server } = metadata;
+    return {
+      id: row.id,
+      issuer: row.issuer,
+      clientId: row.clientId,
+      clientSecret: row.clientSecretCt ? this.deps.vault.open("provider", row.id, "client_secret", row.keyId, row.clientSecretCt) : undefined,
+      clientAuthMethod: row.clientAuthMethod as ClientAuthMethod,
+      allowInsecureHttp: row.allowInsecureHttp,
+      refreshMarginSeconds: 60,
+      scopes: (JSON.parse(row.scopes) as string[]).length ? (JSON.parse(row.scopes) as string[]) : undefined,
+      tokenEndpoint: undefined,
+      revocationEndpoint: undefined,
+      defaultTokenLifetimeSeconds: 300,
+      source: "runtime",
+      redirectUris: JSON.parse(row.redirectUris) as string[],
+      defaultResource: row.defaultResource ?? undefined,
+      metadata: server,
+      runtime: { registration: row.registration, resourceUrl: row.resourceUrl ?? undefined, openid: openid === true, createdAt: row.createdAt },
+    };
+  }
+
+  private viewOf(client: ProviderClient, metadata: { [k: string]: unknown } | undefined): ProviderView {
+    const c = client.config;
+    return {
+      id: c.id,
+      issuer: str(metadata?.issuer) ?? c.issuer,
+      resourceUrl: c.runtime?.resourceUrl,
+      clientId: c.clientId,
+      clientAuthMethod: c.clientAuthMethod,
+      source: c.source,
+      registration: c.runtime?.registration ?? "static",
+      endpoints: {
+        authorization: str(metadata?.authorization_endpoint),
+        token: str(metadata?.token_endpoint) ?? c.tokenEndpoint,
+        revocation: str(metadata?.revocation_endpoint) ?? c.revocationEndpoint,
+        registration: str(metadata?.registration_endpoint),
+        jwks: str(metadata?.jwks_uri),
+      },
+      createdAt: c.runtime?.createdAt ?? this.deps.startedAt,
+      defaultResource: c.defaultResource,
+      scopes: c.scopes ?? [],
+      redirectUris: c.redirectUris,
+      allowInsecureHttp: c.allowInsecureHttp,
+      openid: c.runtime?.openid ?? Array.isArray(metadata?.id_token_signing_alg_values_supported),
+    };
+  }
+
+  /** A discovery or registration failure, as the caller should see it. */
+  private setupError(err: unknown, reason: string): Error {
+    if (err instanceof InvalidArgumentError || err instanceof ProviderSetupError) return err;
+    const e = err instanceof ProviderError ? err : classifyProviderError(err);
+    // Unreachable or failing servers: try again later. A server that answers but refuses, or has no usable metadata: fix the request.
+    if (e.code === "timeout" || e.code === "aborted" || e.code.startsWith("http_5") || e.code === "rate_limited") {
+      return new ProviderUnavailableError(e.code, "(new provider)", { cause: err });
+    }
+    return new ProviderSetupError(reason, { cause: err, detail: e.code });
+  }
+}

@@ -1,0 +1,106 @@
+import { EntitySchema } from "@mikro-orm/core";
+
+/**
+ * A provider registered at run time (RegisterProvider). Its client secret and
+ * registration access token are stored only as AES-256-GCM ciphertext, bound
+ * to this row's id and column; the rest is queryable in clear.
+ */
+export interface ProviderRow {
+  id: string;
+  issuer: string;
+  /** The protected resource it was discovered from (RFC 9728), if any. */
+  resourceUrl: string | null;
+  /** Canonical URI of that resource: the default RFC 8707 resource. */
+  defaultResource: string | null;
+  clientId: string;
+  clientAuthMethod: string;
+  registration: "static" | "dynamic";
+  /** Key of the ciphertexts below. */
+  keyId: string;
+  clientSecretCt: Buffer | null;
+  registrationTokenCt: Buffer | null;
+  /** The authorization server's metadata as discovered, JSON. */
+  metadata: string;
+  /** JSON arrays. */
+  redirectUris: string;
+  scopes: string;
+  allowInsecureHttp: boolean;
+  createdAt: Date;
+  version: number;
+}
+
+export const ProviderSchema = new EntitySchema<ProviderRow>({
+  name: "Provider",
+  tableName: "providers",
+  properties: {
+    id: { type: "string", primary: true, length: 64 },
+    issuer: { type: "text" },
+    resourceUrl: { type: "text", nullable: true },
+    defaultResource: { type: "text", nullable: true },
+    clientId: { type: "string", length: 255 },
+    clientAuthMethod: { type: "string", length: 32 },
+    registration: { type: "string", length: 16 },
+    keyId: { type: "string", length: 64 },
+    clientSecretCt: { type: "blob", nullable: true },
+    registrationTokenCt: { type: "blob", nullable: true },
+    metadata: { type: "text" },
+    redirectUris: { type: "text" },
+    scopes: { type: "text" },
+    allowInsecureHttp: { type: "boolean" },
+    createdAt: { type: "datetime", length: 3 },
+    version: { type: "integer" },
+  },
+});
+
+/**
+ * A started authorization (StartAuthorization), kept until it is used once
+ * or expires. The state itself is not stored, only its SHA-256 (the row id);
+ * the PKCE verifier, nonce, scopes and resources are one sealed payload.
+ */
+export interface AuthorizationStateRow {
+  id: string;
+  userId: string;
+  provider: string;
+  redirectUri: string;
+  keyId: string;
+  payloadCt: Buffer;
+  createdAt: Date;
+  expiresAt: Date;
+  usedAt: Date | null;
+}
+
+export const AuthorizationStateSchema = new EntitySchema<AuthorizationStateRow>({
+  name: "AuthorizationState",
+  tableName: "authorization_states",
+  properties: {
+    id: { type: "string", primary: true, length: 64 },
+    userId: { type: "string", length: 256 },
+    provider: { type: "string", length: 64 },
+    redirectUri: { type: "text" },
+    keyId: { type: "string", length: 64 },
+    payloadCt: { type: "blob" },
+    createdAt: { type: "datetime", length: 3 },
+    expiresAt: { type: "datetime", length: 3 },
+    usedAt: { type: "datetime", length: 3, nullable: true },
+  },
+  indexes: [{ name: "authorization_states_expires_idx", properties: ["expiresAt"] }],
+});
+
+/** A back-channel logout token already accepted (its `jti`), kept for the token's lifetime to refuse a replay. */
+export interface LogoutTokenRow {
+  /** SHA-256 of provider and jti. */
+  id: string;
+  provider: string;
+  expiresAt: Date;
+}
+
+export const LogoutTokenSchema = new EntitySchema<LogoutTokenRow>({
+  name: "LogoutToken",
+  tableName: "logout_tokens",
+  properties: {
+    id: { type: "string", primary: true, length: 64 },
+    provider: { type: "string", length: 64 },
+    expiresAt: { type: "datetime", length: 3 },
+  },
+  indexes: [{ name: "logout_tokens_expires_idx", properties: ["expiresAt"] }],
+});

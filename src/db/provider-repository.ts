@@ -1,0 +1,125 @@
+import type { MikroORM } from "@mikro-orm/core";
+import {
+  AuthorizationStateSchema,
+  LogoutTokenSchema,
+  ProviderSchema,
+  type AuthorizationStateRow,
+  type LogoutTokenRow,
+  type ProviderRow,
+} from "./provider-entity.js";
+import { asBuffer } from "./session-entity.js";
+import { isUniqueViolation, runOn } from "./session-repository.js";
+
+/** Another row already has this primary key. */
+export class DuplicateKeyError extends Error {
+  override name = "DuplicateKeyError";
+  constructor(cause: unknown) {
+    super("duplicate key", { cause });
+  }
+}
+
+function provider(row: ProviderRow | null): ProviderRow | null {
+  if (!row) return null;
+  row.clientSecretCt = asBuffer(row.clientSecretCt);
+  row.registrationTokenCt = asBuffer(row.registrationTokenCt);
+  row.allowInsecureHttp = Boolean(row.allowInsecureHttp);
+  return row;
+}
+
+/** Runtime providers (RegisterProvider) in the database. */
+export class ProviderRepository {
+  constructor(private readonly orm: MikroORM) {}
+
+  /** Inserts a provider; DuplicateKeyError when the id is taken. */
+  async insert(row: ProviderRow): Promise<void> {
+    try {
+      await runOn(this.orm, (em) => em.insert(ProviderSchema, row));
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new DuplicateKeyError(err);
+      throw err;
+    }
+  }
+
+  async list(): Promise<ProviderRow[]> {
+    return runOn(this.orm, async (em) =>
+      (await em.find(ProviderSchema, {}, { orderBy: { id: "asc" }, disableIdentityMap: true })).map((r) => provider(r) as ProviderRow),
+    );
+  }
+
+  async find(id: string): Promise<ProviderRow | null> {
+    return runOn(this.orm, async (em) => provider(await em.findOne(ProviderSchema, { id }, { disableIdentityMap: true })));
+  }
+
+  /** Deletes a provider; false when there was none. */
+  async delete(id: string): Promise<boolean> {
+    return runOn(this.orm, async (em) => (await em.nativeDelete(ProviderSchema, { id })) === 1);
+  }
+
+  /** Providers with ciphertexts under another key than `keyId` (for key rotation). */
+  async listNotUnderKey(keyId: string): Promise<ProviderRow[]> {
+    return runOn(this.orm, async (em) =>
+      (await em.find(ProviderSchema, { keyId: { $ne: keyId } }, { disableIdentityMap: true })).map((r) => provider(r) as ProviderRow),
+    );
+  }
+
+  /** Rewrites a provider's ciphertexts if it is still at `version`; false when another write came first. */
+  async reseal(id: string, version: number, fields: Pick<ProviderRow, "keyId" | "clientSecretCt" | "registrationTokenCt">): Promise<boolean> {
+    return runOn(this.orm, async (em) => (await em.nativeUpdate(ProviderSchema, { id, version }, { ...fields, version: version + 1 })) === 1);
+  }
+}
+
+/** How a stored authorization state was found when a callback came back with it. */
+export type StateLookup =
+  | { found: "ok"; row: AuthorizationStateRow }
+  | { found: "unknown" | "expired" | "used" };
+
+/** Server-side authorization state (StartAuthorization) and seen logout tokens. */
+export class AuthorizationRepository {
+  constructor(private readonly orm: MikroORM) {}
+
+  async insertState(row: AuthorizationStateRow): Promise<void> {
+    await runOn(this.orm, (em) => em.insert(AuthorizationStateSchema, row));
+  }
+
+  /**
+   * Takes a state for its one use: marks it used with a conditional update,
+   * so two callbacks with the same state cannot both succeed.
+   */
+  async consumeState(id: string, now: Date): Promise<StateLookup> {
+    return runOn(this.orm, async (em) => {
+      const row = await em.findOne(AuthorizationStateSchema, { id }, { disableIdentityMap: true });
+      if (!row) return { found: "unknown" };
+      if (row.usedAt !== null) return { found: "used" };
+      if (row.expiresAt <= now) return { found: "expired" };
+      const taken = await em.nativeUpdate(AuthorizationStateSchema, { id, usedAt: null }, { usedAt: now });
+      if (taken !== 1) return { found: "used" };
+      row.payloadCt = asBuffer(row.payloadCt) as Buffer;
+      return { found: "ok", row };
+    });
+  }
+
+  /** Deletes states that expired before `before`, at most `limit`; returns how many. */
+  async sweepStates(before: Date, limit: number): Promise<number> {
+    return runOn(this.orm, async (em) => {
+      const rows = await em.find(AuthorizationStateSchema, { expiresAt: { $lt: before } }, { fields: ["id"], limit, disableIdentityMap: true });
+      if (rows.length === 0) return 0;
+      return em.nativeDelete(AuthorizationStateSchema, { id: { $in: rows.map((r) => r.id) } });
+    });
+  }
+
+  /** Records a logout token's jti; false when it was seen before (a replay). */
+  async rememberLogoutToken(row: LogoutTokenRow): Promise<boolean> {
+    try {
+      await runOn(this.orm, (em) => em.insert(LogoutTokenSchema, row));
+      return true;
+    } catch (err) {
+      if (isUniqueViolation(err)) return false;
+      throw err;
+    }
+  }
+
+  /** Forgets logout tokens that expired before `before`; returns how many. */
+  async sweepLogoutTokens(before: Date): Promise<number> {
+    return runOn(this.orm, (em) => em.nativeDelete(LogoutTokenSchema, { expiresAt: { $lt: before } }));
+  }
+}

@@ -1,0 +1,81 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import {
+  DeleteProviderResponseSchema,
+  ListProvidersResponseSchema,
+  ProviderRegistration,
+  ProviderSchema,
+  ProviderSource,
+  RegisterProviderResponseSchema,
+  type Provider,
+  type ProviderService,
+} from "../../gen/tokenservice/v1/token_service_pb.js";
+import type { ProviderAdmin, ProviderView } from "../authorization/provider-admin.js";
+import { requireProviderAllowed } from "../sessions/scope.js";
+import type { ServiceHandlers } from "./handlers.js";
+
+function toProto(p: ProviderView): Provider {
+  return create(ProviderSchema, {
+    id: p.id,
+    issuer: p.issuer,
+    resourceUrl: p.resourceUrl ?? "",
+    clientId: p.clientId,
+    clientAuthMethod: p.clientAuthMethod,
+    source: p.source === "config" ? ProviderSource.CONFIG : ProviderSource.RUNTIME,
+    registration: p.registration === "dynamic" ? ProviderRegistration.DYNAMIC : ProviderRegistration.STATIC,
+    endpoints: {
+      authorizationEndpoint: p.endpoints.authorization ?? "",
+      tokenEndpoint: p.endpoints.token ?? "",
+      revocationEndpoint: p.endpoints.revocation ?? "",
+      registrationEndpoint: p.endpoints.registration ?? "",
+      jwksUri: p.endpoints.jwks ?? "",
+    },
+    createdAt: timestampFromDate(p.createdAt),
+    defaultResource: p.defaultResource ?? "",
+    scopes: p.scopes,
+    redirectUris: p.redirectUris,
+    allowInsecureHttp: p.allowInsecureHttp,
+    openid: p.openid,
+  });
+}
+
+/**
+ * The ProviderService RPCs: proto in, domain call, proto out. A caller with
+ * a `providers` scope may only register, see and delete those providers.
+ */
+export function createProviderServiceHandlers(admin: ProviderAdmin): ServiceHandlers<typeof ProviderService> {
+  return {
+    async registerProvider(req, ctx) {
+      if (req.id !== "") requireProviderAllowed(ctx, req.id);
+      const view = await admin.register(
+        {
+          id: req.id,
+          issuer: req.issuer,
+          resourceUrl: req.resourceUrl,
+          clientId: req.clientId,
+          clientSecret: req.clientSecret,
+          clientAuthMethod: req.clientAuthMethod,
+          dynamicRegistration: req.dynamicRegistration,
+          redirectUris: req.redirectUris,
+          scopes: req.scopes,
+          allowInsecureHttp: req.allowInsecureHttp,
+          publicUrl: req.publicUrl,
+        },
+        ctx,
+      );
+      return create(RegisterProviderResponseSchema, { provider: toProto(view) });
+    },
+
+    async listProviders(_req, ctx) {
+      const all = await admin.list();
+      const visible = ctx.providers ? all.filter((p) => ctx.providers!.has(p.id)) : all;
+      return create(ListProvidersResponseSchema, { providers: visible.map(toProto) });
+    },
+
+    async deleteProvider(req, ctx) {
+      if (req.id !== "") requireProviderAllowed(ctx, req.id);
+      const revoked = await admin.delete(req.id, req.revokeSessions, ctx);
+      return create(DeleteProviderResponseSchema, { sessionsRevoked: revoked });
+    },
+  };
+}
