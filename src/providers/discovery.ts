@@ -125,7 +125,8 @@ export async function registerClient(
       response_types: ["code"],
       token_endpoint_auth_method: request.authMethod,
       ...(request.scopes.length ? { scope: request.scopes.join(" ") } : {}),
-      ...(request.backchannelLogoutUri ? { backchannel_logout_uri: request.backchannelLogoutUri, backchannel_logout_session_required: false } : {}),
+      // With a session required, the provider puts `sid` in ID tokens and logout tokens: a logout ends only that login.
+      ...(request.backchannelLogoutUri ? { backchannel_logout_uri: request.backchannelLogoutUri, backchannel_logout_session_required: true } : {}),
     },
     undefined,
     {

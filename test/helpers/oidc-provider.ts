@@ -4,6 +4,7 @@ import http from "node:http";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
+import { SignJWT } from "jose";
 import Provider from "oidc-provider";
 
 /** A token endpoint fault to inject into the next token requests. */
@@ -58,6 +59,20 @@ export interface TestProvider {
   redeem(refreshToken: string): Promise<{ status: number; body: Record<string, unknown> }>;
   /** Provider-side view of a token (RFC 7662). */
   introspect(token: string): Promise<{ active: boolean }>;
+  /** The redirect URI the test clients are registered with (nothing listens there). */
+  readonly redirectUri: string;
+  /** A public client (token_endpoint_auth_method none) with the same redirect URI. */
+  readonly publicClientId: string;
+  /**
+   * Plays the browser: follows `authorizationUrl` through the provider's
+   * login and consent for `accountId` (or refuses, with `deny`), and returns
+   * the URL the provider redirects back to (with code, state and iss, or error).
+   */
+  authorize(authorizationUrl: string, accountId: string, options?: { deny?: boolean }): Promise<string>;
+  /** A back-channel logout token signed with the provider's key, or with another key (`forged`). */
+  logoutToken(clientId: string, claims: { sub?: string; sid?: string; nonce?: string; events?: unknown; jti?: string; aud?: string }, options?: { forged?: boolean }): Promise<string>;
+  /** Has oidc-provider itself send a back-channel logout to a client's registered backchannel_logout_uri. */
+  backchannelLogout(clientId: string, sub: string, sid: string): Promise<void>;
   resetStats(): void;
   /** Releases requests held by a `hang` fault. */
   releaseHangs(): void;
@@ -96,6 +111,8 @@ export async function startTestProvider(
   const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
   const jwk = { ...privateKey.export({ format: "jwk" }), kid: "test", alg: "RS256", use: "sig" };
 
+  const redirectUri = "https://gateway.example.test/oauth/callback";
+  const publicClientId = "token-service-public";
   const provider = new Provider(issuer, {
     clients: [
       {
@@ -103,10 +120,27 @@ export async function startTestProvider(
         client_secret: clientSecret,
         grant_types: ["authorization_code", "refresh_token"],
         response_types: ["code"],
-        redirect_uris: ["https://rp.example.test/cb"],
+        redirect_uris: ["https://rp.example.test/cb", redirectUri],
         token_endpoint_auth_method: "client_secret_basic",
       },
+      {
+        client_id: publicClientId,
+        grant_types: ["authorization_code", "refresh_token"],
+        response_types: ["code"],
+        redirect_uris: [redirectUri],
+        token_endpoint_auth_method: "none",
+      },
     ],
+    // The login and consent pages: a test drives them with plain HTTP (see authorize()).
+    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+    pkce: { required: () => true },
+    // Its outgoing calls (back-channel logout) go to services on loopback here: drop its SSRF guard, which refuses them.
+    fetch: (url: string | URL | Request, options?: RequestInit) => {
+      const { dispatcher: _dispatcher, ...rest } = (options ?? {}) as RequestInit & { dispatcher?: unknown };
+      return fetch(url, rest);
+    },
+    // A refresh token for every code grant of a client that may refresh (offline_access would need prompt=consent).
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed("refresh_token"),
     jwks: { keys: [jwk as never] },
     findAccount: async (_ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
     rotateRefreshToken: true,
@@ -116,12 +150,29 @@ export async function startTestProvider(
       IdToken: 3600,
       RefreshToken: 86_400,
       Grant: 86_400,
+      Interaction: 600,
+      Session: 86_400,
+      AuthorizationCode: 60,
     },
     features: {
       devInteractions: { enabled: false },
       // Any authenticated client may revoke its own tokens (what a token service needs).
       revocation: { enabled: true, allowedPolicy: async () => true },
       introspection: { enabled: true },
+      registration: { enabled: true },
+      backchannelLogout: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        // Any http(s) resource is a resource server here; its access tokens are JWTs (RFC 9068) for that audience.
+        getResourceServerInfo: async (_ctx, resource) => ({
+          scope: "mcp:tools",
+          audience: resource,
+          accessTokenFormat: "jwt",
+          accessTokenTTL: accessTtl,
+          jwt: { sign: { alg: "RS256" } },
+        }),
+        useGrantedResource: async () => true,
+      },
     },
   });
 
@@ -161,6 +212,8 @@ export async function startTestProvider(
   };
 
   provider.use(async (ctx, next) => {
+    // RFC 8414 authorization server metadata: the same document as OpenID Connect discovery.
+    if (ctx.path === "/.well-known/oauth-authorization-server") ctx.path = "/.well-known/openid-configuration";
     const setup = ctx.get(SETUP_HEADER) === "1";
     if (ctx.path === "/.well-known/openid-configuration") stats.discoveries++;
     if (ctx.path === "/token/revocation" && !setup) {
@@ -186,7 +239,46 @@ export async function startTestProvider(
     }
   });
 
-  server.on("request", provider.callback());
+  const callback = provider.callback();
+  server.on("request", (req, res) => {
+    const m = /^\/interaction\/([^/?]+)/.exec(req.url ?? "");
+    if (!m) return callback(req, res);
+    void interaction(req, res).catch((err: unknown) => {
+      res.statusCode = 500;
+      res.end(String(err));
+    });
+  });
+
+  /** Login and consent in one step: the account comes in the query (?account=…), or the user refuses (?deny=1). */
+  async function interaction(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const query = new URL(req.url ?? "/", issuer).searchParams;
+    const details = await provider.interactionDetails(req, res);
+    if (query.get("deny") === "1") {
+      await provider.interactionFinished(req, res, { error: "access_denied", error_description: "the user said no" }, { mergeWithLastSubmission: false });
+      return;
+    }
+    const accountId = query.get("account") ?? "anonymous";
+    const params = details.params as Record<string, string | string[] | undefined>;
+    const grant = new provider.Grant({ accountId, clientId: String(params.client_id) });
+    grant.addOIDCScope(String(params.scope ?? "openid"));
+    for (const r of [params.resource ?? []].flat()) grant.addResourceScope(r, "mcp:tools");
+    const grantId = await grant.save();
+    await provider.interactionFinished(req, res, { login: { accountId }, consent: { grantId } }, { mergeWithLastSubmission: false });
+  }
+
+  /** GET without following redirects, keeping cookies in `jar`; returns the Location. */
+  async function step(url: string, jar: Map<string, string>): Promise<string> {
+    const res = await fetch(url, { redirect: "manual", headers: { cookie: [...jar].map(([k, v]) => `${k}=${v}`).join("; ") } });
+    for (const c of res.headers.getSetCookie()) {
+      const [pair] = c.split(";");
+      const eq = pair!.indexOf("=");
+      jar.set(pair!.slice(0, eq), pair!.slice(eq + 1));
+    }
+    await res.body?.cancel();
+    const location = res.headers.get("location");
+    if (res.status < 300 || res.status >= 400 || !location) throw new Error(`expected a redirect from ${new URL(url).pathname}, got ${res.status}`);
+    return new URL(location, url).href;
+  }
 
   const basic = `Basic ${Buffer.from(`${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret)}`).toString("base64")}`;
   const post = async (path: string, form: Record<string, string>) => {
@@ -227,6 +319,43 @@ export async function startTestProvider(
       const { status, body } = await post("/token", { grant_type: "refresh_token", refresh_token: seed });
       if (status !== 200) throw new Error(`test login failed: ${status} ${JSON.stringify(body)}`);
       return body as unknown as TestTokenSet;
+    },
+    redirectUri,
+    publicClientId,
+    async authorize(authorizationUrl, accountId, options = {}) {
+      const jar = new Map<string, string>();
+      let url = await step(authorizationUrl, jar);
+      for (let hops = 0; hops < 6 && url.startsWith(issuer); hops++) {
+        if (new URL(url).pathname.startsWith("/interaction/")) {
+          const u = new URL(url);
+          u.searchParams.set(options.deny ? "deny" : "account", options.deny ? "1" : accountId);
+          url = u.href;
+        }
+        url = await step(url, jar);
+      }
+      if (url.startsWith(issuer)) throw new Error("the provider did not send the browser back");
+      return url;
+    },
+    async logoutToken(audience, claims, options = {}) {
+      const key = options.forged ? generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey : privateKey;
+      const { nonce, events, jti, aud, ...rest } = claims;
+      return new SignJWT({
+        ...rest,
+        ...(nonce ? { nonce } : {}),
+        events: events === undefined ? { "http://schemas.openid.net/event/backchannel-logout": {} } : events,
+        jti: jti ?? randomBytes(12).toString("hex"),
+      })
+        .setProtectedHeader({ alg: "RS256", kid: "test", typ: "logout+jwt" })
+        .setIssuer(issuer)
+        .setAudience(aud ?? audience)
+        .setIssuedAt()
+        .setExpirationTime("2m")
+        .sign(key);
+    },
+    async backchannelLogout(client, sub, sid) {
+      const found = await provider.Client.find(client);
+      if (!found) throw new Error(`no client ${client}`);
+      await (found as unknown as { backchannelLogout(sub: string, sid: string): Promise<void> }).backchannelLogout(sub, sid);
     },
     configEntry(id = "corp") {
       return { id, issuer, client_id: clientId, client_secret: clientSecret, allow_insecure_http: true };
