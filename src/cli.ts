@@ -5,6 +5,7 @@ import { KeyRingError } from "./crypto/key-ring.js";
 import { doctorCommand } from "./cli/doctor.js";
 import { keysCommand } from "./cli/keys.js";
 import { migrateCommand } from "./cli/migrate.js";
+import { providersCommand } from "./cli/providers.js";
 import { sessionsCommand } from "./cli/sessions.js";
 
 /** What the CLI may touch of the process; main.ts supplies the real ones. */
@@ -28,6 +29,14 @@ Commands:
   keys status           sessions per key id, and whether each key is configured
   sessions list --user U [--provider P] [--show-ids]
                         a user's sessions (metadata only)
+  providers list        every provider, from the YAML file and registered
+  providers add --id ID (--issuer URL | --resource-url URL)
+                [--client-id ID [--client-secret-env NAME] [--auth-method M] | --dynamic]
+                [--redirect-uri URL]... [--scope S]... [--public-url URL]
+                [--allow-insecure-http]
+                        register a provider (discovery, dynamic registration)
+  providers remove --id ID [--revoke-sessions]
+                        delete a registered provider
   doctor                check config, database, keys, providers, clocks, TLS
   help                  show this text
 
@@ -80,6 +89,8 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv, io: CliIo):
         return await doctorCommand(env, io.stdout);
       case "keys":
         return await keysCommand(rest, env, io.stdout);
+      case "providers":
+        return await providersCommand(rest, env, io.stdout);
       case "help":
       case "--help":
       case "-h":

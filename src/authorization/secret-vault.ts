@@ -14,6 +14,10 @@ export class SecretVault {
     return this.ring.primary.id;
   }
 
+  hasKey(keyId: string): boolean {
+    return this.ring.get(keyId) !== undefined;
+  }
+
   seal(kind: "provider" | "authorization", rowId: string, column: string, plaintext: string): { keyId: string; blob: Buffer } {
     return seal(this.ring, plaintext, bindingFor([`tokenservice.v1/${kind}`, rowId, column]));
   }

@@ -3,6 +3,9 @@ import { ConfigError, loadConfig } from "../config.js";
 import { generateKeySpec } from "../crypto/key-ring.js";
 import { CHANNEL } from "../db/pg-channel.js";
 import { rotateKeys } from "../sessions/key-rotation.js";
+import { rotateProviderKeys } from "../authorization/provider-keys.js";
+import { SecretVault } from "../authorization/secret-vault.js";
+import { ProviderRepository } from "../db/provider-repository.js";
 import { option } from "./args.js";
 import { openStore } from "./store.js";
 
@@ -44,8 +47,17 @@ export async function keysCommand(args: string[], env: NodeJS.ProcessEnv, out: W
       out.write(`  ${count} under key ${keyId}, which is not configured: add it to TOKEN_SERVICE_ENCRYPTION_KEYS and run again\n`);
     }
     if (report.corrupt > 0) out.write(`  ${report.corrupt} failed integrity checks and were left as they are\n`);
-    const left = report.changedMeanwhile + report.corrupt + [...report.missingKeys.values()].reduce((a, b) => a + b, 0);
-    if (left === 0) out.write(`every session is under ${primary}: older keys can be removed from TOKEN_SERVICE_ENCRYPTION_KEYS\n`);
+    // Runtime providers' client secrets and registration access tokens move too.
+    const providers = await rotateProviderKeys(new ProviderRepository(store.orm), new SecretVault(store.keyRing));
+    if (providers.rotated > 0) await store.repo.notify(CHANNEL, "providers");
+    out.write(`providers: ${providers.rotated} re-encrypted, ${providers.changedMeanwhile} changed meanwhile\n`);
+    for (const [keyId, count] of providers.missingKeys) out.write(`  ${count} provider(s) under key ${keyId}, which is not configured\n`);
+    const left =
+      report.changedMeanwhile +
+      report.corrupt +
+      providers.changedMeanwhile +
+      [...report.missingKeys.values(), ...providers.missingKeys.values()].reduce((a, b) => a + b, 0);
+    if (left === 0) out.write(`every session and provider is under ${primary}: older keys can be removed from TOKEN_SERVICE_ENCRYPTION_KEYS\n`);
     return left === 0 ? 0 : 1;
   } finally {
     await store.close();

@@ -4,6 +4,7 @@ import { resolveKeyRing } from "../app.js";
 import type { Config } from "../config.js";
 import { migrateUp, openOrm } from "../db/orm.js";
 import { SessionRepository } from "../db/session-repository.js";
+import type { KeyRing } from "../crypto/key-ring.js";
 import { createLogger } from "../logger.js";
 import { TokenVault } from "../sessions/token-vault.js";
 
@@ -12,13 +13,15 @@ export interface Store {
   orm: MikroORM;
   repo: SessionRepository;
   vault: TokenVault;
+  keyRing: KeyRing;
   close(): Promise<void>;
 }
 
 export async function openStore(config: Config): Promise<Store> {
   // Warnings (such as the generated key file) go to stderr, keeping stdout for the command's output.
   const logger = createLogger("warn", pino.destination({ dest: 2, sync: true }));
-  const vault = new TokenVault(resolveKeyRing(config, logger));
+  const keyRing = resolveKeyRing(config, logger);
+  const vault = new TokenVault(keyRing);
   const orm = await openOrm(config.database);
   try {
     await migrateUp(orm, config.database);
@@ -30,6 +33,7 @@ export async function openStore(config: Config): Promise<Store> {
     orm,
     repo: new SessionRepository(orm, config.database.kind),
     vault,
+    keyRing,
     close: () => orm.close(true),
   };
 }

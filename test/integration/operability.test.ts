@@ -56,7 +56,7 @@ describe("operability", () => {
     expect(list!.messageResponse.case).toBe("listServicesResponse");
     const names = (list!.messageResponse.value as { service: Array<{ name: string }> }).service.map((s) => s.name);
     expect(names).toEqual(
-      expect.arrayContaining(["tokenservice.v1.TokenService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]),
+      expect.arrayContaining(["tokenservice.v1.TokenService", "tokenservice.v1.ProviderService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]),
     );
     // The file and its imports are enough to rebuild the service's full description.
     expect(bySymbol!.messageResponse.case).toBe("fileDescriptorResponse");
@@ -66,7 +66,20 @@ describe("operability", () => {
     expect(protos.map((p) => p.name)).toEqual(["tokenservice/v1/token_service.proto", "google/protobuf/timestamp.proto"]);
     const registry = createFileRegistry(create(FileDescriptorSetSchema, { file: protos.reverse() }));
     const service = registry.getService("tokenservice.v1.TokenService")!;
-    expect(service.methods.map((m) => m.name)).toEqual(["StoreSession", "GetToken", "RevokeSession", "ListSessions", "RevokeUserSessions"]);
+    expect(service.methods.map((m) => m.name)).toEqual([
+      "StoreSession",
+      "GetToken",
+      "RevokeSession",
+      "ListSessions",
+      "RevokeUserSessions",
+      "StartAuthorization",
+      "CompleteAuthorization",
+    ]);
+    expect(registry.getService("tokenservice.v1.ProviderService")!.methods.map((m) => m.name)).toEqual([
+      "RegisterProvider",
+      "ListProviders",
+      "DeleteProvider",
+    ]);
     expect(registry.getMessage("tokenservice.v1.GetTokenRequest")!.fields.map((f) => f.name)).toContain("min_valid_seconds");
     expect(byFile!.messageResponse.case).toBe("fileDescriptorResponse");
     expect(missing!.messageResponse.case).toBe("errorResponse");
