@@ -1,8 +1,9 @@
 /**
  * `npm run demo`: a local identity provider and the token service on the
  * embedded default, then one user's session through store, get, expiry,
- * refresh (one refresh for many callers) and revoke. Prints each step and
- * exits 0, or 1 at the first surprise.
+ * refresh (one refresh for many callers) and revoke; then a second user who
+ * connects a tool server through the code flow the service runs itself.
+ * Prints each step and exits 0, or 1 at the first surprise.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -12,7 +13,10 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { stringify } from "yaml";
 import { ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
-import { TokenKind } from "../gen/tokenservice/v1/token_service_pb.js";
+import { ProviderService, TokenKind } from "../gen/tokenservice/v1/token_service_pb.js";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { startProtectedResource } from "../test/helpers/protected-resource.js";
 import { connectGrpcClient } from "../test/helpers/clients.js";
 import { startTestProvider, type TestProvider } from "../test/helpers/oidc-provider.js";
 import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
@@ -117,6 +121,38 @@ try {
   const introspected = await provider.introspect(tokens.refresh_token);
   check(!introspected.active, "the provider should no longer accept the grant");
   info("the provider confirms: the grant is revoked (RFC 7009)");
+
+  say("Bob connects a tool server himself: the service runs the code flow (PKCE), the gateway never sees a token");
+  const providers = createClient(ProviderService, createGrpcTransport({ baseUrl: service.url }));
+  const resource = await startProtectedResource(provider.issuer);
+  try {
+    const registered = await providers.registerProvider({
+      id: "tools",
+      resourceUrl: resource.url,
+      dynamicRegistration: true,
+      redirectUris: [provider.redirectUri],
+      allowInsecureHttp: true,
+    });
+    const p = registered.provider!;
+    info(`RegisterProvider from the MCP server's URL ${resource.url}`);
+    info(`→ RFC 9728 metadata names the authorization server ${p.issuer}; client ${p.clientId} registered dynamically (RFC 7591)`);
+    const start = await client.startAuthorization({ userId: "bob", provider: "tools", redirectUri: provider.redirectUri });
+    const url = new URL(start.authorizationUrl);
+    info(`StartAuthorization → send the browser to ${url.origin}${url.pathname}?… (code_challenge ${url.searchParams.get("code_challenge_method")}, resource ${url.searchParams.get("resource")})`);
+    const callbackUrl = await provider.authorize(start.authorizationUrl, "bob");
+    info(`Bob logs in and consents; the browser comes back to ${new URL(callbackUrl).origin}${new URL(callbackUrl).pathname}?code=…&state=…&iss=…`);
+    const connected = await client.completeAuthorization({ userId: "bob", callbackUrl });
+    info(`CompleteAuthorization → session ${connected.sessionId.slice(0, 8)}… at ${connected.provider}: state checked once, code exchanged with the PKCE verifier, ID token checked`);
+    const toolToken = await client.getToken({ userId: "bob", sessionId: connected.sessionId });
+    const aud = JSON.parse(Buffer.from(toolToken.token.split(".")[1]!, "base64url").toString()) as { aud?: unknown };
+    check(aud.aud === resource.url, "the token should be for the tool server");
+    info(`GetToken → ${peek(toolToken.token)}, a token whose audience is the tool server (${String(aud.aud)})`);
+    const replay = await client.completeAuthorization({ userId: "bob", callbackUrl }).catch((e: unknown) => e);
+    check(replay instanceof ConnectError && replay.findDetails(ErrorInfoSchema)[0]?.reason === "INVALID_STATE", "a replayed callback should be refused");
+    info("the same callback again → FAILED_PRECONDITION (INVALID_STATE): a state is good once");
+  } finally {
+    await resource.close();
+  }
 
   say("Stop the service: SIGTERM drains in-flight calls, then it exits");
   service.kill("SIGTERM");

@@ -29,6 +29,15 @@ export interface ChatGatewayOptions {
   userFrom?: (req: IncomingMessage) => string | undefined | Promise<string | undefined>;
   /** Deadline of one GetToken call; default 5000 ms. */
   tokenTimeoutMs?: number;
+  /**
+   * The public URL of this gateway's connect callback, as registered at the
+   * provider (e.g. https://chat.example.com/connect/callback). With it,
+   * `GET /connect` sends the user's browser to the provider
+   * (StartAuthorization) and the callback path finishes the connection
+   * (CompleteAuthorization): the token service keeps the tokens, the gateway
+   * never sees them. Without it, those paths answer 404.
+   */
+  connectCallbackUrl?: string;
   /** Idle timeout on the upstream socket; default 300 000 ms. */
   upstreamIdleTimeoutMs?: number;
   /** Receives one entry per request; default: a JSON line on stderr. */
@@ -70,9 +79,47 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
   const userFrom = options.userFrom ?? userFromHeader;
   const log = options.log ?? ((entry: GatewayLogEntry) => process.stderr.write(`${JSON.stringify(entry)}\n`));
 
+  const callback = options.connectCallbackUrl ? new URL(options.connectCallbackUrl) : undefined;
+
+  /** `GET /connect` and the callback: the browser's round trip to the provider, run by the token service. */
+  async function connect(req: IncomingMessage, res: ServerResponse, path: string, entry: GatewayLogEntry): Promise<GatewayLogEntry> {
+    if (req.method !== "GET") {
+      res.setHeader("allow", "GET");
+      sendError(res, { status: 405, type: "invalid_request_error", code: "method_not_allowed", message: `Use GET for ${path}.` });
+      return { ...entry, status: 405 };
+    }
+    const user = await Promise.resolve()
+      .then(() => userFrom(req))
+      .catch(() => undefined);
+    if (!user) {
+      sendError(res, { status: 401, type: "authentication_error", code: "no_user", message: "No authenticated user." });
+      return { ...entry, status: 401 };
+    }
+    entry.user = user;
+    const result =
+      path === "/connect"
+        ? await tokens.startConnect(user, callback!.href)
+        : // The whole URL the browser came back to: the registered callback URL with the query the provider added.
+          await tokens.finishConnect(user, `${callback!.origin}${callback!.pathname}${new URL(req.url ?? "/", "http://gateway.invalid").search}`);
+    if (!result.ok) {
+      sendError(res, { status: result.status, type: "invalid_request_error", code: result.reason.toLowerCase(), message: `Connecting failed: ${result.reason}.` });
+      return { ...entry, status: result.status, connect_error: result.reason };
+    }
+    if ("url" in result) {
+      res.writeHead(302, { location: result.url, "cache-control": "no-store" });
+      res.end();
+      return { ...entry, status: 302 };
+    }
+    const body = JSON.stringify({ connected: true, provider: result.connected.provider, expires_at: result.connected.expiresAt?.toISOString() });
+    res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" });
+    res.end(body);
+    return { ...entry, status: 200 };
+  }
+
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<GatewayLogEntry> {
     const path = new URL(req.url ?? "/", "http://gateway.invalid").pathname;
     const entry: GatewayLogEntry = { method: req.method ?? "", path };
+    if (callback && (path === "/connect" || path === callback.pathname)) return connect(req, res, path, entry);
     const method = ROUTES[path];
     if (!method) {
       sendError(res, { status: 404, type: "invalid_request_error", code: "unknown_url", message: `Unknown path ${path}.` });

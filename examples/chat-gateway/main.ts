@@ -22,6 +22,7 @@ const gateway = createChatGateway({
   provider: process.env.PROVIDER ?? "corp",
   tokenServiceCredential: process.env.TOKEN_SERVICE_CREDENTIAL || undefined,
   loginUrl: process.env.LOGIN_URL || undefined,
+  connectCallbackUrl: process.env.CONNECT_CALLBACK_URL || undefined,
 });
 
 const url = await gateway.listen(port, process.env.HOST ?? "127.0.0.1");

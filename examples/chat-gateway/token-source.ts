@@ -23,10 +23,25 @@ export type TokenResult =
   | { ok: true; token: string }
   | { ok: false; error: GatewayError; /** For the log: gRPC code name and ErrorInfo reason. */ cause: string };
 
+/** The start or the end of connecting a user's account: a URL to send the browser to, or the outcome. */
+export type ConnectResult = { ok: true; url: string } | { ok: true; connected: { provider: string; expiresAt: Date | undefined } } | { ok: false; status: number; reason: string };
+
 export interface TokenSource {
   /** A token valid right now for the user at the configured provider. */
   tokenFor(userId: string, signal?: AbortSignal): Promise<TokenResult>;
+  /** StartAuthorization: where to send the user's browser to connect their account at the provider. */
+  startConnect(userId: string, redirectUri: string): Promise<ConnectResult>;
+  /** CompleteAuthorization with the whole URL the browser came back to. */
+  finishConnect(userId: string, callbackUrl: string): Promise<ConnectResult>;
   close(): void;
+}
+
+/** A failed connect call as an HTTP status and the ErrorInfo reason (INVALID_STATE, AUTHORIZATION_DENIED, …). */
+function connectFailure(err: unknown): ConnectResult {
+  const e = ConnectError.from(err);
+  const reason = e.findDetails(ErrorInfoSchema)[0]?.reason ?? Code[e.code] ?? "UNKNOWN";
+  const status = e.code === Code.FailedPrecondition || e.code === Code.InvalidArgument ? 400 : e.code === Code.Unavailable ? 503 : 502;
+  return { ok: false, status, reason };
 }
 
 /** A TokenService client over gRPC (HTTP/2) that maps its errors to HTTP answers. */
@@ -54,6 +69,23 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
         return { ok: true, token: res.token };
       } catch (err) {
         return mapTokenError(err, options);
+      }
+    },
+    async startConnect(userId, redirectUri) {
+      try {
+        const res = await client.startAuthorization({ userId, provider: options.provider, redirectUri }, { timeoutMs });
+        return { ok: true, url: res.authorizationUrl };
+      } catch (err) {
+        return connectFailure(err);
+      }
+    },
+    async finishConnect(userId, callbackUrl) {
+      try {
+        const res = await client.completeAuthorization({ userId, callbackUrl }, { timeoutMs });
+        const seconds = res.expiresAt ? Number(res.expiresAt.seconds) : undefined;
+        return { ok: true, connected: { provider: res.provider, expiresAt: seconds ? new Date(seconds * 1000) : undefined } };
+      } catch (err) {
+        return connectFailure(err);
       }
     },
     close() {

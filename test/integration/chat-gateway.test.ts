@@ -282,6 +282,46 @@ describe("chat gateway in front of the token service (sqlite)", () => {
     }
   });
 
+  it("connects a user's account through /connect and the callback, then forwards that account's token", async () => {
+    const connecting = createChatGateway({
+      tokenServiceUrl: svc.url,
+      upstreamUrl: upstream.url,
+      provider: "corp",
+      connectCallbackUrl: provider.redirectUri,
+      log: (entry) => logs.push(entry),
+    });
+    const base = await connecting.listen(0, "127.0.0.1");
+    try {
+      const start = await fetch(`${base}/connect`, { redirect: "manual", headers: { "x-user-id": "zoe" } });
+      expect(start.status).toBe(302);
+      const location = start.headers.get("location")!;
+      expect(new URL(location).origin).toBe(provider.issuer);
+      expect(new URL(location).searchParams.get("redirect_uri")).toBe(provider.redirectUri);
+      const back = new URL(await provider.authorize(location, "zoe"));
+      const callbackPath = new URL(provider.redirectUri).pathname;
+      const done = await fetch(`${base}${callbackPath}${back.search}`, { headers: { "x-user-id": "zoe" } });
+      expect(done.status).toBe(200);
+      expect(await done.json()).toMatchObject({ connected: true, provider: "corp" });
+      // The code is used: the same callback again is refused.
+      const replay = await fetch(`${base}${callbackPath}${back.search}`, { headers: { "x-user-id": "zoe" } });
+      expect(replay.status).toBe(400);
+      expect(((await replay.json()) as OpenAiError).error.code).toBe("invalid_state");
+      expect((await fetch(`${base}/connect`, { redirect: "manual" })).status).toBe(401);
+
+      const res = await chat("zoe", ask, base);
+      expect(res.status).toBe(200);
+      expect(upstream.seen.at(-1)!.authorization).toBe(`Bearer ${await currentToken("zoe")}`);
+
+      const refused = await fetch(`${base}/connect`, { redirect: "manual", headers: { "x-user-id": "yves" } });
+      const denied = new URL(await provider.authorize(refused.headers.get("location")!, "yves", { deny: true }));
+      const deniedAnswer = await fetch(`${base}${callbackPath}${denied.search}`, { headers: { "x-user-id": "yves" } });
+      expect(deniedAnswer.status).toBe(400);
+      expect(((await deniedAnswer.json()) as OpenAiError).error.code).toBe("authorization_denied");
+    } finally {
+      await connecting.close();
+    }
+  });
+
   it("never forwards the identity header or the client's credential, and never leaks a token", async () => {
     expect(upstream.seen.length).toBeGreaterThan(0);
     for (const seen of upstream.seen) {
