@@ -4,6 +4,7 @@ import { promisify } from "node:util";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
+import { startProtectedResource } from "../helpers/protected-resource.js";
 import { startService, type TestService } from "../helpers/service.js";
 
 /**
@@ -96,6 +97,33 @@ describe("the README's calling examples, against a live service", () => {
     // After the revoke, the same curl gets the JSON error the README describes.
     const err = await run(curl).catch((e: { stdout?: string }) => e.stdout ?? "");
     expect(JSON.parse(err)).toMatchObject({ code: "not_found", message: "session not found" });
+  });
+
+  it("adds a tool server and connects a user as 'Connecting tool servers (MCP)' shows, with buf curl and curl", async () => {
+    const steps = commandsOf(section(readme, "## Connecting tool servers (MCP)"));
+    expect(steps).toHaveLength(3);
+    const [register, start, complete] = steps as [string, string, string];
+    const resource = await startProtectedResource(provider.issuer);
+    try {
+      // The README's example URLs, pointed at the local servers (plain http on loopback: allow_insecure_http).
+      const local = (cmd: string) =>
+        cmd
+          .replaceAll("https://mcp.example.com/mcp", resource.url)
+          .replaceAll("https://chat.example.com/connect/callback", provider.redirectUri)
+          .replaceAll("https://tokens.example.com", svc.httpUrl)
+          .replace('{"id":"tools",', '{"id":"tools","allow_insecure_http":true,');
+      const registered = JSON.parse(await run(local(register))) as { provider: { id: string; issuer: string; registration: string; defaultResource: string } };
+      expect(registered.provider).toMatchObject({ id: "tools", issuer: provider.issuer, registration: "PROVIDER_REGISTRATION_DYNAMIC", defaultResource: resource.url });
+      const started = JSON.parse(await run(local(start))) as { authorizationUrl: string; state: string };
+      expect(new URL(started.authorizationUrl).searchParams.get("resource")).toBe(resource.url);
+      const callbackUrl = await provider.authorize(started.authorizationUrl, "alice");
+      const finish = local(complete).replace(/"callbackUrl":"[^"]*"/, `"callbackUrl":${JSON.stringify(callbackUrl)}`);
+      const done = JSON.parse(await run(finish)) as { sessionId: string; provider: string };
+      expect(done).toMatchObject({ provider: "tools" });
+      expect((await svc.client.getToken({ userId: "alice", sessionId: done.sessionId })).token).not.toBe("");
+    } finally {
+      await resource.close();
+    }
   });
 
   it("lists services and methods and calls GetToken through reflection, with no proto files at hand", async () => {
