@@ -26,6 +26,12 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+/** What a refresh asks for besides the refresh token. */
+export interface RefreshOptions extends CallOptions {
+  /** RFC 8707: the one resource the session was granted, sent with the refresh. */
+  resource?: string;
+}
+
 /** What a code exchange must check: the PKCE verifier sent, the state and nonce issued. */
 export interface CodeChecks {
   codeVerifier: string;
@@ -46,7 +52,7 @@ export interface ProviderClient {
   readonly config: ProviderConfig;
   /** Discovery (cached after the first success). */
   metadata(options: CallOptions): Promise<oidc.ServerMetadata>;
-  refresh(refreshToken: string, options: CallOptions): Promise<ProviderTokens>;
+  refresh(refreshToken: string, options: RefreshOptions): Promise<ProviderTokens>;
   /** RFC 7009 revocation; false when the provider has no revocation endpoint. */
   revoke(token: string, hint: "refresh_token" | "access_token", options: CallOptions): Promise<boolean>;
   /** The authorization request URL with these parameters (client_id and response_type=code added). */
@@ -147,10 +153,11 @@ export class OidcProviderClient implements ProviderClient {
     return this.discovered;
   }
 
-  async refresh(refreshToken: string, options: CallOptions): Promise<ProviderTokens> {
+  async refresh(refreshToken: string, options: RefreshOptions): Promise<ProviderTokens> {
     const metadata = await this.metadata(options);
     const params: Record<string, string> = {};
     if (this.config.scopes?.length) params.scope = this.config.scopes.join(" ");
+    if (options.resource) params.resource = options.resource;
     return withRetries(
       async ({ signal }) => {
         const seen: { body?: Record<string, unknown> } = {};

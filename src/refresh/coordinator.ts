@@ -212,7 +212,7 @@ export class RefreshCoordinator {
     this.stats.started++;
     let response: ProviderTokens;
     try {
-      response = await provider.refresh(tokens.refresh, { deadline: leaseUntil.getTime() - this.leaseSafetyMs });
+      response = await provider.refresh(tokens.refresh, { deadline: leaseUntil.getTime() - this.leaseSafetyMs, resource: onlyResource(row.resources) });
     } catch (err) {
       const e = classifyProviderError(err);
       const now = new Date();
@@ -360,4 +360,15 @@ export function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
       },
     );
   });
+}
+
+/** The session's resource when it was granted exactly one (RFC 8707: sent again on refresh); otherwise none. */
+function onlyResource(resources: string | null): string | undefined {
+  if (!resources) return undefined;
+  try {
+    const list: unknown = JSON.parse(resources);
+    return Array.isArray(list) && list.length === 1 && typeof list[0] === "string" ? list[0] : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -171,7 +171,8 @@ export async function startTestProvider(
           accessTokenTTL: accessTtl,
           jwt: { sign: { alg: "RS256" } },
         }),
-        useGrantedResource: async () => true,
+        // A token request without `resource` gets an opaque token, not one for the granted resource: a client must ask.
+        useGrantedResource: async () => false,
       },
     },
   });

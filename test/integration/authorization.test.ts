@@ -243,6 +243,10 @@ describe("the authorization code flow", () => {
         expect(new URL(started.authorizationUrl).searchParams.getAll("resource")).toEqual([resource.url]);
         const got = await tokens.getToken({ userId: `kim-${id}`, sessionId: done.sessionId });
         expect(decodeJwt(got.token).aud).toBe(resource.url);
+        // A refresh sends the session's one resource again (RFC 8707), so the new token is for it too.
+        const refreshed = await tokens.getToken({ userId: `kim-${id}`, sessionId: done.sessionId, forceRefresh: true });
+        expect(refreshed.token).not.toBe(got.token);
+        expect(decodeJwt(refreshed.token).aud).toBe(resource.url);
         const row = await svc.app.orm.em.fork().findOne(SessionSchema, { id: done.sessionId });
         expect(JSON.parse(row!.resources!)).toEqual([resource.url]);
       }
@@ -277,6 +281,34 @@ describe("the authorization code flow", () => {
     expect((await provider.introspect(token)).active).toBe(false);
     expect((await failure(tokens.getToken({ userId: "liam", sessionId: done.sessionId }))).code).toBe(Code.NotFound);
     expect((await providers.listProviders({})).providers.map((p) => p.id)).not.toContain("doomed");
+  });
+
+  it("sweeps started authorizations past their lifetime", async () => {
+    await tokens.startAuthorization({ userId: "sam", provider: "corp", redirectUri: provider.redirectUri });
+    const em = svc.app.orm.em.fork();
+    expect(await em.count(AuthorizationStateSchema, { userId: "sam" })).toBe(1);
+    await svc.app.sweeper.sweep(new Date(Date.now() + 5 * 60_000));
+    expect(await em.count(AuthorizationStateSchema, { userId: "sam" })).toBe(1);
+    const swept = await svc.app.sweeper.sweep(new Date(Date.now() + 11 * 60_000));
+    expect(swept.authorizationStates).toBeGreaterThanOrEqual(1);
+    expect(await em.count(AuthorizationStateSchema, { userId: "sam" })).toBe(0);
+  });
+
+  it("records the ID token's sub for StoreSession too, so a back-channel logout ends it", async () => {
+    const login = await provider.login("tara");
+    const stored = await tokens.storeSession({
+      userId: "tara",
+      provider: "corp",
+      tokens: { accessToken: login.access_token, refreshToken: login.refresh_token, idToken: login.id_token, expiresIn: 300n },
+    });
+    expect((await svc.app.orm.em.fork().findOne(SessionSchema, { id: stored.sessionId }))?.subject).toBe("tara");
+    const res = await fetch(`${svc.httpUrl}/oidc/backchannel-logout/corp`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ logout_token: await provider.logoutToken(provider.clientId, { sub: "tara" }) }),
+    });
+    expect(res.status).toBe(200);
+    expect((await failure(tokens.getToken({ userId: "tara", sessionId: stored.sessionId }))).code).toBe(Code.NotFound);
   });
 
   it("keeps the client secret, tokens, codes and states out of logs, error details and the raw database", async () => {
@@ -336,7 +368,7 @@ describe("the authorization code flow", () => {
       expect(await alive("oscar", oscar)).toBe(true);
       // The same token again is a replay.
       await bad(token, /replayed_jti/);
-      const audit = svc.logs.lines().filter((l) => l.event === "backchannel_logout");
+      const audit = svc.logs.lines().filter((l) => l.event === "backchannel_logout" && l.userId === "nina");
       expect(audit).toHaveLength(2);
       for (const l of audit) expect(l).toMatchObject({ audit: true, provider: "corp", userId: "nina", matched: "sub" });
     });

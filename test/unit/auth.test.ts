@@ -295,6 +295,15 @@ describe("RpcChain: authorization", () => {
     expectNoSecret(h.logs);
   });
 
+  it("applies a caller's rpcs to ProviderService too, by RPC name", async () => {
+    const h = harness(callers);
+    const auth = { authorization: `Bearer ${GATEWAY_SECRET}` };
+    const err = await failure(h.call(["tokenservice.v1.ProviderService", "RegisterProvider"], auth));
+    expect(err).toMatchObject({ code: Code.PermissionDenied, reason: "RPC_NOT_ALLOWED" });
+    await h.call(["tokenservice.v1.ProviderService", "ListProviders"], { authorization: `Bearer ${OPS_SECRET}` });
+    expect(h.passed.map((p) => p.rpc)).toEqual(["ListProviders"]);
+  });
+
   it("refuses an mTLS caller outside its rpcs", async () => {
     const h = harness(callers);
     const err = await failure(h.call(storeSession, { peerNames: ["chat-gateway.internal"] }));
