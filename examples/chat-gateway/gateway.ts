@@ -81,6 +81,19 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
 
   const callback = options.connectCallbackUrl ? new URL(options.connectCallbackUrl) : undefined;
 
+  /** The signed-in user (recorded in `entry`), or undefined after answering 401. */
+  async function authenticated(req: IncomingMessage, res: ServerResponse, entry: GatewayLogEntry): Promise<string | undefined> {
+    const user = await Promise.resolve()
+      .then(() => userFrom(req))
+      .catch(() => undefined);
+    if (!user) {
+      sendError(res, { status: 401, type: "authentication_error", code: "no_user", message: "No authenticated user." });
+      return undefined;
+    }
+    entry.user = user;
+    return user;
+  }
+
   /** `GET /connect` and the callback: the browser's round trip to the provider, run by the token service. */
   async function connect(req: IncomingMessage, res: ServerResponse, path: string, entry: GatewayLogEntry): Promise<GatewayLogEntry> {
     if (req.method !== "GET") {
@@ -88,14 +101,8 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
       sendError(res, { status: 405, type: "invalid_request_error", code: "method_not_allowed", message: `Use GET for ${path}.` });
       return { ...entry, status: 405 };
     }
-    const user = await Promise.resolve()
-      .then(() => userFrom(req))
-      .catch(() => undefined);
-    if (!user) {
-      sendError(res, { status: 401, type: "authentication_error", code: "no_user", message: "No authenticated user." });
-      return { ...entry, status: 401 };
-    }
-    entry.user = user;
+    const user = await authenticated(req, res, entry);
+    if (!user) return { ...entry, status: 401 };
     const result =
       path === "/connect"
         ? await tokens.startConnect(user, callback!.href)
@@ -131,14 +138,8 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
       return { ...entry, status: 405 };
     }
 
-    const user = await Promise.resolve()
-      .then(() => userFrom(req))
-      .catch(() => undefined);
-    if (!user) {
-      sendError(res, { status: 401, type: "authentication_error", code: "no_user", message: "No authenticated user." });
-      return { ...entry, status: 401 };
-    }
-    entry.user = user;
+    const user = await authenticated(req, res, entry);
+    if (!user) return { ...entry, status: 401 };
 
     const gone = new AbortController();
     res.once("close", () => gone.abort());
