@@ -158,13 +158,18 @@ export class CodeFlow {
     } catch {
       throw new InvalidArgumentError("callback_url", "must be the absolute URL the browser came back to");
     }
+    const refuse = (why: InvalidStateError["why"], provider?: string) => {
+      // The caller sees INVALID_STATE only; the log says which check failed (never the state itself).
+      this.deps.logger.info({ audit: true, event: "authorization_state_refused", caller: ctx.caller, userId, provider, why }, "authorization state refused");
+      return new InvalidStateError(why);
+    };
     const state = url.searchParams.get("state");
-    if (!state) throw new InvalidStateError("missing");
+    if (!state) throw refuse("missing");
     const found = await this.deps.repo.consumeState(stateId(state), new Date());
-    if (found.found !== "ok") throw new InvalidStateError(found.found);
+    if (found.found !== "ok") throw refuse(found.found);
     const row = found.row;
-    if (row.userId !== userId) throw new InvalidStateError("other_user");
-    if (withoutQuery(url) !== withoutQuery(new URL(row.redirectUri))) throw new InvalidStateError("other_redirect_uri");
+    if (row.userId !== userId) throw refuse("other_user", row.provider);
+    if (withoutQuery(url) !== withoutQuery(new URL(row.redirectUri))) throw refuse("other_redirect_uri", row.provider);
     const pending = JSON.parse(this.deps.vault.open("authorization", row.id, "payload", row.keyId, row.payloadCt)) as PendingAuthorization;
 
     const denied = url.searchParams.get("error");

@@ -125,6 +125,9 @@ describe("the authorization code flow", () => {
     unknown.searchParams.delete("state");
     expect((await failure(tokens.completeAuthorization({ userId: "eve", callbackUrl: unknown.href }))).reason).toBe("INVALID_STATE");
     expect((await failure(tokens.completeAuthorization({ userId: "eve", callbackUrl: "not a url" }))).code).toBe(Code.InvalidArgument);
+    // The log says which check refused each one.
+    const whys = svc.logs.lines().filter((l) => l.event === "authorization_state_refused").map((l) => l.why);
+    expect(whys).toEqual(["used", "other_user", "used", "other_redirect_uri", "expired", "unknown", "missing"]);
   });
 
   it("answers AUTHORIZATION_DENIED with the RFC 6749 code when the user refuses", async () => {
