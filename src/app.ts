@@ -9,6 +9,8 @@ import { AuthorizationRepository } from "./db/provider-repository.js";
 import { createLogger, type Logger } from "./logger.js";
 import { OidcProviderClient, ProviderRegistry, type FetchLike } from "./providers/provider-client.js";
 import { RefreshCoordinator } from "./refresh/coordinator.js";
+import { AudienceCoordinator } from "./refresh/audience.js";
+import { AudienceTokenRepository } from "./db/audience-repository.js";
 import { BackgroundRefresher } from "./refresh/background.js";
 import { Sweeper } from "./refresh/sweeper.js";
 import { SessionWaiter } from "./refresh/waiter.js";
@@ -138,11 +140,14 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       pools: () => ({ write: ormPoolStats(orm), read: reader.poolStats() }),
     });
     coordinator.onOutcome((e) => metrics.refresh(e.row.provider, e.outcome, e.ms));
+    const audienceRepo = new AudienceTokenRepository(orm);
+    const audiences = new AudienceCoordinator(repo, audienceRepo, vault, providers, coordinator, waiter, config.refresh, logger);
+    audiences.onOutcome((e) => metrics.audienceRefresh(e.provider, e.resource, e.outcome, e.ms));
     const background = new BackgroundRefresher(repo, coordinator, providers, config.refresh.background, logger, (provider, lag) =>
       metrics.backgroundStarted(provider, lag),
     );
     const authRepo = new AuthorizationRepository(orm);
-    const sweeper = new Sweeper(repo, config.sweeper, logger, () => waiter.notifyFlush(), authRepo);
+    const sweeper = new Sweeper(repo, config.sweeper, logger, () => waiter.notifyFlush(), authRepo, audienceRepo);
     const reader = await openSessionReader(config.database);
     opened.push(() => reader.close());
     const cache = new SessionCache(config.cache, channel ? channel.connected : true);
@@ -151,12 +156,19 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       flush: () => cache.flush(),
       channel: (connected) => cache.setOnline(connected),
     });
-    const sessions = new SessionService(repo, reader, cache, vault, providers, coordinator, logger, {
+    const sessions = new SessionService(repo, reader, cache, vault, providers, coordinator, audiences, logger, {
       lastUsedResolutionMs: config.lastUsedResolutionMs,
     });
 
-    const users = new UserSessions(repo, vault, providers, coordinator, logger, {
+    const users = new UserSessions(repo, vault, providers, coordinator, audienceRepo, logger, {
       providerTimeoutMs: config.refresh.providerTimeoutMs,
+    });
+    // A login that needs renewing takes its audience tokens with it, whichever refresh found out.
+    coordinator.onOutcome((e) => {
+      if (e.outcome === "reauth_required") void users.dropAudienceTokens(e.row);
+    });
+    audiences.onOutcome((e) => {
+      if (e.outcome === "reauth_required") void users.dropAudienceTokens({ id: e.sessionId, provider: e.provider });
     });
     const authorization = await createAuthorization({
       orm,

@@ -30,6 +30,10 @@ export interface ProviderConfig {
   redirectUris: string[];
   /** RFC 8707 resource its authorizations are for by default (a registered protected resource). */
   defaultResource: string | undefined;
+  /** How audience tokens (GetToken with a resource) are obtained: refresh (RFC 8707) or exchange (RFC 8693). */
+  audienceTokens: "refresh" | "exchange";
+  /** For exchange: whether the target goes as `resource`, `audience` or both. */
+  exchangeTarget: "resource" | "audience" | "both";
   /** Runtime providers only: the discovered metadata, kept in the database (no discovery at start-up). */
   metadata?: Record<string, unknown>;
   /** Runtime providers only: how it was registered and found. */
@@ -225,6 +229,8 @@ function toProvider(p: FileConfig["providers"][number], index: number, baseDir: 
     source: "config",
     redirectUris: p.redirect_uris ?? [],
     defaultResource: p.default_resource,
+    audienceTokens: p.audience_tokens,
+    exchangeTarget: p.exchange_target,
   };
 }
 

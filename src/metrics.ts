@@ -2,6 +2,9 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom
 import type { PoolStats } from "./db/pool-stats.js";
 
 /** Where the metrics read their gauges from, at scrape time. */
+/** Distinct resource label values per replica (audiences are few; a caller looping over URIs must not grow the registry). */
+const MAX_RESOURCE_LABELS = 100;
+
 export interface MetricSources {
   coalesced(): number;
   takeovers(): number;
@@ -24,6 +27,10 @@ export class Metrics {
   private readonly rpcSeconds: Histogram<"method" | "code">;
   private readonly refreshTotal: Counter<"provider" | "result">;
   private readonly refreshSeconds: Histogram<"provider" | "result">;
+  private readonly audienceTotal: Counter<"provider" | "resource" | "result">;
+  private readonly audienceSeconds: Histogram<"provider" | "result">;
+  /** Resources given their own label value so far; past MAX_RESOURCE_LABELS they count as "other". */
+  private readonly resourceLabels = new Set<string>();
   private readonly backgroundTotal: Counter<"provider">;
   private readonly backgroundLag: Histogram<"provider">;
 
@@ -52,6 +59,19 @@ export class Metrics {
     this.refreshSeconds = new Histogram({
       name: "token_service_refresh_duration_seconds",
       help: "Time from taking a session's lease to storing its refreshed tokens (or failing).",
+      labelNames: ["provider", "result"],
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.audienceTotal = new Counter({
+      name: "token_service_audience_refresh_total",
+      help: `Audience token (RFC 8707 resource) refreshes and exchanges at providers by this replica, by provider, resource and result (success, not_granted, reauth_required, unavailable); resources past the first ${MAX_RESOURCE_LABELS} are labelled "other".`,
+      labelNames: ["provider", "resource", "result"],
+      registers,
+    });
+    this.audienceSeconds = new Histogram({
+      name: "token_service_audience_refresh_duration_seconds",
+      help: "Time from taking a session's lease to storing an audience token (or failing).",
       labelNames: ["provider", "result"],
       buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers,
@@ -145,6 +165,12 @@ export class Metrics {
   refresh(provider: string, result: string, ms: number): void {
     this.refreshTotal.inc({ provider, result });
     this.refreshSeconds.observe({ provider, result }, ms / 1000);
+  }
+
+  audienceRefresh(provider: string, resource: string, result: string, ms: number): void {
+    if (!this.resourceLabels.has(resource) && this.resourceLabels.size < MAX_RESOURCE_LABELS) this.resourceLabels.add(resource);
+    this.audienceTotal.inc({ provider, resource: this.resourceLabels.has(resource) ? resource : "other", result });
+    this.audienceSeconds.observe({ provider, result }, ms / 1000);
   }
 
   backgroundStarted(provider: string, lagSeconds: number): void {

@@ -35,6 +35,10 @@ export interface RegisterProviderInput {
   allowInsecureHttp: boolean;
   /** The service's HTTP listener as the provider reaches it, for the back-channel logout URI. */
   publicUrl: string;
+  /** How audience tokens are obtained; "" means refresh. */
+  audienceTokens: "" | "refresh" | "exchange";
+  /** For exchange: resource (default), audience or both. */
+  exchangeTarget: string;
 }
 
 /** A provider as ListProviders shows it: no secret. */
@@ -53,6 +57,7 @@ export interface ProviderView {
   redirectUris: string[];
   allowInsecureHttp: boolean;
   openid: boolean;
+  audienceTokens: "refresh" | "exchange";
 }
 
 export interface ProviderAdminDeps {
@@ -158,6 +163,11 @@ export class ProviderAdmin {
       if (method === "none" && input.clientSecret !== "") throw new InvalidArgumentError("client_secret", "must be empty for a public client (none)");
     }
     const publicUrl = input.publicUrl === "" ? undefined : checkUrl(input.publicUrl, "public_url", insecure);
+    const audienceTokens = input.audienceTokens === "" ? "refresh" : input.audienceTokens;
+    const exchangeTarget = (input.exchangeTarget || "resource") as ProviderRow["exchangeTarget"];
+    if (!["resource", "audience", "both"].includes(exchangeTarget)) {
+      throw new InvalidArgumentError("exchange_target", "must be resource, audience or both");
+    }
     if (this.deps.registry.get(id)) throw new ProviderExistsError(id);
 
     const options: DiscoveryOptions = { fetch: this.deps.fetch, allowInsecureHttp: insecure, timeoutMs: this.deps.refresh.providerTimeoutMs };
@@ -229,6 +239,8 @@ export class ProviderAdmin {
       redirectUris: JSON.stringify(redirectUris),
       scopes: JSON.stringify(scopes),
       allowInsecureHttp: insecure,
+      audienceTokens,
+      exchangeTarget,
       createdAt: new Date(),
       version: 1,
     };
@@ -297,6 +309,8 @@ export class ProviderAdmin {
       source: "runtime",
       redirectUris: JSON.parse(row.redirectUris) as string[],
       defaultResource: row.defaultResource ?? undefined,
+      audienceTokens: row.audienceTokens === "exchange" ? "exchange" : "refresh",
+      exchangeTarget: row.exchangeTarget,
       metadata: server,
       runtime: { registration: row.registration, resourceUrl: row.resourceUrl ?? undefined, openid: openid === true, createdAt: row.createdAt },
     };
@@ -325,6 +339,7 @@ export class ProviderAdmin {
       redirectUris: c.redirectUris,
       allowInsecureHttp: c.allowInsecureHttp,
       openid: c.runtime?.openid ?? Array.isArray(metadata?.id_token_signing_alg_values_supported),
+      audienceTokens: c.audienceTokens,
     };
   }
 

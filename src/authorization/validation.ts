@@ -1,5 +1,6 @@
 import { isLoopbackHost } from "../config.js";
 import { InvalidArgumentError } from "../sessions/errors.js";
+export { checkResources } from "../sessions/validation.js";
 
 /** Provider ids: as in the YAML file. */
 export const PROVIDER_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -37,19 +38,4 @@ export function checkScopes(values: string[], field = "scopes"): string[] {
   if (values.length > 64) throw new InvalidArgumentError(field, "must list at most 64 scopes");
   for (const s of values) if (!SCOPE_TOKEN.test(s) || s.length > 256) throw new InvalidArgumentError(field, `"${s.slice(0, 40)}" is not a scope token`);
   return values;
-}
-
-/** RFC 8707 resource indicators: absolute URIs without a fragment. */
-export function checkResources(values: string[], field = "resources"): string[] {
-  if (values.length > 16) throw new InvalidArgumentError(field, "must list at most 16 resources");
-  return values.map((v) => {
-    let url: URL;
-    try {
-      url = new URL(v);
-    } catch {
-      throw new InvalidArgumentError(field, "must hold absolute URIs");
-    }
-    if (url.hash !== "" || v.length > MAX_URL_CHARS) throw new InvalidArgumentError(field, "must hold absolute URIs without a fragment");
-    return v;
-  });
 }

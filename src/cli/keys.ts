@@ -2,7 +2,8 @@ import type { Writable } from "node:stream";
 import { ConfigError, loadConfig } from "../config.js";
 import { generateKeySpec } from "../crypto/key-ring.js";
 import { CHANNEL } from "../db/pg-channel.js";
-import { rotateKeys } from "../sessions/key-rotation.js";
+import { rotateAudienceKeys, rotateKeys } from "../sessions/key-rotation.js";
+import { AudienceTokenRepository } from "../db/audience-repository.js";
 import { rotateProviderKeys } from "../authorization/provider-keys.js";
 import { SecretVault } from "../authorization/secret-vault.js";
 import { ProviderRepository } from "../db/provider-repository.js";
@@ -52,12 +53,18 @@ export async function keysCommand(args: string[], env: NodeJS.ProcessEnv, out: W
     if (providers.rotated > 0) await store.repo.notify(CHANNEL, "providers");
     out.write(`providers: ${providers.rotated} re-encrypted, ${providers.changedMeanwhile} changed meanwhile\n`);
     for (const [keyId, count] of providers.missingKeys) out.write(`  ${count} provider(s) under key ${keyId}, which is not configured\n`);
+    // Audience tokens (RFC 8707) are sealed per session and resource.
+    const audiences = await rotateAudienceKeys(new AudienceTokenRepository(store.orm), store.vault, { batchSize });
+    out.write(`audience tokens: ${audiences.rotated} re-encrypted, ${audiences.changedMeanwhile} refreshed meanwhile (already under ${primary})\n`);
+    for (const [keyId, count] of audiences.missingKeys) out.write(`  ${count} audience token(s) under key ${keyId}, which is not configured\n`);
+    if (audiences.corrupt > 0) out.write(`  ${audiences.corrupt} audience token(s) failed integrity checks and were left as they are\n`);
     const left =
       report.changedMeanwhile +
       report.corrupt +
       providers.changedMeanwhile +
-      [...report.missingKeys.values(), ...providers.missingKeys.values()].reduce((a, b) => a + b, 0);
-    if (left === 0) out.write(`every session and provider is under ${primary}: older keys can be removed from TOKEN_SERVICE_ENCRYPTION_KEYS\n`);
+      audiences.corrupt +
+      [...report.missingKeys.values(), ...providers.missingKeys.values(), ...audiences.missingKeys.values()].reduce((a, b) => a + b, 0);
+    if (left === 0) out.write(`every session, provider and audience token is under ${primary}: older keys can be removed from TOKEN_SERVICE_ENCRYPTION_KEYS\n`);
     return left === 0 ? 0 : 1;
   } finally {
     await store.close();

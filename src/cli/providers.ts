@@ -3,6 +3,7 @@ import { pino } from "pino";
 import { ProviderAdmin, type ProviderView } from "../authorization/provider-admin.js";
 import { SecretVault } from "../authorization/secret-vault.js";
 import { ConfigError, loadConfig } from "../config.js";
+import { AudienceTokenRepository } from "../db/audience-repository.js";
 import { CHANNEL } from "../db/pg-channel.js";
 import { ProviderRepository } from "../db/provider-repository.js";
 import { createLogger } from "../logger.js";
@@ -54,7 +55,7 @@ export async function providersCommand(args: string[], env: NodeJS.ProcessEnv, o
     const registry = new ProviderRegistry(config.providers.map((p) => new OidcProviderClient(p, config.refresh, logger)));
     const waiter = new SessionWaiter(undefined);
     const coordinator = new RefreshCoordinator(store.repo, store.vault, registry, waiter, config.refresh, logger);
-    const users = new UserSessions(store.repo, store.vault, registry, coordinator, logger, { providerTimeoutMs: config.refresh.providerTimeoutMs });
+    const users = new UserSessions(store.repo, store.vault, registry, coordinator, new AudienceTokenRepository(store.orm), logger, { providerTimeoutMs: config.refresh.providerTimeoutMs });
     const pg = config.database.kind === "postgresql";
     const admin = new ProviderAdmin({
       repo: new ProviderRepository(store.orm),
@@ -101,6 +102,8 @@ export async function providersCommand(args: string[], env: NodeJS.ProcessEnv, o
           scopes: options(args, "--scope"),
           allowInsecureHttp: args.includes("--allow-insecure-http"),
           publicUrl: option(args, "--public-url") ?? "",
+          audienceTokens: args.includes("--exchange") ? "exchange" : "",
+          exchangeTarget: option(args, "--exchange-target") ?? "",
         },
         ctx,
       );

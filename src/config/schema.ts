@@ -36,6 +36,9 @@ const providerSchema = z
     // and the RFC 8707 resource its authorizations are for by default.
     redirect_uris: z.array(httpUrl).optional(),
     default_resource: httpUrl.optional(),
+    // GetToken with a resource: a refresh token grant with resource= (RFC 8707), or a token exchange (RFC 8693).
+    audience_tokens: z.enum(["refresh", "exchange"]).default("refresh"),
+    exchange_target: z.enum(["resource", "audience", "both"]).default("resource"),
   })
   .strict();
 

@@ -28,6 +28,8 @@ export interface CallerConfig {
   rpcs: ReadonlySet<RpcName> | undefined;
   /** Providers it may act on; undefined means all. */
   providers: ReadonlySet<string> | undefined;
+  /** Audiences (RFC 8707 resources) it may ask tokens for; undefined means all. */
+  resources: ReadonlySet<string> | undefined;
   /** Token bucket per replica: sustained calls per second and burst size. */
   rateLimit: { perSecond: number; burst: number } | undefined;
 }
@@ -61,6 +63,10 @@ export const callerSchema = z
       )
       .min(1, "must list at least one RPC, or '*'"),
     providers: z.array(z.string().min(1)).min(1).optional(),
+    resources: z
+      .array(z.string().refine((v) => URL.canParse(v) && !v.includes("#"), "must be an absolute URI without a fragment"))
+      .min(1)
+      .optional(),
     rate_limit: z
       .object({ per_second: z.number().positive().max(1_000_000), burst: z.number().int().min(1).max(1_000_000) })
       .strict()
@@ -122,6 +128,7 @@ export function toCallers(raw: RawCaller[], tls: TlsConfig | undefined, provider
       mtlsSubject: c.mtls_subject,
       rpcs: c.rpcs.includes("*") ? undefined : new Set(c.rpcs.filter((r): r is RpcName => r !== "*")),
       providers: c.providers ? new Set(c.providers) : undefined,
+      resources: c.resources ? new Set(c.resources) : undefined,
       rateLimit: c.rate_limit ? { perSecond: c.rate_limit.per_second, burst: c.rate_limit.burst } : undefined,
     };
   });

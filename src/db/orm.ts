@@ -2,7 +2,7 @@ import type { MikroORM, Options } from "@mikro-orm/core";
 import { Migrator } from "@mikro-orm/migrations";
 import type { DatabaseConfig } from "../config.js";
 import { migrationsFor } from "./migrations/index.js";
-import { AuthorizationStateSchema, LogoutTokenSchema, ProviderSchema } from "./provider-entity.js";
+import { AudienceTokenSchema, AuthorizationStateSchema, LogoutTokenSchema, ProviderSchema } from "./provider-entity.js";
 import { SessionSchema } from "./session-entity.js";
 
 /** Bounds that make a dead database fail fast instead of hanging callers. */
@@ -26,7 +26,7 @@ export function describeDatabase(db: DatabaseConfig): string {
 
 function baseOptions(db: DatabaseConfig): Partial<Options> {
   return {
-    entities: [SessionSchema, ProviderSchema, AuthorizationStateSchema, LogoutTokenSchema],
+    entities: [SessionSchema, ProviderSchema, AuthorizationStateSchema, LogoutTokenSchema, AudienceTokenSchema],
     extensions: [Migrator],
     migrations: {
       tableName: "mikro_orm_migrations",

@@ -25,6 +25,10 @@ export interface ProviderRow {
   redirectUris: string;
   scopes: string;
   allowInsecureHttp: boolean;
+  /** How audience tokens are obtained: refresh (RFC 8707) or exchange (RFC 8693). */
+  audienceTokens: "refresh" | "exchange";
+  /** For exchange: resource, audience or both. */
+  exchangeTarget: "resource" | "audience" | "both";
   createdAt: Date;
   version: number;
 }
@@ -47,6 +51,8 @@ export const ProviderSchema = new EntitySchema<ProviderRow>({
     redirectUris: { type: "text" },
     scopes: { type: "text" },
     allowInsecureHttp: { type: "boolean" },
+    audienceTokens: { type: "string", length: 16, default: "refresh" },
+    exchangeTarget: { type: "string", length: 16, default: "resource" },
     createdAt: { type: "datetime", length: 3 },
     version: { type: "integer" },
   },
@@ -103,4 +109,41 @@ export const LogoutTokenSchema = new EntitySchema<LogoutTokenRow>({
     expiresAt: { type: "datetime", length: 3 },
   },
   indexes: [{ name: "logout_tokens_expires_idx", properties: ["expiresAt"] }],
+});
+
+/**
+ * A session's access token for one audience (RFC 8707 resource), obtained
+ * with a refresh token grant or a token exchange and kept apart from the
+ * session's own token. The ciphertext is bound to the session and resource.
+ */
+export interface AudienceTokenRow {
+  /** SHA-256 of session id and resource. */
+  id: string;
+  sessionId: string;
+  resource: string;
+  keyId: string;
+  accessCt: Buffer;
+  tokenType: string;
+  scope: string;
+  expiresAt: Date;
+  issuedAt: Date;
+  updatedAt: Date;
+}
+
+export const AudienceTokenSchema = new EntitySchema<AudienceTokenRow>({
+  name: "AudienceToken",
+  tableName: "audience_tokens",
+  properties: {
+    id: { type: "string", primary: true, length: 64 },
+    sessionId: { type: "string", length: 64 },
+    resource: { type: "text" },
+    keyId: { type: "string", length: 64 },
+    accessCt: { type: "blob" },
+    tokenType: { type: "string", length: 64 },
+    scope: { type: "text" },
+    expiresAt: { type: "datetime", length: 3 },
+    issuedAt: { type: "datetime", length: 3 },
+    updatedAt: { type: "datetime", length: 3 },
+  },
+  indexes: [{ name: "audience_tokens_session_idx", properties: ["sessionId"] }],
 });

@@ -108,6 +108,7 @@ export interface SessionHead
     | "reauthReason"
     | "leaseOwner"
     | "leaseUntil"
+    | "resources"
   > {
   refreshable: boolean;
 }
@@ -133,6 +134,7 @@ export function headOf(row: SessionRow): SessionHead {
     reauthReason: row.reauthReason,
     leaseOwner: row.leaseOwner,
     leaseUntil: row.leaseUntil,
+    resources: row.resources,
   };
 }
 

@@ -21,7 +21,7 @@ export interface SessionReader {
 
 const HEAD_COLUMNS =
   "id, user_id, provider, status, key_id, access_ct, id_ct, (refresh_ct is not null) as refreshable, token_type, scope, " +
-  "access_expires_at, access_issued_at, id_expires_at, last_used_at, version, reauth_reason, lease_owner, lease_until";
+  "access_expires_at, access_issued_at, id_expires_at, last_used_at, version, reauth_reason, lease_owner, lease_until, resources";
 
 const BY_ID = `select ${HEAD_COLUMNS} from sessions where id = $1 and user_id = $2`;
 const NEWEST =
@@ -57,6 +57,7 @@ function toHead(r: RawRow | undefined): SessionHead | null {
     reauthReason: (r.reauth_reason as string | null) ?? null,
     leaseOwner: (r.lease_owner as string | null) ?? null,
     leaseUntil: toDate(r.lease_until),
+    resources: (r.resources as string | null) ?? null,
   };
 }
 

@@ -160,6 +160,33 @@ export class SessionRepository {
     );
   }
 
+  /**
+   * Writes a session's tokens sealed anew (an audience refresh rotated the
+   * refresh token) if this owner still holds the lease on `version`; the
+   * access token's own expiry is left as it is.
+   */
+  async storeSessionTokens(
+    id: string,
+    owner: string,
+    version: number,
+    sealed: Pick<SessionRow, "keyId" | "accessCt" | "refreshCt" | "idCt" | "refreshExpiresAt">,
+    now: Date,
+  ): Promise<boolean> {
+    return this.run(
+      async (em) =>
+        (await em.nativeUpdate(
+          SessionSchema,
+          { id, version, leaseOwner: owner },
+          { ...sealed, version: version + 1, updatedAt: now, leaseOwner: null, leaseUntil: null, lastErrorCode: null, lastErrorAt: null },
+        )) === 1,
+    );
+  }
+
+  /** Gives a lease back after work that changed nothing on the session (an audience token was refreshed). */
+  async releaseLeaseClean(id: string, owner: string): Promise<boolean> {
+    return this.run(async (em) => (await em.nativeUpdate(SessionSchema, { id, leaseOwner: owner }, { leaseOwner: null, leaseUntil: null })) === 1);
+  }
+
   /** Gives the lease back after a failed attempt, recording the failure for waiters. */
   async releaseLease(id: string, owner: string, errorCode: string, now: Date): Promise<boolean> {
     return this.run(

@@ -55,6 +55,12 @@ export interface ProviderClient {
   refresh(refreshToken: string, options: RefreshOptions): Promise<ProviderTokens>;
   /** RFC 7009 revocation; false when the provider has no revocation endpoint. */
   revoke(token: string, hint: "refresh_token" | "access_token", options: CallOptions): Promise<boolean>;
+  /**
+   * RFC 8693 token exchange: the session's access token as the subject token,
+   * for an access token whose target is `resource` (sent as `resource`,
+   * `audience` or both).
+   */
+  exchange(subjectToken: string, target: { resource: string; send: "resource" | "audience" | "both" }, options: CallOptions): Promise<ProviderTokens>;
   /** The authorization request URL with these parameters (client_id and response_type=code added). */
   authorizationUrl(params: Record<string, string>, options: CallOptions): Promise<URL>;
   /**
@@ -201,6 +207,29 @@ export class OidcProviderClient implements ProviderClient {
       options.signal,
     );
     return true;
+  }
+
+  async exchange(subjectToken: string, target: { resource: string; send: "resource" | "audience" | "both" }, options: CallOptions): Promise<ProviderTokens> {
+    const metadata = await this.metadata(options);
+    const params: Record<string, string> = {
+      subject_token: subjectToken,
+      subject_token_type: "urn:ietf:params:oauth:token-type:access_token",
+      requested_token_type: "urn:ietf:params:oauth:token-type:access_token",
+    };
+    if (target.send !== "audience") params.resource = target.resource;
+    if (target.send !== "resource") params.audience = target.resource;
+    return withRetries(
+      async ({ signal }) => {
+        const response = await oidc.genericGrantRequest(this.configuration(metadata, signal), "urn:ietf:params:oauth:grant-type:token-exchange", params);
+        const tokens = fromResponseBody(response as unknown as Record<string, unknown>);
+        if (!tokens) throw new ProviderError("unavailable", "bad_response");
+        return tokens;
+      },
+      this.retryPolicy(),
+      options.deadline,
+      options.signal,
+      (err, delayMs, attempt) => this.logger.info({ provider: this.id, code: err.code, attempt, delayMs: Math.round(delayMs) }, "token exchange retry"),
+    );
   }
 
   async authorizationUrl(params: Record<string, string>, options: CallOptions): Promise<URL> {

@@ -13,6 +13,8 @@ export interface SweepResult {
   /** Started authorizations past their lifetime, and logout tokens past their replay window. */
   authorizationStates: number;
   logoutTokens: number;
+  /** Audience tokens whose session was deleted while a refresh was storing them. */
+  audienceOrphans: number;
 }
 
 /** The authorization code flow's own expiring rows. */
@@ -21,16 +23,22 @@ export interface AuthorizationSweeps {
   sweepLogoutTokens(before: Date): Promise<number>;
 }
 
+/** Audience tokens left without their session. */
+export interface AudienceSweeps {
+  deleteOrphans(limit: number): Promise<number>;
+}
+
 /**
  * Deletes, in batches, sessions that are past the absolute lifetime, that
  * have needed a new login for longer than the retention, or whose refresh
  * token is known to have expired; and started authorizations and seen
- * logout tokens past their lifetime. Every replica may sweep: deletes are
+ * logout tokens past their lifetime, and audience tokens whose session is
+ * gone. Every replica may sweep: deletes are
  * idempotent.
  */
 export class Sweeper {
   private readonly task: PeriodicTask;
-  readonly totals: SweepResult = { expiredLifetime: 0, reauthRetained: 0, unrefreshable: 0, authorizationStates: 0, logoutTokens: 0 };
+  readonly totals: SweepResult = { expiredLifetime: 0, reauthRetained: 0, unrefreshable: 0, authorizationStates: 0, logoutTokens: 0, audienceOrphans: 0 };
 
   constructor(
     private readonly repo: SessionRepository,
@@ -39,6 +47,7 @@ export class Sweeper {
     /** Told when sessions were deleted, so caches forget them. */
     private readonly onDeleted: () => Promise<void> = async () => undefined,
     private readonly authorization?: AuthorizationSweeps,
+    private readonly audiences?: AudienceSweeps,
   ) {
     this.task = new PeriodicTask("sweeper", config.intervalMs, async () => {
       await this.sweep();
@@ -53,7 +62,7 @@ export class Sweeper {
     return this.task.stop();
   }
 
-  /** One pass over the three categories. */
+  /** One pass over every category. */
   async sweep(now = new Date()): Promise<SweepResult> {
     const { batchSize, absoluteLifetimeMs, reauthRetentionMs } = this.config;
     const drain = async (batch: () => Promise<number>) => {
@@ -74,10 +83,12 @@ export class Sweeper {
       unrefreshable: await drain(() => this.repo.deleteUnrefreshable(now, batchSize)),
       authorizationStates: this.authorization ? await drain(() => this.authorization!.sweepStates(now, batchSize)) : 0,
       logoutTokens: this.authorization ? await this.authorization.sweepLogoutTokens(now) : 0,
+      // After the session sweeps above: their audience tokens are orphans now.
+      audienceOrphans: this.audiences ? await drain(() => this.audiences!.deleteOrphans(batchSize)) : 0,
     };
     for (const k of Object.keys(result) as Array<keyof SweepResult>) this.totals[k] += result[k];
     const sessions = result.expiredLifetime + result.reauthRetained + result.unrefreshable;
-    if (sessions + result.authorizationStates + result.logoutTokens > 0) this.logger.info({ ...result }, "swept");
+    if (sessions + result.authorizationStates + result.logoutTokens + result.audienceOrphans > 0) this.logger.info({ ...result }, "swept");
     if (sessions > 0) await this.onDeleted();
     return result;
   }

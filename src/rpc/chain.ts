@@ -1,6 +1,6 @@
 import type { RpcName } from "../config.js";
 import { errSummary, type Logger } from "../logger.js";
-import { PermissionDeniedError } from "../sessions/errors.js";
+import { PermissionDeniedError, ResourceNotAllowedError } from "../sessions/errors.js";
 import type { CallContext } from "../sessions/scope.js";
 import type { CallerDirectory } from "./auth.js";
 import { CallCancelledError, CallRefusedError, Code, codeName, ShuttingDownError, toRpcStatus, type RpcStatus } from "./errors.js";
@@ -45,9 +45,10 @@ export type RpcObserver = (event: { method: string; code: string; ms: number }) 
 interface Scope {
   caller: string;
   providers: ReadonlySet<string> | undefined;
+  resources: ReadonlySet<string> | undefined;
 }
 
-const ANONYMOUS: Scope = { caller: "anonymous", providers: undefined };
+const ANONYMOUS: Scope = { caller: "anonymous", providers: undefined, resources: undefined };
 
 /**
  * One call in flight, and the context its handler gets. Its abort signal is
@@ -58,6 +59,7 @@ const ANONYMOUS: Scope = { caller: "anonymous", providers: undefined };
 class ActiveCall implements CallContext {
   scope: Scope = ANONYMOUS;
   settled = false;
+  logFields: Record<string, string> | undefined;
   private controller: AbortController | undefined;
   private aborted = false;
 
@@ -75,6 +77,10 @@ class ActiveCall implements CallContext {
 
   get providers(): ReadonlySet<string> | undefined {
     return this.scope.providers;
+  }
+
+  get resources(): ReadonlySet<string> | undefined {
+    return this.scope.resources;
   }
 
   get deadline(): number | undefined {
@@ -182,7 +188,7 @@ export class RpcChain {
   /** Called by each call as it settles: one log line and one metric. */
   finished(active: ActiveCall, status: RpcStatus | undefined, outcome: unknown): void {
     this.inflight.delete(active);
-    this.record(active.call, active.scope, active.started, status, outcome);
+    this.record(active.call, active.scope, active.started, status, outcome, active.logFields);
   }
 
   /** Authentication, scopes and rate limit; throws CallRefusedError after writing the audit line. */
@@ -202,30 +208,38 @@ export class RpcChain {
       this.audit(call, who.name, "rate_limited");
       throw new CallRefusedError(Code.ResourceExhausted, "RATE_LIMITED", `caller ${who.name} is over its rate limit`);
     }
-    return { caller: who.name, providers: who.providers };
+    return { caller: who.name, providers: who.providers, resources: who.resources };
   }
 
-  private audit(call: IncomingCall, caller: string | null, reason: string): void {
+  private audit(call: IncomingCall, caller: string | null, reason: string, extra?: Record<string, string>): void {
     this.logger.warn(
-      { audit: true, event: "denied", caller, rpc: `${call.service}/${call.method}`, reason, peer: call.peer, protocol: call.protocol },
+      { audit: true, event: "denied", caller, rpc: `${call.service}/${call.method}`, reason, peer: call.peer, protocol: call.protocol, ...extra },
       "call denied",
     );
   }
 
   /** One log line and one metric per call. */
-  private record(call: IncomingCall, scope: Scope, started: number, status: RpcStatus | undefined, outcome: unknown): void {
+  private record(
+    call: IncomingCall,
+    scope: Scope,
+    started: number,
+    status: RpcStatus | undefined,
+    outcome: unknown,
+    extra: Record<string, string> | undefined,
+  ): void {
     const ms = Math.round((performance.now() - started) * 100) / 100;
     const method = `${call.service}/${call.method}`;
     const code = codeName(status?.code);
     // Probes and reflection are frequent and dull: debug level. Token service calls: info.
     const level = SCOPED_SERVICES.has(call.service) ? "info" : "debug";
-    const fields = { rpc: method, ms, peer: call.peer, caller: scope.caller, protocol: call.protocol, code };
+    const fields = { rpc: method, ms, peer: call.peer, caller: scope.caller, protocol: call.protocol, code, ...extra };
     if (!status) {
       this.logger[level](fields, "rpc");
     } else if (status.known) {
       // The ErrorInfo reason (REAUTH_REQUIRED, SESSION_NOT_FOUND, …) names what went wrong.
       this.logger[level]({ ...fields, reason: status.reason }, "rpc");
       if (outcome instanceof PermissionDeniedError) this.audit(call, scope.caller, outcome.reason);
+      if (outcome instanceof ResourceNotAllowedError) this.audit(call, scope.caller, outcome.reason, { resource: outcome.resource });
     } else {
       // Unknown errors: keep the type and code for operators, never the message text.
       this.logger.error({ ...fields, err: errSummary(outcome), stack: stackOnly(outcome) }, "rpc failed with an unexpected error");

@@ -15,6 +15,7 @@ import {
 import {
   CallerDeadlineError,
   CorruptSessionError,
+  ExchangeRefusedError,
   InvalidArgumentError,
   KeyUnavailableError,
   NoIdTokenError,
@@ -22,6 +23,8 @@ import {
   ProviderUnavailableError,
   ReauthRequiredError,
   RefreshTimeoutError,
+  ResourceNotAllowedError,
+  ResourceNotGrantedError,
   SessionNotFoundError,
   StoreUnavailableError,
 } from "../sessions/errors.js";
@@ -117,6 +120,11 @@ export function toRpcStatus(err: unknown): RpcStatus {
     return info(Code.FailedPrecondition, err.message, "KEY_UNAVAILABLE", { key_id: err.keyId });
   }
   if (err instanceof CorruptSessionError) return info(Code.DataLoss, err.message, "CORRUPT_SESSION");
+  if (err instanceof ResourceNotGrantedError) return info(Code.FailedPrecondition, err.message, "RESOURCE_NOT_GRANTED", { resource: err.resource });
+  if (err instanceof ResourceNotAllowedError) return info(Code.PermissionDenied, err.message, "RESOURCE_NOT_ALLOWED", { resource: err.resource });
+  if (err instanceof ExchangeRefusedError) {
+    return info(Code.FailedPrecondition, err.message, "EXCHANGE_REFUSED", { provider: err.provider, provider_error: err.providerError });
+  }
   if (err instanceof AuthorizationDeniedError) return info(Code.FailedPrecondition, err.message, "AUTHORIZATION_DENIED", { error: err.error });
   if (err instanceof InvalidStateError) return info(Code.FailedPrecondition, err.message, "INVALID_STATE");
   if (err instanceof CodeRejectedError) return info(Code.FailedPrecondition, err.message, "CODE_REJECTED", { error: err.error });

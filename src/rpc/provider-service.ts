@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
+  AudienceTokenMode,
   DeleteProviderResponseSchema,
   ListProvidersResponseSchema,
   ProviderRegistration,
@@ -36,6 +37,7 @@ function toProto(p: ProviderView): Provider {
     redirectUris: p.redirectUris,
     allowInsecureHttp: p.allowInsecureHttp,
     openid: p.openid,
+    audienceTokens: p.audienceTokens === "exchange" ? AudienceTokenMode.EXCHANGE : AudienceTokenMode.REFRESH,
   });
 }
 
@@ -60,6 +62,8 @@ export function createProviderServiceHandlers(admin: ProviderAdmin): ServiceHand
           scopes: req.scopes,
           allowInsecureHttp: req.allowInsecureHttp,
           publicUrl: req.publicUrl,
+          audienceTokens: req.audienceTokens === AudienceTokenMode.EXCHANGE ? "exchange" : req.audienceTokens === AudienceTokenMode.REFRESH ? "refresh" : "",
+          exchangeTarget: req.exchangeTarget,
         },
         ctx,
       );

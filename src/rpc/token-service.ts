@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import {
+  AudienceTokenInfoSchema,
   CompleteAuthorizationResponseSchema,
   GetTokenResponseSchema,
   ListSessionsResponseSchema,
@@ -66,6 +67,7 @@ export function createTokenServiceHandlers(
             scope: t?.scope ?? "",
             refreshExpiresAt: toDate(t?.refreshExpiresAt, "tokens.refresh_expires_at"),
           },
+          resources: req.resources,
         },
         ctx,
       );
@@ -76,6 +78,8 @@ export function createTokenServiceHandlers(
     },
 
     async getToken(req, ctx) {
+      // The audience asked for is an identifier, not a secret: it goes on the call's log line.
+      if (req.resource !== "") ctx.logFields = { resource: req.resource.slice(0, 2048) };
       const answer = await sessions.getToken(
         {
           userId: req.userId,
@@ -84,6 +88,7 @@ export function createTokenServiceHandlers(
           kind: kindOf(req.kind),
           minValidSeconds: req.minValidSeconds,
           forceRefresh: req.forceRefresh,
+          resource: req.resource,
         },
         ctx,
       );
@@ -115,6 +120,10 @@ export function createTokenServiceHandlers(
             keyId: s.keyId,
             refreshable: s.refreshable,
             reauthReason: s.reauthReason ?? "",
+            resources: s.resources,
+            audienceTokens: s.audienceTokens.map((a) =>
+              create(AudienceTokenInfoSchema, { resource: a.resource, expiresAt: timestampFromDate(a.expiresAt) }),
+            ),
           }),
         ),
       });

@@ -124,3 +124,35 @@ export class StoreUnavailableError extends SessionError {
     super("database unavailable; try again", options);
   }
 }
+
+/** GetToken asked for an audience the session was not granted (refresh mode), or the provider refused it as a target. */
+export class ResourceNotGrantedError extends SessionError {
+  override name = "ResourceNotGrantedError";
+  readonly code = "RESOURCE_NOT_GRANTED";
+  constructor(readonly resource: string) {
+    super(`the session was not granted resource ${resource}`);
+  }
+}
+
+/** A known caller asked for an audience outside its `resources`. */
+export class ResourceNotAllowedError extends SessionError {
+  override name = "ResourceNotAllowedError";
+  readonly code = "PERMISSION_DENIED";
+  readonly reason = "resource_not_allowed";
+  constructor(readonly resource: string) {
+    super(`this caller may not ask for tokens for ${resource}`);
+  }
+}
+
+/** The provider refused a token exchange for another reason than the target (RFC 8693). */
+export class ExchangeRefusedError extends SessionError {
+  override name = "ExchangeRefusedError";
+  readonly code = "EXCHANGE_REFUSED";
+  constructor(
+    readonly providerError: string,
+    readonly provider: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`provider ${provider} refused the token exchange (${providerError})`, options);
+  }
+}

@@ -1,5 +1,6 @@
+import type { AudienceTokenRepository } from "../db/audience-repository.js";
 import type { SessionRepository } from "../db/session-repository.js";
-import { CorruptSessionError } from "./errors.js";
+import { CorruptSessionError, KeyUnavailableError } from "./errors.js";
 import type { TokenVault } from "./token-vault.js";
 
 export interface RotationReport {
@@ -49,6 +50,39 @@ export async function rotateKeys(
       else report.changedMeanwhile++;
     }
     options.onBatch?.(report);
+  }
+  return report;
+}
+
+/**
+ * Re-encrypts every audience token not under the primary key. A token that a
+ * refresh replaced meanwhile is skipped (its new seal used the primary key).
+ */
+export async function rotateAudienceKeys(
+  repo: AudienceTokenRepository,
+  vault: TokenVault,
+  options: { batchSize: number },
+): Promise<RotationReport> {
+  const report: RotationReport = { rotated: 0, changedMeanwhile: 0, missingKeys: new Map(), corrupt: 0 };
+  let after = "";
+  for (;;) {
+    const rows = await repo.findNotUnderKey(vault.primaryKeyId, after, options.batchSize);
+    if (rows.length === 0) break;
+    after = rows[rows.length - 1]!.id;
+    for (const row of rows) {
+      let token: string;
+      try {
+        token = vault.openAudience(row);
+      } catch (err) {
+        if (err instanceof KeyUnavailableError) report.missingKeys.set(row.keyId, (report.missingKeys.get(row.keyId) ?? 0) + 1);
+        else if (err instanceof CorruptSessionError) report.corrupt++;
+        else throw err;
+        continue;
+      }
+      const sealed = vault.sealAudience(row.sessionId, row.resource, token);
+      if (await repo.reseal(row, { keyId: sealed.keyId, accessCt: sealed.blob })) report.rotated++;
+      else report.changedMeanwhile++;
+    }
   }
   return report;
 }

@@ -1,4 +1,4 @@
-import { PermissionDeniedError } from "./errors.js";
+import { PermissionDeniedError, ResourceNotAllowedError } from "./errors.js";
 
 /** Who is asking and until when; passed down from the RPC layer. */
 export interface CallContext {
@@ -6,10 +6,14 @@ export interface CallContext {
   caller?: string;
   /** Providers the caller may act on; undefined: all. */
   providers?: ReadonlySet<string>;
+  /** Audiences (RFC 8707 resources) the caller may ask tokens for; undefined: all. */
+  resources?: ReadonlySet<string>;
   /** Aborts when the caller goes away. */
   signal?: AbortSignal;
   /** Epoch ms of the caller's deadline, if it set one. */
   deadline?: number;
+  /** Identifiers (never secrets) the handler adds to the call's log line, such as the resource asked for. */
+  logFields?: Record<string, string>;
 }
 
 /** Throws PermissionDeniedError when the caller may not act on `provider`. */
@@ -28,4 +32,9 @@ export function providersInScope(ctx: CallContext, provider: string): string[] |
     return [provider];
   }
   return ctx.providers ? [...ctx.providers] : undefined;
+}
+
+/** Throws ResourceNotAllowedError when the caller may not ask for tokens for `resource`. */
+export function requireResourceAllowed(ctx: CallContext, resource: string): void {
+  if (ctx.resources && !ctx.resources.has(resource)) throw new ResourceNotAllowedError(resource);
 }

@@ -1,5 +1,6 @@
 import type { CacheConfig } from "../config.js";
 import type { SessionHead } from "../db/session-entity.js";
+import type { AudienceToken } from "../refresh/audience.js";
 import { sessionRef } from "../logger.js";
 
 
@@ -11,6 +12,8 @@ export interface CacheEntry {
   /** Decrypted tokens, filled on first use (AES-GCM only when needed). */
   access?: string;
   id?: string;
+  /** Audience tokens (RFC 8707) obtained through this replica, by resource; dropped with the entry. */
+  audiences?: Map<string, AudienceToken>;
 }
 
 /** Recent invalidations are remembered this long, to refuse late fills from reads that began earlier. */

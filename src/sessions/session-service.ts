@@ -5,6 +5,7 @@ import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
 import type { ProviderRegistry } from "../providers/provider-client.js";
 import { abortable, type RefreshCoordinator, type RefreshResult } from "../refresh/coordinator.js";
+import { audienceFresh, grantedResources, type AudienceCoordinator, type AudienceToken, type AudienceWant } from "../refresh/audience.js";
 import {
   CallerDeadlineError,
   InvalidArgumentError,
@@ -12,18 +13,21 @@ import {
   ProviderUnavailableError,
   ReauthRequiredError,
   RefreshTimeoutError,
+  ResourceNotGrantedError,
   SessionNotFoundError,
 } from "./errors.js";
 import { accessTokenExpiry, idTokenExpiry, idTokenIdentity, lifetimeSeconds, requiredValiditySeconds, secondsLeft } from "./expiry.js";
 import type { CacheEntry, SessionCache } from "./session-cache.js";
 import type { TokenVault } from "./token-vault.js";
-import { requireProviderAllowed, type CallContext } from "./scope.js";
+import { requireProviderAllowed, requireResourceAllowed, type CallContext } from "./scope.js";
 import { asDomainError } from "./store-errors.js";
 
 export type { CallContext } from "./scope.js";
 import {
   checkExpiresIn,
   checkInstant,
+  checkResource,
+  checkResources,
   checkScope,
   checkToken,
   checkTokenType,
@@ -57,6 +61,8 @@ export interface GetTokenInput {
   kind: TokenKind;
   minValidSeconds: number;
   forceRefresh: boolean;
+  /** RFC 8707 resource: the audience the token is for; "" (or absent) for the session's own token. */
+  resource?: string;
 }
 
 export interface TokenAnswer {
@@ -85,6 +91,7 @@ export class SessionService {
     private readonly vault: TokenVault,
     private readonly providers: ProviderRegistry,
     private readonly coordinator: RefreshCoordinator,
+    private readonly audiences: AudienceCoordinator,
     private readonly logger: Logger,
     private readonly options: { lastUsedResolutionMs: number },
   ) {}
@@ -110,6 +117,7 @@ export class SessionService {
     const idToken = checkToken(t.idToken, "tokens.id_token", false);
     const tokenType = checkTokenType(t.tokenType);
     const scope = checkScope(t.scope);
+    const resources = checkResources(input.resources ?? [], "resources");
     const expiresIn = checkExpiresIn(t.expiresIn);
     const expiresAt = checkInstant(t.expiresAt, "tokens.expires_at", now);
     const refreshExpiresAt = checkInstant(t.refreshExpiresAt, "tokens.refresh_expires_at", now);
@@ -148,7 +156,7 @@ export class SessionService {
       lastErrorAt: null,
       reauthReason: null,
       ...(idToken !== undefined ? idTokenIdentity(idToken) : { subject: null, sid: null }),
-      resources: input.resources?.length ? JSON.stringify(input.resources) : null,
+      resources: resources.length ? JSON.stringify(resources) : null,
     };
     await this.repo.insert(row);
     this.logger.info(
@@ -169,6 +177,11 @@ export class SessionService {
 
   private async get(input: GetTokenInput, ctx: CallContext): Promise<TokenAnswer> {
     const userId = requireUserId(input.userId);
+    const resource = input.resource ? checkResource(input.resource, "resource") : undefined;
+    if (resource !== undefined) {
+      if (input.kind === "id") throw new InvalidArgumentError("resource", "applies to access tokens only (kind ID_TOKEN has no audience to choose)");
+      requireResourceAllowed(ctx, resource);
+    }
     let head: SessionHead | null;
     let entry: CacheEntry | undefined;
     if (input.sessionId !== "") {
@@ -192,6 +205,7 @@ export class SessionService {
 
     const now = new Date();
     const margin = this.providers.get(head.provider)?.config.refreshMarginSeconds ?? 60;
+    if (resource !== undefined) return this.audienceToken(head, resource, input, { minValidSeconds: input.minValidSeconds, marginSeconds: margin }, entry, ctx);
     const required = requiredValiditySeconds({
       minValidSeconds: input.minValidSeconds,
       configuredMarginSeconds: margin,
@@ -228,7 +242,57 @@ export class SessionService {
   }
 
   /** Waits for the shared refresh, but gives up just before the caller's deadline. */
-  private async awaitRefresh(row: SessionHead, ctx: CallContext): Promise<RefreshResult> {
+  private awaitRefresh(row: SessionHead, ctx: CallContext): Promise<RefreshResult> {
+    return this.withinDeadline(this.coordinator.refresh(row, undefined, ctx.caller), ctx);
+  }
+
+  /**
+   * The session's token for one audience (RFC 8707). In refresh mode only a
+   * granted resource is asked for: oidc-provider, with rotation on, consumes
+   * the refresh token before it refuses an unknown resource, so one bad
+   * request would cost the user their session.
+   */
+  private async audienceToken(
+    head: SessionHead,
+    resource: string,
+    input: GetTokenInput,
+    want: AudienceWant,
+    entry: CacheEntry | undefined,
+    ctx: CallContext,
+  ): Promise<TokenAnswer> {
+    const mode = this.providers.get(head.provider)?.config.audienceTokens ?? "refresh";
+    if (mode === "refresh" && !grantedResources(head.resources).includes(resource)) throw new ResourceNotGrantedError(resource);
+    const held = entry?.audiences?.get(resource);
+    if (held && !input.forceRefresh && audienceFresh(held, want, new Date())) {
+      this.touch(head, new Date());
+      return this.audienceAnswer(head, held);
+    }
+    let token: AudienceToken;
+    try {
+      token = await this.withinDeadline(this.audiences.get(head, resource, want, input.forceRefresh, ctx.caller ?? "unknown"), ctx);
+    } catch (err) {
+      const transient = err instanceof ProviderUnavailableError || err instanceof RefreshTimeoutError || err instanceof CallerDeadlineError;
+      if (transient && held && !input.forceRefresh && secondsLeft(held.expiresAt, new Date()) > 1) {
+        this.logger.info(
+          { sid: sessionRef(head.id), provider: head.provider, resource, code: (err as { code?: string }).code },
+          "audience refresh not done; returning the held token, which is still valid",
+        );
+        this.touch(head, new Date());
+        return this.audienceAnswer(head, held);
+      }
+      throw err;
+    }
+    if (entry) (entry.audiences ??= new Map()).set(resource, token);
+    this.touch(head, new Date());
+    return this.audienceAnswer(head, token);
+  }
+
+  private audienceAnswer(head: SessionHead, token: AudienceToken): TokenAnswer {
+    return { token: token.token, tokenType: token.tokenType, expiresAt: token.expiresAt, scope: token.scope, sessionId: head.id };
+  }
+
+  /** Waits for `work`, but gives up just before the caller's deadline (or when it goes away). */
+  private async withinDeadline<T>(work: Promise<T>, ctx: CallContext): Promise<T> {
     const signals: AbortSignal[] = [];
     if (ctx.signal) signals.push(ctx.signal);
     if (ctx.deadline !== undefined) {
@@ -238,12 +302,11 @@ export class SessionService {
       // AbortSignal.timeout takes whole milliseconds (a fraction throws).
       signals.push(AbortSignal.timeout(Math.max(1, Math.floor(remaining - reserve))));
     }
-    const refresh = this.coordinator.refresh(row, undefined, ctx.caller);
-    if (signals.length === 0) return refresh;
+    if (signals.length === 0) return work;
     // AbortSignal.any costs a new signal and listeners per caller (thousands in a refresh storm): only when needed.
     const stop = signals.length === 1 ? signals[0]! : AbortSignal.any(signals);
     try {
-      return await abortable(refresh, stop);
+      return await abortable(work, stop);
     } catch (err) {
       if (stop.aborted && err === stop.reason) throw new CallerDeadlineError();
       throw err;

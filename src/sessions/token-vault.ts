@@ -20,6 +20,7 @@ type SealedRow = Owner & Pick<SessionRow, "keyId" | "accessCt" | "idCt"> & { ref
 export type SealedTokens = Pick<SessionRow, "keyId" | "accessCt" | "refreshCt" | "idCt">;
 
 const AAD_VERSION = "tokenservice.v1/session";
+const AUDIENCE_AAD = "tokenservice.v1/audience";
 
 /**
  * Seals and opens a session's tokens. Each ciphertext's AAD binds it to the
@@ -59,6 +60,21 @@ export class TokenVault {
     if (blob === null || blob === undefined) return undefined;
     try {
       return open(this.ring, row.keyId, blob, this.aad(row, field));
+    } catch (err) {
+      if (err instanceof UnknownKeyError) throw new KeyUnavailableError(row.keyId, { cause: err });
+      if (err instanceof OpenError) throw new CorruptSessionError({ cause: err });
+      throw err;
+    }
+  }
+
+  /** Seals an audience token, bound to its session and resource. */
+  sealAudience(sessionId: string, resource: string, token: string): { keyId: string; blob: Buffer } {
+    return seal(this.ring, token, bindingFor([AUDIENCE_AAD, sessionId, resource]));
+  }
+
+  openAudience(row: { sessionId: string; resource: string; keyId: string; accessCt: Buffer }): string {
+    try {
+      return open(this.ring, row.keyId, row.accessCt, bindingFor([AUDIENCE_AAD, row.sessionId, row.resource]));
     } catch (err) {
       if (err instanceof UnknownKeyError) throw new KeyUnavailableError(row.keyId, { cause: err });
       if (err instanceof OpenError) throw new CorruptSessionError({ cause: err });

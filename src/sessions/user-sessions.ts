@@ -1,9 +1,13 @@
+import type { AudienceTokenRepository } from "../db/audience-repository.js";
+import type { AudienceTokenRow } from "../db/provider-entity.js";
 import type { SessionRow, SessionStatus } from "../db/session-entity.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
-import type { ProviderRegistry } from "../providers/provider-client.js";
+import type { ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
+import { classifyProviderError } from "../providers/errors.js";
 import { revokeTokens } from "../providers/revoke.js";
 import type { RefreshCoordinator } from "../refresh/coordinator.js";
+import { grantedResources } from "../refresh/audience.js";
 import { SessionNotFoundError } from "./errors.js";
 import { providersInScope, requireProviderAllowed, type CallContext } from "./scope.js";
 import type { TokenVault } from "./token-vault.js";
@@ -26,6 +30,10 @@ export interface SessionSummary {
   keyId: string;
   refreshable: boolean;
   reauthReason: string | null;
+  /** RFC 8707 resources granted to the session. */
+  resources: string[];
+  /** Audience tokens held for the session: resource and expiry only. */
+  audienceTokens: Array<{ resource: string; expiresAt: Date }>;
 }
 
 /**
@@ -38,6 +46,7 @@ export class UserSessions {
     private readonly vault: TokenVault,
     private readonly providers: ProviderRegistry,
     private readonly coordinator: RefreshCoordinator,
+    private readonly audiences: AudienceTokenRepository,
     private readonly logger: Logger,
     private readonly options: { providerTimeoutMs: number },
   ) {}
@@ -50,6 +59,12 @@ export class UserSessions {
   private async list(input: { userId: string; provider: string }, ctx: CallContext): Promise<SessionSummary[]> {
     const userId = requireUserId(input.userId);
     const rows = await this.repo.listForUser(userId, providersInScope(ctx, input.provider), LIST_LIMIT);
+    const held = new Map<string, Array<{ resource: string; expiresAt: Date }>>();
+    for (const a of await this.audiences.listForSessions(rows.map((r) => r.id))) {
+      const list = held.get(a.sessionId) ?? [];
+      list.push({ resource: a.resource, expiresAt: a.expiresAt });
+      held.set(a.sessionId, list);
+    }
     return rows.map((r) => ({
       sessionId: r.id,
       provider: r.provider,
@@ -60,6 +75,8 @@ export class UserSessions {
       keyId: r.keyId,
       refreshable: r.refreshCt !== null,
       reauthReason: r.reauthReason,
+      resources: grantedResources(r.resources),
+      audienceTokens: (held.get(r.id) ?? []).sort((a, b) => a.resource.localeCompare(b.resource)),
     }));
   }
 
@@ -75,8 +92,9 @@ export class UserSessions {
     if (!row) throw new SessionNotFoundError();
     await this.coordinator.announce(row.id);
     const log = this.logger.child({ sid: sessionRef(row.id), provider: row.provider });
-    log.info({ audit: true, event: "revoke", caller: ctx.caller, userId }, "session revoked");
-    await this.revokeAtProvider(row, ctx, log);
+    const audience = await this.takeAudienceTokens([row], log);
+    log.info({ audit: true, event: "revoke", caller: ctx.caller, userId, audienceTokens: audience.length }, "session revoked");
+    await this.revokeAtProvider(row, audience, ctx, log);
   }
 
   /** Logs a user out everywhere (at one provider, or every provider the caller may act on). */
@@ -127,6 +145,8 @@ export class UserSessions {
   private async logoutBy(provider: string, by: { sid: string } | { subject: string }, ctx: CallContext): Promise<SessionRow[]> {
     const rows = await this.repo.deleteForLogout(provider, by);
     await Promise.all(rows.map((r) => this.coordinator.announce(r.id)));
+    // The provider ended the login: its audience tokens are deleted here, not revoked there again.
+    await this.takeAudienceTokens(rows, this.logger.child({ provider }));
     for (const row of rows) {
       this.logger.info(
         {
@@ -144,18 +164,44 @@ export class UserSessions {
     return rows;
   }
 
+  /**
+   * A session's audience tokens, after its refresh token was refused (REAUTH_REQUIRED):
+   * deleted here and revoked at the provider (best effort). Never throws.
+   */
+  async dropAudienceTokens(session: { id: string; provider: string }): Promise<void> {
+    const log = this.logger.child({ sid: sessionRef(session.id), provider: session.provider });
+    const audience = await this.takeAudienceTokens([session], log);
+    if (audience.length === 0) return;
+    log.info({ audit: true, event: "audience_tokens_dropped", reason: "reauth_required", count: audience.length }, "audience tokens deleted with the session's login");
+    const provider = this.providers.get(session.provider);
+    if (provider) await this.revokeAudienceTokens(provider, audience, Date.now() + this.options.providerTimeoutMs, log);
+  }
+
+  /** Deletes the sessions' audience tokens and returns them; a failure is logged (the sweeper removes orphans later). */
+  private async takeAudienceTokens(rows: Array<{ id: string }>, log: Logger): Promise<AudienceTokenRow[]> {
+    try {
+      return await this.audiences.deleteForSessions(rows.map((r) => r.id));
+    } catch (err) {
+      log.warn({ err: errSummary(err) }, "audience tokens not deleted now; the sweeper removes them with their session gone");
+      return [];
+    }
+  }
+
   /** Provider revocations, a few at a time, each bounded by the provider timeout. */
   private async revokeMany(rows: SessionRow[], ctx: CallContext): Promise<void> {
+    const audience = await this.takeAudienceTokens(rows, this.logger);
     const queue = [...rows];
     const worker = async () => {
       for (let row = queue.shift(); row; row = queue.shift()) {
-        await this.revokeAtProvider(row, ctx, this.logger.child({ sid: sessionRef(row.id), provider: row.provider }));
+        const id = row.id;
+        const log = this.logger.child({ sid: sessionRef(id), provider: row.provider });
+        await this.revokeAtProvider(row, audience.filter((a) => a.sessionId === id), ctx, log);
       }
     };
     await Promise.all(Array.from({ length: Math.min(REVOKE_CONCURRENCY, rows.length) }, worker));
   }
 
-  private async revokeAtProvider(row: SessionRow, ctx: CallContext, log: Logger): Promise<void> {
+  private async revokeAtProvider(row: SessionRow, audience: AudienceTokenRow[], ctx: CallContext, log: Logger): Promise<void> {
     const provider = this.providers.get(row.provider);
     if (!provider) {
       log.warn("provider no longer configured; tokens not revoked there");
@@ -168,7 +214,33 @@ export class UserSessions {
       log.warn({ err: errSummary(err) }, "cannot decrypt the session's tokens; not revoked at the provider");
       return;
     }
-    const deadline = Date.now() + this.options.providerTimeoutMs;
-    await revokeTokens(provider, tokens, { deadline: Math.min(deadline, ctx.deadline ?? deadline) }, log);
+    const deadline = Math.min(Date.now() + this.options.providerTimeoutMs, ctx.deadline ?? Infinity);
+    await revokeTokens(provider, tokens, { deadline }, log);
+    await this.revokeAudienceTokens(provider, audience, deadline, log);
+  }
+
+  /**
+   * RFC 7009 revocation of audience access tokens, best effort: a token that
+   * does not open is skipped, a refusal is logged (many providers cannot
+   * revoke JWT access tokens; those lapse at their expiry), and a provider
+   * without a revocation endpoint is not asked again.
+   */
+  private async revokeAudienceTokens(provider: ProviderClient, audience: AudienceTokenRow[], deadline: number, log: Logger): Promise<void> {
+    for (const a of audience) {
+      const alog = log.child({ resource: a.resource });
+      let access: string;
+      try {
+        access = this.vault.openAudience(a);
+      } catch (err) {
+        alog.warn({ err: errSummary(err) }, "cannot decrypt an audience token; not revoked at the provider");
+        continue;
+      }
+      try {
+        if (!(await provider.revoke(access, "access_token", { deadline }))) return;
+        alog.info("audience token revoked at the provider");
+      } catch (err) {
+        alog.warn({ code: classifyProviderError(err).code }, "revocation of an audience token at the provider failed; it lapses at its expiry");
+      }
+    }
   }
 }

@@ -72,3 +72,22 @@ export function checkInstant(value: Date | undefined, field: string, now: Date):
   }
   return value;
 }
+
+/** An RFC 8707 resource indicator: an absolute URI without a fragment. */
+export function checkResource(value: string, field = "resource"): string {
+  if (value.length > 2048) throw new InvalidArgumentError(field, "must be at most 2048 characters");
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new InvalidArgumentError(field, "must be an absolute URI");
+  }
+  if (url.hash !== "" || value.includes("#")) throw new InvalidArgumentError(field, "must not have a fragment");
+  return value;
+}
+
+/** RFC 8707 resource indicators: absolute URIs without a fragment, at most 16, duplicates dropped. */
+export function checkResources(values: string[], field = "resources"): string[] {
+  if (values.length > 16) throw new InvalidArgumentError(field, "must list at most 16 resources");
+  return [...new Set(values.map((v) => checkResource(v, field)))];
+}

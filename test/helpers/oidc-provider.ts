@@ -5,7 +5,11 @@ import https from "node:https";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { SignJWT } from "jose";
-import Provider from "oidc-provider";
+import Provider, { errors } from "oidc-provider";
+
+/** RFC 8693 token exchange. */
+export const TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token";
 
 /** A token endpoint fault to inject into the next token requests. */
 export type TokenFault =
@@ -29,6 +33,8 @@ export interface ProviderStats {
   discoveries: number;
   /** Duration of each refresh request as the provider saw it, in ms (its own latency). */
   refreshMs: number[];
+  /** Token requests from the service (setup excluded), in order: grant type and the target parameters sent. */
+  tokenRequests: Array<{ grantType: string; resource: string[]; audience: string[] }>;
 }
 
 export interface TestTokenSet {
@@ -53,8 +59,14 @@ export interface TestProvider {
   setAccessTokenTtl(seconds: number): void;
   /** This provider as an entry of the service's `providers:` configuration (plain HTTP allowed). */
   configEntry(id?: string): { id: string; issuer: string; client_id: string; client_secret: string; allow_insecure_http: true };
-  /** Logs a user in: returns a full token set from a real token endpoint response. */
-  login(accountId: string): Promise<TestTokenSet>;
+  /**
+   * Logs a user in: returns a full token set from a real token endpoint
+   * response. With `resources`, the grant covers those RFC 8707 resources
+   * (scope mcp:tools on each); the access token returned is for none of them.
+   */
+  login(accountId: string, options?: { resources?: string[] }): Promise<TestTokenSet>;
+  /** Targets the token-exchange grant refuses with invalid_target. */
+  readonly refusedExchangeTargets: Set<string>;
   /** Uses a refresh token directly at the token endpoint (not counted as a service refresh). */
   redeem(refreshToken: string): Promise<{ status: number; body: Record<string, unknown> }>;
   /** Provider-side view of a token (RFC 7662). */
@@ -118,7 +130,7 @@ export async function startTestProvider(
       {
         client_id: clientId,
         client_secret: clientSecret,
-        grant_types: ["authorization_code", "refresh_token"],
+        grant_types: ["authorization_code", "refresh_token", TOKEN_EXCHANGE],
         response_types: ["code"],
         redirect_uris: ["https://rp.example.test/cb", redirectUri],
         token_endpoint_auth_method: "client_secret_basic",
@@ -184,7 +196,36 @@ export async function startTestProvider(
     revocations: 0,
     discoveries: 0,
     refreshMs: [],
+    tokenRequests: [],
   };
+  const refusedExchangeTargets = new Set<string>();
+  const resourceServer = (target: string) =>
+    new provider.ResourceServer(target, { scope: "mcp:tools", audience: target, accessTokenFormat: "jwt", accessTokenTTL: accessTtl, jwt: { sign: { alg: "RS256" } } });
+
+  // RFC 8693 token exchange: an access token of this provider, for a JWT access token whose aud is the
+  // target (`resource`, else `audience`). Any http(s) target is a resource server here, except refused ones.
+  provider.registerGrantType(
+    TOKEN_EXCHANGE,
+    async (ctx) => {
+      const params = ctx.oidc.params as Record<string, string | undefined>;
+      if (params.subject_token_type !== ACCESS_TOKEN_TYPE) throw new errors.InvalidRequest("subject_token_type must be an access token");
+      const subject = await provider.AccessToken.find(params.subject_token ?? "");
+      if (!subject || subject.clientId !== ctx.oidc.client!.clientId) throw new errors.InvalidGrant("subject token is not valid");
+      const target = params.resource ?? params.audience;
+      if (!target || !/^https?:\/\//.test(target) || refusedExchangeTargets.has(target)) throw new errors.InvalidTarget();
+      const at = new provider.AccessToken({
+        accountId: subject.accountId,
+        client: ctx.oidc.client,
+        grantId: subject.grantId,
+        gty: "token_exchange",
+        scope: "mcp:tools",
+      });
+      at.resourceServer = resourceServer(target);
+      const value = await at.save();
+      ctx.body = { access_token: value, issued_token_type: ACCESS_TOKEN_TYPE, token_type: "Bearer", expires_in: at.expiration, scope: at.scope };
+    },
+    ["subject_token", "subject_token_type", "requested_token_type", "audience", "resource", "scope"],
+  );
   const faults: TokenFault[] = [];
   const revocationFaults: TokenFault[] = [];
   let inflight = 0;
@@ -237,6 +278,12 @@ export async function startTestProvider(
     } finally {
       inflight--;
       stats.refreshMs.push(performance.now() - started);
+      // The parameters as oidc-provider parsed them (none when a fault answered first).
+      const params = (ctx.oidc as { params?: Record<string, unknown> } | undefined)?.params;
+      if (params) {
+        const list = (v: unknown) => (v === undefined ? [] : [v].flat().map(String));
+        stats.tokenRequests.push({ grantType: String(params.grant_type), resource: list(params.resource), audience: list(params.audience) });
+      }
     }
   });
 
@@ -298,22 +345,26 @@ export async function startTestProvider(
     stats,
     faults,
     revocationFaults,
+    refusedExchangeTargets,
     setAccessTokenTtl(seconds) {
       accessTtl = seconds;
     },
-    async login(accountId) {
+    async login(accountId, loginOptions = {}) {
       const client = await provider.Client.find(clientId);
       if (!client) throw new Error("test client missing");
       const grant = new provider.Grant({ accountId, clientId });
       grant.addOIDCScope("openid offline_access");
+      const resources = loginOptions.resources ?? [];
+      for (const r of resources) grant.addResourceScope(r, "mcp:tools");
       const grantId = await grant.save();
       const rt = new provider.RefreshToken({
         accountId,
         client,
         grantId,
-        scope: "openid offline_access",
+        scope: resources.length ? "openid offline_access mcp:tools" : "openid offline_access",
         gty: "authorization_code",
         authTime: Math.floor(Date.now() / 1000),
+        ...(resources.length ? { resource: resources.length === 1 ? resources[0] : resources } : {}),
       });
       const seed = await rt.save();
       // Trade the seed for a complete token set from the real token endpoint.
@@ -376,6 +427,7 @@ export async function startTestProvider(
         revocations: 0,
         discoveries: 0,
         refreshMs: [],
+        tokenRequests: [],
       });
     },
     releaseHangs() {

@@ -4,12 +4,12 @@ import { Code, ConnectError, createClient, type Client } from "@connectrpc/conne
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { decodeJwt } from "jose";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { ProviderRegistration, ProviderService, ProviderSource, TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { AuthorizationStateSchema } from "../../src/db/provider-entity.js";
 import { SessionSchema } from "../../src/db/session-entity.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { startProtectedResource, type TestProtectedResource } from "../helpers/protected-resource.js";
+import { failure } from "../helpers/failure.js";
 import { startService, type TestService } from "../helpers/service.js";
 
 /**
@@ -21,17 +21,6 @@ import { startService, type TestService } from "../helpers/service.js";
 
 type Tokens = Client<typeof TokenService>;
 type Providers = Client<typeof ProviderService>;
-
-async function failure(p: Promise<unknown>): Promise<{ code: Code; reason?: string; metadata: Record<string, string>; message: string }> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err, "expected the call to fail").toBeInstanceOf(ConnectError);
-  const e = err as ConnectError;
-  const [info] = e.findDetails(ErrorInfoSchema);
-  return { code: e.code, reason: info?.reason, metadata: { ...(info?.metadata ?? {}) }, message: e.rawMessage };
-}
 
 describe("the authorization code flow", () => {
   let provider: TestProvider;

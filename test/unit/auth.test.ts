@@ -26,6 +26,7 @@ function caller(name: string, o: CallerOptions): CallerConfig {
     mtlsSubject: o.mtlsSubject,
     rpcs: o.rpcs ? new Set(o.rpcs) : undefined,
     providers: o.providers ? new Set(o.providers) : undefined,
+    resources: undefined,
     rateLimit: o.rateLimit,
   };
 }

@@ -244,6 +244,17 @@ ${TLS_YAML_WITH_CA}`;
     expect(configError(() => load(yaml))).toContain("callers[0].providers:");
   });
 
+  it("reads a caller's resources, and refuses a relative or fragment URI naming its index", () => {
+    const ok = load(`callers:\n  - name: c\n    token_sha256: ${DIGEST_A}\n    rpcs: [GetToken]\n    resources: ["https://mcp.example/mcp"]\n`);
+    expect(ok.callers[0]!.resources).toEqual(new Set(["https://mcp.example/mcp"]));
+    for (const bad of ["/mcp", "https://mcp.example/mcp#x"]) {
+      const yaml = `callers:\n  - name: c\n    token_sha256: ${DIGEST_A}\n    rpcs: [GetToken]\n    resources: ["https://ok.example/", "${bad}"]\n`;
+      expect(configError(() => load(yaml))).toContain("callers[0].resources[1]: must be an absolute URI without a fragment");
+    }
+    const empty = `callers:\n  - name: c\n    token_sha256: ${DIGEST_A}\n    rpcs: [GetToken]\n    resources: []\n`;
+    expect(configError(() => load(empty))).toContain("callers[0].resources:");
+  });
+
   it("refuses a caller without rpcs", () => {
     const msg = configError(() => load(`callers:\n  - name: c\n    token_sha256: ${DIGEST_A}\n`));
     expect(msg).toContain("callers[0].rpcs:");

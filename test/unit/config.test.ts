@@ -174,7 +174,15 @@ describe("loadConfig: providers", () => {
       source: "config",
       redirectUris: [],
       defaultResource: undefined,
+      audienceTokens: "refresh",
+      exchangeTarget: "resource",
     });
+  });
+
+  it("reads audience_tokens and exchange_target, and names a bad value", () => {
+    const c = load(`${provider()}    audience_tokens: exchange\n    exchange_target: audience\n`);
+    expect(c.providers[0]).toMatchObject({ audienceTokens: "exchange", exchangeTarget: "audience" });
+    expect(() => load(`${provider()}    audience_tokens: passthrough\n`)).toThrow(/providers\[0\]\.audience_tokens: Invalid option: expected one of "refresh"\|"exchange"/);
   });
 
   it("reads a provider's redirect_uris and default_resource, and the authorization state lifetime", () => {

@@ -24,6 +24,7 @@ function head(id: string, userId = "u"): SessionHead {
     reauthReason: null,
     leaseOwner: null,
     leaseUntil: null,
+    resources: null,
   };
 }
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokenservice/v1/token_service.proto.
  */
 export const file_tokenservice_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("CiN0b2tlbnNlcnZpY2UvdjEvdG9rZW5fc2VydmljZS5wcm90bxIPdG9rZW5zZXJ2aWNlLnYxIugBCghUb2tlblNldBIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRIQCghpZF90b2tlbhgDIAEoCRISCgp0b2tlbl90eXBlGAQgASgJEhIKCmV4cGlyZXNfaW4YBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc2NvcGUYByABKAkSNgoScmVmcmVzaF9leHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJjChNTdG9yZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSKQoGdG9rZW5zGAMgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlRva2VuU2V0IloKFFN0b3JlU2Vzc2lvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAipAEKD0dldFRva2VuUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEAoIcHJvdmlkZXIYAyABKAkSKAoEa2luZBgEIAEoDjIaLnRva2Vuc2VydmljZS52MS5Ub2tlbktpbmQSGQoRbWluX3ZhbGlkX3NlY29uZHMYBSABKA0SFQoNZm9yY2VfcmVmcmVzaBgGIAEoCCKIAQoQR2V0VG9rZW5SZXNwb25zZRINCgV0b2tlbhgBIAEoCRISCgp0b2tlbl90eXBlGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXNjb3BlGAQgASgJEhIKCnNlc3Npb25faWQYBSABKAkiOwoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhcKFVJldm9rZVNlc3Npb25SZXNwb25zZSK4AgoLU2Vzc2lvbkluZm8SEgoKc2Vzc2lvbl9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3VzZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWFjY2Vzc19leHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgZzdGF0dXMYBiABKA4yHi50b2tlbnNlcnZpY2UudjEuU2Vzc2lvblN0YXR1cxIOCgZrZXlfaWQYByABKAkSEwoLcmVmcmVzaGFibGUYCCABKAgSFQoNcmVhdXRoX3JlYXNvbhgJIAEoCSI4ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkiRgoUTGlzdFNlc3Npb25zUmVzcG9uc2USLgoIc2Vzc2lvbnMYASADKAsyHC50b2tlbnNlcnZpY2UudjEuU2Vzc2lvbkluZm8iPgoZUmV2b2tlVXNlclNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJIi0KGlJldm9rZVVzZXJTZXNzaW9uc1Jlc3BvbnNlEg8KB3Jldm9rZWQYASABKA0i/gEKGVN0YXJ0QXV0aG9yaXphdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIUCgxyZWRpcmVjdF91cmkYAyABKAkSDgoGc2NvcGVzGAQgAygJEhEKCXJlc291cmNlcxgFIAMoCRJRCgxleHRyYV9wYXJhbXMYBiADKAsyOy50b2tlbnNlcnZpY2UudjEuU3RhcnRBdXRob3JpemF0aW9uUmVxdWVzdC5FeHRyYVBhcmFtc0VudHJ5GjIKEEV4dHJhUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ2ChpTdGFydEF1dGhvcml6YXRpb25SZXNwb25zZRIZChFhdXRob3JpemF0aW9uX3VybBgBIAEoCRINCgVzdGF0ZRgCIAEoCRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJFChxDb21wbGV0ZUF1dGhvcml6YXRpb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFAoMY2FsbGJhY2tfdXJsGAIgASgJInUKHUNvbXBsZXRlQXV0aG9yaXphdGlvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcHJvdmlkZXIYAyABKAkimQEKEVByb3ZpZGVyRW5kcG9pbnRzEh4KFmF1dGhvcml6YXRpb25fZW5kcG9pbnQYASABKAkSFgoOdG9rZW5fZW5kcG9pbnQYAiABKAkSGwoTcmV2b2NhdGlvbl9lbmRwb2ludBgDIAEoCRIdChVyZWdpc3RyYXRpb25fZW5kcG9pbnQYBCABKAkSEAoIandrc191cmkYBSABKAkirgMKCFByb3ZpZGVyEgoKAmlkGAEgASgJEg4KBmlzc3VlchgCIAEoCRIUCgxyZXNvdXJjZV91cmwYAyABKAkSEQoJY2xpZW50X2lkGAQgASgJEhoKEmNsaWVudF9hdXRoX21ldGhvZBgFIAEoCRIvCgZzb3VyY2UYBiABKA4yHy50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXJTb3VyY2USOwoMcmVnaXN0cmF0aW9uGAcgASgOMiUudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyUmVnaXN0cmF0aW9uEjUKCWVuZHBvaW50cxgIIAEoCzIiLnRva2Vuc2VydmljZS52MS5Qcm92aWRlckVuZHBvaW50cxIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIYChBkZWZhdWx0X3Jlc291cmNlGAogASgJEg4KBnNjb3BlcxgLIAMoCRIVCg1yZWRpcmVjdF91cmlzGAwgAygJEhsKE2FsbG93X2luc2VjdXJlX2h0dHAYDSABKAgSDgoGb3BlbmlkGA4gASgIIocCChdSZWdpc3RlclByb3ZpZGVyUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZpc3N1ZXIYAiABKAkSFAoMcmVzb3VyY2VfdXJsGAMgASgJEhEKCWNsaWVudF9pZBgEIAEoCRIVCg1jbGllbnRfc2VjcmV0GAUgASgJEhoKEmNsaWVudF9hdXRoX21ldGhvZBgGIAEoCRIcChRkeW5hbWljX3JlZ2lzdHJhdGlvbhgHIAEoCBIVCg1yZWRpcmVjdF91cmlzGAggAygJEg4KBnNjb3BlcxgJIAMoCRIbChNhbGxvd19pbnNlY3VyZV9odHRwGAogASgIEhIKCnB1YmxpY191cmwYCyABKAkiRwoYUmVnaXN0ZXJQcm92aWRlclJlc3BvbnNlEisKCHByb3ZpZGVyGAEgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyIhYKFExpc3RQcm92aWRlcnNSZXF1ZXN0IkUKFUxpc3RQcm92aWRlcnNSZXNwb25zZRIsCglwcm92aWRlcnMYASADKAsyGS50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXIiPAoVRGVsZXRlUHJvdmlkZXJSZXF1ZXN0EgoKAmlkGAEgASgJEhcKD3Jldm9rZV9zZXNzaW9ucxgCIAEoCCIyChZEZWxldGVQcm92aWRlclJlc3BvbnNlEhgKEHNlc3Npb25zX3Jldm9rZWQYASABKA0qUQoJVG9rZW5LaW5kEhoKFlRPS0VOX0tJTkRfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9LSU5EX0FDQ0VTUxABEhEKDVRPS0VOX0tJTkRfSUQQAipuCg1TZXNzaW9uU3RhdHVzEh4KGlNFU1NJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASGQoVU0VTU0lPTl9TVEFUVVNfQUNUSVZFEAESIgoeU0VTU0lPTl9TVEFUVVNfUkVBVVRIX1JFUVVJUkVEEAIqagoOUHJvdmlkZXJTb3VyY2USHwobUFJPVklERVJfU09VUkNFX1VOU1BFQ0lGSUVEEAASGgoWUFJPVklERVJfU09VUkNFX0NPTkZJRxABEhsKF1BST1ZJREVSX1NPVVJDRV9SVU5USU1FEAIqggEKFFByb3ZpZGVyUmVnaXN0cmF0aW9uEiUKIVBST1ZJREVSX1JFR0lTVFJBVElPTl9VTlNQRUNJRklFRBAAEiAKHFBST1ZJREVSX1JFR0lTVFJBVElPTl9TVEFUSUMQARIhCh1QUk9WSURFUl9SRUdJU1RSQVRJT05fRFlOQU1JQxACMs8FCgxUb2tlblNlcnZpY2USWwoMU3RvcmVTZXNzaW9uEiQudG9rZW5zZXJ2aWNlLnYxLlN0b3JlU2Vzc2lvblJlcXVlc3QaJS50b2tlbnNlcnZpY2UudjEuU3RvcmVTZXNzaW9uUmVzcG9uc2USTwoIR2V0VG9rZW4SIC50b2tlbnNlcnZpY2UudjEuR2V0VG9rZW5SZXF1ZXN0GiEudG9rZW5zZXJ2aWNlLnYxLkdldFRva2VuUmVzcG9uc2USXgoNUmV2b2tlU2Vzc2lvbhIlLnRva2Vuc2VydmljZS52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBomLnRva2Vuc2VydmljZS52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2USWwoMTGlzdFNlc3Npb25zEiQudG9rZW5zZXJ2aWNlLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJS50b2tlbnNlcnZpY2UudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USbQoSUmV2b2tlVXNlclNlc3Npb25zEioudG9rZW5zZXJ2aWNlLnYxLlJldm9rZVVzZXJTZXNzaW9uc1JlcXVlc3QaKy50b2tlbnNlcnZpY2UudjEuUmV2b2tlVXNlclNlc3Npb25zUmVzcG9uc2USbQoSU3RhcnRBdXRob3JpemF0aW9uEioudG9rZW5zZXJ2aWNlLnYxLlN0YXJ0QXV0aG9yaXphdGlvblJlcXVlc3QaKy50b2tlbnNlcnZpY2UudjEuU3RhcnRBdXRob3JpemF0aW9uUmVzcG9uc2USdgoVQ29tcGxldGVBdXRob3JpemF0aW9uEi0udG9rZW5zZXJ2aWNlLnYxLkNvbXBsZXRlQXV0aG9yaXphdGlvblJlcXVlc3QaLi50b2tlbnNlcnZpY2UudjEuQ29tcGxldGVBdXRob3JpemF0aW9uUmVzcG9uc2UyvQIKD1Byb3ZpZGVyU2VydmljZRJnChBSZWdpc3RlclByb3ZpZGVyEigudG9rZW5zZXJ2aWNlLnYxLlJlZ2lzdGVyUHJvdmlkZXJSZXF1ZXN0GikudG9rZW5zZXJ2aWNlLnYxLlJlZ2lzdGVyUHJvdmlkZXJSZXNwb25zZRJeCg1MaXN0UHJvdmlkZXJzEiUudG9rZW5zZXJ2aWNlLnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiYudG9rZW5zZXJ2aWNlLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJhCg5EZWxldGVQcm92aWRlchImLnRva2Vuc2VydmljZS52MS5EZWxldGVQcm92aWRlclJlcXVlc3QaJy50b2tlbnNlcnZpY2UudjEuRGVsZXRlUHJvdmlkZXJSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiN0b2tlbnNlcnZpY2UvdjEvdG9rZW5fc2VydmljZS5wcm90bxIPdG9rZW5zZXJ2aWNlLnYxIugBCghUb2tlblNldBIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRIQCghpZF90b2tlbhgDIAEoCRISCgp0b2tlbl90eXBlGAQgASgJEhIKCmV4cGlyZXNfaW4YBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc2NvcGUYByABKAkSNgoScmVmcmVzaF9leHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ2ChNTdG9yZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSKQoGdG9rZW5zGAMgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlRva2VuU2V0EhEKCXJlc291cmNlcxgEIAMoCSJaChRTdG9yZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrYBCg9HZXRUb2tlblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEigKBGtpbmQYBCABKA4yGi50b2tlbnNlcnZpY2UudjEuVG9rZW5LaW5kEhkKEW1pbl92YWxpZF9zZWNvbmRzGAUgASgNEhUKDWZvcmNlX3JlZnJlc2gYBiABKAgSEAoIcmVzb3VyY2UYByABKAkiiAEKEEdldFRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVzY29wZRgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJIjsKFFJldm9rZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIXChVSZXZva2VTZXNzaW9uUmVzcG9uc2UiiAMKC1Nlc3Npb25JbmZvEhIKCnNlc3Npb25faWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFhY2Nlc3NfZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoGc3RhdHVzGAYgASgOMh4udG9rZW5zZXJ2aWNlLnYxLlNlc3Npb25TdGF0dXMSDgoGa2V5X2lkGAcgASgJEhMKC3JlZnJlc2hhYmxlGAggASgIEhUKDXJlYXV0aF9yZWFzb24YCSABKAkSEQoJcmVzb3VyY2VzGAogAygJEjsKD2F1ZGllbmNlX3Rva2VucxgLIAMoCzIiLnRva2Vuc2VydmljZS52MS5BdWRpZW5jZVRva2VuSW5mbyJVChFBdWRpZW5jZVRva2VuSW5mbxIQCghyZXNvdXJjZRgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI4ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkiRgoUTGlzdFNlc3Npb25zUmVzcG9uc2USLgoIc2Vzc2lvbnMYASADKAsyHC50b2tlbnNlcnZpY2UudjEuU2Vzc2lvbkluZm8iPgoZUmV2b2tlVXNlclNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJIi0KGlJldm9rZVVzZXJTZXNzaW9uc1Jlc3BvbnNlEg8KB3Jldm9rZWQYASABKA0i/gEKGVN0YXJ0QXV0aG9yaXphdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIUCgxyZWRpcmVjdF91cmkYAyABKAkSDgoGc2NvcGVzGAQgAygJEhEKCXJlc291cmNlcxgFIAMoCRJRCgxleHRyYV9wYXJhbXMYBiADKAsyOy50b2tlbnNlcnZpY2UudjEuU3RhcnRBdXRob3JpemF0aW9uUmVxdWVzdC5FeHRyYVBhcmFtc0VudHJ5GjIKEEV4dHJhUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ2ChpTdGFydEF1dGhvcml6YXRpb25SZXNwb25zZRIZChFhdXRob3JpemF0aW9uX3VybBgBIAEoCRINCgVzdGF0ZRgCIAEoCRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJFChxDb21wbGV0ZUF1dGhvcml6YXRpb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFAoMY2FsbGJhY2tfdXJsGAIgASgJInUKHUNvbXBsZXRlQXV0aG9yaXphdGlvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcHJvdmlkZXIYAyABKAkimQEKEVByb3ZpZGVyRW5kcG9pbnRzEh4KFmF1dGhvcml6YXRpb25fZW5kcG9pbnQYASABKAkSFgoOdG9rZW5fZW5kcG9pbnQYAiABKAkSGwoTcmV2b2NhdGlvbl9lbmRwb2ludBgDIAEoCRIdChVyZWdpc3RyYXRpb25fZW5kcG9pbnQYBCABKAkSEAoIandrc191cmkYBSABKAki6wMKCFByb3ZpZGVyEgoKAmlkGAEgASgJEg4KBmlzc3VlchgCIAEoCRIUCgxyZXNvdXJjZV91cmwYAyABKAkSEQoJY2xpZW50X2lkGAQgASgJEhoKEmNsaWVudF9hdXRoX21ldGhvZBgFIAEoCRIvCgZzb3VyY2UYBiABKA4yHy50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXJTb3VyY2USOwoMcmVnaXN0cmF0aW9uGAcgASgOMiUudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyUmVnaXN0cmF0aW9uEjUKCWVuZHBvaW50cxgIIAEoCzIiLnRva2Vuc2VydmljZS52MS5Qcm92aWRlckVuZHBvaW50cxIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIYChBkZWZhdWx0X3Jlc291cmNlGAogASgJEg4KBnNjb3BlcxgLIAMoCRIVCg1yZWRpcmVjdF91cmlzGAwgAygJEhsKE2FsbG93X2luc2VjdXJlX2h0dHAYDSABKAgSDgoGb3BlbmlkGA4gASgIEjsKD2F1ZGllbmNlX3Rva2VucxgPIAEoDjIiLnRva2Vuc2VydmljZS52MS5BdWRpZW5jZVRva2VuTW9kZSLdAgoXUmVnaXN0ZXJQcm92aWRlclJlcXVlc3QSCgoCaWQYASABKAkSDgoGaXNzdWVyGAIgASgJEhQKDHJlc291cmNlX3VybBgDIAEoCRIRCgljbGllbnRfaWQYBCABKAkSFQoNY2xpZW50X3NlY3JldBgFIAEoCRIaChJjbGllbnRfYXV0aF9tZXRob2QYBiABKAkSHAoUZHluYW1pY19yZWdpc3RyYXRpb24YByABKAgSFQoNcmVkaXJlY3RfdXJpcxgIIAMoCRIOCgZzY29wZXMYCSADKAkSGwoTYWxsb3dfaW5zZWN1cmVfaHR0cBgKIAEoCBISCgpwdWJsaWNfdXJsGAsgASgJEjsKD2F1ZGllbmNlX3Rva2VucxgMIAEoDjIiLnRva2Vuc2VydmljZS52MS5BdWRpZW5jZVRva2VuTW9kZRIXCg9leGNoYW5nZV90YXJnZXQYDSABKAkiRwoYUmVnaXN0ZXJQcm92aWRlclJlc3BvbnNlEisKCHByb3ZpZGVyGAEgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyIhYKFExpc3RQcm92aWRlcnNSZXF1ZXN0IkUKFUxpc3RQcm92aWRlcnNSZXNwb25zZRIsCglwcm92aWRlcnMYASADKAsyGS50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXIiPAoVRGVsZXRlUHJvdmlkZXJSZXF1ZXN0EgoKAmlkGAEgASgJEhcKD3Jldm9rZV9zZXNzaW9ucxgCIAEoCCIyChZEZWxldGVQcm92aWRlclJlc3BvbnNlEhgKEHNlc3Npb25zX3Jldm9rZWQYASABKA0qUQoJVG9rZW5LaW5kEhoKFlRPS0VOX0tJTkRfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9LSU5EX0FDQ0VTUxABEhEKDVRPS0VOX0tJTkRfSUQQAipuCg1TZXNzaW9uU3RhdHVzEh4KGlNFU1NJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASGQoVU0VTU0lPTl9TVEFUVVNfQUNUSVZFEAESIgoeU0VTU0lPTl9TVEFUVVNfUkVBVVRIX1JFUVVJUkVEEAIqagoOUHJvdmlkZXJTb3VyY2USHwobUFJPVklERVJfU09VUkNFX1VOU1BFQ0lGSUVEEAASGgoWUFJPVklERVJfU09VUkNFX0NPTkZJRxABEhsKF1BST1ZJREVSX1NPVVJDRV9SVU5USU1FEAIqggEKFFByb3ZpZGVyUmVnaXN0cmF0aW9uEiUKIVBST1ZJREVSX1JFR0lTVFJBVElPTl9VTlNQRUNJRklFRBAAEiAKHFBST1ZJREVSX1JFR0lTVFJBVElPTl9TVEFUSUMQARIhCh1QUk9WSURFUl9SRUdJU1RSQVRJT05fRFlOQU1JQxACKnsKEUF1ZGllbmNlVG9rZW5Nb2RlEiMKH0FVRElFTkNFX1RPS0VOX01PREVfVU5TUEVDSUZJRUQQABIfChtBVURJRU5DRV9UT0tFTl9NT0RFX1JFRlJFU0gQARIgChxBVURJRU5DRV9UT0tFTl9NT0RFX0VYQ0hBTkdFEAIyzwUKDFRva2VuU2VydmljZRJbCgxTdG9yZVNlc3Npb24SJC50b2tlbnNlcnZpY2UudjEuU3RvcmVTZXNzaW9uUmVxdWVzdBolLnRva2Vuc2VydmljZS52MS5TdG9yZVNlc3Npb25SZXNwb25zZRJPCghHZXRUb2tlbhIgLnRva2Vuc2VydmljZS52MS5HZXRUb2tlblJlcXVlc3QaIS50b2tlbnNlcnZpY2UudjEuR2V0VG9rZW5SZXNwb25zZRJeCg1SZXZva2VTZXNzaW9uEiUudG9rZW5zZXJ2aWNlLnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GiYudG9rZW5zZXJ2aWNlLnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJbCgxMaXN0U2Vzc2lvbnMSJC50b2tlbnNlcnZpY2UudjEuTGlzdFNlc3Npb25zUmVxdWVzdBolLnRva2Vuc2VydmljZS52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJtChJSZXZva2VVc2VyU2Vzc2lvbnMSKi50b2tlbnNlcnZpY2UudjEuUmV2b2tlVXNlclNlc3Npb25zUmVxdWVzdBorLnRva2Vuc2VydmljZS52MS5SZXZva2VVc2VyU2Vzc2lvbnNSZXNwb25zZRJtChJTdGFydEF1dGhvcml6YXRpb24SKi50b2tlbnNlcnZpY2UudjEuU3RhcnRBdXRob3JpemF0aW9uUmVxdWVzdBorLnRva2Vuc2VydmljZS52MS5TdGFydEF1dGhvcml6YXRpb25SZXNwb25zZRJ2ChVDb21wbGV0ZUF1dGhvcml6YXRpb24SLS50b2tlbnNlcnZpY2UudjEuQ29tcGxldGVBdXRob3JpemF0aW9uUmVxdWVzdBouLnRva2Vuc2VydmljZS52MS5Db21wbGV0ZUF1dGhvcml6YXRpb25SZXNwb25zZTK9AgoPUHJvdmlkZXJTZXJ2aWNlEmcKEFJlZ2lzdGVyUHJvdmlkZXISKC50b2tlbnNlcnZpY2UudjEuUmVnaXN0ZXJQcm92aWRlclJlcXVlc3QaKS50b2tlbnNlcnZpY2UudjEuUmVnaXN0ZXJQcm92aWRlclJlc3BvbnNlEl4KDUxpc3RQcm92aWRlcnMSJS50b2tlbnNlcnZpY2UudjEuTGlzdFByb3ZpZGVyc1JlcXVlc3QaJi50b2tlbnNlcnZpY2UudjEuTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEmEKDkRlbGV0ZVByb3ZpZGVyEiYudG9rZW5zZXJ2aWNlLnYxLkRlbGV0ZVByb3ZpZGVyUmVxdWVzdBonLnRva2Vuc2VydmljZS52MS5EZWxldGVQcm92aWRlclJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * TokenSet is a token endpoint response as the auth gateway received it.
@@ -113,6 +113,14 @@ export type StoreSessionRequest = Message<"tokenservice.v1.StoreSessionRequest">
    * @generated from field: tokenservice.v1.TokenSet tokens = 3;
    */
   tokens?: TokenSet;
+
+  /**
+   * RFC 8707 resources (absolute URIs) granted at login: GetToken with a
+   * resource accepts only these, for a provider in refresh mode.
+   *
+   * @generated from field: repeated string resources = 4;
+   */
+  resources: string[];
 };
 
 /**
@@ -199,6 +207,15 @@ export type GetTokenRequest = Message<"tokenservice.v1.GetTokenRequest"> & {
    * @generated from field: bool force_refresh = 6;
    */
   forceRefresh: boolean;
+
+  /**
+   * An absolute URI: return an access token for this audience only (RFC
+   * 8707), obtained with a refresh token grant or a token exchange (RFC
+   * 8693), kept and refreshed separately from the session's own token.
+   *
+   * @generated from field: string resource = 7;
+   */
+  resource: string;
 };
 
 /**
@@ -354,6 +371,20 @@ export type SessionInfo = Message<"tokenservice.v1.SessionInfo"> & {
    * @generated from field: string reauth_reason = 9;
    */
   reauthReason: string;
+
+  /**
+   * RFC 8707 resources granted at login.
+   *
+   * @generated from field: repeated string resources = 10;
+   */
+  resources: string[];
+
+  /**
+   * The audience tokens held, without token material.
+   *
+   * @generated from field: repeated tokenservice.v1.AudienceTokenInfo audience_tokens = 11;
+   */
+  audienceTokens: AudienceTokenInfo[];
 };
 
 /**
@@ -362,6 +393,30 @@ export type SessionInfo = Message<"tokenservice.v1.SessionInfo"> & {
  */
 export const SessionInfoSchema: GenMessage<SessionInfo> = /*@__PURE__*/
   messageDesc(file_tokenservice_v1_token_service, 7);
+
+/**
+ * AudienceTokenInfo describes a token held for one audience of a session.
+ *
+ * @generated from message tokenservice.v1.AudienceTokenInfo
+ */
+export type AudienceTokenInfo = Message<"tokenservice.v1.AudienceTokenInfo"> & {
+  /**
+   * @generated from field: string resource = 1;
+   */
+  resource: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 2;
+   */
+  expiresAt?: Timestamp;
+};
+
+/**
+ * Describes the message tokenservice.v1.AudienceTokenInfo.
+ * Use `create(AudienceTokenInfoSchema)` to create a new message.
+ */
+export const AudienceTokenInfoSchema: GenMessage<AudienceTokenInfo> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 8);
 
 /**
  * @generated from message tokenservice.v1.ListSessionsRequest
@@ -387,7 +442,7 @@ export type ListSessionsRequest = Message<"tokenservice.v1.ListSessionsRequest">
  * Use `create(ListSessionsRequestSchema)` to create a new message.
  */
 export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 8);
+  messageDesc(file_tokenservice_v1_token_service, 9);
 
 /**
  * @generated from message tokenservice.v1.ListSessionsResponse
@@ -406,7 +461,7 @@ export type ListSessionsResponse = Message<"tokenservice.v1.ListSessionsResponse
  * Use `create(ListSessionsResponseSchema)` to create a new message.
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 9);
+  messageDesc(file_tokenservice_v1_token_service, 10);
 
 /**
  * @generated from message tokenservice.v1.RevokeUserSessionsRequest
@@ -432,7 +487,7 @@ export type RevokeUserSessionsRequest = Message<"tokenservice.v1.RevokeUserSessi
  * Use `create(RevokeUserSessionsRequestSchema)` to create a new message.
  */
 export const RevokeUserSessionsRequestSchema: GenMessage<RevokeUserSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 10);
+  messageDesc(file_tokenservice_v1_token_service, 11);
 
 /**
  * @generated from message tokenservice.v1.RevokeUserSessionsResponse
@@ -451,7 +506,7 @@ export type RevokeUserSessionsResponse = Message<"tokenservice.v1.RevokeUserSess
  * Use `create(RevokeUserSessionsResponseSchema)` to create a new message.
  */
 export const RevokeUserSessionsResponseSchema: GenMessage<RevokeUserSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 11);
+  messageDesc(file_tokenservice_v1_token_service, 12);
 
 /**
  * @generated from message tokenservice.v1.StartAuthorizationRequest
@@ -512,7 +567,7 @@ export type StartAuthorizationRequest = Message<"tokenservice.v1.StartAuthorizat
  * Use `create(StartAuthorizationRequestSchema)` to create a new message.
  */
 export const StartAuthorizationRequestSchema: GenMessage<StartAuthorizationRequest> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 12);
+  messageDesc(file_tokenservice_v1_token_service, 13);
 
 /**
  * @generated from message tokenservice.v1.StartAuthorizationResponse
@@ -543,7 +598,7 @@ export type StartAuthorizationResponse = Message<"tokenservice.v1.StartAuthoriza
  * Use `create(StartAuthorizationResponseSchema)` to create a new message.
  */
 export const StartAuthorizationResponseSchema: GenMessage<StartAuthorizationResponse> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 13);
+  messageDesc(file_tokenservice_v1_token_service, 14);
 
 /**
  * @generated from message tokenservice.v1.CompleteAuthorizationRequest
@@ -570,7 +625,7 @@ export type CompleteAuthorizationRequest = Message<"tokenservice.v1.CompleteAuth
  * Use `create(CompleteAuthorizationRequestSchema)` to create a new message.
  */
 export const CompleteAuthorizationRequestSchema: GenMessage<CompleteAuthorizationRequest> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 14);
+  messageDesc(file_tokenservice_v1_token_service, 15);
 
 /**
  * @generated from message tokenservice.v1.CompleteAuthorizationResponse
@@ -601,7 +656,7 @@ export type CompleteAuthorizationResponse = Message<"tokenservice.v1.CompleteAut
  * Use `create(CompleteAuthorizationResponseSchema)` to create a new message.
  */
 export const CompleteAuthorizationResponseSchema: GenMessage<CompleteAuthorizationResponse> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 15);
+  messageDesc(file_tokenservice_v1_token_service, 16);
 
 /**
  * The endpoints a provider's metadata names (empty when it names none).
@@ -640,7 +695,7 @@ export type ProviderEndpoints = Message<"tokenservice.v1.ProviderEndpoints"> & {
  * Use `create(ProviderEndpointsSchema)` to create a new message.
  */
 export const ProviderEndpointsSchema: GenMessage<ProviderEndpoints> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 16);
+  messageDesc(file_tokenservice_v1_token_service, 17);
 
 /**
  * A provider, without its client secret or registration access token.
@@ -730,6 +785,13 @@ export type Provider = Message<"tokenservice.v1.Provider"> & {
    * @generated from field: bool openid = 14;
    */
   openid: boolean;
+
+  /**
+   * How audience tokens (GetToken with a resource) are obtained.
+   *
+   * @generated from field: tokenservice.v1.AudienceTokenMode audience_tokens = 15;
+   */
+  audienceTokens: AudienceTokenMode;
 };
 
 /**
@@ -737,7 +799,7 @@ export type Provider = Message<"tokenservice.v1.Provider"> & {
  * Use `create(ProviderSchema)` to create a new message.
  */
 export const ProviderSchema: GenMessage<Provider> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 17);
+  messageDesc(file_tokenservice_v1_token_service, 18);
 
 /**
  * @generated from message tokenservice.v1.RegisterProviderRequest
@@ -823,6 +885,21 @@ export type RegisterProviderRequest = Message<"tokenservice.v1.RegisterProviderR
    * @generated from field: string public_url = 11;
    */
   publicUrl: string;
+
+  /**
+   * How audience tokens are obtained (default: refresh).
+   *
+   * @generated from field: tokenservice.v1.AudienceTokenMode audience_tokens = 12;
+   */
+  audienceTokens: AudienceTokenMode;
+
+  /**
+   * For exchange: what names the target, "resource" (default), "audience" or
+   * "both".
+   *
+   * @generated from field: string exchange_target = 13;
+   */
+  exchangeTarget: string;
 };
 
 /**
@@ -830,7 +907,7 @@ export type RegisterProviderRequest = Message<"tokenservice.v1.RegisterProviderR
  * Use `create(RegisterProviderRequestSchema)` to create a new message.
  */
 export const RegisterProviderRequestSchema: GenMessage<RegisterProviderRequest> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 18);
+  messageDesc(file_tokenservice_v1_token_service, 19);
 
 /**
  * @generated from message tokenservice.v1.RegisterProviderResponse
@@ -847,7 +924,7 @@ export type RegisterProviderResponse = Message<"tokenservice.v1.RegisterProvider
  * Use `create(RegisterProviderResponseSchema)` to create a new message.
  */
 export const RegisterProviderResponseSchema: GenMessage<RegisterProviderResponse> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 19);
+  messageDesc(file_tokenservice_v1_token_service, 20);
 
 /**
  * @generated from message tokenservice.v1.ListProvidersRequest
@@ -860,7 +937,7 @@ export type ListProvidersRequest = Message<"tokenservice.v1.ListProvidersRequest
  * Use `create(ListProvidersRequestSchema)` to create a new message.
  */
 export const ListProvidersRequestSchema: GenMessage<ListProvidersRequest> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 20);
+  messageDesc(file_tokenservice_v1_token_service, 21);
 
 /**
  * @generated from message tokenservice.v1.ListProvidersResponse
@@ -877,7 +954,7 @@ export type ListProvidersResponse = Message<"tokenservice.v1.ListProvidersRespon
  * Use `create(ListProvidersResponseSchema)` to create a new message.
  */
 export const ListProvidersResponseSchema: GenMessage<ListProvidersResponse> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 21);
+  messageDesc(file_tokenservice_v1_token_service, 22);
 
 /**
  * @generated from message tokenservice.v1.DeleteProviderRequest
@@ -902,7 +979,7 @@ export type DeleteProviderRequest = Message<"tokenservice.v1.DeleteProviderReque
  * Use `create(DeleteProviderRequestSchema)` to create a new message.
  */
 export const DeleteProviderRequestSchema: GenMessage<DeleteProviderRequest> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 22);
+  messageDesc(file_tokenservice_v1_token_service, 23);
 
 /**
  * @generated from message tokenservice.v1.DeleteProviderResponse
@@ -919,7 +996,7 @@ export type DeleteProviderResponse = Message<"tokenservice.v1.DeleteProviderResp
  * Use `create(DeleteProviderResponseSchema)` to create a new message.
  */
 export const DeleteProviderResponseSchema: GenMessage<DeleteProviderResponse> = /*@__PURE__*/
-  messageDesc(file_tokenservice_v1_token_service, 23);
+  messageDesc(file_tokenservice_v1_token_service, 24);
 
 /**
  * TokenKind selects which token GetToken returns.
@@ -1051,6 +1128,41 @@ export enum ProviderRegistration {
  */
 export const ProviderRegistrationSchema: GenEnum<ProviderRegistration> = /*@__PURE__*/
   enumDesc(file_tokenservice_v1_token_service, 3);
+
+/**
+ * How a provider's audience tokens are obtained.
+ *
+ * @generated from enum tokenservice.v1.AudienceTokenMode
+ */
+export enum AudienceTokenMode {
+  /**
+   * Treated as AUDIENCE_TOKEN_MODE_REFRESH.
+   *
+   * @generated from enum value: AUDIENCE_TOKEN_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A refresh token grant with resource= (RFC 8707); only granted resources.
+   *
+   * @generated from enum value: AUDIENCE_TOKEN_MODE_REFRESH = 1;
+   */
+  REFRESH = 1,
+
+  /**
+   * A token exchange (RFC 8693) with the session's access token as the
+   * subject token, sending resource, audience or both.
+   *
+   * @generated from enum value: AUDIENCE_TOKEN_MODE_EXCHANGE = 2;
+   */
+  EXCHANGE = 2,
+}
+
+/**
+ * Describes the enum tokenservice.v1.AudienceTokenMode.
+ */
+export const AudienceTokenModeSchema: GenEnum<AudienceTokenMode> = /*@__PURE__*/
+  enumDesc(file_tokenservice_v1_token_service, 4);
 
 /**
  * TokenService holds users' OAuth/OIDC token sets server-side and hands out

@@ -1,0 +1,107 @@
+import { once } from "node:events";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
+import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
+import { createRemoteJWKSet, jwtVerify, type JWTPayload } from "jose";
+
+/** A test MCP server: Streamable HTTP, bearer JWT access tokens for its own URL only. */
+export interface TestMcpServer {
+  /** Its canonical URL (the RFC 8707 resource its tokens must name in `aud`), e.g. http://127.0.0.1:PORT/mcp. */
+  readonly url: string;
+  /** Tool calls it ran, with the token's subject and audience. */
+  readonly calls: Array<{ tool: string; sub: string | undefined; aud: string | string[] | undefined }>;
+  /** Requests it refused with 401, by reason (no_token, wrong_audience, not_at_jwt, invalid). */
+  readonly refused: Record<string, number>;
+  close(): Promise<void>;
+}
+
+/**
+ * Serves one tool, `whoami`, over the MCP Streamable HTTP transport of
+ * `@modelcontextprotocol/sdk`. Every request needs `Authorization: Bearer`
+ * with a JWT access token (RFC 9068: header `typ` at+jwt) signed by
+ * `issuer`'s keys, from that issuer, whose `aud` is this server's canonical
+ * URL. Anything else gets 401 with an RFC 6750 challenge naming the RFC 9728
+ * metadata, which it serves at the path-aware well-known URL.
+ */
+export async function startMcpServer(issuer: string, name: string): Promise<TestMcpServer> {
+  const calls: TestMcpServer["calls"] = [];
+  const refused: Record<string, number> = {};
+  let base = "";
+  const url = () => `${base}/mcp`;
+  const metadataUrl = () => `${base}/.well-known/oauth-protected-resource/mcp`;
+  let jwks: ReturnType<typeof createRemoteJWKSet> | undefined;
+  const keys = async () => {
+    if (!jwks) {
+      const metadata = (await (await fetch(`${issuer}/.well-known/oauth-authorization-server`)).json()) as { jwks_uri: string };
+      jwks = createRemoteJWKSet(new URL(metadata.jwks_uri));
+    }
+    return jwks;
+  };
+
+  /** The verified claims, or the reason for a 401. */
+  async function verify(header: string | undefined): Promise<JWTPayload | string> {
+    const m = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/.exec(header ?? "");
+    if (!m) return "no_token";
+    try {
+      const { payload } = await jwtVerify(m[1]!, await keys(), { issuer, audience: url(), typ: "at+jwt" });
+      return payload;
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === "ERR_JWT_CLAIM_VALIDATION_FAILED" && (err as { claim?: string }).claim === "aud") return "wrong_audience";
+      if (code === "ERR_JWT_CLAIM_VALIDATION_FAILED" && (err as { claim?: string }).claim === "typ") return "not_at_jwt";
+      return "invalid";
+    }
+  }
+
+  const server = http.createServer((req, res) => {
+    void (async () => {
+      const path = (req.url ?? "").split("?")[0];
+      if (path === "/.well-known/oauth-protected-resource/mcp") {
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ resource: url(), authorization_servers: [issuer], bearer_methods_supported: ["header"], scopes_supported: ["mcp:tools"] }));
+        return;
+      }
+      if (path !== "/mcp") {
+        res.writeHead(404).end();
+        return;
+      }
+      const claims = await verify(req.headers.authorization);
+      if (typeof claims === "string") {
+        refused[claims] = (refused[claims] ?? 0) + 1;
+        const error = claims === "no_token" ? "" : ', error="invalid_token"';
+        res.writeHead(401, { "www-authenticate": `Bearer resource_metadata="${metadataUrl()}"${error}` });
+        res.end();
+        return;
+      }
+      // Stateless: one server and transport per request, answered as JSON.
+      const mcp = new McpServer({ name, version: "1.0.0" });
+      mcp.registerTool("whoami", { description: "Who the bearer token is for, as this server verified it." }, async () => {
+        calls.push({ tool: "whoami", sub: claims.sub, aud: claims.aud });
+        return { content: [{ type: "text", text: JSON.stringify({ server: name, sub: claims.sub, aud: claims.aud }) }] };
+      });
+      const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined, enableJsonResponse: true });
+      res.once("close", () => {
+        void transport.close();
+        void mcp.close();
+      });
+      await mcp.connect(transport);
+      await transport.handleRequest(req, res);
+    })().catch(() => {
+      if (!res.headersSent) res.writeHead(500);
+      res.end();
+    });
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return {
+    url: url(),
+    calls,
+    refused,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
