@@ -1,8 +1,9 @@
 import { once } from "node:events";
 import http, { type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { sendError } from "./openai-error.js";
+import { sendError, type GatewayError } from "./openai-error.js";
 import { createTokenSource } from "./token-source.js";
+import { callTool, type ToolOutcome } from "./tools.js";
 import { createUpstream, type ForwardOutcome } from "./upstream.js";
 
 /** One structured log line. Holds user ids, paths, status codes and error codes; never a token. */
@@ -38,6 +39,17 @@ export interface ChatGatewayOptions {
    * never sees them. Without it, those paths answer 404.
    */
   connectCallbackUrl?: string;
+  /**
+   * MCP servers (Streamable HTTP) the gateway calls tools on for users, by
+   * name: `{ search: "https://search.example.com/mcp" }`. Each URL is that
+   * server's canonical URL, the RFC 8707 resource its tokens are for. For
+   * every call the gateway asks GetToken with `resource` set to it, so a
+   * server only ever receives a token meant for itself. `GET /connect` asks
+   * for all of them at login.
+   */
+  toolServers?: Record<string, string>;
+  /** Deadline of one tool call on an MCP server; default 30 000 ms. */
+  toolTimeoutMs?: number;
   /** Idle timeout on the upstream socket; default 300 000 ms. */
   upstreamIdleTimeoutMs?: number;
   /** Receives one entry per request; default: a JSON line on stderr. */
@@ -57,6 +69,28 @@ const ROUTES: Record<string, string> = {
   "/v1/chat/completions": "POST",
   "/v1/models": "GET",
 };
+
+/** `POST /v1/tools/{server}/{tool}`: a tool call on a configured MCP server. */
+const TOOL_PATH = /^\/v1\/tools\/([A-Za-z0-9_.-]+)\/([A-Za-z0-9_.\-/]+)$/;
+/** Largest tool-call body (the tool's arguments, a JSON object). */
+const MAX_TOOL_BODY_BYTES = 1024 * 1024;
+
+async function readJsonObject(req: IncomingMessage): Promise<Record<string, unknown> | "too_large" | "invalid"> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_TOOL_BODY_BYTES) return "too_large";
+    chunks.push(chunk as Buffer);
+  }
+  if (size === 0) return {};
+  try {
+    const value: unknown = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+    return value !== null && typeof value === "object" && !Array.isArray(value) ? (value as Record<string, unknown>) : "invalid";
+  } catch {
+    return "invalid";
+  }
+}
 
 /** The `x-user-id` header set by the authenticating proxy: exactly one non-empty value. */
 export function userFromHeader(req: IncomingMessage): string | undefined {
@@ -80,6 +114,8 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
   const log = options.log ?? ((entry: GatewayLogEntry) => process.stderr.write(`${JSON.stringify(entry)}\n`));
 
   const callback = options.connectCallbackUrl ? new URL(options.connectCallbackUrl) : undefined;
+  const toolServers = new Map(Object.entries(options.toolServers ?? {}));
+  const toolTimeoutMs = options.toolTimeoutMs ?? 30_000;
 
   /** The signed-in user (recorded in `entry`), or undefined after answering 401. */
   async function authenticated(req: IncomingMessage, res: ServerResponse, entry: GatewayLogEntry): Promise<string | undefined> {
@@ -105,7 +141,7 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
     if (!user) return { ...entry, status: 401 };
     const result =
       path === "/connect"
-        ? await tokens.startConnect(user, callback!.href)
+        ? await tokens.startConnect(user, callback!.href, [...toolServers.values()])
         : // The whole URL the browser came back to: the registered callback URL with the query the provider added.
           await tokens.finishConnect(user, `${callback!.origin}${callback!.pathname}${new URL(req.url ?? "/", "http://gateway.invalid").search}`);
     if (!result.ok) {
@@ -123,10 +159,53 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
     return { ...entry, status: 200 };
   }
 
+  /** A tool call on one MCP server, with a token whose audience is that server and nothing else. */
+  async function tool(req: IncomingMessage, res: ServerResponse, server: string, name: string, entry: GatewayLogEntry): Promise<GatewayLogEntry> {
+    entry.tool_server = server;
+    entry.tool = name;
+    const serverUrl = toolServers.get(server);
+    if (!serverUrl) {
+      sendError(res, { status: 404, type: "invalid_request_error", code: "unknown_tool_server", message: `No tool server named ${server}.` });
+      return { ...entry, status: 404 };
+    }
+    if (req.method !== "POST") {
+      res.setHeader("allow", "POST");
+      sendError(res, { status: 405, type: "invalid_request_error", code: "method_not_allowed", message: "Use POST for tool calls." });
+      return { ...entry, status: 405 };
+    }
+    const user = await authenticated(req, res, entry);
+    if (!user) return { ...entry, status: 401 };
+    const args = await readJsonObject(req);
+    if (typeof args === "string") {
+      const status = args === "too_large" ? 413 : 400;
+      sendError(res, { status, type: "invalid_request_error", code: `arguments_${args}`, message: "The body must be the tool's arguments as a JSON object (at most 1 MiB)." });
+      return { ...entry, status };
+    }
+    const gone = new AbortController();
+    res.once("close", () => gone.abort());
+    // Every call asks for a token for this server's URL: the token service caches and refreshes it per audience.
+    const got = await tokens.tokenFor(user, gone.signal, serverUrl);
+    if (!got.ok) {
+      sendError(res, got.error);
+      return { ...entry, status: got.error.status, token_error: got.cause };
+    }
+    const outcome = await callTool(serverUrl, got.token, name, args, toolTimeoutMs);
+    const failure = toolFailure(outcome, server);
+    if (failure) {
+      sendError(res, failure);
+      return { ...entry, status: failure.status, tool_error: failure.code };
+    }
+    res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" });
+    res.end(JSON.stringify({ server, tool: name, result: (outcome as { result: unknown }).result }));
+    return { ...entry, status: 200 };
+  }
+
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<GatewayLogEntry> {
     const path = new URL(req.url ?? "/", "http://gateway.invalid").pathname;
     const entry: GatewayLogEntry = { method: req.method ?? "", path };
     if (callback && (path === "/connect" || path === callback.pathname)) return connect(req, res, path, entry);
+    const toolCall = TOOL_PATH.exec(path);
+    if (toolCall) return tool(req, res, toolCall[1]!, toolCall[2]!, entry);
     const method = ROUTES[path];
     if (!method) {
       sendError(res, { status: 404, type: "invalid_request_error", code: "unknown_url", message: `Unknown path ${path}.` });
@@ -183,6 +262,27 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
       upstream.close();
     },
   };
+}
+
+/** A failed tool call as the answer for the client (undefined: it succeeded). Never copies the server's words. */
+function toolFailure(outcome: ToolOutcome, server: string): GatewayError | undefined {
+  switch (outcome.kind) {
+    case "result":
+      return undefined;
+    case "refused":
+      return {
+        status: 502,
+        type: "server_error",
+        code: outcome.status === 401 || outcome.status === 403 ? "tool_server_refused_token" : "tool_server_error",
+        message: `Tool server ${server} answered HTTP ${outcome.status}.`,
+      };
+    case "rejected":
+      return { status: 400, type: "invalid_request_error", code: "tool_call_rejected", message: `Tool server ${server} rejected the call (JSON-RPC error ${outcome.code}).` };
+    case "timeout":
+      return { status: 504, type: "server_error", code: "tool_server_timeout", message: `Tool server ${server} did not answer in time.` };
+    case "unreachable":
+      return { status: 502, type: "server_error", code: "tool_server_unreachable", message: `Tool server ${server} could not be reached.` };
+  }
 }
 
 function describe(outcome: ForwardOutcome): GatewayLogEntry {

@@ -27,10 +27,13 @@ export type TokenResult =
 export type ConnectResult = { ok: true; url: string } | { ok: true; connected: { provider: string; expiresAt: Date | undefined } } | { ok: false; status: number; reason: string };
 
 export interface TokenSource {
-  /** A token valid right now for the user at the configured provider. */
-  tokenFor(userId: string, signal?: AbortSignal): Promise<TokenResult>;
-  /** StartAuthorization: where to send the user's browser to connect their account at the provider. */
-  startConnect(userId: string, redirectUri: string): Promise<ConnectResult>;
+  /**
+   * A token valid right now for the user at the configured provider; with
+   * `resource`, one whose audience is that resource (RFC 8707) and nothing else.
+   */
+  tokenFor(userId: string, signal?: AbortSignal, resource?: string): Promise<TokenResult>;
+  /** StartAuthorization: where to send the user's browser to connect their account at the provider (asking for `resources`). */
+  startConnect(userId: string, redirectUri: string, resources?: string[]): Promise<ConnectResult>;
   /** CompleteAuthorization with the whole URL the browser came back to. */
   finishConnect(userId: string, callbackUrl: string): Promise<ConnectResult>;
   close(): void;
@@ -63,17 +66,17 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
   const timeoutMs = options.timeoutMs ?? 5000;
 
   return {
-    async tokenFor(userId, signal) {
+    async tokenFor(userId, signal, resource) {
       try {
-        const res = await client.getToken({ userId, provider: options.provider }, { timeoutMs, signal });
+        const res = await client.getToken({ userId, provider: options.provider, resource }, { timeoutMs, signal });
         return { ok: true, token: res.token };
       } catch (err) {
         return mapTokenError(err, options);
       }
     },
-    async startConnect(userId, redirectUri) {
+    async startConnect(userId, redirectUri, resources = []) {
       try {
-        const res = await client.startAuthorization({ userId, provider: options.provider, redirectUri }, { timeoutMs });
+        const res = await client.startAuthorization({ userId, provider: options.provider, redirectUri, resources }, { timeoutMs });
         return { ok: true, url: res.authorizationUrl };
       } catch (err) {
         return connectFailure(err);
@@ -117,6 +120,15 @@ export function mapTokenError(err: unknown, options: Pick<TokenSourceOptions, "l
       type: "reauth_required",
       code: "reauth_required",
       message: `Your sign-in at ${options.provider} has expired or was revoked; log in again${login ? ` at ${login}` : ""}.`,
+      ...(login ? { loginUrl: login } : {}),
+    });
+  }
+  if (ce.code === Code.FailedPrecondition && reason === "RESOURCE_NOT_GRANTED") {
+    return fail({
+      status: 403,
+      type: "permission_error",
+      code: "tool_server_not_connected",
+      message: `Your sign-in at ${options.provider} does not cover this tool server; connect it${login ? ` at ${login}` : ""}.`,
       ...(login ? { loginUrl: login } : {}),
     });
   }
