@@ -5,7 +5,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { decodeJwt } from "jose";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { ProviderRegistration, ProviderService, ProviderSource, TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
-import { AuthorizationStateSchema } from "../../src/db/provider-entity.js";
+import { AudienceTokenSchema, AuthorizationStateSchema } from "../../src/db/provider-entity.js";
 import { SessionSchema } from "../../src/db/session-entity.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { startProtectedResource, type TestProtectedResource } from "../helpers/protected-resource.js";
@@ -331,7 +331,12 @@ describe("the authorization code flow", () => {
       );
 
     it("ends every session of a `sub`, and refuses forged, replayed and malformed tokens without changing anything", async () => {
-      const nina = [(await connect("nina")).done.sessionId, (await connect("nina")).done.sessionId];
+      const tool = "https://tool.example.test/mcp";
+      const nina = [(await connect("nina", "corp", { resources: [tool] })).done.sessionId, (await connect("nina")).done.sessionId];
+      // An audience token held for the first login goes with it.
+      expect(decodeJwt((await tokens.getToken({ userId: "nina", sessionId: nina[0]!, resource: tool })).token).aud).toBe(tool);
+      const audienceRows = () => svc.app.orm.em.fork().count(AudienceTokenSchema, { sessionId: nina[0]! });
+      expect(await audienceRows()).toBe(1);
       const oscar = (await connect("oscar")).done.sessionId;
       const path = "/oidc/backchannel-logout/corp";
       const bad = async (token: string, reason: RegExp) => {
@@ -357,6 +362,7 @@ describe("the authorization code flow", () => {
       expect(ok.headers.get("cache-control")).toBe("no-store");
       expect(await alive("nina", nina[0]!)).toBe(false);
       expect(await alive("nina", nina[1]!)).toBe(false);
+      expect(await audienceRows()).toBe(0);
       expect(await alive("oscar", oscar)).toBe(true);
       // The same token again is a replay.
       await bad(token, /replayed_jti/);

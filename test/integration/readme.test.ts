@@ -2,6 +2,7 @@ import { execFile as execFileCb } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { promisify } from "node:util";
 import { fileURLToPath } from "node:url";
+import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { startProtectedResource } from "../helpers/protected-resource.js";
@@ -121,6 +122,12 @@ describe("the README's calling examples, against a live service", () => {
       const done = JSON.parse(await run(finish)) as { sessionId: string; provider: string };
       expect(done).toMatchObject({ provider: "tools" });
       expect((await svc.client.getToken({ userId: "alice", sessionId: done.sessionId })).token).not.toBe("");
+
+      // "Tokens for one audience": the curl with `resource`, for the tool server the login was granted.
+      const [audience] = commandsOf(section(readme, "## Tokens for one audience (RFC 8707, RFC 8693)"));
+      const forServer = JSON.parse(await run(audience!.replaceAll("https://search.example.com/mcp", resource.url))) as { token: string; sessionId: string };
+      expect(forServer.sessionId).toBe(done.sessionId);
+      expect(decodeJwt(forServer.token).aud).toBe(resource.url);
     } finally {
       await resource.close();
     }
