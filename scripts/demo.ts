@@ -2,7 +2,9 @@
  * `npm run demo`: a local identity provider and the token service on the
  * embedded default, then one user's session through store, get, expiry,
  * refresh (one refresh for many callers) and revoke; then a second user who
- * connects a tool server through the code flow the service runs itself.
+ * connects a tool server through the code flow the service runs itself; then
+ * a third whose tool calls on two MCP servers each get a token for that
+ * server only.
  * Prints each step and exits 0, or 1 at the first surprise.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -16,6 +18,8 @@ import { ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
 import { ProviderService, TokenKind } from "../gen/tokenservice/v1/token_service_pb.js";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { callTool } from "../examples/chat-gateway/tools.js";
+import { startMcpServer } from "../test/helpers/mcp-server.js";
 import { startProtectedResource } from "../test/helpers/protected-resource.js";
 import { connectGrpcClient } from "../test/helpers/clients.js";
 import { startTestProvider, type TestProvider } from "../test/helpers/oidc-provider.js";
@@ -152,6 +156,45 @@ try {
     info("the same callback again → FAILED_PRECONDITION (INVALID_STATE): a state is good once");
   } finally {
     await resource.close();
+  }
+
+  say("Carol's tool calls on two MCP servers, each with a token for that server only (RFC 8707)");
+  const [search, files] = await Promise.all([startMcpServer(provider.issuer, "search"), startMcpServer(provider.issuer, "files")]);
+  try {
+    const carol = await provider.login("carol", { resources: [search.url, files.url] });
+    const session = await client.storeSession({
+      userId: "carol",
+      provider: "demo",
+      tokens: { accessToken: carol.access_token, refreshToken: carol.refresh_token, expiresIn: BigInt(carol.expires_in) },
+      resources: [search.url, files.url],
+    });
+    info(`StoreSession with resources ${search.url} and ${files.url} (what her login was granted)`);
+    provider.resetStats();
+    for (const server of [search, files]) {
+      const got = await client.getToken({ userId: "carol", sessionId: session.sessionId, resource: server.url });
+      const claims = JSON.parse(Buffer.from(got.token.split(".")[1]!, "base64url").toString()) as { aud?: unknown };
+      check(claims.aud === server.url, `the token should be for ${server.url}`);
+      const call = await callTool(server.url, got.token, "whoami", {}, 10_000);
+      check(call.kind === "result", `the tool call on ${server.url} should succeed`);
+      info(`GetToken resource ${server.url} → ${peek(got.token)}, aud ${String(claims.aud)}; the MCP server accepts it`);
+      if (server === search) {
+        const misuse = await callTool(files.url, got.token, "whoami", {}, 10_000);
+        check(misuse.kind === "refused" && misuse.status === 401, "the other server should refuse this token");
+        info(`the same token sent to ${files.url} → HTTP 401: it is not for that server`);
+      }
+    }
+    check(provider.stats.tokenRequests.length === 2, `one refresh per audience, saw ${provider.stats.tokenRequests.length}`);
+    info("the provider saw one refresh-token grant per audience, each naming its resource; the session kept one refresh token");
+    const ungranted = await client
+      .getToken({ userId: "carol", sessionId: session.sessionId, resource: "https://not-granted.example.com/mcp" })
+      .catch((e: unknown) => e);
+    check(ungranted instanceof ConnectError && ungranted.findDetails(ErrorInfoSchema)[0]?.reason === "RESOURCE_NOT_GRANTED", "an ungranted resource should be refused");
+    check(provider.stats.tokenRequests.length === 2, "an ungranted resource should never reach the provider");
+    info("a resource her login was not granted → FAILED_PRECONDITION (RESOURCE_NOT_GRANTED), without asking the provider");
+    const [listed] = (await client.listSessions({ userId: "carol" })).sessions;
+    for (const t of listed!.audienceTokens) info(`ListSessions: audience token for ${t.resource}, expires ${timestampDate(t.expiresAt!).toISOString()}`);
+  } finally {
+    await Promise.all([search.close(), files.close()]);
   }
 
   say("Stop the service: SIGTERM drains in-flight calls, then it exits");
