@@ -282,11 +282,14 @@ describe("health on shutdown, reflection switched off, CLI", () => {
 });
 
 describe("npm run demo", () => {
-  it("walks through store, get, expiry, refresh and revoke, and exits 0", async () => {
+  it("walks through store, get, expiry, refresh and revoke, the code flow and two audiences, and exits 0", async () => {
     const tsx = join(root, "node_modules/.bin/tsx");
     const { stdout } = await execFile(tsx, [join(root, "scripts/demo.ts")], { cwd: root, timeout: 60_000 });
     expect(stdout).toContain("the provider saw 1 refresh request: one refresh served every caller");
     expect(stdout).toMatch(/GetToken now → NotFound/);
+    // Two audiences: each token accepted by its own MCP server and refused by the other.
+    expect(stdout.match(/; the MCP server accepts it/g)).toHaveLength(2);
+    expect(stdout).toMatch(/HTTP 401: it is not for that server/);
     expect(stdout).toContain("Demo complete.");
   });
 });
