@@ -34,7 +34,9 @@ Commands:
                 [--client-id ID [--client-secret-env NAME] [--auth-method M] | --dynamic]
                 [--redirect-uri URL]... [--scope S]... [--public-url URL]
                 [--allow-insecure-http]
-                        register a provider (discovery, dynamic registration)
+                [--exchange [--exchange-target resource|audience|both]]
+                        register a provider (discovery, dynamic registration);
+                        --exchange: audience tokens by RFC 8693 token exchange
   providers remove --id ID [--revoke-sessions]
                         delete a registered provider
   doctor                check config, database, keys, providers, clocks, TLS

@@ -14,6 +14,20 @@ import {
 import type { ProviderAdmin, ProviderView } from "../authorization/provider-admin.js";
 import { requireProviderAllowed } from "../sessions/scope.js";
 import type { ServiceHandlers } from "./handlers.js";
+import { InvalidArgumentError } from "../sessions/errors.js";
+
+function audienceModeOf(mode: AudienceTokenMode): "" | "refresh" | "exchange" {
+  switch (mode) {
+    case AudienceTokenMode.UNSPECIFIED:
+      return "";
+    case AudienceTokenMode.REFRESH:
+      return "refresh";
+    case AudienceTokenMode.EXCHANGE:
+      return "exchange";
+    default:
+      throw new InvalidArgumentError("audience_tokens", "is not a known AudienceTokenMode");
+  }
+}
 
 function toProto(p: ProviderView): Provider {
   return create(ProviderSchema, {
@@ -62,7 +76,7 @@ export function createProviderServiceHandlers(admin: ProviderAdmin): ServiceHand
           scopes: req.scopes,
           allowInsecureHttp: req.allowInsecureHttp,
           publicUrl: req.publicUrl,
-          audienceTokens: req.audienceTokens === AudienceTokenMode.EXCHANGE ? "exchange" : req.audienceTokens === AudienceTokenMode.REFRESH ? "refresh" : "",
+          audienceTokens: audienceModeOf(req.audienceTokens),
           exchangeTarget: req.exchangeTarget,
         },
         ctx,
