@@ -300,7 +300,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
           http?.forceClose();
           await Promise.all([background.stop(), sweeper.stop(), probe.stop(), authorization.reloadTask.stop(), admin?.close()]);
           // Refreshes whose callers are gone go on until their tokens are stored (bounded by the lease).
-          await coordinator.drain(config.refresh.leaseMs);
+          await Promise.all([coordinator.drain(config.refresh.leaseMs), audiences.drain(config.refresh.leaseMs)]);
           await waiter.close();
           await reader.close();
           await orm.close(true);

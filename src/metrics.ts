@@ -65,7 +65,7 @@ export class Metrics {
     });
     this.audienceTotal = new Counter({
       name: "token_service_audience_refresh_total",
-      help: `Audience token (RFC 8707 resource) refreshes and exchanges at providers by this replica, by provider, resource and result (success, not_granted, reauth_required, unavailable); resources past the first ${MAX_RESOURCE_LABELS} are labelled "other".`,
+      help: `Audience token (RFC 8707 resource) refreshes and exchanges at providers by this replica, by provider, resource and result (success, not_granted, reauth_required, unavailable); a resource is labelled once it got a token (at most ${MAX_RESOURCE_LABELS} per replica), "other" until then or past that.`,
       labelNames: ["provider", "resource", "result"],
       registers,
     });
@@ -168,7 +168,8 @@ export class Metrics {
   }
 
   audienceRefresh(provider: string, resource: string, result: string, ms: number): void {
-    if (!this.resourceLabels.has(resource) && this.resourceLabels.size < MAX_RESOURCE_LABELS) this.resourceLabels.add(resource);
+    // Only a resource that got a token takes a label slot: refusals of arbitrary URIs cannot use them up.
+    if (result === "success" && !this.resourceLabels.has(resource) && this.resourceLabels.size < MAX_RESOURCE_LABELS) this.resourceLabels.add(resource);
     this.audienceTotal.inc({ provider, resource: this.resourceLabels.has(resource) ? resource : "other", result });
     this.audienceSeconds.observe({ provider, result }, ms / 1000);
   }

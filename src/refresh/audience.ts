@@ -1,10 +1,12 @@
 import { randomBytes } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { RefreshConfig } from "../config.js";
 import { audienceTokenId, type AudienceTokenRepository } from "../db/audience-repository.js";
 import type { AudienceTokenRow } from "../db/provider-entity.js";
 import { headOf, type SessionHead, type SessionRow } from "../db/session-entity.js";
-import type { SessionRepository } from "../db/session-repository.js";
+import { DatabaseUnavailableError, type SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
+import { revokeTokens } from "../providers/revoke.js";
 import { classifyProviderError } from "../providers/errors.js";
 import type { ProviderClient, ProviderRegistry, ProviderTokens } from "../providers/provider-client.js";
 import {
@@ -109,13 +111,22 @@ export class AudienceCoordinator {
     const existing = this.inflight.get(key);
     if (existing && !force) {
       this.stats.coalesced++;
-      return existing;
+      // The shared result was good enough for whoever started it; a caller asking for longer validity checks again.
+      return existing.then((t) => (audienceFresh(t, want, new Date()) ? t : this.run(head, resource, want, false, caller, false)));
     }
-    const p = this.run(head, resource, want, force, caller).finally(() => {
+    const p = this.run(head, resource, want, force, caller, false).finally(() => {
       if (this.inflight.get(key) === p) this.inflight.delete(key);
     });
     this.inflight.set(key, p);
     return p;
+  }
+
+  /** Waits (at most `maxMs`) for audience refreshes in flight, so that a rotated refresh token is stored before shutdown. */
+  async drain(maxMs: number): Promise<void> {
+    const deadline = Date.now() + maxMs;
+    while (this.inflight.size > 0 && Date.now() < deadline) {
+      await Promise.race([Promise.allSettled([...this.inflight.values()]), sleep(Math.max(1, deadline - Date.now()))]);
+    }
   }
 
   /** The held token in clear; undefined when it cannot be opened (its key is gone, or it is damaged): it is then obtained anew. */
@@ -128,13 +139,24 @@ export class AudienceCoordinator {
     }
   }
 
-  private async run(head: SessionHead, resource: string, want: AudienceWant, force: boolean, caller: string): Promise<AudienceToken> {
+  /**
+   * `subjectRefreshed`: exchange mode has already refreshed the session's own
+   * token once for this call; it is not refreshed again, whatever its expiry.
+   */
+  private async run(
+    head: SessionHead,
+    resource: string,
+    want: AudienceWant,
+    force: boolean,
+    caller: string,
+    subjectRefreshed: boolean,
+  ): Promise<AudienceToken> {
     const giveUpAt = Date.now() + 2 * this.config.leaseMs + 1000;
     const startedAt = new Date();
+    const good = (row: AudienceTokenRow | null) =>
+      row !== null && (!force || row.updatedAt >= startedAt) && audienceFresh(row, want, new Date());
     for (let round = 0; ; round++) {
       const held = await this.audiences.find(head.id, resource);
-      const good = (row: AudienceTokenRow | null) =>
-        row !== null && (!force || row.updatedAt >= startedAt) && audienceFresh(row, want, new Date());
       const usable = good(held) ? this.open(held!) : undefined;
       if (usable) return usable;
       const session = await this.repo.findById(head.id);
@@ -145,108 +167,191 @@ export class AudienceCoordinator {
       const owner = `${this.sessions.replicaId}:${randomBytes(4).toString("hex")}`;
       const leased = await this.repo.acquireLease(session.id, session.version, owner, now, until);
       if (leased) {
-        // Another replica may have stored this audience's token just before we got the lease.
-        const again = await this.audiences.find(head.id, resource);
-        const stored = good(again) ? this.open(again!) : undefined;
-        if (stored) {
-          await this.repo.releaseLeaseClean(leased.id, owner);
-          return stored;
-        }
-        return this.refreshHolding(leased, resource, owner, until, caller);
+        const outcome = await this.holding(leased, resource, owner, until, caller, subjectRefreshed, good);
+        if (outcome !== "refresh_subject_first") return outcome;
+        // Exchange mode: the subject token must be valid. The session's own refresh takes the same lease (given back above).
+        await this.sessions.refresh(headOf(leased), undefined, caller);
+        return this.run(headOf(leased), resource, want, force, caller, true);
       }
       if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
       await this.waiter.wait(session.id, backoffMs(round));
     }
   }
 
-  /** Holding the session's lease: asks the provider, stores a rotated refresh token first, then the audience token. */
+  /**
+   * Holding the session's lease: hands out an audience token stored meanwhile,
+   * or obtains one. The lease is given back on every path, an exception included.
+   */
+  private async holding(
+    row: SessionRow,
+    resource: string,
+    owner: string,
+    leaseUntil: Date,
+    caller: string,
+    subjectRefreshed: boolean,
+    good: (row: AudienceTokenRow | null) => boolean,
+  ): Promise<AudienceToken | "refresh_subject_first"> {
+    let handedOff = false;
+    try {
+      // Another replica may have stored this audience's token just before we got the lease.
+      const again = await this.audiences.find(row.id, resource);
+      const stored = good(again) ? this.open(again!) : undefined;
+      if (stored) return stored;
+      const mode = this.providers.get(row.provider)?.config.audienceTokens;
+      if (mode === "exchange" && !subjectRefreshed && secondsLeft(row.accessExpiresAt, new Date()) < 5) return "refresh_subject_first";
+      handedOff = true;
+      return await this.refreshHolding(row, resource, owner, leaseUntil, caller);
+    } finally {
+      if (!handedOff) await this.releaseQuietly(row.id, owner);
+    }
+  }
+
+  private releaseQuietly(id: string, owner: string): Promise<unknown> {
+    return this.repo
+      .releaseLeaseClean(id, owner)
+      .catch((err: unknown) => this.logger.warn({ sid: sessionRef(id), err: errSummary(err) }, "could not release the refresh lease; it will lapse"));
+  }
+
+  /**
+   * Holding the session's lease: asks the provider, stores a rotated refresh
+   * token first (giving the lease back with it), then the audience token. The
+   * lease is given back on every path. Audience failures are not recorded on
+   * the session's row: they say nothing about the session's own refresh.
+   */
   private async refreshHolding(row: SessionRow, resource: string, owner: string, leaseUntil: Date, caller: string): Promise<AudienceToken> {
     const started = Date.now();
     const log = this.logger.child({ sid: sessionRef(row.id), provider: row.provider, caller, userId: row.userId, resource });
-    const release = (code?: string) =>
-      (code ? this.repo.releaseLease(row.id, owner, code, new Date()) : this.repo.releaseLeaseClean(row.id, owner)).catch((err: unknown) =>
-        log.warn({ err: errSummary(err) }, "could not release the refresh lease; it will lapse"),
-      );
     const emit = (outcome: Parameters<AudienceListener>[0]["outcome"]) =>
       this.listeners.forEach((l) => l({ sessionId: row.id, provider: row.provider, resource, outcome, ms: Date.now() - started }));
-    const provider = this.providers.get(row.provider);
-    if (!provider) {
-      await release("provider_not_configured");
-      throw new ProviderUnavailableError("provider_not_configured", row.provider);
-    }
-    const mode = provider.config.audienceTokens;
-    let tokens;
+    let leaseHeld = true;
     try {
-      tokens = this.vault.openAll(row);
-    } catch (err) {
-      await release("local_error");
-      throw err;
-    }
-    const deadline = leaseUntil.getTime() - this.leaseSafetyMs;
-    this.stats.started++;
-    let response: ProviderTokens;
-    try {
-      if (mode === "exchange") {
-        if (secondsLeft(row.accessExpiresAt, new Date()) < 5) {
-          // The subject token must be valid: refresh the session itself first (it takes the same lease).
-          await release();
-          await this.sessions.refresh(headOf(row), undefined, caller);
-          return this.run(headOf(row), resource, { minValidSeconds: 0, marginSeconds: 0 }, true, caller);
+      const provider = this.providers.get(row.provider);
+      if (!provider) throw new ProviderUnavailableError("provider_not_configured", row.provider);
+      const mode = provider.config.audienceTokens;
+      const tokens = this.vault.openAll(row);
+      const deadline = leaseUntil.getTime() - this.leaseSafetyMs;
+      this.stats.started++;
+      let response: ProviderTokens;
+      try {
+        if (mode === "exchange") {
+          response = await provider.exchange(tokens.access, { resource, send: provider.config.exchangeTarget }, { deadline });
+        } else {
+          // Without a refresh token no audience token can be had; the session's own token may still serve, so it is not marked.
+          if (!tokens.refresh) throw new ReauthRequiredError("no_refresh_token", row.provider);
+          response = await provider.refresh(tokens.refresh, { deadline, resource });
         }
-        response = await provider.exchange(tokens.access, { resource, send: provider.config.exchangeTarget }, { deadline });
-      } else {
-        if (!tokens.refresh) {
-          await release("no_refresh_token");
-          throw new ReauthRequiredError("no_refresh_token", row.provider);
-        }
-        response = await provider.refresh(tokens.refresh, { deadline, resource });
+      } catch (err) {
+        if (err instanceof ReauthRequiredError) throw err;
+        const failure = await this.failed(err, row, owner, resource, mode, log, emit);
+        if (failure.leaseReleased) leaseHeld = false;
+        throw failure.error;
       }
-    } catch (err) {
-      if (err instanceof ReauthRequiredError || err instanceof ProviderUnavailableError) throw err;
-      throw await this.failed(err, row, owner, resource, mode, log, emit, release);
-    }
 
-    const now = new Date();
-    const expiry = accessTokenExpiry({
-      accessToken: response.accessToken,
-      expiresInSeconds: response.expiresIn,
-      now,
-      defaultLifetimeSeconds: provider.config.defaultTokenLifetimeSeconds,
-    });
-    // A rotated refresh token is the session's, for every audience: stored under the lease before anything else.
-    if (mode === "refresh" && response.refreshToken && response.refreshToken !== tokens.refresh) {
-      const sealed = this.vault.sealAll(row, { ...tokens, refresh: response.refreshToken });
-      const refreshExpiresAt =
-        response.refreshExpiresIn !== undefined && response.refreshExpiresIn > 0 ? new Date(now.getTime() + response.refreshExpiresIn * 1000) : null;
-      if (!(await this.repo.storeSessionTokens(row.id, owner, row.version, { ...sealed, refreshExpiresAt }, now))) {
-        log.error("refresh lease was lost before the rotated refresh token was stored; audience token discarded");
-        emit("unavailable");
-        throw new ProviderUnavailableError("lease_lost", row.provider);
+      const now = new Date();
+      const expiry = accessTokenExpiry({
+        accessToken: response.accessToken,
+        expiresInSeconds: response.expiresIn,
+        now,
+        defaultLifetimeSeconds: provider.config.defaultTokenLifetimeSeconds,
+      });
+      const rotated = mode === "refresh" && response.refreshToken !== undefined && response.refreshToken !== tokens.refresh;
+      // A rotated refresh token is the session's, for every audience: stored (and the lease given back) before anything else.
+      const kept = rotated
+        ? await this.storeRotated(row, owner, { ...tokens, refresh: response.refreshToken }, response, now, leaseUntil, log)
+        : await this.repo.releaseLeaseClean(row.id, owner);
+      leaseHeld = false;
+      if (!kept) throw await this.sessionGone(row, provider, response, rotated, log, emit);
+
+      const sealedAccess = this.vault.sealAudience(row.id, resource, response.accessToken);
+      const stored: AudienceTokenRow = {
+        id: audienceTokenId(row.id, resource),
+        sessionId: row.id,
+        resource,
+        keyId: sealedAccess.keyId,
+        accessCt: sealedAccess.blob,
+        tokenType: response.tokenType,
+        scope: response.scope ?? "",
+        expiresAt: expiry.expiresAt,
+        issuedAt: expiry.issuedAt,
+        updatedAt: now,
+      };
+      await this.audiences.upsert(stored);
+      // A revoke that ran between giving the lease back and the write above would leave this token behind: look once more.
+      if ((await this.repo.findById(row.id)) === null) {
+        await this.audiences.deleteForSessions([row.id]).catch(() => undefined);
+        throw await this.sessionGone(row, provider, response, false, log, emit);
       }
-    } else {
-      await release();
+      await this.waiter.notify(row.id);
+      log.info({ audit: true, event: "audience_refresh", outcome: "success", mode, rotated, ms: Date.now() - started }, "audience token refreshed");
+      emit("success");
+      return { token: response.accessToken, tokenType: stored.tokenType, scope: stored.scope, expiresAt: stored.expiresAt, issuedAt: stored.issuedAt };
+    } finally {
+      if (leaseHeld) await this.releaseQuietly(row.id, owner);
     }
-    const sealedAccess = this.vault.sealAudience(row.id, resource, response.accessToken);
-    const stored: AudienceTokenRow = {
-      id: audienceTokenId(row.id, resource),
-      sessionId: row.id,
-      resource,
-      keyId: sealedAccess.keyId,
-      accessCt: sealedAccess.blob,
-      tokenType: response.tokenType,
-      scope: response.scope ?? "",
-      expiresAt: expiry.expiresAt,
-      issuedAt: expiry.issuedAt,
-      updatedAt: now,
-    };
-    await this.audiences.upsert(stored);
-    await this.waiter.notify(row.id);
-    log.info({ audit: true, event: "audience_refresh", outcome: "success", mode, ms: Date.now() - started }, "audience token refreshed");
-    emit("success");
-    return { token: response.accessToken, tokenType: stored.tokenType, scope: stored.scope, expiresAt: stored.expiresAt, issuedAt: stored.issuedAt };
   }
 
-  /** A failed audience refresh as the caller should see it; the lease is given back (or the session marked). */
+  /**
+   * Writes the session's rotated refresh token under the lease (giving it
+   * back), retrying a database error while the lease lasts, as the session's
+   * own refresh does. False when the lease was no longer ours (the session was
+   * deleted, or the lease lapsed and was taken over).
+   */
+  private async storeRotated(
+    row: SessionRow,
+    owner: string,
+    tokens: { access: string; refresh: string | undefined; id: string | undefined },
+    response: ProviderTokens,
+    now: Date,
+    leaseUntil: Date,
+    log: Logger,
+  ): Promise<boolean> {
+    const sealed = this.vault.sealAll(row, tokens);
+    const refreshExpiresAt =
+      response.refreshExpiresIn !== undefined && response.refreshExpiresIn > 0 ? new Date(now.getTime() + response.refreshExpiresIn * 1000) : null;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        if (await this.repo.storeSessionTokens(row.id, owner, row.version, { ...sealed, refreshExpiresAt }, now)) return true;
+        if (attempt === 1) return false;
+        // A retry after an error whose first attempt did commit finds its own write there.
+        const current = await this.repo.findById(row.id);
+        return current !== null && current.version === row.version + 1 && current.refreshCt !== null && Buffer.compare(current.refreshCt, sealed.refreshCt!) === 0;
+      } catch (err) {
+        const retryable = err instanceof DatabaseUnavailableError && Date.now() + 250 * attempt < leaseUntil.getTime();
+        log.error({ err: errSummary(err), attempt, retrying: retryable }, "could not store the rotated refresh token");
+        if (!retryable) throw err;
+        await sleep(250 * attempt);
+      }
+    }
+  }
+
+  /**
+   * The session was deleted (revoked) while its audience token was obtained,
+   * or the lease was lost: the new tokens are revoked at the provider (best
+   * effort) and never handed out.
+   */
+  private async sessionGone(
+    row: SessionRow,
+    provider: ProviderClient,
+    response: ProviderTokens,
+    rotated: boolean,
+    log: Logger,
+    emit: (outcome: Parameters<AudienceListener>[0]["outcome"]) => void,
+  ): Promise<Error> {
+    const gone = (await this.repo.findById(row.id).catch(() => row)) === null;
+    log.warn({ gone }, gone ? "session revoked while its audience token was obtained; the new tokens are revoked" : "refresh lease lost before the tokens were stored; audience token discarded");
+    emit("unavailable");
+    if (gone) {
+      await revokeTokens(provider, { refresh: rotated ? response.refreshToken : undefined, access: response.accessToken }, { deadline: Date.now() + this.config.providerTimeoutMs }, log);
+      return new SessionNotFoundError();
+    }
+    return new ProviderUnavailableError("lease_lost", row.provider);
+  }
+
+  /**
+   * A failed audience refresh as the caller should see it. The lease is given
+   * back clean (an audience's failure says nothing about the session's own
+   * refresh), or with the session marked when the refresh token was refused.
+   */
   private async failed(
     err: unknown,
     row: SessionRow,
@@ -255,31 +360,33 @@ export class AudienceCoordinator {
     mode: ProviderClient["config"]["audienceTokens"],
     log: Logger,
     emit: (outcome: Parameters<AudienceListener>[0]["outcome"]) => void,
-    release: (code?: string) => Promise<unknown>,
-  ): Promise<Error> {
+  ): Promise<{ error: Error; leaseReleased: boolean }> {
     const e = classifyProviderError(err);
     if (e.code === "invalid_target") {
       // Not a target this session (or this exchange) may have: the session itself is untouched.
-      await release();
       log.warn({ audit: true, event: "audience_refresh", outcome: "not_granted", mode }, "provider refused the resource as a target");
       emit("not_granted");
-      return new ResourceNotGrantedError(resource);
+      return { error: new ResourceNotGrantedError(resource), leaseReleased: false };
     }
     if (e.kind === "rejected" && mode === "refresh") {
       // The refresh token itself was refused: the session needs a new login, as for its own refresh.
       // Its audience tokens go with it: the reauth_required outcome hands them to UserSessions.dropAudienceTokens.
-      await this.repo.markReauth(row.id, row.version, owner, e.code, new Date());
+      const marked = await this.repo.markReauth(row.id, row.version, owner, e.code, new Date());
+      if (!marked && (await this.repo.findById(row.id)) === null) {
+        // Revoked meanwhile (its revocation at the provider is likely why the refresh token was refused).
+        emit("unavailable");
+        return { error: new SessionNotFoundError(), leaseReleased: true };
+      }
       await this.waiter.notify(row.id);
       log.warn({ audit: true, event: "reauth_required", reason: e.code }, "provider rejected the refresh for an audience; the session needs a new login");
-      emit("reauth_required");
-      return new ReauthRequiredError(e.code, row.provider, { cause: e });
+      if (marked) emit("reauth_required");
+      return { error: new ReauthRequiredError(e.code, row.provider, { cause: e }), leaseReleased: marked };
     }
-    await release(e.code);
     log.warn({ audit: true, event: "audience_refresh", outcome: "failure", mode, code: e.code }, "audience token not obtained; session kept");
     emit("unavailable");
     if (mode === "exchange" && e.options.status !== undefined && e.options.status < 500 && e.options.status !== 429) {
-      return new ExchangeRefusedError(e.code, row.provider, { cause: e });
+      return { error: new ExchangeRefusedError(e.code, row.provider, { cause: e }), leaseReleased: false };
     }
-    return new ProviderUnavailableError(e.code, row.provider, { cause: e });
+    return { error: new ProviderUnavailableError(e.code, row.provider, { cause: e }), leaseReleased: false };
   }
 }

@@ -78,8 +78,6 @@ export function createTokenServiceHandlers(
     },
 
     async getToken(req, ctx) {
-      // The audience asked for is an identifier, not a secret: it goes on the call's log line.
-      if (req.resource !== "") ctx.logFields = { resource: req.resource.slice(0, 2048) };
       const answer = await sessions.getToken(
         {
           userId: req.userId,

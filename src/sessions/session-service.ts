@@ -179,6 +179,8 @@ export class SessionService {
     const userId = requireUserId(input.userId);
     const resource = input.resource ? checkResource(input.resource, "resource") : undefined;
     if (resource !== undefined) {
+      // A valid resource is an identifier, not a secret (no credentials, no query): it goes on the call's log line.
+      ctx.logFields = { ...ctx.logFields, resource };
       if (input.kind === "id") throw new InvalidArgumentError("resource", "applies to access tokens only (kind ID_TOKEN has no audience to choose)");
       requireResourceAllowed(ctx, resource);
     }

@@ -73,7 +73,7 @@ export function checkInstant(value: Date | undefined, field: string, now: Date):
   return value;
 }
 
-/** An RFC 8707 resource indicator: an absolute URI without a fragment. */
+/** An RFC 8707 resource indicator: an absolute URI without a fragment, a query or credentials. */
 export function checkResource(value: string, field = "resource"): string {
   if (value.length > 2048) throw new InvalidArgumentError(field, "must be at most 2048 characters");
   let url: URL;
@@ -83,6 +83,9 @@ export function checkResource(value: string, field = "resource"): string {
     throw new InvalidArgumentError(field, "must be an absolute URI");
   }
   if (url.hash !== "" || value.includes("#")) throw new InvalidArgumentError(field, "must not have a fragment");
+  // It is logged, audited and a metric label: no place for credentials. RFC 8707 says a resource SHOULD NOT have a query.
+  if (url.username !== "" || url.password !== "") throw new InvalidArgumentError(field, "must not hold credentials");
+  if (url.search !== "" || value.includes("?")) throw new InvalidArgumentError(field, "must not have a query (RFC 8707, section 2)");
   return value;
 }
 

@@ -11,7 +11,7 @@ export interface TestMcpServer {
   readonly url: string;
   /** Tool calls it ran, with the token's subject and audience. */
   readonly calls: Array<{ tool: string; sub: string | undefined; aud: string | string[] | undefined }>;
-  /** Requests it refused with 401, by reason (no_token, wrong_audience, not_at_jwt, invalid). */
+  /** Requests it refused with 401, by reason (no_token, wrong_audience, not_at_jwt, expired, invalid). */
   readonly refused: Record<string, number>;
   close(): Promise<void>;
 }
@@ -30,14 +30,16 @@ export async function startMcpServer(issuer: string, name: string): Promise<Test
   let base = "";
   const url = () => `${base}/mcp`;
   const metadataUrl = () => `${base}/.well-known/oauth-protected-resource/mcp`;
-  let jwks: ReturnType<typeof createRemoteJWKSet> | undefined;
-  const keys = async () => {
-    if (!jwks) {
-      const metadata = (await (await fetch(`${issuer}/.well-known/oauth-authorization-server`)).json()) as { jwks_uri: string };
-      jwks = createRemoteJWKSet(new URL(metadata.jwks_uri));
-    }
-    return jwks;
-  };
+  // The issuer's keys, found once through its RFC 8414 metadata (concurrent first requests share the lookup).
+  let jwks: Promise<ReturnType<typeof createRemoteJWKSet>> | undefined;
+  const keys = () =>
+    (jwks ??= fetch(`${issuer}/.well-known/oauth-authorization-server`)
+      .then((res) => res.json() as Promise<{ jwks_uri: string }>)
+      .then((metadata) => createRemoteJWKSet(new URL(metadata.jwks_uri)))
+      .catch((err: unknown) => {
+        jwks = undefined;
+        throw err;
+      }));
 
   /** The verified claims, or the reason for a 401. */
   async function verify(header: string | undefined): Promise<JWTPayload | string> {
@@ -50,6 +52,7 @@ export async function startMcpServer(issuer: string, name: string): Promise<Test
       const code = (err as { code?: string }).code;
       if (code === "ERR_JWT_CLAIM_VALIDATION_FAILED" && (err as { claim?: string }).claim === "aud") return "wrong_audience";
       if (code === "ERR_JWT_CLAIM_VALIDATION_FAILED" && (err as { claim?: string }).claim === "typ") return "not_at_jwt";
+      if (code === "ERR_JWT_EXPIRED") return "expired";
       return "invalid";
     }
   }

@@ -17,7 +17,9 @@ export type TokenFault =
   /** Hangs until the client disconnects (the request is then never processed) or `ms` pass. */
   | { kind: "hang"; ms?: number }
   /** Waits, then processes the request normally. */
-  | { kind: "delay"; ms: number };
+  | { kind: "delay"; ms: number }
+  /** Processes the request at once, then holds the answer back `ms`. */
+  | { kind: "slow_answer"; ms: number };
 
 /** What the provider saw, for assertions. */
 export interface ProviderStats {
@@ -269,21 +271,28 @@ export async function startTestProvider(
     inflight++;
     stats.maxConcurrentRefreshes = Math.max(stats.maxConcurrentRefreshes, inflight);
     const started = performance.now();
+    let recorded = false;
+    /** The parameters as oidc-provider parsed them (none when a fault answered first), once the request is processed. */
+    const record = () => {
+      const params = (ctx.oidc as { params?: Record<string, unknown> } | undefined)?.params;
+      if (recorded || !params) return;
+      recorded = true;
+      const list = (v: unknown) => (v === undefined ? [] : [v].flat().map(String));
+      stats.tokenRequests.push({ grantType: String(params.grant_type), resource: list(params.resource), audience: list(params.audience) });
+    };
     try {
-      if (await applyFault(ctx, faults.shift())) return;
+      const fault = faults.shift();
+      if (await applyFault(ctx, fault)) return;
       await next();
+      record();
+      if (fault?.kind === "slow_answer") await sleep(fault.ms);
       if (ctx.status === 400 && (ctx.body as { error?: string } | undefined)?.error === "invalid_grant") {
         stats.invalidGrants++;
       }
     } finally {
       inflight--;
       stats.refreshMs.push(performance.now() - started);
-      // The parameters as oidc-provider parsed them (none when a fault answered first).
-      const params = (ctx.oidc as { params?: Record<string, unknown> } | undefined)?.params;
-      if (params) {
-        const list = (v: unknown) => (v === undefined ? [] : [v].flat().map(String));
-        stats.tokenRequests.push({ grantType: String(params.grant_type), resource: list(params.resource), audience: list(params.audience) });
-      }
+      record();
     }
   });
 

@@ -152,7 +152,7 @@ describe("audience tokens in refresh mode (RFC 8707), one replica", () => {
 
   it("checks the resource before anything else: absolute URI, no fragment, access tokens only", async () => {
     const { sessionId } = await login("dee", [a.url]);
-    for (const bad of ["not a uri", "/relative/path", `${a.url}#frag`]) {
+    for (const bad of ["not a uri", "/relative/path", `${a.url}#frag`, `${a.url}?key=secret`, a.url.replace("http://", "http://user:pw@")]) {
       const f = await failure(tokens.getToken({ userId: "dee", sessionId, resource: bad }));
       expect(f, bad).toMatchObject({ code: Code.InvalidArgument, metadata: { field: "resource" } });
     }
@@ -244,6 +244,21 @@ describe("audience tokens in refresh mode (RFC 8707), one replica", () => {
     expect(result.audienceOrphans).toBe(1);
     expect(await audienceRows(sessionId)).toHaveLength(0);
     expect((await svc.app.sweeper.sweep()).audienceOrphans).toBe(0);
+  });
+
+  it("never hands out (and revokes) an audience token obtained while the session was revoked", async () => {
+    const { sessionId } = await login("moe", [a.url]);
+    // The provider rotates and issues at once, but its answer is slow: the revoke lands in between.
+    provider.faults.push({ kind: "slow_answer", ms: 600 });
+    const asked = tokens.getToken({ userId: "moe", sessionId, resource: a.url });
+    await expect.poll(() => provider.stats.tokenRequests.length).toBe(1);
+    await tokens.revokeSession({ userId: "moe", sessionId });
+    const revocationsAfterRevoke = provider.stats.revocations;
+    expect((await failure(asked)).reason).toBe("SESSION_NOT_FOUND");
+    expect(await audienceRows(sessionId)).toHaveLength(0);
+    // The rotated refresh token and the new audience token were sent for revocation.
+    expect(provider.stats.revocations - revocationsAfterRevoke).toBe(2);
+    expect(provider.stats.invalidGrants).toBe(0);
   });
 
   it("takes over the session's lease from a replica that died holding it, then obtains the audience token", async () => {
@@ -365,6 +380,14 @@ describe("audience tokens in exchange mode (RFC 8693)", () => {
         expect((await tokens.listSessions({ userId: "kim" })).sessions[0]!.status).toBe(1);
         expect(provider.stats.invalidGrants).toBe(0);
         provider.refusedExchangeTargets.clear();
+
+        // Another refusal (4xx): EXCHANGE_REFUSED. Neither failure is recorded on the session's row, which
+        // still refreshes (and is not held back by the background refresher or waiters as a failing session).
+        provider.faults.push({ kind: "status", status: 400, body: JSON.stringify({ error: "invalid_request" }), headers: { "content-type": "application/json" } });
+        const refused = await failure(tokens.getToken({ userId: "kim", sessionId, resource: a.url, forceRefresh: true }));
+        expect(refused).toMatchObject({ code: Code.FailedPrecondition, reason: "EXCHANGE_REFUSED" });
+        const row = await svc.app.orm.em.fork().findOne(SessionSchema, { id: sessionId }, { disableIdentityMap: true });
+        expect(row).toMatchObject({ status: "active", lastErrorCode: null, leaseOwner: null });
       } finally {
         await svc.close();
       }
@@ -376,6 +399,8 @@ describe("audience tokens in exchange mode (RFC 8693)", () => {
     try {
       const tokens = createClient(TokenService, createGrpcTransport({ baseUrl: svc.url }));
       const set = await provider.login("lou");
+      // The refreshed subject token lives 2 s: under the 5 s the exchange wants, but it is refreshed only once.
+      provider.setAccessTokenTtl(2);
       const { sessionId } = await tokens.storeSession({
         userId: "lou",
         provider: "corp",
@@ -386,6 +411,7 @@ describe("audience tokens in exchange mode (RFC 8693)", () => {
       expect(decodeJwt(got.token).aud).toBe(a.url);
       expect(provider.stats.tokenRequests.map((r) => r.grantType)).toEqual(["refresh_token", TOKEN_EXCHANGE]);
     } finally {
+      provider.setAccessTokenTtl(300);
       await svc.close();
     }
   });
