@@ -15,74 +15,72 @@ export interface RotationReport {
 }
 
 /**
- * Re-encrypts every session not under the primary key, in batches, each row
- * with a compare-and-set on its version: safe while replicas serve (a row they
- * refresh meanwhile is simply skipped, as their write already used the
- * primary key) and resumable (it only ever looks at rows not yet rotated).
+ * Pages through the rows not under the primary key in id order (`page`
+ * returns those after an id), re-seals each (`reseal`: false when a replica
+ * changed the row meanwhile) and tallies. A row whose key is not configured,
+ * or whose ciphertext fails authentication, is counted and left as it is.
  */
-export async function rotateKeys(
-  repo: SessionRepository,
-  vault: TokenVault,
-  options: { batchSize: number; onBatch?: (done: RotationReport) => void },
+async function rotateRows<R extends { id: string; keyId: string }>(
+  page: (afterId: string) => Promise<R[]>,
+  reseal: (row: R) => Promise<boolean>,
+  onBatch?: (done: RotationReport) => void,
 ): Promise<RotationReport> {
   const report: RotationReport = { rotated: 0, changedMeanwhile: 0, missingKeys: new Map(), corrupt: 0 };
   let after = "";
   for (;;) {
-    const rows = await repo.findNotUnderKey(vault.primaryKeyId, after, options.batchSize);
+    const rows = await page(after);
     if (rows.length === 0) break;
     after = rows[rows.length - 1]!.id;
     for (const row of rows) {
-      if (!vault.hasKey(row.keyId)) {
-        report.missingKeys.set(row.keyId, (report.missingKeys.get(row.keyId) ?? 0) + 1);
-        continue;
-      }
-      let sealed;
+      let done: boolean;
       try {
-        sealed = vault.sealAll(row, vault.openAll(row));
-      } catch (err) {
-        if (err instanceof CorruptSessionError) {
-          report.corrupt++;
-          continue;
-        }
-        throw err;
-      }
-      if (await repo.reencrypt(row.id, row.version, sealed, new Date())) report.rotated++;
-      else report.changedMeanwhile++;
-    }
-    options.onBatch?.(report);
-  }
-  return report;
-}
-
-/**
- * Re-encrypts every audience token not under the primary key. A token that a
- * refresh replaced meanwhile is skipped (its new seal used the primary key).
- */
-export async function rotateAudienceKeys(
-  repo: AudienceTokenRepository,
-  vault: TokenVault,
-  options: { batchSize: number },
-): Promise<RotationReport> {
-  const report: RotationReport = { rotated: 0, changedMeanwhile: 0, missingKeys: new Map(), corrupt: 0 };
-  let after = "";
-  for (;;) {
-    const rows = await repo.findNotUnderKey(vault.primaryKeyId, after, options.batchSize);
-    if (rows.length === 0) break;
-    after = rows[rows.length - 1]!.id;
-    for (const row of rows) {
-      let token: string;
-      try {
-        token = vault.openAudience(row);
+        done = await reseal(row);
       } catch (err) {
         if (err instanceof KeyUnavailableError) report.missingKeys.set(row.keyId, (report.missingKeys.get(row.keyId) ?? 0) + 1);
         else if (err instanceof CorruptSessionError) report.corrupt++;
         else throw err;
         continue;
       }
-      const sealed = vault.sealAudience(row.sessionId, row.resource, token);
-      if (await repo.reseal(row, { keyId: sealed.keyId, accessCt: sealed.blob })) report.rotated++;
+      if (done) report.rotated++;
       else report.changedMeanwhile++;
     }
+    onBatch?.(report);
   }
   return report;
+}
+
+/**
+ * Re-encrypts every session not under the primary key, in batches, each row
+ * with a compare-and-set on its version: safe while replicas serve (a row they
+ * refresh meanwhile is simply skipped, as their write already used the
+ * primary key) and resumable (it only ever looks at rows not yet rotated).
+ */
+export function rotateKeys(
+  repo: SessionRepository,
+  vault: TokenVault,
+  options: { batchSize: number; onBatch?: (done: RotationReport) => void },
+): Promise<RotationReport> {
+  return rotateRows(
+    (after) => repo.findNotUnderKey(vault.primaryKeyId, after, options.batchSize),
+    (row) => repo.reencrypt(row.id, row.version, vault.sealAll(row, vault.openAll(row)), new Date()),
+    options.onBatch,
+  );
+}
+
+/**
+ * Re-encrypts every audience token not under the primary key. A token that a
+ * refresh replaced meanwhile is skipped (its new seal used the primary key).
+ */
+export function rotateAudienceKeys(
+  repo: AudienceTokenRepository,
+  vault: TokenVault,
+  options: { batchSize: number },
+): Promise<RotationReport> {
+  return rotateRows(
+    (after) => repo.findNotUnderKey(vault.primaryKeyId, after, options.batchSize),
+    (row) => {
+      const sealed = vault.sealAudience(row.sessionId, row.resource, vault.openAudience(row));
+      return repo.reseal(row, { keyId: sealed.keyId, accessCt: sealed.blob });
+    },
+  );
 }
