@@ -146,3 +146,14 @@ export function asBuffer(v: unknown): Buffer | null {
   if (ArrayBuffer.isView(v)) return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
   throw new TypeError("unexpected blob type from the database driver");
 }
+
+/** The RFC 8707 resources a session was granted (its `resources` column, a JSON array), or none. */
+export function grantedResources(resources: string | null): string[] {
+  if (!resources) return [];
+  try {
+    const list: unknown = JSON.parse(resources);
+    return Array.isArray(list) ? list.filter((r): r is string => typeof r === "string") : [];
+  } catch {
+    return [];
+  }
+}

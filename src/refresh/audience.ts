@@ -54,17 +54,6 @@ function backoffMs(round: number): number {
   return Math.min(100, 10 * 2 ** round);
 }
 
-/** The resources a session was granted (JSON array), or none. */
-export function grantedResources(resources: string | null): string[] {
-  if (!resources) return [];
-  try {
-    const list: unknown = JSON.parse(resources);
-    return Array.isArray(list) ? list.filter((r): r is string => typeof r === "string") : [];
-  } catch {
-    return [];
-  }
-}
-
 /**
  * Audience tokens: a session's access token per RFC 8707 resource, kept in
  * its own row and refreshed just in time with the same guarantees as the

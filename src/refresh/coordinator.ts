@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { RefreshConfig } from "../config.js";
-import { headOf, type SessionHead, type SessionRow } from "../db/session-entity.js";
+import { grantedResources, headOf, type SessionHead, type SessionRow } from "../db/session-entity.js";
 import { DatabaseUnavailableError, type RefreshedFields, type SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
 import { classifyProviderError } from "../providers/errors.js";
@@ -364,11 +364,6 @@ export function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
 
 /** The session's resource when it was granted exactly one (RFC 8707: sent again on refresh); otherwise none. */
 function onlyResource(resources: string | null): string | undefined {
-  if (!resources) return undefined;
-  try {
-    const list: unknown = JSON.parse(resources);
-    return Array.isArray(list) && list.length === 1 && typeof list[0] === "string" ? list[0] : undefined;
-  } catch {
-    return undefined;
-  }
+  const granted = grantedResources(resources);
+  return granted.length === 1 ? granted[0] : undefined;
 }

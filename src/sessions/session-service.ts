@@ -1,11 +1,11 @@
 import { randomBytes } from "node:crypto";
-import type { SessionHead, SessionRow } from "../db/session-entity.js";
+import { grantedResources, type SessionHead, type SessionRow } from "../db/session-entity.js";
 import type { SessionReader } from "../db/session-reader.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
 import type { ProviderRegistry } from "../providers/provider-client.js";
 import { abortable, type RefreshCoordinator, type RefreshResult } from "../refresh/coordinator.js";
-import { audienceFresh, grantedResources, type AudienceCoordinator, type AudienceToken, type AudienceWant } from "../refresh/audience.js";
+import { audienceFresh, type AudienceCoordinator, type AudienceToken, type AudienceWant } from "../refresh/audience.js";
 import {
   CallerDeadlineError,
   InvalidArgumentError,

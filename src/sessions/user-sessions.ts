@@ -1,13 +1,12 @@
 import type { AudienceTokenRepository } from "../db/audience-repository.js";
 import type { AudienceTokenRow } from "../db/provider-entity.js";
-import type { SessionRow, SessionStatus } from "../db/session-entity.js";
+import { grantedResources, type SessionRow, type SessionStatus } from "../db/session-entity.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
 import type { ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
 import { classifyProviderError } from "../providers/errors.js";
 import { revokeTokens } from "../providers/revoke.js";
 import type { RefreshCoordinator } from "../refresh/coordinator.js";
-import { grantedResources } from "../refresh/audience.js";
 import { SessionNotFoundError } from "./errors.js";
 import { providersInScope, requireProviderAllowed, type CallContext } from "./scope.js";
 import type { TokenVault } from "./token-vault.js";
