@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { z } from "zod";
+import { resourceProblem } from "../sessions/validation.js";
 
 /** RPC names a caller may be granted, as written in `callers[].rpcs`. */
 export const RPC_NAMES = [
@@ -64,7 +65,7 @@ export const callerSchema = z
       .min(1, "must list at least one RPC, or '*'"),
     providers: z.array(z.string().min(1)).min(1).optional(),
     resources: z
-      .array(z.string().refine((v) => URL.canParse(v) && !v.includes("#"), "must be an absolute URI without a fragment"))
+      .array(z.string().refine((v) => resourceProblem(v) === undefined, "must be an absolute URI without a fragment, a query or credentials"))
       .min(1)
       .optional(),
     rate_limit: z
