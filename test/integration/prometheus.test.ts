@@ -28,7 +28,7 @@ const RULES = join(root, "deploy/prometheus/alerts.yaml");
 const DASHBOARD = join(root, "deploy/grafana/token-service.json");
 const PROMETHEUS = process.env.PROMETHEUS_BIN ?? "prometheus";
 const JOB = "token-service";
-/** Prometheus scrapes and evaluates every second; a 2-core machine shared with other tests gets generous waits. */
+/** Prometheus scrapes and evaluates every second; a 2-core machine shared with other tests gets generous waits (tests that wait get a multiple of it). */
 const WAIT_MS = 90_000;
 
 interface Named {
@@ -153,16 +153,22 @@ class TestPrometheus {
       { stdio: ["ignore", "pipe", "pipe"] },
     );
     const prom = new TestPrometheus(`http://127.0.0.1:${port}`, child, dir);
-    let exited = false;
-    child.once("exit", () => (exited = true));
-    await waitFor(
-      async () => {
-        if (exited) throw new Error("exited");
-        return (await fetch(`${prom.url}/-/ready`)).ok ? true : undefined;
-      },
-      () => `Prometheus did not become ready${exited ? " (it exited)" : ""}: ${prom.log()}`,
-      exited ? 0 : WAIT_MS,
+    const ready = waitFor(
+      async () => ((await fetch(`${prom.url}/-/ready`)).ok ? true : undefined),
+      () => `Prometheus did not become ready: ${prom.log()}`,
     );
+    const exited = once(child, "exit").then(([code]) => {
+      throw new Error(`Prometheus exited (${String(code)}) before it was ready: ${prom.log()}`);
+    });
+    // Both are handled by the race below; the loser settles later (exited also when close() stops the server).
+    ready.catch(() => undefined);
+    exited.catch(() => undefined);
+    try {
+      await Promise.race([ready, exited]);
+    } catch (err) {
+      await prom.close();
+      throw err;
+    }
     return prom;
   }
 
@@ -332,7 +338,7 @@ describe("alert rules and dashboard on a real Prometheus", () => {
     const everything = JSON.stringify(await prom.series(`{job="${JOB}"}`));
     expect(everything).toContain("token_service_provider_request_duration_seconds_bucket");
     for (const secret of secrets) expect(everything).not.toContain(secret);
-  });
+  }, WAIT_MS * 2);
 
   it("evaluates every rule without error on this Prometheus", async () => {
     type Rule = { name: string; health: string; lastError?: string };
@@ -346,7 +352,7 @@ describe("alert rules and dashboard on a real Prometheus", () => {
     );
     expect(groups.filter((r) => r.health !== "ok").map((r) => `${r.name}: ${r.lastError}`)).toEqual([]);
     expect(groups.map((r) => r.name)).toEqual(expect.arrayContaining(ruleExpressions().map((r) => r.where.replace(/^alert /, ""))));
-  });
+  }, WAIT_MS * 2);
 
   it("fires TokenServiceRefreshFailing when the provider's token endpoint answers 500", async () => {
     const set = await provider.login("prom-user-failing");
@@ -373,7 +379,7 @@ describe("alert rules and dashboard on a real Prometheus", () => {
     expect(alert.labels.severity).toBe("warning");
     expect(alert.annotations.summary).toMatch(/^corp: [\d.]+% of token refreshes fail with unavailable$/);
     expect(alert.annotations.description).toContain("provider corp");
-  });
+  }, WAIT_MS * 2);
 
   it("fires TokenServiceNoReplicaServing when the only replica stops", async () => {
     expect(await prom.firing("TokenServiceNoReplicaServing")).toBeUndefined();
@@ -382,7 +388,7 @@ describe("alert rules and dashboard on a real Prometheus", () => {
     const alert = await waitFor(() => prom.firing("TokenServiceNoReplicaServing"), () => `no alert; prometheus: ${prom.log()}`);
     expect(alert.labels.severity).toBe("critical");
     expect(alert.annotations.summary).toBe("No token-service replica is serving");
-  });
+  }, WAIT_MS * 2);
 });
 
 describe("the database alert on a real Prometheus and a PostgreSQL that stops", () => {
@@ -426,5 +432,5 @@ describe("the database alert on a real Prometheus and a PostgreSQL that stops", 
       async () => ((await prom.firing("TokenServiceDatabaseUnreachable")) === undefined ? true : undefined),
       () => "the alert kept firing after PostgreSQL came back",
     );
-  });
+  }, WAIT_MS * 5);
 });
