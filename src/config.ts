@@ -101,6 +101,8 @@ export interface Config {
   /** Raw `kid:base64[,kid:base64…]`; parsed by the key ring, never logged. */
   encryptionKeys: string | undefined;
   configFile: string | undefined;
+  /** Every file the configuration was read from (the YAML file, TLS material, client secret files): what a reload watches. */
+  files: string[];
   providers: ProviderConfig[];
   refresh: RefreshConfig;
   sweeper: SweeperConfig;
@@ -334,6 +336,11 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     database,
     encryptionKeys: keys === "" ? undefined : keys,
     configFile,
+    files: [
+      ...(configFile ? [configFile] : []),
+      ...[file.tls?.cert_file, file.tls?.key_file, file.tls?.client_ca_file].flatMap((f) => (f ? [resolve(baseDir, f)] : [])),
+      ...file.providers.flatMap((p) => (p.client_secret_file ? [resolve(baseDir, p.client_secret_file)] : [])),
+    ],
     providers,
     refresh,
     sweeper,

@@ -1,3 +1,4 @@
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { z } from "zod";
@@ -89,11 +90,42 @@ function readFile(baseDir: string, path: string, field: string): Buffer {
 
 export function toTls(raw: RawTls | undefined, baseDir: string): TlsConfig | undefined {
   if (!raw) return undefined;
-  return {
+  const tls = {
     cert: readFile(baseDir, raw.cert_file, "tls.cert_file"),
     key: readFile(baseDir, raw.key_file, "tls.key_file"),
     clientCa: raw.client_ca_file ? readFile(baseDir, raw.client_ca_file, "tls.client_ca_file") : undefined,
   };
+  checkTlsMaterial(tls);
+  return tls;
+}
+
+/**
+ * The certificate and CA parse and the key belongs to the certificate: a
+ * listener handed anything else would refuse every handshake (and a reload
+ * must find out before it swaps the material in). Messages name the field,
+ * never the key.
+ */
+function checkTlsMaterial(tls: TlsConfig): void {
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(tls.cert);
+  } catch {
+    throw new Error("tls.cert_file: not a PEM certificate");
+  }
+  let key: ReturnType<typeof createPrivateKey>;
+  try {
+    key = createPrivateKey(tls.key);
+  } catch {
+    throw new Error("tls.key_file: not an unencrypted PEM private key");
+  }
+  if (!cert.checkPrivateKey(key)) throw new Error("tls.key_file: the key does not match the certificate in tls.cert_file");
+  if (tls.clientCa) {
+    try {
+      new X509Certificate(tls.clientCa);
+    } catch {
+      throw new Error("tls.client_ca_file: not a PEM certificate");
+    }
+  }
 }
 
 export function toCallers(raw: RawCaller[], tls: TlsConfig | undefined, providerIds: ReadonlySet<string>): CallerConfig[] {

@@ -1,5 +1,6 @@
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -43,9 +44,16 @@ const sha256 = (s: string) => createHash("sha256").update(s, "utf8").digest("hex
 const DIGEST_A = sha256("caller-a-secret");
 const DIGEST_B = sha256("caller-b-secret");
 
-/** Any bytes will do: the configuration only reads these files. */
-const TLS_FILES = { "server.crt": "not really a certificate\n", "server.key": "not really a key\n" };
-const TLS_FILES_WITH_CA = { ...TLS_FILES, "clients-ca.crt": "not really a CA\n" };
+/** A self-signed certificate and its key, made by the openssl command line (the configuration checks they belong together). */
+function selfSigned(name: string): { cert: string; key: string } {
+  const [cert, key] = [join(dir, `${name}.crt`), join(dir, `${name}.key`)];
+  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", `/CN=${name}`], { stdio: "ignore" });
+  return { cert: readFileSync(cert, "utf8"), key: readFileSync(key, "utf8") };
+}
+const SERVER = selfSigned("server");
+const CLIENTS_CA = selfSigned("clients-ca");
+const TLS_FILES = { "server.crt": SERVER.cert, "server.key": SERVER.key };
+const TLS_FILES_WITH_CA = { ...TLS_FILES, "clients-ca.crt": CLIENTS_CA.cert };
 const TLS_YAML = "tls:\n  cert_file: server.crt\n  key_file: server.key\n";
 const TLS_YAML_WITH_CA = `${TLS_YAML}  client_ca_file: clients-ca.crt\n`;
 
@@ -343,11 +351,19 @@ describe("loadConfig: tls", () => {
   it("reads absolute paths as given", () => {
     const abs = join(dir, `abs-${++n}`);
     mkdirSync(abs);
-    writeFileSync(join(abs, "a.crt"), "cert-bytes");
-    writeFileSync(join(abs, "a.key"), "key-bytes");
+    writeFileSync(join(abs, "a.crt"), SERVER.cert);
+    writeFileSync(join(abs, "a.key"), SERVER.key);
     const c = load(`tls:\n  cert_file: ${join(abs, "a.crt")}\n  key_file: ${join(abs, "a.key")}\n`);
-    expect(c.tls?.cert.toString()).toBe("cert-bytes");
-    expect(c.tls?.key.toString()).toBe("key-bytes");
+    expect(c.tls?.cert.toString()).toBe(SERVER.cert);
+    expect(c.tls?.key.toString()).toBe(SERVER.key);
+  });
+
+  it("refuses material a listener could not use, naming the field and never showing the key", () => {
+    const bad = (files: Record<string, string>, yaml = TLS_YAML) => configError(() => load(yaml, {}, { ...TLS_FILES, ...files }));
+    expect(bad({ "server.crt": "not a certificate\n" })).toBe("tls.cert_file: not a PEM certificate");
+    expect(bad({ "server.key": "not a key\n" })).toBe("tls.key_file: not an unencrypted PEM private key");
+    expect(bad({ "server.key": CLIENTS_CA.key })).toBe("tls.key_file: the key does not match the certificate in tls.cert_file");
+    expect(bad({ "clients-ca.crt": "not a CA\n" }, TLS_YAML_WITH_CA)).toBe("tls.client_ca_file: not a PEM certificate");
   });
 });
 
