@@ -16,6 +16,12 @@ export interface HttpListener {
   shutdown(): Promise<void>;
   /** Closes every connection now. */
   forceClose(): void;
+  /**
+   * New certificate, key and client CA for connections accepted from now on
+   * (a reload); open connections keep theirs. Throws, changing nothing, on
+   * material that does not make a TLS context. No-op in clear text.
+   */
+  setCertificates(tls: TlsConfig): void;
 }
 
 /**
@@ -52,16 +58,14 @@ export async function startHttpServer(handler: Handler, host: string, port: numb
     }
     handler(req, res);
   };
+  const contextOf = (t: TlsConfig) => ({ cert: t.cert, key: t.key, ca: t.clientCa, minVersion: "TLSv1.2" as const });
   const server = tls
     ? http2.createSecureServer(
         {
-          cert: tls.cert,
-          key: tls.key,
-          ca: tls.clientCa,
+          ...contextOf(tls),
           requestCert: tls.clientCa !== undefined,
           rejectUnauthorized: false,
           allowHTTP1: true,
-          minVersion: "TLSv1.2",
         },
         onRequest,
       )
@@ -103,6 +107,9 @@ export async function startHttpServer(handler: Handler, host: string, port: numb
     },
     forceClose() {
       for (const socket of sockets) socket.destroy();
+    },
+    setCertificates(next) {
+      if (tls) (server as http2.Http2SecureServer).setSecureContext(contextOf(next));
     },
   };
 }
