@@ -24,6 +24,10 @@ const code = await runCli(process.argv.slice(2), process.env, {
     process.on("SIGTERM", handle);
     process.on("SIGINT", handle);
   },
+  onReload(reload) {
+    // Handled, SIGHUP no longer ends the process: it re-reads the configuration.
+    process.on("SIGHUP", (signal) => void reload(signal));
+  },
 });
 if (code !== undefined) {
   process.exitCode = code;
