@@ -22,6 +22,8 @@ export interface TestCertificates {
   client(cn: string, san: string): Promise<{ cert: Buffer; key: Buffer }>;
   /** A self-signed certificate with the given CN: not trusted by the service. */
   rogue(cn: string): Promise<{ cert: Buffer; key: Buffer }>;
+  /** Another server certificate for 127.0.0.1/localhost from the same CA (a rotation). */
+  server(): Promise<{ cert: Buffer; key: Buffer }>;
 }
 
 /** Makes certificates with the openssl command line (Debian's openssl package). */
@@ -36,7 +38,8 @@ export async function makeCertificates(dir: string): Promise<TestCertificates> {
     ]);
     return { cert: readFileSync(join(dir, `${name}.crt`)), key: readFileSync(join(dir, `${name}.key`)) };
   };
-  await sign("server", "token-service", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+  const serverExt = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
+  await sign("server", "token-service", serverExt);
   let n = 0;
   return {
     dir,
@@ -45,6 +48,7 @@ export async function makeCertificates(dir: string): Promise<TestCertificates> {
     serverKeyFile: join(dir, "server.key"),
     ca: readFileSync(join(dir, "ca.crt")),
     client: (cn, san) => sign(`client${++n}`, cn, `subjectAltName=DNS:${san}\nextendedKeyUsage=clientAuth\n`),
+    server: () => sign(`server${++n}`, "token-service", serverExt),
     async rogue(cn) {
       const name = `rogue${++n}`;
       await openssl(dir, ["req", "-x509", ...KEY, "-keyout", `${name}.key`, "-out", `${name}.crt`, "-days", "30", "-subj", `/CN=${cn}`]);
