@@ -73,6 +73,12 @@ export interface App {
   readonly metrics: Metrics;
   /** Port of the admin listener, when on. */
   readonly adminPort: number | undefined;
+  /**
+   * Re-reads the configuration (callers, rate limits, YAML providers, log
+   * level, certificates) and applies it; a bad one changes nothing and is
+   * logged. Also runs by itself when the configuration's files change.
+   */
+  reload(trigger?: string): Promise<ReloadResult>;
   /** Graceful stop: drain calls (bounded by config.shutdownGraceMs), close the database. */
   close(): Promise<void>;
 }
@@ -217,6 +223,15 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     });
     opened.push(async () => grpc.forceClose());
     if (http) opened.push(async () => http.forceClose());
+    const reloader = new ConfigReloader(config, overrides.loadConfig, {
+      logger,
+      chain,
+      registry: providers,
+      makeProvider: (p) => new OidcProviderClient(p, config.refresh, logger, overrides.fetch),
+      certificates: grpc.certificates,
+      http,
+    });
+    opened.push(async () => reloader.close());
     const admin = config.admin ? await startAdminServer(config.admin.host, config.admin.port, metrics, health) : undefined;
     probe.start();
     if (config.refresh.background.enabled) background.start();
@@ -258,7 +273,9 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
 
     let closing: Promise<void> | undefined;
     return {
-      config,
+      get config() {
+        return reloader.config;
+      },
       logger,
       grpc,
       http,
@@ -277,8 +294,10 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       health,
       metrics,
       adminPort: admin?.port,
+      reload: (trigger = "reload") => reloader.reload(trigger),
       close() {
         closing ??= (async () => {
+          reloader.close();
           health.setDraining();
           logger.info({ inflight: chain.inflightCount, graceMs: config.shutdownGraceMs }, "shutting down: draining calls");
           // Watchers have been told NOT_SERVING; their streams end so that they do not hold the drain up.

@@ -14,6 +14,8 @@ export interface CliIo {
   stderr: Writable;
   /** Installs signal handlers that call `stop`; only the long-running `serve` uses it. */
   onSignals(stop: (signal: string) => Promise<void>): void;
+  /** Installs the handler (SIGHUP) that calls `reload`; only `serve` uses it. */
+  onReload?(reload: (signal: string) => Promise<void>): void;
 }
 
 const USAGE = `Usage: token-service [command]
@@ -56,6 +58,13 @@ async function serve(env: NodeJS.ProcessEnv, io: CliIo): Promise<undefined> {
     if (!app) return;
     app.logger.info({ signal }, "signal received");
     await app.close();
+  });
+  // A reload during start-up waits for it, then re-reads the configuration.
+  io.onReload?.(async (signal) => {
+    const app = await starting.catch(() => undefined);
+    if (!app) return;
+    app.logger.info({ signal }, "signal received: reloading the configuration");
+    await app.reload(signal);
   });
   await starting;
   return undefined;

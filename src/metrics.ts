@@ -13,6 +13,8 @@ export interface MetricSources {
   cacheHits(): number;
   cacheMisses(): number;
   serving(): boolean;
+  /** Whether the database answered the service's last probe (see token_service_database_up). */
+  databaseUp(): boolean;
   pools(): Record<"write" | "read", PoolStats>;
 }
 
@@ -31,6 +33,7 @@ export class Metrics {
   private readonly audienceSeconds: Histogram<"provider" | "result">;
   /** Resources given their own label value so far; past MAX_RESOURCE_LABELS they count as "other". */
   private readonly resourceLabels = new Set<string>();
+  private readonly providerSeconds: Histogram<"provider" | "endpoint" | "status">;
   private readonly backgroundTotal: Counter<"provider">;
   private readonly backgroundLag: Histogram<"provider">;
 
@@ -140,6 +143,14 @@ export class Metrics {
       registers,
       collect() {
         this.set(sources.serving() ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "token_service_database_up",
+      help: "1 while the database answers this replica's probe (select 1, every 2 s); 0 once a probe failed, or while one has waited over 5 s. The same probe turns gRPC health NOT_SERVING.",
+      registers,
+      collect() {
+        this.set(sources.databaseUp() ? 1 : 0);
       },
     });
     new Gauge({

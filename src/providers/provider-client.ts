@@ -316,12 +316,12 @@ export class OidcProviderClient implements ProviderClient {
 }
 
 /**
- * The providers by id: those of the YAML file, fixed for the life of the
- * process, and those registered at run time, replaced as a whole whenever
- * the database says they changed.
+ * The providers by id: those of the YAML file, replaced as a whole when the
+ * file is reloaded, and those registered at run time, replaced as a whole
+ * whenever the database says they changed.
  */
 export class ProviderRegistry {
-  private readonly configured: Map<string, ProviderClient>;
+  private configured: Map<string, ProviderClient>;
   private runtime = new Map<string, ProviderClient>();
 
   constructor(clients: ProviderClient[]) {
@@ -340,6 +340,16 @@ export class ProviderRegistry {
   /** Whether the id belongs to a provider of the YAML file. */
   isConfigured(id: string): boolean {
     return this.configured.has(id);
+  }
+
+  /**
+   * The YAML file's providers now (a configuration reload). Calls holding a
+   * client from before finish with it; a runtime provider of the same id
+   * gives way, as at start-up.
+   */
+  setConfigured(clients: ProviderClient[]): void {
+    this.configured = new Map(clients.map((c) => [c.id, c]));
+    this.runtime = new Map([...this.runtime].filter(([id]) => !this.configured.has(id)));
   }
 
   /** The runtime providers now (a client kept from before is reused, so its caches survive). */
