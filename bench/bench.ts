@@ -24,6 +24,7 @@ import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
 import { createTestDatabase } from "../test/helpers/service.js";
 import type { LoadResult, LoadSpec } from "./loadgen.js";
 import { runRefreshStorm } from "./refresh-storm.js";
+import { runTracingBench } from "./tracing.js";
 import { fmt, machine, median, writeSection } from "./report.js";
 import { grpcFrame, runLoadProcess } from "./run-load.js";
 import {
@@ -381,6 +382,9 @@ async function main(): Promise<void> {
     );
     sections.push(hotPathMarkdown(targets, medians, ratio, rounds.length, peak, profiles));
     rmSync(hotDir, { recursive: true, force: true });
+
+    // What tracing costs the hot path: its own section (also `npm run bench:tracing`).
+    writeSection("tracing", await runTracingBench({ provider, serverUrl, rounds: HOT_ROUNDS, log: console.log }));
 
     // The NOT_FOUND timing, on a PostgreSQL service with the cache on and 1,000 sessions.
     const nfSvc = await startBenchService(provider, "not-found", await createTestDatabase(serverUrl));

@@ -6,7 +6,7 @@ import { parseKeyRing, type KeyRing } from "./crypto/key-ring.js";
 import { describeDatabase, migrateUp, openOrm } from "./db/orm.js";
 import { SessionRepository } from "./db/session-repository.js";
 import { AuthorizationRepository } from "./db/provider-repository.js";
-import { createLogger, type Logger } from "./logger.js";
+import { createLogger, errSummary, type Logger } from "./logger.js";
 import { OidcProviderClient, ProviderRegistry, type FetchLike } from "./providers/provider-client.js";
 import { RefreshCoordinator } from "./refresh/coordinator.js";
 import { AudienceCoordinator } from "./refresh/audience.js";
@@ -28,11 +28,15 @@ import { createProviderServiceHandlers } from "./rpc/provider-service.js";
 import { createBackchannelRoute } from "./rpc/backchannel-route.js";
 import { createAuthorization, type Authorization } from "./authorization/wiring.js";
 import { createTokenServiceHandlers } from "./rpc/token-service.js";
+import type { ProviderTelemetry } from "./providers/observed-fetch.js";
+import { NO_SPANS } from "./tracing/spans.js";
+import type { Tracing } from "./tracing/setup.js";
 import { useNodeUtf8Encoder } from "./rpc/utf8.js";
 import { PeriodicTask } from "./refresh/periodic.js";
 import { openSessionReader } from "./db/session-reader.js";
 import { SessionCache } from "./sessions/session-cache.js";
 import { SessionService } from "./sessions/session-service.js";
+import { ConfigReloader, type ReloadResult } from "./reload/reloader.js";
 import { UserSessions } from "./sessions/user-sessions.js";
 import { TokenVault } from "./sessions/token-vault.js";
 
@@ -43,10 +47,15 @@ export interface AppOverrides {
   fetch?: FetchLike;
   /** Replica id written into lease_owner. */
   replicaId?: string;
+  /** Tracing (from the OTEL_* variables in `serve`); off when absent. Shut down by close(). */
+  tracing?: Tracing;
+  /** Reads and validates the configuration again, as start-up did: what App.reload() applies. Without it nothing reloads. */
+  loadConfig?: () => Config;
 }
 
 /** A running service. */
 export interface App {
+  /** The configuration in effect (a reload replaces its reloadable parts). */
   readonly config: Config;
   readonly logger: Logger;
   /** The gRPC listener (grpc-js). */
@@ -122,8 +131,11 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const applied = await migrateUp(orm, config.database);
     const repo = new SessionRepository(orm, config.database.kind);
     const vault = new TokenVault(keyRing);
+    const spans = overrides.tracing?.spans ?? NO_SPANS;
+    // Every provider request: a CLIENT span (tracing on) and the latency metric (`metrics` exists by the first request).
+    const telemetry: ProviderTelemetry = { spans, observe: (...a) => metrics.providerRequest(...a) };
     const providers = new ProviderRegistry(
-      config.providers.map((p) => new OidcProviderClient(p, config.refresh, logger, overrides.fetch)),
+      config.providers.map((p) => new OidcProviderClient(p, config.refresh, logger, overrides.fetch, telemetry)),
     );
     let channel: PgChannel | undefined;
     if (config.database.kind === "postgresql") {
@@ -133,7 +145,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       await ch.start();
     }
     const waiter = new SessionWaiter(channel);
-    const coordinator = new RefreshCoordinator(repo, vault, providers, waiter, config.refresh, logger, overrides.replicaId);
+    const coordinator = new RefreshCoordinator(repo, vault, providers, waiter, config.refresh, logger, overrides.replicaId, spans);
     // Metrics read live values at scrape time; `reader`, `cache` and `health` are assigned below.
     const metrics = new Metrics({
       coalesced: () => coordinator.stats.coalesced,
@@ -143,17 +155,19 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       cacheHits: () => cache.stats.hits,
       cacheMisses: () => cache.stats.misses,
       serving: () => health.status === ServingStatus.SERVING,
+      // The probe below: its last answer, and down while one has waited over 5 s (a hung connection answers nothing).
+      databaseUp: () => dbProbe.ok && (dbProbe.since === 0 || Date.now() - dbProbe.since < 5000),
       pools: () => ({ write: ormPoolStats(orm), read: reader.poolStats() }),
     });
     coordinator.onOutcome((e) => metrics.refresh(e.row.provider, e.outcome, e.ms));
     const audienceRepo = new AudienceTokenRepository(orm);
-    const audiences = new AudienceCoordinator(repo, audienceRepo, vault, providers, coordinator, waiter, config.refresh, logger);
+    const audiences = new AudienceCoordinator(repo, audienceRepo, vault, providers, coordinator, waiter, config.refresh, logger, spans);
     audiences.onOutcome((e) => metrics.audienceRefresh(e.provider, e.resource, e.outcome, e.ms));
     const background = new BackgroundRefresher(repo, coordinator, providers, config.refresh.background, logger, (provider, lag) =>
-      metrics.backgroundStarted(provider, lag),
+      metrics.backgroundStarted(provider, lag), spans,
     );
     const authRepo = new AuthorizationRepository(orm);
-    const sweeper = new Sweeper(repo, config.sweeper, logger, () => waiter.notifyFlush(), authRepo, audienceRepo);
+    const sweeper = new Sweeper(repo, config.sweeper, logger, () => waiter.notifyFlush(), authRepo, audienceRepo, spans);
     const reader = await openSessionReader(config.database);
     opened.push(() => reader.close());
     const cache = new SessionCache(config.cache, channel ? channel.connected : true);
@@ -164,6 +178,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     });
     const sessions = new SessionService(repo, reader, cache, vault, providers, coordinator, audiences, logger, {
       lastUsedResolutionMs: config.lastUsedResolutionMs,
+      spans,
     });
 
     const users = new UserSessions(repo, vault, providers, coordinator, audienceRepo, logger, {
@@ -187,22 +202,27 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       users,
       waiter,
       fetch: overrides.fetch,
+      telemetry,
       logger,
     });
     const health = new HealthState();
     health.setDatabaseUp(true);
     // The database probe: NOT_SERVING while it fails, SERVING again when it answers.
+    const dbProbe = { ok: true, since: 0 };
     const probe = new PeriodicTask(
       "database probe",
       2000,
       async () => {
+        dbProbe.since = Date.now();
         try {
-          await repo.ping();
+          await repo.ping().finally(() => (dbProbe.since = 0));
+          dbProbe.ok = true;
           if (health.status !== ServingStatus.SERVING && health.reason === "database unreachable") {
             logger.info("database reachable again: SERVING");
           }
           health.setDatabaseUp(true);
         } catch {
+          dbProbe.ok = false;
           if (health.reason !== "database unreachable" && health.reason !== "draining") {
             logger.warn("database unreachable: NOT_SERVING");
           }
@@ -212,7 +232,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       logger,
     );
 
-    const chain = new RpcChain(new CallerDirectory(config.callers), logger, (e) => metrics.rpc(e.method, e.code, e.ms));
+    const chain = new RpcChain(new CallerDirectory(config.callers), logger, (e) => metrics.rpc(e.method, e.code, e.ms), spans);
     const { grpc, http } = await startListeners({
       config,
       chain,
@@ -227,7 +247,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       logger,
       chain,
       registry: providers,
-      makeProvider: (p) => new OidcProviderClient(p, config.refresh, logger, overrides.fetch),
+      makeProvider: (p) => new OidcProviderClient(p, config.refresh, logger, overrides.fetch, telemetry),
       certificates: grpc.certificates,
       http,
     });
@@ -323,6 +343,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
           await waiter.close();
           await reader.close();
           await orm.close(true);
+          // The last spans (the drain's refreshes included) go to the collector.
+          await overrides.tracing?.shutdown().catch((err: unknown) => logger.warn({ err: errSummary(err) }, "could not export the last spans"));
           logger.info("shut down");
           logger.flush();
         })();

@@ -1,5 +1,6 @@
 import type { Writable } from "node:stream";
 import { createApp } from "./app.js";
+import { tracingFromEnv } from "./tracing/setup.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { KeyRingError } from "./crypto/key-ring.js";
 import { doctorCommand } from "./cli/doctor.js";
@@ -51,7 +52,12 @@ TOKEN_SERVICE_ENCRYPTION_KEYS, TOKEN_SERVICE_CONFIG, TOKEN_SERVICE_LOG_LEVEL
 
 async function serve(env: NodeJS.ProcessEnv, io: CliIo): Promise<undefined> {
   const config = loadConfig(env);
-  const starting = createApp(config);
+  const tracing = tracingFromEnv(env, { db: { "db.system.name": config.database.kind === "postgresql" ? "postgresql" : "sqlite" } });
+  const starting = createApp(config, { loadConfig: () => loadConfig(env), tracing });
+  starting.then(
+    (app) => app.logger.info(tracing.summary ? { tracing: tracing.summary } : {}, tracing.summary ? "tracing on" : "tracing off (no OTEL_TRACES_EXPORTER or OTLP endpoint set)"),
+    () => tracing.shutdown().catch(() => undefined),
+  );
   // Handlers go in before start-up finishes: a SIGTERM during start-up waits for it, then drains.
   io.onSignals(async (signal) => {
     const app = await starting.catch(() => undefined);

@@ -79,6 +79,13 @@ export class Metrics {
       buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers,
     });
+    this.providerSeconds = new Histogram({
+      name: "token_service_provider_request_duration_seconds",
+      help: "Every HTTP request to a provider, by provider, endpoint (token, revocation, discovery, registration, jwks, other) and HTTP status (\"error\": no answer, a network failure or a timeout).",
+      labelNames: ["provider", "endpoint", "status"],
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
     this.backgroundTotal = new Counter({
       name: "token_service_background_refresh_total",
       help: "Background refreshes started by this replica, by provider.",
@@ -183,6 +190,11 @@ export class Metrics {
     if (result === "success" && !this.resourceLabels.has(resource) && this.resourceLabels.size < MAX_RESOURCE_LABELS) this.resourceLabels.add(resource);
     this.audienceTotal.inc({ provider, resource: this.resourceLabels.has(resource) ? resource : "other", result });
     this.audienceSeconds.observe({ provider, result }, ms / 1000);
+  }
+
+  /** One HTTP request to a provider: `status` is the HTTP status, or "error" when no answer came. */
+  providerRequest(provider: string, endpoint: string, status: string, seconds: number): void {
+    this.providerSeconds.observe({ provider, endpoint, status }, seconds);
   }
 
   backgroundStarted(provider: string, lagSeconds: number): void {

@@ -187,6 +187,7 @@ export class CodeFlow {
       tokens = await provider.exchangeCode(url, { codeVerifier: pending.codeVerifier, state, nonce: pending.nonce }, pending.resources[0], {
         deadline,
         signal: ctx.signal,
+        trace: ctx.trace,
       });
     } catch (err) {
       throw this.exchangeError(err, provider.id);

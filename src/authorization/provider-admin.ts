@@ -5,6 +5,7 @@ import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, type Logger } from "../logger.js";
 import { discoverIssuer, discoverResource, registerClient, type DiscoveryOptions } from "../providers/discovery.js";
 import { classifyProviderError, ProviderError } from "../providers/errors.js";
+import { observedFetch, type ProviderTelemetry } from "../providers/observed-fetch.js";
 import type { FetchLike, ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
 import { InvalidArgumentError, ProviderUnavailableError } from "../sessions/errors.js";
 import type { CallContext } from "../sessions/scope.js";
@@ -70,6 +71,8 @@ export interface ProviderAdminDeps {
   announce: () => Promise<void>;
   refresh: RefreshConfig;
   fetch: FetchLike;
+  /** Spans and latency of discovery and registration requests. */
+  telemetry: ProviderTelemetry;
   logger: Logger;
   /** Makes the client of a provider (the same adapter YAML providers use). */
   makeClient: (config: ProviderConfig) => ProviderClient;
@@ -170,7 +173,14 @@ export class ProviderAdmin {
     }
     if (this.deps.registry.get(id)) throw new ProviderExistsError(id);
 
-    const options: DiscoveryOptions = { fetch: this.deps.fetch, allowInsecureHttp: insecure, timeoutMs: this.deps.refresh.providerTimeoutMs };
+    // Discovery, then (RFC 7591) registration, which looks the metadata up again first.
+    const observed = (url: string, init: RequestInit, during: string) =>
+      observedFetch(this.deps.fetch, this.deps.telemetry, id, url.includes("/.well-known/") ? "discovery" : during, ctx.trace)(url, init);
+    const options: DiscoveryOptions = {
+      fetch: (url, init) => observed(url, init, "discovery"),
+      allowInsecureHttp: insecure,
+      timeoutMs: this.deps.refresh.providerTimeoutMs,
+    };
     const log = this.deps.logger.child({ provider: id });
     let resourceUrl: string | undefined;
     let defaultResource: string | undefined;
@@ -211,7 +221,7 @@ export class ProviderAdmin {
           scopes,
           backchannelLogoutUri: publicUrl ? new URL(`oidc/backchannel-logout/${encodeURIComponent(id)}`, publicUrl.href.endsWith("/") ? publicUrl : `${publicUrl.href}/`).href : undefined,
         },
-        options,
+        { ...options, fetch: (url, init) => observed(url, init, "registration") },
       ).catch((err: unknown) => {
         throw this.setupError(err, "registration_refused");
       });

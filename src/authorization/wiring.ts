@@ -4,6 +4,7 @@ import type { KeyRing } from "../crypto/key-ring.js";
 import { ProviderRepository, type AuthorizationRepository } from "../db/provider-repository.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import type { Logger } from "../logger.js";
+import type { ProviderTelemetry } from "../providers/observed-fetch.js";
 import { OidcProviderClient, type FetchLike, type ProviderRegistry } from "../providers/provider-client.js";
 import { PeriodicTask } from "../refresh/periodic.js";
 import type { SessionWaiter } from "../refresh/waiter.js";
@@ -41,6 +42,7 @@ export async function createAuthorization(deps: {
   users: UserSessions;
   waiter: SessionWaiter;
   fetch: FetchLike | undefined;
+  telemetry: ProviderTelemetry;
   logger: Logger;
 }): Promise<Authorization> {
   const { config, logger } = deps;
@@ -54,8 +56,9 @@ export async function createAuthorization(deps: {
     announce: () => deps.waiter.notifyProviders(),
     refresh: config.refresh,
     fetch: deps.fetch ?? fetch,
+    telemetry: deps.telemetry,
     logger,
-    makeClient: (c) => new OidcProviderClient(c, config.refresh, logger, deps.fetch),
+    makeClient: (c) => new OidcProviderClient(c, config.refresh, logger, deps.fetch, deps.telemetry),
     startedAt: new Date(),
   });
   await admin.reload();

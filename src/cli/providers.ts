@@ -1,3 +1,4 @@
+import { NO_TELEMETRY } from "../providers/observed-fetch.js";
 import type { Writable } from "node:stream";
 import { pino } from "pino";
 import { ProviderAdmin, type ProviderView } from "../authorization/provider-admin.js";
@@ -63,6 +64,7 @@ export async function providersCommand(args: string[], env: NodeJS.ProcessEnv, o
       registry,
       vault: new SecretVault(store.keyRing),
       users,
+      telemetry: NO_TELEMETRY,
       // Running replicas reload at once on PostgreSQL (NOTIFY); a SQLite service within its 10 s reload.
       announce: async () => (pg ? store.repo.notify(CHANNEL, "providers") : undefined),
       refresh: config.refresh,

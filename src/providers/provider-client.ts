@@ -3,7 +3,11 @@ import * as oidc from "openid-client";
 import type { ProviderConfig, RefreshConfig } from "../config.js";
 import type { Logger } from "../logger.js";
 import { classifyProviderError, ProviderError } from "./errors.js";
+import { NO_TELEMETRY, observedFetch, type FetchLike, type ProviderTelemetry } from "./observed-fetch.js";
 import { withRetries } from "./retry.js";
+import type { TraceContext } from "../tracing/spans.js";
+
+export type { FetchLike } from "./observed-fetch.js";
 
 /** A token endpoint response, reduced to what a session keeps. */
 export interface ProviderTokens {
@@ -17,13 +21,12 @@ export interface ProviderTokens {
   refreshExpiresIn: number | undefined;
 }
 
-/** The fetch used for provider calls; tests may wrap it to observe or fail calls. */
-export type FetchLike = (url: string, init: RequestInit) => Promise<Response>;
-
 export interface CallOptions {
   /** Epoch ms by which the whole call, retries included, must be over. */
   deadline: number;
   signal?: AbortSignal;
+  /** The traced call or refresh this request belongs to: its CLIENT spans go under it. */
+  trace?: TraceContext;
 }
 
 /** What a refresh asks for besides the refresh token. */
@@ -114,6 +117,8 @@ export class OidcProviderClient implements ProviderClient {
     private readonly refreshConfig: RefreshConfig,
     private readonly logger: Logger,
     private readonly fetchImpl: FetchLike = fetch,
+    /** Spans and the latency metric of every request to this provider. */
+    private readonly telemetry: ProviderTelemetry = NO_TELEMETRY,
   ) {}
 
   get id(): string {
@@ -135,7 +140,7 @@ export class OidcProviderClient implements ProviderClient {
         async ({ signal }) => {
           const config = await oidc.discovery(new URL(this.config.issuer), this.config.clientId, undefined, undefined, {
             execute: this.config.allowInsecureHttp ? [oidc.allowInsecureRequests] : [],
-            [oidc.customFetch]: this.fetchWith(signal),
+            [oidc.customFetch]: this.fetchWith(signal, "discovery", options.trace),
             timeout: this.refreshConfig.providerTimeoutMs / 1000,
           });
           return { ...config.serverMetadata() };
@@ -167,7 +172,7 @@ export class OidcProviderClient implements ProviderClient {
     return withRetries(
       async ({ signal }) => {
         const seen: { body?: Record<string, unknown> } = {};
-        const config = this.configuration(metadata, signal, seen);
+        const config = this.configuration(metadata, signal, options.trace, seen);
         try {
           const response = await oidc.refreshTokenGrant(config, refreshToken, params);
           const tokens = fromResponseBody(response as unknown as Record<string, unknown>);
@@ -201,7 +206,7 @@ export class OidcProviderClient implements ProviderClient {
     const metadata = await this.metadata(options);
     if (!metadata.revocation_endpoint) return false;
     await withRetries(
-      ({ signal }) => oidc.tokenRevocation(this.configuration(metadata, signal), token, { token_type_hint: hint }),
+      ({ signal }) => oidc.tokenRevocation(this.configuration(metadata, signal, options.trace, undefined, "revocation"), token, { token_type_hint: hint }),
       this.retryPolicy(),
       options.deadline,
       options.signal,
@@ -220,7 +225,7 @@ export class OidcProviderClient implements ProviderClient {
     if (target.send !== "resource") params.audience = target.resource;
     return withRetries(
       async ({ signal }) => {
-        const response = await oidc.genericGrantRequest(this.configuration(metadata, signal), "urn:ietf:params:oauth:grant-type:token-exchange", params);
+        const response = await oidc.genericGrantRequest(this.configuration(metadata, signal, options.trace), "urn:ietf:params:oauth:grant-type:token-exchange", params);
         const tokens = fromResponseBody(response as unknown as Record<string, unknown>);
         if (!tokens) throw new ProviderError("unavailable", "bad_response");
         return tokens;
@@ -235,14 +240,14 @@ export class OidcProviderClient implements ProviderClient {
   async authorizationUrl(params: Record<string, string>, options: CallOptions): Promise<URL> {
     const metadata = await this.metadata(options);
     if (!metadata.authorization_endpoint) throw new ProviderError("unavailable", "no_authorization_endpoint");
-    return oidc.buildAuthorizationUrl(this.configuration(metadata, AbortSignal.timeout(this.refreshConfig.providerTimeoutMs)), params);
+    return oidc.buildAuthorizationUrl(this.configuration(metadata, AbortSignal.timeout(this.refreshConfig.providerTimeoutMs), undefined), params);
   }
 
   async exchangeCode(callbackUrl: URL, checks: CodeChecks, resource: string | undefined, options: CallOptions): Promise<CodeGrantResult> {
     const metadata = await this.metadata(options);
     const remaining = Math.max(1, Math.floor(Math.min(options.deadline - Date.now(), this.refreshConfig.providerTimeoutMs)));
     const signals = [AbortSignal.timeout(remaining), ...(options.signal ? [options.signal] : [])];
-    const config = this.configuration(metadata, signals.length === 1 ? signals[0]! : AbortSignal.any(signals));
+    const config = this.configuration(metadata, signals.length === 1 ? signals[0]! : AbortSignal.any(signals), options.trace);
     const response = await oidc.authorizationCodeGrant(
       config,
       callbackUrl,
@@ -265,7 +270,7 @@ export class OidcProviderClient implements ProviderClient {
       if (!metadata.jwks_uri) throw new ProviderError("unavailable", "no_jwks_uri");
       return createRemoteJWKSet(new URL(metadata.jwks_uri), {
         timeoutDuration: this.refreshConfig.providerTimeoutMs,
-        [joseFetch]: (url: string, init: RequestInit) => this.fetchImpl(url, init),
+        [joseFetch]: observedFetch(this.fetchImpl, this.telemetry, this.id, "jwks"),
       });
     });
     this.jwks.catch(() => (this.jwks = undefined));
@@ -283,7 +288,9 @@ export class OidcProviderClient implements ProviderClient {
   private configuration(
     metadata: oidc.ServerMetadata,
     signal: AbortSignal,
+    trace: TraceContext,
     seen?: { body?: Record<string, unknown> },
+    endpoint = "token",
   ): oidc.Configuration {
     const config = new oidc.Configuration(
       metadata,
@@ -293,15 +300,16 @@ export class OidcProviderClient implements ProviderClient {
     );
     if (this.config.allowInsecureHttp) oidc.allowInsecureRequests(config);
     config.timeout = this.refreshConfig.providerTimeoutMs / 1000;
-    config[oidc.customFetch] = this.fetchWith(signal, seen);
+    config[oidc.customFetch] = this.fetchWith(signal, endpoint, trace, seen);
     return config;
   }
 
-  /** fetch bound to a call's signal; optionally keeps a copy of a 200 JSON body. */
-  private fetchWith(signal: AbortSignal, seen?: { body?: Record<string, unknown> }): oidc.CustomFetch {
+  /** fetch bound to a call's signal, observed as a request to `endpoint`; optionally keeps a copy of a 200 JSON body. */
+  private fetchWith(signal: AbortSignal, endpoint: string, trace: TraceContext, seen?: { body?: Record<string, unknown> }): oidc.CustomFetch {
+    const observed = observedFetch(this.fetchImpl, this.telemetry, this.id, endpoint, trace);
     return async (url, init) => {
       const combined = init.signal ? AbortSignal.any([init.signal, signal]) : signal;
-      const response = await this.fetchImpl(url, { ...init, signal: combined } as RequestInit);
+      const response = await observed(url, { ...init, signal: combined } as RequestInit);
       if (seen && response.status === 200) {
         try {
           const body: unknown = await response.clone().json();

@@ -19,7 +19,8 @@ import {
 } from "../sessions/errors.js";
 import { accessTokenExpiry, lifetimeSeconds, requiredValiditySeconds, secondsLeft } from "../sessions/expiry.js";
 import type { TokenVault } from "../sessions/token-vault.js";
-import type { RefreshCoordinator } from "./coordinator.js";
+import { leaseAttributes, type RefreshCoordinator } from "./coordinator.js";
+import { NO_SPANS, sessionAttributes, type Spans, type TraceContext } from "../tracing/spans.js";
 import type { RowWaiter } from "./waiter.js";
 
 /** An audience token in clear, as GetToken hands it out. */
@@ -82,6 +83,7 @@ export class AudienceCoordinator {
     private readonly waiter: RowWaiter,
     private readonly config: RefreshConfig,
     private readonly logger: Logger,
+    private readonly spans: Spans = NO_SPANS,
   ) {
     this.leaseSafetyMs = Math.min(11_000, Math.floor(config.leaseMs / 3));
   }
@@ -95,15 +97,22 @@ export class AudienceCoordinator {
    * (or fresh, with `force`). The caller has checked that the session is
    * active and, in refresh mode, that the resource was granted.
    */
-  get(head: SessionHead, resource: string, want: AudienceWant, force: boolean, caller: string): Promise<AudienceToken> {
+  get(head: SessionHead, resource: string, want: AudienceWant, force: boolean, caller: string, trace?: TraceContext): Promise<AudienceToken> {
+    if (!trace) return this.share(head, resource, want, force, caller, undefined);
+    const coalesced = !force && this.inflight.has(`${head.id}\u0000${resource}`);
+    const attributes = { ...sessionAttributes(head.id, head.provider), "token_service.resource": resource, "token_service.coalesced": coalesced };
+    return this.spans.run("audience refresh", trace, { attributes }, (_span, ctx) => this.share(head, resource, want, force, caller, ctx));
+  }
+
+  private share(head: SessionHead, resource: string, want: AudienceWant, force: boolean, caller: string, trace: TraceContext): Promise<AudienceToken> {
     const key = `${head.id}\u0000${resource}`;
     const existing = this.inflight.get(key);
     if (existing && !force) {
       this.stats.coalesced++;
       // The shared result was good enough for whoever started it; a caller asking for longer validity checks again.
-      return existing.then((t) => (audienceFresh(t, want, new Date()) ? t : this.run(head, resource, want, false, caller, false)));
+      return existing.then((t) => (audienceFresh(t, want, new Date()) ? t : this.run(head, resource, want, false, caller, false, trace)));
     }
-    const p = this.run(head, resource, want, force, caller, false).finally(() => {
+    const p = this.run(head, resource, want, force, caller, false, trace).finally(() => {
       if (this.inflight.get(key) === p) this.inflight.delete(key);
     });
     this.inflight.set(key, p);
@@ -139,6 +148,7 @@ export class AudienceCoordinator {
     force: boolean,
     caller: string,
     subjectRefreshed: boolean,
+    trace: TraceContext,
   ): Promise<AudienceToken> {
     const giveUpAt = Date.now() + 2 * this.config.leaseMs + 1000;
     const startedAt = new Date();
@@ -154,13 +164,19 @@ export class AudienceCoordinator {
       const now = new Date();
       const until = new Date(now.getTime() + this.config.leaseMs);
       const owner = `${this.sessions.replicaId}:${randomBytes(4).toString("hex")}`;
-      const leased = await this.repo.acquireLease(session.id, session.version, owner, now, until);
+      const leased = trace
+        ? await this.spans.run("refresh lease", trace, { attributes: leaseAttributes(this.spans) }, async (span) => {
+            const got = await this.repo.acquireLease(session.id, session.version, owner, now, until);
+            span?.setAttribute("token_service.lease", got ? "acquired" : "held_elsewhere");
+            return got;
+          })
+        : await this.repo.acquireLease(session.id, session.version, owner, now, until);
       if (leased) {
-        const outcome = await this.holding(leased, resource, owner, until, caller, subjectRefreshed, good);
+        const outcome = await this.holding(leased, resource, owner, until, caller, subjectRefreshed, good, trace);
         if (outcome !== "refresh_subject_first") return outcome;
         // Exchange mode: the subject token must be valid. The session's own refresh takes the same lease (given back above).
-        await this.sessions.refresh(headOf(leased), undefined, caller);
-        return this.run(headOf(leased), resource, want, force, caller, true);
+        await this.sessions.refresh(headOf(leased), undefined, caller, trace);
+        return this.run(headOf(leased), resource, want, force, caller, true, trace);
       }
       if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
       await this.waiter.wait(session.id, backoffMs(round));
@@ -179,6 +195,7 @@ export class AudienceCoordinator {
     caller: string,
     subjectRefreshed: boolean,
     good: (row: AudienceTokenRow | null) => boolean,
+    trace: TraceContext,
   ): Promise<AudienceToken | "refresh_subject_first"> {
     let handedOff = false;
     try {
@@ -189,7 +206,7 @@ export class AudienceCoordinator {
       const mode = this.providers.get(row.provider)?.config.audienceTokens;
       if (mode === "exchange" && !subjectRefreshed && secondsLeft(row.accessExpiresAt, new Date()) < 5) return "refresh_subject_first";
       handedOff = true;
-      return await this.refreshHolding(row, resource, owner, leaseUntil, caller);
+      return await this.refreshHolding(row, resource, owner, leaseUntil, caller, trace);
     } finally {
       if (!handedOff) await this.releaseQuietly(row.id, owner);
     }
@@ -207,7 +224,7 @@ export class AudienceCoordinator {
    * lease is given back on every path. Audience failures are not recorded on
    * the session's row: they say nothing about the session's own refresh.
    */
-  private async refreshHolding(row: SessionRow, resource: string, owner: string, leaseUntil: Date, caller: string): Promise<AudienceToken> {
+  private async refreshHolding(row: SessionRow, resource: string, owner: string, leaseUntil: Date, caller: string, trace: TraceContext): Promise<AudienceToken> {
     const started = Date.now();
     const log = this.logger.child({ sid: sessionRef(row.id), provider: row.provider, caller, userId: row.userId, resource });
     const emit = (outcome: Parameters<AudienceListener>[0]["outcome"]) =>
@@ -223,11 +240,11 @@ export class AudienceCoordinator {
       let response: ProviderTokens;
       try {
         if (mode === "exchange") {
-          response = await provider.exchange(tokens.access, { resource, send: provider.config.exchangeTarget }, { deadline });
+          response = await provider.exchange(tokens.access, { resource, send: provider.config.exchangeTarget }, { deadline, trace });
         } else {
           // Without a refresh token no audience token can be had; the session's own token may still serve, so it is not marked.
           if (!tokens.refresh) throw new ReauthRequiredError("no_refresh_token", row.provider);
-          response = await provider.refresh(tokens.refresh, { deadline, resource });
+          response = await provider.refresh(tokens.refresh, { deadline, resource, trace });
         }
       } catch (err) {
         if (err instanceof ReauthRequiredError) throw err;

@@ -6,6 +6,7 @@ import type { ProviderRegistry } from "../providers/provider-client.js";
 import { lifetimeSeconds, refreshMarginSeconds, secondsLeft } from "../sessions/expiry.js";
 import type { RefreshCoordinator } from "./coordinator.js";
 import { PeriodicTask } from "./periodic.js";
+import { NO_SPANS, sessionAttributes, type Spans } from "../tracing/spans.js";
 
 /** A failed background refresh of a session is not retried sooner than this. */
 const ERROR_BACKOFF_MS = 10_000;
@@ -37,6 +38,7 @@ export class BackgroundRefresher {
     private readonly logger: Logger,
     /** Told of each refresh it starts: the provider, and how late after the session became due (s). */
     private readonly onStart: (provider: string, lagSeconds: number) => void = () => undefined,
+    private readonly spans: Spans = NO_SPANS,
   ) {
     this.task = new PeriodicTask("background refresh", config.intervalMs, () => this.pass(), logger);
   }
@@ -80,10 +82,17 @@ export class BackgroundRefresher {
         this.stats.throttled++;
         continue;
       }
-      const started = this.coordinator.refreshIfIdle(headOf(row));
+      if (this.coordinator.isRefreshing(row.id)) continue;
+      const lag = Math.max(0, ahead - secondsLeft(row.accessExpiresAt, now));
+      // Each background refresh is a trace of its own, with the refresh (lease, provider request, store) inside.
+      const started = this.spans.enabled
+        ? this.spans.run("background refresh", undefined, { root: true, attributes: { ...sessionAttributes(row.id, row.provider), "token_service.lag_seconds": lag } }, (_span, ctx) =>
+            this.coordinator.refreshIfIdle(headOf(row), ctx)!,
+          )
+        : this.coordinator.refreshIfIdle(headOf(row));
       if (!started) continue;
       this.stats.started++;
-      this.onStart(row.provider, Math.max(0, ahead - secondsLeft(row.accessExpiresAt, now)));
+      this.onStart(row.provider, lag);
       this.inflight.set(row.provider, busy + 1);
       const done = started
         .then(

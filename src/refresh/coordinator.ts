@@ -16,6 +16,8 @@ import {
 import { accessTokenExpiry, idTokenExpiry } from "../sessions/expiry.js";
 import type { OpenTokens, TokenVault } from "../sessions/token-vault.js";
 import type { RowWaiter } from "./waiter.js";
+import type { Span } from "@opentelemetry/api";
+import { NO_SPANS, sessionAttributes, type Spans, type TraceContext } from "../tracing/spans.js";
 
 /** What a refresh produced: the session as now stored, and its tokens when this process refreshed them. */
 export interface RefreshResult {
@@ -70,6 +72,7 @@ export class RefreshCoordinator {
     private readonly logger: Logger,
     /** Identifies this replica in lease_owner (never a secret). */
     readonly replicaId: string = `${process.pid}-${randomBytes(4).toString("hex")}`,
+    private readonly spans: Spans = NO_SPANS,
   ) {
     // Room after the provider budget for storing the result: a statement may take up to the
     // database timeouts (5 s pool wait + 5 s statement) before the lease lapses.
@@ -85,17 +88,35 @@ export class RefreshCoordinator {
    * under way here or on another replica. `signal` ends only this caller's
    * wait; the shared refresh goes on and its result is stored.
    */
-  refresh(row: SessionHead, signal?: AbortSignal, caller = "unknown"): Promise<RefreshResult> {
+  refresh(row: SessionHead, signal?: AbortSignal, caller = "unknown", trace?: TraceContext): Promise<RefreshResult> {
     const existing = this.inflight.get(row.id);
-    let shared: Promise<RefreshResult>;
-    if (existing) {
+    const join = (ctx: TraceContext) => {
+      if (!existing) return this.register(row, true, caller, ctx);
       this.stats.coalesced++;
       // A background pass that found another replica's lease comes back unchanged: then wait for real.
-      shared = existing.then((r) => (tokenChanged(row, r.row) || r.row.status !== "active" ? r : this.refresh(r.row, undefined, caller)));
-    } else {
-      shared = this.register(row, true, caller);
-    }
+      return existing.then((r) => (tokenChanged(row, r.row) || r.row.status !== "active" ? r : this.refresh(r.row, undefined, caller, ctx)));
+    };
+    const shared = trace ? this.traced(row, existing !== undefined, trace, join) : join(undefined);
     return signal ? abortable(shared, signal) : shared;
+  }
+
+  /**
+   * `work` inside a "refresh" span: the one that refreshes has the lease,
+   * wait and provider spans as children; one that joined a refresh in
+   * flight here is marked `coalesced`.
+   */
+  private traced(row: SessionHead, coalesced: boolean, parent: TraceContext, work: (ctx: TraceContext) => Promise<RefreshResult>): Promise<RefreshResult> {
+    const attributes = { ...sessionAttributes(row.id, row.provider), "token_service.coalesced": coalesced };
+    return this.spans.run("refresh", parent, { attributes }, async (span, ctx) => {
+      try {
+        const result = await work(ctx);
+        span?.setAttribute("token_service.outcome", result.tokens ? "refreshed" : tokenChanged(row, result.row) ? "refreshed_elsewhere" : "unchanged");
+        return result;
+      } catch (err) {
+        span?.setAttribute("token_service.outcome", (err as { code?: string }).code?.toLowerCase() ?? "error");
+        throw err;
+      }
+    });
   }
 
   /**
@@ -103,14 +124,15 @@ export class RefreshCoordinator {
    * up at once (undefined) when a refresh of this session is already under way
    * here or elsewhere. Never waits on another replica.
    */
-  refreshIfIdle(row: SessionHead): Promise<RefreshResult> | undefined {
+  refreshIfIdle(row: SessionHead, trace?: TraceContext): Promise<RefreshResult> | undefined {
     if (this.inflight.has(row.id)) return undefined;
-    return this.register(row, false, "background");
+    const work = (ctx: TraceContext) => this.register(row, false, "background", ctx);
+    return trace ? this.traced(row, false, trace, work) : work(undefined);
   }
 
   /** `caller` names who set the refresh off (a caller, or "background"), for audit lines. */
-  private register(row: SessionHead, waitForOthers: boolean, caller: string): Promise<RefreshResult> {
-    const p = this.run(row, waitForOthers, caller).finally(() => this.inflight.delete(row.id));
+  private register(row: SessionHead, waitForOthers: boolean, caller: string, trace: TraceContext): Promise<RefreshResult> {
+    const p = this.run(row, waitForOthers, caller, trace).finally(() => this.inflight.delete(row.id));
     this.inflight.set(row.id, p);
     return p;
   }
@@ -118,6 +140,11 @@ export class RefreshCoordinator {
   /** Tells every replica that a session changed or went away (caches drop it, waiters wake). */
   announce(sessionId: string): Promise<void> {
     return this.waiter.notify(sessionId);
+  }
+
+  /** Whether a refresh of this session is in flight in this process. */
+  isRefreshing(sessionId: string): boolean {
+    return this.inflight.has(sessionId);
   }
 
   /** Sessions with a refresh in flight in this process. */
@@ -137,46 +164,65 @@ export class RefreshCoordinator {
     }
   }
 
-  private async run(initial: SessionHead, waitForOthers: boolean, caller: string): Promise<RefreshResult> {
+  private async run(initial: SessionHead, waitForOthers: boolean, caller: string, trace: TraceContext): Promise<RefreshResult> {
     let observed = initial.version;
     const startedAt = new Date();
     // A waiter gives up after two leases: by then the holder either finished or lapsed and we took over.
     const giveUpAt = Date.now() + 2 * this.config.leaseMs + 1000;
     let current: SessionHead = initial;
-    for (let round = 0; ; round++) {
-      if (current.version !== observed) {
-        if (tokenChanged(initial, current) || current.status !== "active") return this.settled(current);
-        // Changed for another reason (a key rotation re-encrypted it): it still needs its refresh.
-        observed = current.version;
-      }
-      if (current.status !== "active") throw new ReauthRequiredError(current.reauthReason ?? "reauth_required", current.provider);
-      const now = new Date();
-      const until = new Date(now.getTime() + this.config.leaseMs);
-      const owner = `${this.replicaId}:${randomBytes(4).toString("hex")}`;
-      const full = await this.repo.acquireLease(current.id, observed, owner, now, until);
-      if (full) {
-        if (current.leaseOwner !== null && current.leaseUntil !== null && current.leaseUntil < now) {
-          this.stats.takeovers++;
-          this.logger.warn({ sid: sessionRef(current.id), provider: current.provider }, "took over a lapsed refresh lease");
+    // Open while this caller waits on another replica's refresh (tracing on).
+    let waiting: Span | undefined;
+    try {
+      for (let round = 0; ; round++) {
+        if (current.version !== observed) {
+          if (tokenChanged(initial, current) || current.status !== "active") return this.settled(current);
+          // Changed for another reason (a key rotation re-encrypted it): it still needs its refresh.
+          observed = current.version;
         }
-        return this.refreshHolding(full, owner, until, caller);
+        if (current.status !== "active") throw new ReauthRequiredError(current.reauthReason ?? "reauth_required", current.provider);
+        const now = new Date();
+        const until = new Date(now.getTime() + this.config.leaseMs);
+        const owner = `${this.replicaId}:${randomBytes(4).toString("hex")}`;
+        const lapsed = current.leaseOwner !== null && current.leaseUntil !== null && current.leaseUntil < now;
+        const version = observed;
+        const id = current.id;
+        const full = trace
+          ? await this.spans.run("refresh lease", trace, { attributes: leaseAttributes(this.spans) }, async (span) => {
+              const got = await this.repo.acquireLease(id, version, owner, now, until);
+              span?.setAttribute("token_service.lease", got ? (lapsed ? "taken_over" : "acquired") : "held_elsewhere");
+              return got;
+            })
+          : await this.repo.acquireLease(current.id, observed, owner, now, until);
+        if (full) {
+          if (lapsed) {
+            this.stats.takeovers++;
+            this.logger.warn({ sid: sessionRef(current.id), provider: current.provider }, "took over a lapsed refresh lease");
+          }
+          waiting?.end();
+          waiting = undefined;
+          return await this.refreshHolding(full, owner, until, caller, trace);
+        }
+        if (!waitForOthers) return { row: current };
+        if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
+        waiting ??= this.spans.begin("refresh wait (another replica)", trace, { attributes: sessionAttributes(current.id, current.provider) })?.span;
+        waiting?.setAttribute("token_service.wait_rounds", round + 1);
+        await this.waiter.wait(current.id, backoffMs(round));
+        const found = await this.repo.findById(current.id);
+        if (!found) throw new SessionNotFoundError();
+        const next = headOf(found);
+        if (
+          found.version === observed &&
+          found.leaseOwner === null &&
+          found.lastErrorAt !== null &&
+          found.lastErrorAt >= startedAt
+        ) {
+          // The holder's attempt failed transiently while we waited: share its outcome, don't hammer the provider.
+          throw new ProviderUnavailableError(found.lastErrorCode ?? "unavailable", found.provider);
+        }
+        current = next;
       }
-      if (!waitForOthers) return { row: current };
-      if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
-      await this.waiter.wait(current.id, backoffMs(round));
-      const found = await this.repo.findById(current.id);
-      if (!found) throw new SessionNotFoundError();
-      const next = headOf(found);
-      if (
-        found.version === observed &&
-        found.leaseOwner === null &&
-        found.lastErrorAt !== null &&
-        found.lastErrorAt >= startedAt
-      ) {
-        // The holder's attempt failed transiently while we waited: share its outcome, don't hammer the provider.
-        throw new ProviderUnavailableError(found.lastErrorCode ?? "unavailable", found.provider);
-      }
-      current = next;
+    } finally {
+      waiting?.end();
     }
   }
 
@@ -189,7 +235,7 @@ export class RefreshCoordinator {
     for (const l of this.listeners) l({ row, outcome, code, ms: Date.now() - started });
   }
 
-  private async refreshHolding(row: SessionRow, owner: string, leaseUntil: Date, caller: string): Promise<RefreshResult> {
+  private async refreshHolding(row: SessionRow, owner: string, leaseUntil: Date, caller: string, trace: TraceContext): Promise<RefreshResult> {
     const started = Date.now();
     const log = this.logger.child({ sid: sessionRef(row.id), provider: row.provider, caller, userId: row.userId });
     const provider = this.providers.get(row.provider);
@@ -212,7 +258,7 @@ export class RefreshCoordinator {
     this.stats.started++;
     let response: ProviderTokens;
     try {
-      response = await provider.refresh(tokens.refresh, { deadline: leaseUntil.getTime() - this.leaseSafetyMs, resource: onlyResource(row.resources) });
+      response = await provider.refresh(tokens.refresh, { deadline: leaseUntil.getTime() - this.leaseSafetyMs, resource: onlyResource(row.resources), trace });
     } catch (err) {
       const e = classifyProviderError(err);
       const now = new Date();
@@ -268,7 +314,11 @@ export class RefreshCoordinator {
     // The provider may have spent the old refresh token: the new one must be
     // stored before anyone gets the new access token. Retry the write while
     // the lease is ours rather than lose it to a database blip.
-    const written = await this.persist(row, owner, fields, now, leaseUntil, log);
+    const written = trace
+      ? await this.spans.run("refresh store", trace, { attributes: leaseAttributes(this.spans) }, () =>
+          this.persist(row, owner, fields, now, leaseUntil, log),
+        )
+      : await this.persist(row, owner, fields, now, leaseUntil, log);
     if (!written) {
       const still = await this.repo.findById(row.id).catch(() => undefined);
       if (still === null) {
@@ -366,4 +416,9 @@ export function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
 function onlyResource(resources: string | null): string | undefined {
   const granted = grantedResources(resources);
   return granted.length === 1 ? granted[0] : undefined;
+}
+
+/** A statement on the session's row (taking the lease, storing the refresh). */
+export function leaseAttributes(spans: Spans) {
+  return { ...spans.db, "db.operation.name": "UPDATE", "db.collection.name": "sessions" };
 }

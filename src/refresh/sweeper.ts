@@ -2,6 +2,7 @@ import type { SweeperConfig } from "../config.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import type { Logger } from "../logger.js";
 import { PeriodicTask } from "./periodic.js";
+import { NO_SPANS, type Spans } from "../tracing/spans.js";
 
 /** Batches per category per pass, so one pass never runs for long. */
 const MAX_BATCHES_PER_PASS = 20;
@@ -48,9 +49,14 @@ export class Sweeper {
     private readonly onDeleted: () => Promise<void> = async () => undefined,
     private readonly authorization?: AuthorizationSweeps,
     private readonly audiences?: AudienceSweeps,
+    private readonly spans: Spans = NO_SPANS,
   ) {
     this.task = new PeriodicTask("sweeper", config.intervalMs, async () => {
-      await this.sweep();
+      // Each periodic pass is a trace of its own; what it deleted goes on the span.
+      await this.spans.run("sweeper pass", undefined, { root: true, attributes: this.spans.db }, async (span) => {
+        const result = await this.sweep();
+        for (const [k, v] of Object.entries(result)) span?.setAttribute(`token_service.swept.${k}`, v);
+      });
     }, logger);
   }
 

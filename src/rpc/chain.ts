@@ -5,6 +5,8 @@ import type { CallContext } from "../sessions/scope.js";
 import type { CallerDirectory } from "./auth.js";
 import { CallCancelledError, CallRefusedError, Code, codeName, ShuttingDownError, toRpcStatus, type RpcStatus } from "./errors.js";
 import { TokenBucket } from "./rate-limit.js";
+import { SpanStatusCode, type Span } from "@opentelemetry/api";
+import { NO_SPANS, type Spans, type TraceContext } from "../tracing/spans.js";
 
 const TOKEN_SERVICE = "tokenservice.v1.TokenService";
 /** Services whose RPCs a caller's `rpcs` list names. */
@@ -26,6 +28,8 @@ export interface IncomingCall {
   authorization(): string | undefined;
   /** Names (subject CN, DNS SANs) of a client certificate the TLS layer verified; read only when needed. */
   peerNames(): readonly string[];
+  /** A request header (gRPC metadata) by lower-case name; read only for tracing (traceparent, tracestate). */
+  header(name: string): string | undefined;
   /** Epoch ms of the caller's deadline, if it set one. */
   deadline: number | undefined;
   /** True once the caller has gone away (cancel, reset, deadline). */
@@ -60,6 +64,9 @@ class ActiveCall implements CallContext {
   scope: Scope = ANONYMOUS;
   settled = false;
   logFields: Record<string, string> | undefined;
+  /** The call's SERVER span and its context, when the call is traced. */
+  span: Span | undefined;
+  trace: TraceContext;
   private controller: AbortController | undefined;
   private aborted = false;
 
@@ -132,17 +139,33 @@ class ActiveCall implements CallContext {
  */
 export class RpcChain {
   private readonly inflight = new Set<ActiveCall>();
-  private readonly buckets = new Map<string, TokenBucket>();
+  private buckets = new Map<string, TokenBucket>();
+  private directory!: CallerDirectory;
   private closed = false;
 
   constructor(
-    private readonly directory: CallerDirectory,
+    directory: CallerDirectory,
     private readonly logger: Logger,
     private readonly observe?: RpcObserver,
+    private readonly spans: Spans = NO_SPANS,
   ) {
+    this.setCallers(directory);
+  }
+
+  /**
+   * Swaps in a caller list (a configuration reload). Calls already admitted
+   * keep their scope; a caller whose rate limit is unchanged keeps its bucket.
+   */
+  setCallers(directory: CallerDirectory): void {
+    const buckets = new Map<string, TokenBucket>();
     for (const c of directory.callers) {
-      if (c.rateLimit) this.buckets.set(c.name, new TokenBucket(c.rateLimit.perSecond, c.rateLimit.burst));
+      if (!c.rateLimit) continue;
+      const before = this.directory?.callers.find((o) => o.name === c.name)?.rateLimit;
+      const same = before?.perSecond === c.rateLimit.perSecond && before.burst === c.rateLimit.burst;
+      buckets.set(c.name, (same && this.buckets.get(c.name)) || new TokenBucket(c.rateLimit.perSecond, c.rateLimit.burst));
     }
+    this.directory = directory;
+    this.buckets = buckets;
   }
 
   /** Calls in flight on either listener. */
@@ -160,6 +183,11 @@ export class RpcChain {
       const active = new ActiveCall(this, call, started, resolve as (value: unknown) => void, reject);
       try {
         if (this.closed) throw new ShuttingDownError();
+        if (this.spans.enabled && !OPEN_SERVICES.has(call.service)) {
+          const traced = this.startSpan(call);
+          active.span = traced?.span;
+          active.trace = traced?.ctx;
+        }
         active.scope = this.admit(call);
         this.inflight.add(active);
         handler(active).then(
@@ -189,6 +217,22 @@ export class RpcChain {
   finished(active: ActiveCall, status: RpcStatus | undefined, outcome: unknown): void {
     this.inflight.delete(active);
     this.record(active.call, active.scope, active.started, status, outcome, active.logFields);
+    if (active.span) endSpan(active.span, active.scope.caller, status, active.logFields);
+  }
+
+  /** The call's SERVER span, continuing the caller's trace when it sent a W3C traceparent. */
+  private startSpan(call: IncomingCall) {
+    return this.spans.startServer(`${call.service}/${call.method}`, (name) => call.header(name), () => {
+      const peer = splitPeer(call.peer);
+      return {
+        "rpc.system": call.protocol === "connect" ? "connect_rpc" : "grpc",
+        "rpc.service": call.service,
+        "rpc.method": call.method,
+        "network.peer.address": peer.address,
+        ...(peer.port !== undefined ? { "network.peer.port": peer.port } : {}),
+        "token_service.protocol": call.protocol,
+      };
+    });
   }
 
   /** Authentication, scopes and rate limit; throws CallRefusedError after writing the audit line. */
@@ -246,6 +290,28 @@ export class RpcChain {
     }
     this.observe?.({ method, code, ms });
   }
+}
+
+/** gRPC codes that mean the server failed (the OpenTelemetry rule for server spans); others are answers. */
+const SERVER_ERRORS = new Set([Code.Unknown, Code.DeadlineExceeded, Code.Unimplemented, Code.Internal, Code.Unavailable, Code.DataLoss]);
+
+function endSpan(span: Span, caller: string, status: RpcStatus | undefined, fields: Record<string, string> | undefined): void {
+  const code: number = status?.code ?? 0;
+  span.setAttribute("rpc.grpc.status_code", code);
+  span.setAttribute("token_service.caller", caller);
+  if (fields?.resource !== undefined) span.setAttribute("token_service.resource", fields.resource);
+  if (status?.reason) span.setAttribute("token_service.reason", status.reason);
+  if (SERVER_ERRORS.has(code)) {
+    span.setAttribute("error.type", codeName(code));
+    span.setStatus({ code: SpanStatusCode.ERROR, message: codeName(code) });
+  }
+  span.end();
+}
+
+/** "1.2.3.4:5678", "[::1]:5678" or "unix:…" into an address and a port. */
+function splitPeer(peer: string): { address: string; port: number | undefined } {
+  const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(peer);
+  return m ? { address: m[1]!, port: Number(m[2]) } : { address: peer, port: undefined };
 }
 
 function pastDeadline(call: IncomingCall): boolean {

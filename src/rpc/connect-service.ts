@@ -60,6 +60,7 @@ export function connectService<S extends DescService>(service: S, handlers: Serv
             peer: peerOf(socket),
             authorization: () => ctx.requestHeader.get("authorization") ?? undefined,
             peerNames: () => verifiedNames(socket),
+            header: (name) => ctx.requestHeader.get(name) ?? undefined,
             deadline: timeout === undefined ? undefined : Date.now() + timeout,
             // connect-node aborts the signal on the deadline, on a disconnect, and after the answer is written
             // (which the chain ignores: the call has settled by then).

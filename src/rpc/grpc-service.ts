@@ -88,6 +88,10 @@ export function incomingGrpcCall(call: GrpcCall, service: string, method: string
       return typeof value === "string" ? value : undefined;
     },
     peerNames: () => certificateNames(call.getAuthContext().sslPeerCertificate),
+    header(name) {
+      const value = call.metadata.get(name)[0];
+      return typeof value === "string" ? value : undefined;
+    },
     deadline: deadlineMs(call.getDeadline()),
     isCancelled: () => call.cancelled,
     onCancel: (listener) => {

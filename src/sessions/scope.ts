@@ -1,3 +1,4 @@
+import type { TraceContext } from "../tracing/spans.js";
 import { PermissionDeniedError, ResourceNotAllowedError } from "./errors.js";
 
 /** Who is asking and until when; passed down from the RPC layer. */
@@ -14,6 +15,8 @@ export interface CallContext {
   deadline?: number;
   /** Identifiers (never secrets) the handler adds to the call's log line, such as the resource asked for. */
   logFields?: Record<string, string>;
+  /** The call's trace, when it is traced: spans of the work it sets off go under it. */
+  trace?: TraceContext;
 }
 
 /** Throws PermissionDeniedError when the caller may not act on `provider`. */

@@ -23,6 +23,7 @@ import { requireProviderAllowed, requireResourceAllowed, type CallContext } from
 import { asDomainError } from "./store-errors.js";
 
 export type { CallContext } from "./scope.js";
+import { NO_SPANS, type Spans } from "../tracing/spans.js";
 import {
   checkExpiresIn,
   checkInstant,
@@ -93,8 +94,12 @@ export class SessionService {
     private readonly coordinator: RefreshCoordinator,
     private readonly audiences: AudienceCoordinator,
     private readonly logger: Logger,
-    private readonly options: { lastUsedResolutionMs: number },
-  ) {}
+    private readonly options: { lastUsedResolutionMs: number; spans?: Spans },
+  ) {
+    this.spans = options.spans ?? NO_SPANS;
+  }
+
+  private readonly spans: Spans;
 
   /** Stores a login's token set as a new session; returns its id. */
   storeSession(input: StoreSessionInput, ctx: CallContext = {}): Promise<{ sessionId: string; expiresAt: Date }> {
@@ -191,6 +196,9 @@ export class SessionService {
       entry = this.cache.get(userId, sessionId);
       if (entry) {
         head = entry.head;
+        if (ctx.trace) this.spans.mark("session read", ctx.trace, { "token_service.cache": "hit" });
+      } else if (ctx.trace) {
+        ({ head, entry } = await this.spans.run("session read", ctx.trace, { attributes: this.readAttributes("id") }, () => this.readSession(sessionId, userId)));
       } else {
         ({ head, entry } = await this.readSession(sessionId, userId));
       }
@@ -198,7 +206,10 @@ export class SessionService {
     } else {
       if (input.provider === "") throw new InvalidArgumentError("provider", "is required when session_id is empty");
       requireProviderAllowed(ctx, input.provider);
-      head = await this.reader.findNewest(userId, input.provider);
+      const provider = input.provider;
+      head = ctx.trace
+        ? await this.spans.run("session read", ctx.trace, { attributes: this.readAttributes("newest") }, () => this.reader.findNewest(userId, provider))
+        : await this.reader.findNewest(userId, provider);
     }
     if (!head) throw new SessionNotFoundError();
     requireProviderAllowed(ctx, head.provider);
@@ -245,7 +256,7 @@ export class SessionService {
 
   /** Waits for the shared refresh, but gives up just before the caller's deadline. */
   private awaitRefresh(row: SessionHead, ctx: CallContext): Promise<RefreshResult> {
-    return this.withinDeadline(this.coordinator.refresh(row, undefined, ctx.caller), ctx);
+    return this.withinDeadline(this.coordinator.refresh(row, undefined, ctx.caller, ctx.trace), ctx);
   }
 
   /**
@@ -271,7 +282,7 @@ export class SessionService {
     }
     let token: AudienceToken;
     try {
-      token = await this.withinDeadline(this.audiences.get(head, resource, want, input.forceRefresh, ctx.caller ?? "unknown"), ctx);
+      token = await this.withinDeadline(this.audiences.get(head, resource, want, input.forceRefresh, ctx.caller ?? "unknown", ctx.trace), ctx);
     } catch (err) {
       const transient = err instanceof ProviderUnavailableError || err instanceof RefreshTimeoutError || err instanceof CallerDeadlineError;
       if (transient && held && !input.forceRefresh && secondsLeft(held.expiresAt, new Date()) > 1) {
@@ -346,6 +357,11 @@ export class SessionService {
    * session and user share one query: a storm of callers costs one row read
    * per replica, not one per caller.
    */
+  /** A database read of the session: by id (then cached), or the user's newest at a provider (not cached). */
+  private readAttributes(by: "id" | "newest") {
+    return { ...this.spans.db, "db.operation.name": "SELECT", "db.collection.name": "sessions", "token_service.cache": by === "id" ? "miss" : "none" };
+  }
+
   private readSession(sessionId: string, userId: string): Promise<{ head: SessionHead | null; entry?: CacheEntry }> {
     const key = `${userId}\u0000${sessionId}`;
     let read = this.inflightReads.get(key);

@@ -86,7 +86,7 @@ export type GrpcMessage = Record<string, unknown>;
 
 /** A stock @grpc/grpc-js client, loaded from the .proto file: an independent gRPC implementation. */
 export interface GrpcJsTokenClient {
-  call(method: "StoreSession" | "GetToken" | "RevokeSession" | "ListSessions" | "RevokeUserSessions", request: GrpcMessage, options?: { deadlineMs?: number }): Promise<GrpcMessage>;
+  call(method: "StoreSession" | "GetToken" | "RevokeSession" | "ListSessions" | "RevokeUserSessions", request: GrpcMessage, options?: { deadlineMs?: number; metadata?: Record<string, string> }): Promise<GrpcMessage>;
   close(): void;
 }
 
@@ -127,6 +127,7 @@ export function grpcJsClient(baseUrl: string, creds: ClientCredentials = {}): Gr
         const callOptions: grpc.CallOptions = options.deadlineMs ? { deadline: Date.now() + options.deadlineMs } : {};
         const metadata = new grpc.Metadata();
         if (creds.bearer) metadata.set("authorization", `Bearer ${creds.bearer}`);
+        for (const [k, v] of Object.entries(options.metadata ?? {})) metadata.set(k, v);
         fn.call(client, request, metadata, callOptions, (err, res) => (err ? reject(err) : resolve(res)));
       });
     },

@@ -31,10 +31,10 @@ export interface ServiceProcess {
  */
 export async function spawnService(
   env: Record<string, string>,
-  options: { args?: string[]; expectListening?: boolean; cwd?: string; nodeArgs?: string[] } = {},
+  options: { args?: string[]; expectListening?: boolean; cwd?: string; nodeArgs?: string[]; /** Another build's main.js (a benchmark baseline). */ script?: string } = {},
 ): Promise<ServiceProcess> {
   // The same V8 heap cap as `npm start` and the image (see README, "Memory").
-  const child = spawn(process.execPath, ["--max-old-space-size=160", ...(options.nodeArgs ?? []), mainJs, ...(options.args ?? [])], {
+  const child = spawn(process.execPath, ["--max-old-space-size=160", ...(options.nodeArgs ?? []), options.script ?? mainJs, ...(options.args ?? [])], {
     env: { PATH: process.env.PATH ?? "", TOKEN_SERVICE_ADDR: "127.0.0.1:0", TOKEN_SERVICE_HTTP_ADDR: "127.0.0.1:0", TOKEN_SERVICE_ADMIN_ADDR: "127.0.0.1:0", ...env },
     cwd: options.cwd,
     stdio: ["ignore", "pipe", "pipe"],

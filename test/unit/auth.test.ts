@@ -144,6 +144,7 @@ function incoming([service, method]: Method, o: CallOptions = {}): IncomingCall 
     peer: PEER,
     authorization: () => o.authorization,
     peerNames: () => o.peerNames ?? [],
+    header: () => undefined,
     deadline: undefined,
     isCancelled: () => false,
     onCancel: () => undefined,

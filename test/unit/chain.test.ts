@@ -18,6 +18,7 @@ function incoming(o: { method?: string; deadline?: number; cancelledAlready?: bo
     peer: "127.0.0.1:5000",
     authorization: () => undefined,
     peerNames: () => [],
+    header: () => undefined,
     deadline: o.deadline,
     isCancelled: () => cancelled,
     onCancel: (l) => (cancelled ? l() : listeners.push(l)),
