@@ -9,6 +9,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { parse as parseYaml, stringify } from "yaml";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { codeName } from "../../src/rpc/errors.js";
 import { failure } from "../helpers/failure.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { startPostgres, type TestPostgres } from "../helpers/postgres.js";
@@ -210,6 +211,34 @@ class TestPrometheus {
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
+
+describe("label values the rules and the dashboard name", () => {
+  // A value the service never writes makes a matcher silently match nothing (or everything, negated).
+  const codes = new Set([codeName(undefined), ...Array.from({ length: 16 }, (_, c) => codeName((c + 1) as Code))]);
+  const results: Record<string, Set<string>> = {
+    token_service_refresh_total: new Set(["success", "reauth_required", "unavailable", "lease_lost"]),
+    token_service_refresh_duration_seconds: new Set(["success", "reauth_required", "unavailable", "lease_lost"]),
+  };
+  const named = (m: { op: string; value: string }) => (m.op.endsWith("~") ? m.value.split("|") : [m.value]).filter((v) => !v.includes(".") && !v.includes("$"));
+
+  it("names only gRPC codes the service writes (codeName) and refresh results it reports", () => {
+    let checked = 0;
+    for (const { where, use } of [...ruleExpressions(), ...dashboardExpressions()]) {
+      for (const sel of use.selectors) {
+        for (const m of sel.matchers) {
+          const known = m.name === "code" ? codes : m.name === "result" ? results[sel.metric.replace(/_(bucket|sum|count)$/, "")] : undefined;
+          if (!known) continue;
+          for (const v of named(m)) {
+            checked++;
+            expect(known, `${where}: ${m.name} "${v}"`).toContain(v);
+          }
+        }
+      }
+    }
+    expect(checked).toBeGreaterThan(10);
+    expect(codes).toContain("canceled");
+  });
+});
 
 describe("alert rules and dashboard on a real Prometheus", () => {
   let provider: TestProvider;
