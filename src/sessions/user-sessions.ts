@@ -3,7 +3,7 @@ import type { AudienceTokenRow } from "../db/provider-entity.js";
 import { grantedResources, type SessionRow, type SessionStatus } from "../db/session-entity.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
-import type { ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
+import type { CallOptions, ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
 import { classifyProviderError } from "../providers/errors.js";
 import { revokeTokens } from "../providers/revoke.js";
 import type { RefreshCoordinator } from "../refresh/coordinator.js";
@@ -173,7 +173,7 @@ export class UserSessions {
     if (audience.length === 0) return;
     log.info({ audit: true, event: "audience_tokens_dropped", reason: "reauth_required", count: audience.length }, "audience tokens deleted with the session's login");
     const provider = this.providers.get(session.provider);
-    if (provider) await this.revokeAudienceTokens(provider, audience, Date.now() + this.options.providerTimeoutMs, log);
+    if (provider) await this.revokeAudienceTokens(provider, audience, { deadline: Date.now() + this.options.providerTimeoutMs }, log);
   }
 
   /** Deletes the sessions' audience tokens and returns them; a failure is logged (the sweeper removes orphans later). */
@@ -214,8 +214,8 @@ export class UserSessions {
       return;
     }
     const deadline = Math.min(Date.now() + this.options.providerTimeoutMs, ctx.deadline ?? Infinity);
-    await revokeTokens(provider, tokens, { deadline }, log);
-    await this.revokeAudienceTokens(provider, audience, deadline, log);
+    await revokeTokens(provider, tokens, { deadline, trace: ctx.trace }, log);
+    await this.revokeAudienceTokens(provider, audience, { deadline, trace: ctx.trace }, log);
   }
 
   /**
@@ -224,7 +224,7 @@ export class UserSessions {
    * revoke JWT access tokens; those lapse at their expiry), and a provider
    * without a revocation endpoint is not asked again.
    */
-  private async revokeAudienceTokens(provider: ProviderClient, audience: AudienceTokenRow[], deadline: number, log: Logger): Promise<void> {
+  private async revokeAudienceTokens(provider: ProviderClient, audience: AudienceTokenRow[], options: CallOptions, log: Logger): Promise<void> {
     for (const a of audience) {
       const alog = log.child({ resource: a.resource });
       let access: string;
@@ -235,7 +235,7 @@ export class UserSessions {
         continue;
       }
       try {
-        if (!(await provider.revoke(access, "access_token", { deadline }))) return;
+        if (!(await provider.revoke(access, "access_token", options))) return;
         alog.info("audience token revoked at the provider");
       } catch (err) {
         alog.warn({ code: classifyProviderError(err).code }, "revocation of an audience token at the provider failed; it lapses at its expiry");

@@ -167,6 +167,16 @@ describe("OpenTelemetry traces", () => {
     });
     expect(http.attributes["token_service.provider"]).toBe("static");
     expect(sent.some((r) => r.traceparent === `00-${t.traceId}-${http.spanContext().spanId}-01`)).toBe(true);
+
+    // RevokeSession's requests to the revocation endpoint are spans of its call, too.
+    const r = callerTrace();
+    await client().revokeSession({ userId: "bob", sessionId }, { headers: { traceparent: r.traceparent } });
+    const revocations = await eventually(() => {
+      const s = inTrace(r.traceId).filter((x) => x.name === "POST revocation");
+      expect(s.length).toBeGreaterThan(0);
+      return s;
+    });
+    expect(revocations[0]!.attributes).toMatchObject({ "url.full": `${provider.issuer}/token/revocation`, "token_service.endpoint": "revocation" });
   });
 
   it("marks callers that joined a refresh in flight as coalesced, and traces a wait on another replica's lease", async () => {
