@@ -104,12 +104,18 @@ export function planReload(current: Config, next: Config): ReloadPlan {
     const name = SETTING_NAMES[key] ?? key;
     if (!isDeepStrictEqual(a, b) && !needsRestart.includes(name)) needsRestart.push(name);
   }
-  const callers = namedChanges<CallerConfig>(current.callers, next.callers, (c) => c.name);
+  // An empty list turns caller authentication off: one mistaken edit must not open the service to everyone.
+  let nextCallers = next.callers;
+  if (current.callers.length > 0 && next.callers.length === 0) {
+    needsRestart.push("callers (removing every caller turns caller authentication off)");
+    nextCallers = current.callers;
+  }
+  const callers = namedChanges<CallerConfig>(current.callers, nextCallers, (c) => c.name);
   const providers = namedChanges<ProviderConfig>(current.providers, next.providers, (p) => p.id);
   const logLevel = current.logLevel === next.logLevel ? undefined : { from: current.logLevel, to: next.logLevel };
   const tlsChanged = tls !== undefined && !isDeepStrictEqual(tls, current.tls);
   return {
-    config: { ...current, callers: next.callers, providers: next.providers, logLevel: next.logLevel, tls, files: next.files },
+    config: { ...current, callers: nextCallers, providers: next.providers, logLevel: next.logLevel, tls, files: next.files },
     callers,
     providers,
     logLevel,

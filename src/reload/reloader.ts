@@ -1,3 +1,4 @@
+import { createSecureContext } from "node:tls";
 import { isDeepStrictEqual } from "node:util";
 import { ConfigError, type Config, type ProviderConfig } from "../config.js";
 import { errSummary, type Logger } from "../logger.js";
@@ -129,7 +130,9 @@ export class ConfigReloader {
     const plan = planReload(this.current, next);
     if (plan.tls) {
       try {
-        // HTTP first: it checks the material by building a TLS context, and throws before anything changed.
+        // A TLS context is built from the material first, whichever listeners are on: it throws before anything changed.
+        const { cert, key, clientCa } = plan.tls.material;
+        createSecureContext({ cert, key, ...(clientCa ? { ca: clientCa } : {}) });
         this.t.http?.setCertificates(plan.tls.material);
         this.t.certificates?.update(plan.tls.material);
       } catch (err) {

@@ -63,6 +63,17 @@ describe("planReload", () => {
     expect(plan.changed).toBe(false);
   });
 
+  it("does not turn caller authentication off: a file without callers keeps the running ones until a restart", () => {
+    const current = load(base);
+    const plan = planReload(current, load({ providers: base.providers }));
+    expect(plan.needsRestart).toEqual(["callers (removing every caller turns caller authentication off)"]);
+    expect(plan.config.callers).toBe(current.callers);
+    expect(plan.callers).toEqual({ added: [], removed: [], changed: [] });
+    // Turning it on, or removing some callers but not all, reloads.
+    expect(planReload(load({ providers: base.providers }), current).config.callers).toBe(current.callers);
+    expect(planReload(current, load({ ...base, callers: [caller("app")] })).callers.removed).toEqual(["ops"]);
+  });
+
   it("rotates the certificate, but cannot turn TLS on or off or add a client CA", () => {
     const tlsA = { cert_file: A.certFile, key_file: A.keyFile };
     const withA = load({ ...base, tls: tlsA });
