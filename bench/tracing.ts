@@ -11,6 +11,7 @@
  *
  * Part of `npm run bench`; alone: `npm run bench:tracing`.
  */
+import { execFileSync } from "node:child_process";
 import { once } from "node:events";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
@@ -54,6 +55,15 @@ interface Variant {
   script?: string;
 }
 
+/** The commit a checkout is at, for the report (not its path). */
+function describeBuild(dir: string): string {
+  try {
+    return `commit ${execFileSync("git", ["-C", dir, "rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim()}`;
+  } catch {
+    return "another checkout";
+  }
+}
+
 /** Runs the tracing rounds; returns the BENCHMARKS.md section. */
 export async function runTracingBench(o: { provider: TestProvider; serverUrl: string; rounds: number; log: (line: string) => void }): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), "token-service-bench-tracing-"));
@@ -67,7 +77,7 @@ export async function runTracingBench(o: { provider: TestProvider; serverUrl: st
       { key: "always", label: "tracing on, 100 % sampled (always_on)", env: { ...otlp, OTEL_TRACES_SAMPLER: "always_on" } },
     ];
     const baseline = process.env.BENCH_TRACING_BASELINE;
-    if (baseline) variants.unshift({ key: "baseline", label: `a build without tracing (${baseline})`, env: {}, script: join(baseline, "dist/src/main.js") });
+    if (baseline) variants.unshift({ key: "baseline", label: `a build without tracing (${describeBuild(baseline)})`, env: {}, script: join(baseline, "dist/src/main.js") });
     const keys = generateKeySpec("bench");
     const targets: Target[] = [];
     for (const v of variants) {

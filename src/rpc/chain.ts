@@ -183,12 +183,13 @@ export class RpcChain {
       const active = new ActiveCall(this, call, started, resolve as (value: unknown) => void, reject);
       try {
         if (this.closed) throw new ShuttingDownError();
+        active.scope = this.admit(call);
+        // After admission: a caller without a valid credential cannot make the service record (or sample) anything.
         if (this.spans.enabled && !OPEN_SERVICES.has(call.service)) {
           const traced = this.startSpan(call);
           active.span = traced?.span;
           active.trace = traced?.ctx;
         }
-        active.scope = this.admit(call);
         this.inflight.add(active);
         handler(active).then(
           (value) => active.settle(true, value),

@@ -352,16 +352,16 @@ export class SessionService {
     };
   }
 
-  /**
-   * Reads a session for GetToken and caches it. Concurrent reads of the same
-   * session and user share one query: a storm of callers costs one row read
-   * per replica, not one per caller.
-   */
   /** A database read of the session: by id (then cached), or the user's newest at a provider (not cached). */
   private readAttributes(by: "id" | "newest") {
     return { ...this.spans.db, "db.operation.name": "SELECT", "db.collection.name": "sessions", "token_service.cache": by === "id" ? "miss" : "none" };
   }
 
+  /**
+   * Reads a session for GetToken and caches it. Concurrent reads of the same
+   * session and user share one query: a storm of callers costs one row read
+   * per replica, not one per caller.
+   */
   private readSession(sessionId: string, userId: string): Promise<{ head: SessionHead | null; entry?: CacheEntry }> {
     const key = `${userId}\u0000${sessionId}`;
     let read = this.inflightReads.get(key);

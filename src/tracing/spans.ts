@@ -67,7 +67,14 @@ export class Spans {
     const started = this.begin(name, parent, options);
     if (!started) return fn(undefined, undefined);
     const { span, ctx } = started;
-    return fn(span, ctx).then(
+    let work: Promise<T>;
+    try {
+      work = fn(span, ctx);
+    } catch (err) {
+      // A function that throws before it returns a promise still ends its span.
+      work = Promise.reject(err as Error);
+    }
+    return work.then(
       (value) => {
         span.end();
         return value;

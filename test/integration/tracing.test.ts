@@ -124,6 +124,7 @@ describe("OpenTelemetry traces", () => {
     expect(refresh.attributes["token_service.coalesced"]).toBe(false);
     expect(refresh.attributes["token_service.outcome"]).toBe("refreshed");
     expect(refresh.attributes["token_service.session.ref"]).toMatch(/^[\w-]{12}$/);
+    await tracing.flush();
     const read = children(rpc).find((x) => x.name === "session read");
     expect(read?.attributes).toMatchObject({ "db.system.name": "sqlite", "db.operation.name": "SELECT", "token_service.cache": "miss" });
 
@@ -245,6 +246,8 @@ describe("OpenTelemetry traces", () => {
       return s!;
     });
     expect(http.attributes["error.type"]).toBe("500");
+    // The refresh and the RPC end just after the provider request: export them before reading.
+    await tracing.flush();
     const refresh = inTrace(t.traceId).find((s) => s.name === "refresh")!;
     expect(refresh.attributes["error.type"]).toBe("PROVIDER_UNAVAILABLE");
     const rpc = inTrace(t.traceId).find((s) => s.kind === SpanKind.SERVER)!;
