@@ -16,6 +16,7 @@ import { once } from "node:events";
 import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { h2loadArgs, runH2load, type H2loadResult, type H2loadSpec } from "./h2load.js";
 import { profileShare, profileTable, RPC_STACK_CATEGORIES, summarizeProfiles, type ProfileSummary } from "./profile.js";
@@ -140,8 +141,10 @@ export const paths = { health: HEALTH, getToken: GET_TOKEN };
 /**
  * Runs `rounds` paired rounds over `targets` (after one warm-up run of each),
  * rotating the order each round so that no target always runs first.
+ * `settleMs` waits after each run, for work a server goes on doing after
+ * its answers (exporting spans) not to land in the next target's run.
  */
-export async function runRounds(targets: Target[], rounds: number, log: (line: string) => void): Promise<HotPathResult["rounds"]> {
+export async function runRounds(targets: Target[], rounds: number, log: (line: string) => void, settleMs = 0): Promise<HotPathResult["rounds"]> {
   for (const t of targets) await measure(t, REQUESTS / 2);
   const out: HotPathResult["rounds"] = [];
   for (let r = 0; r < rounds; r++) {
@@ -149,6 +152,7 @@ export async function runRounds(targets: Target[], rounds: number, log: (line: s
     for (let i = 0; i < targets.length; i++) {
       const t = targets[(i + r) % targets.length]!;
       round[t.key] = await measure(t);
+      if (settleMs > 0) await sleep(settleMs);
     }
     out.push(round);
     log(

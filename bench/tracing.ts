@@ -5,6 +5,9 @@
  * carry no traceparent, so the sampler alone decides, as for a caller that
  * does not trace. Paired h2load rounds (bench/hot-path.ts); medians.
  *
+ * A second service with tracing off runs in the same rounds: the spread
+ * between two identical processes is the noise floor of the ratios.
+ *
  * With BENCH_TRACING_BASELINE=DIR (a built checkout from before tracing
  * existed: DIR/dist/src/main.js), the same rounds also run that build, so
  * "off costs nothing" is measured against code without tracing at all.
@@ -32,6 +35,8 @@ import { fmt, machine, writeSection } from "./report.js";
 import { grpcFrame } from "./run-load.js";
 
 const GET_TOKEN_METHOD = "tokenservice.v1.TokenService/GetToken";
+/** The pause after each run: the last batch of spans is exported before the next target runs. */
+const SETTLE_MS = 2000;
 
 /** A collector that reads every OTLP export and answers 200: the service pays for exporting, nothing is kept. */
 async function startNullCollector(): Promise<{ url: string; exports: () => number; close: () => void }> {
@@ -70,11 +75,14 @@ export async function runTracingBench(o: { provider: TestProvider; serverUrl: st
   const collector = await startNullCollector();
   const procs: ServiceProcess[] = [];
   try {
-    const otlp = { OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf" };
+    // Batches go out every second (not the default 5 s), and each run is followed by a pause longer than that.
+    const otlp = { OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf", OTEL_BSP_SCHEDULE_DELAY: "1000" };
     const variants: Variant[] = [
       { key: "off", label: "tracing off (no OTEL_* variables)", env: {} },
       { key: "ratio1", label: "tracing on, 1 % sampled (traceidratio 0.01)", env: { ...otlp, OTEL_TRACES_SAMPLER: "traceidratio", OTEL_TRACES_SAMPLER_ARG: "0.01" } },
       { key: "always", label: "tracing on, 100 % sampled (always_on)", env: { ...otlp, OTEL_TRACES_SAMPLER: "always_on" } },
+      // Two identical services differ by more than tracing's cost on a shared machine: this one shows by how much.
+      { key: "off2", label: "tracing off, a second identical service (the noise floor)", env: {} },
     ];
     const baseline = process.env.BENCH_TRACING_BASELINE;
     if (baseline) variants.unshift({ key: "baseline", label: `a build without tracing (${describeBuild(baseline)})`, env: {}, script: join(baseline, "dist/src/main.js") });
@@ -106,7 +114,7 @@ export async function runTracingBench(o: { provider: TestProvider; serverUrl: st
     }
     o.log(`\n== tracing: GetToken with tracing off, 1 % and 100 % sampled, ${o.rounds} paired rounds`);
     const before = collector.exports();
-    const rounds = await runRounds(targets, o.rounds, o.log);
+    const rounds = await runRounds(targets, o.rounds, o.log, SETTLE_MS);
     const exported = collector.exports() - before;
     const { medians, ratio } = summarize(rounds);
     const tput = (m: { reqPerSec: number }) => m.reqPerSec;
@@ -117,6 +125,7 @@ export async function runTracingBench(o: { provider: TestProvider; serverUrl: st
       return `${fmt(rs[0]!, 2)}–${fmt(rs[rs.length - 1]!, 2)}`;
     };
     const one = ratio("ratio1", "off", tput);
+    const floor = ratio("off2", "off", tput);
     const rows = targets.map(
       (t) =>
         `| ${t.label} | ${Math.round(medians[t.key]!.reqPerSec)} | ${fmt(medians[t.key]!.p99Ms, 2)} | ${fmt(medians[t.key]!.cpuUsPerCall, 0)} | ${t.key === "off" ? "1" : fmt(ratio(t.key, "off", tput), 2)}× | ${t.key === "off" ? "" : spread(t.key, "off")} |`,
@@ -127,9 +136,10 @@ export async function runTracingBench(o: { provider: TestProvider; serverUrl: st
     return `## Tracing: GetToken with tracing off, 1 % and 100 % sampled
 
 GetToken (PostgreSQL, cache on: a cache hit, the common case) on one service per variant, each with its
-own database, exporting OTLP http/protobuf in batches to a local collector that drops what it gets
+own database, exporting OTLP http/protobuf in batches (every second) to a local collector that drops what it gets
 (${exported} export requests over the measured rounds). The calls carry no \`traceparent\`, so the sampler alone
-decides. h2load \`-n 40000 -c 4 -m 16\`, ${rounds.length} paired rounds, medians; ratios are per round, then the median.
+decides. h2load \`-n 40000 -c 4 -m 16\`, ${rounds.length} paired rounds with a ${SETTLE_MS / 1000} s pause after each run (the last
+spans of one target are exported before the next runs), medians; ratios are per round, then the median.
 Run on ${new Date().toISOString().slice(0, 10)}, ${machine()}.
 
 | variant | req/s | p99 (ms) | CPU per call (µs) | req/s ÷ off | per round |
@@ -137,6 +147,7 @@ Run on ${new Date().toISOString().slice(0, 10)}, ${machine()}.
 ${rows.join("\n")}
 
 - Target: 1 % sampling costs under 5 % of throughput: **${one >= 0.95 ? "met" : "NOT met"}** (${fmt(one, 2)}×; CPU per call ${fmt(ratio("ratio1", "off", cpu), 2)}×).
+- Noise floor: the second service with tracing off ran at ${fmt(floor, 2)}× the first (per round ${spread("off2", "off")}), CPU per call ${fmt(ratio("off2", "off", cpu), 2)}×.
 ${offLine}
 - 100 % sampling (every call a trace of three spans: the RPC, the session read, exported): ${fmt(ratio("always", "off", tput), 2)}× throughput, CPU per call ${fmt(ratio("always", "off", cpu), 2)}×.
 `;
