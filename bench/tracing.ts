@@ -149,7 +149,7 @@ ${rows.join("\n")}
 - Target: 1 % sampling costs under 5 % of throughput: **${one >= 0.95 ? "met" : "NOT met"}** (${fmt(one, 2)}×; CPU per call ${fmt(ratio("ratio1", "off", cpu), 2)}×).
 - Noise floor: the second service with tracing off ran at ${fmt(floor, 2)}× the first (per round ${spread("off2", "off")}), CPU per call ${fmt(ratio("off2", "off", cpu), 2)}×.
 ${offLine}
-- 100 % sampling (every call a trace of three spans: the RPC, the session read, exported): ${fmt(ratio("always", "off", tput), 2)}× throughput, CPU per call ${fmt(ratio("always", "off", cpu), 2)}×.
+- 100 % sampling (every call a trace of two spans, the RPC and its session read, exported): ${fmt(ratio("always", "off", tput), 2)}× throughput, CPU per call ${fmt(ratio("always", "off", cpu), 2)}×.
 `;
   } finally {
     for (const p of procs) p.kill("SIGKILL");
