@@ -53,7 +53,8 @@ protoc -I "$proto_dir" -I "$wkt" \
   --go-grpc_out="$build/gopath/src" --go-grpc_opt="M$proto_file=$import_path;tokenservicev1" \
   "$proto_file"
 
-export GO111MODULE=off GOPROXY=off GOFLAGS= GOPATH="$build/gopath:$debian_gopath"
+# CGO off: a pure Go build needs no C compiler (apt installs golang-go without its recommended gcc in CI).
+export GO111MODULE=off GOPROXY=off GOFLAGS= CGO_ENABLED=0 GOPATH="$build/gopath:$debian_gopath"
 # A build cache of its own when HOME has none to offer (CI runners, sandboxes).
 case "$("$go_bin" env GOCACHE 2>/dev/null || true)" in "" | off) export GOCACHE="$build/cache" ;; esac
 (cd "$here" && "$go_bin" build -o "$build/bin/tokenservice-go-client" .) ||
