@@ -24,8 +24,9 @@ export const NO_TELEMETRY: ProviderTelemetry = { spans: NO_SPANS, observe: () =>
  */
 export function observedFetch(fetchImpl: FetchLike, telemetry: ProviderTelemetry, provider: string, endpoint: string, parent?: TraceContext): FetchLike {
   return (url, init) => {
+    // No trace (tracing off, or the call not sampled): measured only, and no URL parsed for attributes.
+    if (!parent) return measured(fetchImpl, telemetry, provider, endpoint, url, init, undefined);
     const method = (init.method ?? "GET").toUpperCase();
-    if (!parent || !telemetry.spans.enabled) return measured(fetchImpl, telemetry, provider, endpoint, url, init, undefined);
     const u = new URL(url);
     return telemetry.spans.run(
       `${method} ${endpoint}`,

@@ -19,7 +19,7 @@ import {
 } from "../sessions/errors.js";
 import { accessTokenExpiry, lifetimeSeconds, requiredValiditySeconds, secondsLeft } from "../sessions/expiry.js";
 import type { TokenVault } from "../sessions/token-vault.js";
-import { leaseAttributes, type RefreshCoordinator } from "./coordinator.js";
+import { tracedLease, type RefreshCoordinator } from "./coordinator.js";
 import { NO_SPANS, sessionAttributes, type Spans, type TraceContext } from "../tracing/spans.js";
 import type { RowWaiter } from "./waiter.js";
 
@@ -164,13 +164,7 @@ export class AudienceCoordinator {
       const now = new Date();
       const until = new Date(now.getTime() + this.config.leaseMs);
       const owner = `${this.sessions.replicaId}:${randomBytes(4).toString("hex")}`;
-      const leased = trace
-        ? await this.spans.run("refresh lease", trace, { attributes: leaseAttributes(this.spans) }, async (span) => {
-            const got = await this.repo.acquireLease(session.id, session.version, owner, now, until);
-            span?.setAttribute("token_service.lease", got ? "acquired" : "held_elsewhere");
-            return got;
-          })
-        : await this.repo.acquireLease(session.id, session.version, owner, now, until);
+      const leased = await tracedLease(this.spans, trace, false, () => this.repo.acquireLease(session.id, session.version, owner, now, until));
       if (leased) {
         const outcome = await this.holding(leased, resource, owner, until, caller, subjectRefreshed, good, trace);
         if (outcome !== "refresh_subject_first") return outcome;

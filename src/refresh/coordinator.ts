@@ -184,15 +184,8 @@ export class RefreshCoordinator {
         const until = new Date(now.getTime() + this.config.leaseMs);
         const owner = `${this.replicaId}:${randomBytes(4).toString("hex")}`;
         const lapsed = current.leaseOwner !== null && current.leaseUntil !== null && current.leaseUntil < now;
-        const version = observed;
-        const id = current.id;
-        const full = trace
-          ? await this.spans.run("refresh lease", trace, { attributes: leaseAttributes(this.spans) }, async (span) => {
-              const got = await this.repo.acquireLease(id, version, owner, now, until);
-              span?.setAttribute("token_service.lease", got ? (lapsed ? "taken_over" : "acquired") : "held_elsewhere");
-              return got;
-            })
-          : await this.repo.acquireLease(current.id, observed, owner, now, until);
+        // Called at once (not later, when `current` and `observed` may have moved on).
+        const full = await tracedLease(this.spans, trace, lapsed, () => this.repo.acquireLease(current.id, observed, owner, now, until));
         if (full) {
           if (lapsed) {
             this.stats.takeovers++;
@@ -314,11 +307,9 @@ export class RefreshCoordinator {
     // The provider may have spent the old refresh token: the new one must be
     // stored before anyone gets the new access token. Retry the write while
     // the lease is ours rather than lose it to a database blip.
-    const written = trace
-      ? await this.spans.run("refresh store", trace, { attributes: leaseAttributes(this.spans) }, () =>
-          this.persist(row, owner, fields, now, leaseUntil, log),
-        )
-      : await this.persist(row, owner, fields, now, leaseUntil, log);
+    const written = await this.spans.run("refresh store", trace, { attributes: leaseAttributes(this.spans) }, () =>
+      this.persist(row, owner, fields, now, leaseUntil, log),
+    );
     if (!written) {
       const still = await this.repo.findById(row.id).catch(() => undefined);
       if (still === null) {
@@ -419,6 +410,19 @@ function onlyResource(resources: string | null): string | undefined {
 }
 
 /** A statement on the session's row (taking the lease, storing the refresh). */
-export function leaseAttributes(spans: Spans) {
+function leaseAttributes(spans: Spans) {
   return { ...spans.db, "db.operation.name": "UPDATE", "db.collection.name": "sessions" };
+}
+
+/**
+ * Takes the session row's lease (`acquire`), in a "refresh lease" span under
+ * `trace` that says how it went; the session's refresh and audience
+ * refreshes take the same lease.
+ */
+export function tracedLease<T>(spans: Spans, trace: TraceContext, lapsed: boolean, acquire: () => Promise<T | null>): Promise<T | null> {
+  return spans.run("refresh lease", trace, { attributes: leaseAttributes(spans) }, async (span) => {
+    const got = await acquire();
+    span?.setAttribute("token_service.lease", got ? (lapsed ? "taken_over" : "acquired") : "held_elsewhere");
+    return got;
+  });
 }

@@ -23,7 +23,7 @@ import { requireProviderAllowed, requireResourceAllowed, type CallContext } from
 import { asDomainError } from "./store-errors.js";
 
 export type { CallContext } from "./scope.js";
-import { NO_SPANS, type Spans } from "../tracing/spans.js";
+import { NO_SPANS, type SpanOptions, type Spans } from "../tracing/spans.js";
 import {
   checkExpiresIn,
   checkInstant,
@@ -97,9 +97,15 @@ export class SessionService {
     private readonly options: { lastUsedResolutionMs: number; spans?: Spans },
   ) {
     this.spans = options.spans ?? NO_SPANS;
+    const select = { ...this.spans.db, "db.operation.name": "SELECT", "db.collection.name": "sessions" };
+    this.readById = { attributes: { ...select, "token_service.cache": "miss" } };
+    this.readNewest = { attributes: { ...select, "token_service.cache": "none" } };
   }
 
   private readonly spans: Spans;
+  /** Span options of a database read of the session: by id (then cached), or the user's newest at a provider (never cached). */
+  private readonly readById: SpanOptions;
+  private readonly readNewest: SpanOptions;
 
   /** Stores a login's token set as a new session; returns its id. */
   storeSession(input: StoreSessionInput, ctx: CallContext = {}): Promise<{ sessionId: string; expiresAt: Date }> {
@@ -197,19 +203,15 @@ export class SessionService {
       if (entry) {
         head = entry.head;
         if (ctx.trace) this.spans.mark("session read", ctx.trace, { "token_service.cache": "hit" });
-      } else if (ctx.trace) {
-        ({ head, entry } = await this.spans.run("session read", ctx.trace, { attributes: this.readAttributes("id") }, () => this.readSession(sessionId, userId)));
       } else {
-        ({ head, entry } = await this.readSession(sessionId, userId));
+        ({ head, entry } = await this.spans.run("session read", ctx.trace, this.readById, () => this.readSession(sessionId, userId)));
       }
       if (head && input.provider !== "" && head.provider !== input.provider) head = null;
     } else {
       if (input.provider === "") throw new InvalidArgumentError("provider", "is required when session_id is empty");
       requireProviderAllowed(ctx, input.provider);
       const provider = input.provider;
-      head = ctx.trace
-        ? await this.spans.run("session read", ctx.trace, { attributes: this.readAttributes("newest") }, () => this.reader.findNewest(userId, provider))
-        : await this.reader.findNewest(userId, provider);
+      head = await this.spans.run("session read", ctx.trace, this.readNewest, () => this.reader.findNewest(userId, provider));
     }
     if (!head) throw new SessionNotFoundError();
     requireProviderAllowed(ctx, head.provider);
@@ -350,11 +352,6 @@ export class SessionService {
       scope: row.scope,
       sessionId: row.id,
     };
-  }
-
-  /** A database read of the session: by id (then cached), or the user's newest at a provider (not cached). */
-  private readAttributes(by: "id" | "newest") {
-    return { ...this.spans.db, "db.operation.name": "SELECT", "db.collection.name": "sessions", "token_service.cache": by === "id" ? "miss" : "none" };
   }
 
   /**

@@ -138,7 +138,7 @@ export function sessionAttributes(sessionId: string, provider: string): Attribut
 }
 
 /** Marks a span failed with the error's code or name, and its reason when it has one (never its message). */
-export function failSpan(span: Span, err: unknown): void {
+function failSpan(span: Span, err: unknown): void {
   const e = (err && typeof err === "object" ? err : {}) as { name?: unknown; code?: unknown; reason?: unknown };
   const type = typeof e.code === "string" ? e.code : typeof e.name === "string" ? e.name : "Error";
   span.setAttribute("error.type", type);
