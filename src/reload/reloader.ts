@@ -164,7 +164,8 @@ export class ConfigReloader {
 
   private refused(trigger: string, err: unknown): ReloadResult {
     // ConfigError messages name the field and never hold a value; anything else is summarized by name and code.
-    const error = err instanceof ConfigError ? err.message : `${errSummary(err).name}${errSummary(err).code ? ` [${errSummary(err).code}]` : ""}`;
+    const summary = errSummary(err);
+    const error = err instanceof ConfigError ? err.message : `${summary.name}${summary.code ? ` [${summary.code}]` : ""}`;
     this.t.logger.error({ trigger, configFile: this.current.configFile, error }, RELOAD_FAILED);
     return { ok: false, changed: false, error };
   }
