@@ -13,3 +13,13 @@ export async function failure(p: Promise<unknown>): Promise<{ code: Code; reason
   const [info] = e.findDetails(ErrorInfoSchema);
   return { code: e.code, reason: info?.reason, metadata: { ...(info?.metadata ?? {}) }, message: e.rawMessage };
 }
+
+/** The code a Connect-ES call ended with, or "ok". */
+export async function codeOf(p: Promise<unknown>): Promise<Code | "ok"> {
+  try {
+    await p;
+    return "ok";
+  } catch (err) {
+    return (err as ConnectError).code;
+  }
+}

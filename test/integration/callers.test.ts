@@ -22,6 +22,7 @@ import {
 } from "../helpers/clients.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { startService, type TestService } from "../helpers/service.js";
+import { codeOf } from "../helpers/failure.js";
 
 const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 const SECRETS = {
@@ -32,15 +33,6 @@ const SECRETS = {
 
 function reasonOf(err: unknown): string | undefined {
   return err instanceof ConnectError ? err.findDetails(ErrorInfoSchema)[0]?.reason : undefined;
-}
-
-async function codeOf(p: Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await p;
-    return "ok";
-  } catch (err) {
-    return (err as ConnectError).code;
-  }
 }
 
 describe("callers: TLS, mTLS, bearer credentials, scopes and rate limits", () => {

@@ -15,6 +15,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/h
 import { makeCertificates, type TestCertificates } from "../helpers/certs.js";
 import { connectGrpcClient, connectJsonClient, grpcJsClient, type GrpcJsError } from "../helpers/clients.js";
 import { spawnService, type ServiceProcess } from "../helpers/process.js";
+import { codeOf } from "../helpers/failure.js";
 
 const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 /** Values that must never reach the log. */
@@ -50,15 +51,6 @@ async function until<T>(what: string, get: () => Promise<T> | T, check: (v: T) =
 /** The log lines written from index `from` on. */
 function linesSince(svc: ServiceProcess, from: number) {
   return svc.lines().slice(from);
-}
-
-async function codeOf(p: Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await p;
-    return "ok";
-  } catch (err) {
-    return (err as ConnectError).code;
-  }
 }
 
 /** Nothing secret in anything the process wrote. */
