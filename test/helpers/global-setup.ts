@@ -20,6 +20,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     return async () => undefined;
   }
   let pg: TestPostgres | undefined = await startPostgres();
+  console.log(`test PostgreSQL on port ${pg.port}, from ${pg.source} (set DATABASE_URL to use another server)`);
   project.provide("postgresUrl", pg.url);
   return async () => {
     await pg?.destroy();
