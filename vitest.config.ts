@@ -9,6 +9,7 @@ export default defineConfig({
     pool: "forks",
     // Integration files each start servers and databases; two at a time suits a 2-core machine.
     maxWorkers: 2,
-    reporters: ["default"],
+    // The second prints one line per optional suite skipped for a missing tool (test/helpers/tools.ts).
+    reporters: ["default", "./test/helpers/skip-reporter.ts"],
   },
 });

@@ -1,12 +1,15 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { bodies, measure, paths, startBare, type Server } from "../../bench/hot-path.js";
+import { command, requireTools } from "../helpers/tools.js";
+
+const H2LOAD = requireTools("bench-tools.test.ts", [command("h2load", "nghttp2-client")]);
 
 /**
  * The benchmark's own tools, so that `npm run bench` does not rot between
  * runs: the bare servers answer the empty RPC, and h2load's figures are read
  * back (Debian's nghttp2-client; CI installs it).
  */
-describe("benchmark tools", () => {
+describe.skipIf(H2LOAD.skip)(`benchmark tools${H2LOAD.suffix}`, () => {
   const started: Array<Server & { child: { kill(): void } }> = [];
   afterAll(() => {
     for (const s of started) s.child.kill();

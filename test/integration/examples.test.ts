@@ -1,12 +1,13 @@
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestProvider, type TestProvider, type TestTokenSet } from "../helpers/oidc-provider.js";
 import { startService, type TestService } from "../helpers/service.js";
+import { command, fileAt, requireTools, runs, type Requirement } from "../helpers/tools.js";
 
 /**
  * The client examples in examples/ run as their own processes, exactly as a
@@ -20,36 +21,16 @@ const PYTHON = "/usr/bin/python3"; // Debian's, with python3-grpcio; not the pye
 const GRPC_PYTHON_PLUGIN = "/usr/bin/grpc_python_plugin";
 const CREDENTIAL = "examples-caller-credential-5f1d7c2a9e";
 
-/** Runs a command: true when it cannot start or exits non-zero. */
-function fails(cmd: string, args: string[]): boolean {
-  const r = spawnSync(cmd, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
-  return r.error !== undefined || r.status !== 0;
-}
-
-function pythonMissing(): string | undefined {
-  if (!existsSync(PYTHON)) return `${PYTHON} not found (Debian package python3)`;
-  if (fails(PYTHON, ["-c", "import grpc, google.protobuf"])) {
-    return `${PYTHON} cannot import grpc and google.protobuf (Debian packages python3-grpcio python3-protobuf)`;
-  }
-  if (fails("protoc", ["--version"])) return "protoc not found (Debian package protobuf-compiler)";
-  if (!existsSync(GRPC_PYTHON_PLUGIN)) return `${GRPC_PYTHON_PLUGIN} not found (Debian package protobuf-compiler-grpc)`;
-  if (!existsSync("/usr/include/google/protobuf/timestamp.proto")) return "google/protobuf/timestamp.proto not found (Debian package libprotobuf-dev)";
-  return undefined;
-}
-
-function curlMissing(): string | undefined {
-  if (fails("bash", ["-c", "true"])) return "bash not found";
-  const r = spawnSync("curl", ["--version"], { encoding: "utf8" });
-  if (r.error || r.status !== 0) return "curl not found (Debian package curl)";
-  if (!/\bHTTP2\b/.test(r.stdout)) return "curl lacks HTTP/2 support";
-  return undefined;
-}
-
-function bufMissing(): string | undefined {
-  if (fails("bash", ["-c", "true"])) return "bash not found";
-  if (!existsSync(join(ROOT, "node_modules/.bin/buf"))) return "node_modules/.bin/buf missing (run npm ci)";
-  return undefined;
-}
+/** A client whose tools npm brings. */
+const ALWAYS: Requirement = { skip: false, reason: undefined, suffix: "" };
+const PYTHON_TOOLS = [
+  fileAt(PYTHON, "python3"),
+  runs(`${PYTHON} with the grpc and google.protobuf modules`, "python3-grpcio python3-protobuf", PYTHON, ["-c", "import grpc, google.protobuf"]),
+  command("protoc", "protobuf-compiler"),
+  fileAt(GRPC_PYTHON_PLUGIN, "protobuf-compiler-grpc"),
+  fileAt("/usr/include/google/protobuf/timestamp.proto", "libprotobuf-dev"),
+];
+const CURL_TOOLS = [runs("curl with HTTP/2", "curl", "bash", ["-c", "curl --version | grep -qw HTTP2"])];
 
 /** A finished child process. */
 interface Run {
@@ -106,7 +87,8 @@ function generatePythonStubs(): Promise<string> {
 /** One example client: how to start it (without --target/--user/--provider), and why it cannot run here. */
 interface ExampleClient {
   name: string;
-  missing: string | undefined;
+  /** Whether the tools it needs are here (Node.js and buf always are: npm brings them). */
+  needs: Requirement;
   command(): Promise<{ file: string; args: string[] }>;
   /** Record the argv of the commands it runs (the shell examples). */
   recordArgv?: boolean;
@@ -117,7 +99,7 @@ interface ExampleClient {
 const CLIENTS: ExampleClient[] = [
   {
     name: "Python (grpcio)",
-    missing: pythonMissing(),
+    needs: requireTools("examples.test.ts: the Python (grpcio) example", PYTHON_TOOLS),
     command: async () => ({
       file: PYTHON,
       args: [join(ROOT, "examples/python/client.py"), "--gen-dir", await generatePythonStubs()],
@@ -125,27 +107,23 @@ const CLIENTS: ExampleClient[] = [
   },
   {
     name: "Node.js (@grpc/grpc-js)",
-    missing: undefined, // this test runs on Node.js
+    needs: ALWAYS, // this test runs on Node.js
     command: async () => ({ file: process.execPath, args: [join(ROOT, "examples/node-grpc-js/client.mjs")] }),
   },
   {
     name: "shell (curl, Connect JSON)",
-    missing: curlMissing(),
+    needs: requireTools("examples.test.ts: the shell (curl) example", CURL_TOOLS),
     command: async () => ({ file: "bash", args: [join(ROOT, "examples/shell/connect-json.sh")] }),
     recordArgv: true,
     listener: "http",
   },
   {
     name: "shell (buf curl, gRPC)",
-    missing: bufMissing(),
+    needs: ALWAYS, // node_modules/.bin/buf, from npm ci
     command: async () => ({ file: "bash", args: [join(ROOT, "examples/shell/buf-curl.sh")] }),
     recordArgv: true,
   },
 ];
-
-for (const c of CLIENTS) {
-  if (c.missing) console.warn(`examples.test.ts: skipping the ${c.name} example: ${c.missing}`);
-}
 
 describe("client examples against a live service", () => {
   let provider: TestProvider;
@@ -233,9 +211,7 @@ describe("client examples against a live service", () => {
   }
 
   for (const c of CLIENTS) {
-    const skipped = c.missing ? ` (SKIPPED: ${c.missing})` : "";
-
-    it.skipIf(Boolean(c.missing))(`${c.name}: stores, gets, revokes and sees NOT_FOUND${skipped}`, async () => {
+    it.skipIf(c.needs.skip)(`${c.name}: stores, gets, revokes and sees NOT_FOUND${c.needs.suffix}`, async () => {
       const { user, tokens, result, argvLog } = await runClient(c, svc);
       expectAllSteps(result, tokens);
       expectArgvClean(argvLog, tokens);
@@ -244,8 +220,8 @@ describe("client examples against a live service", () => {
       expect(sessions).toEqual([]);
     });
 
-    it.skipIf(Boolean(c.missing))(
-      `${c.name}: UNAUTHENTICATED without a caller credential, all steps with --bearer-env${skipped}`,
+    it.skipIf(c.needs.skip)(
+      `${c.name}: UNAUTHENTICATED without a caller credential, all steps with --bearer-env${c.needs.suffix}`,
       async () => {
         const without = await runClient(c, guarded);
         expect(without.result.code, without.result.stdout).not.toBe(0);

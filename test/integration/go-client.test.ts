@@ -1,5 +1,5 @@
-import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestProvider, type TestProvider, type TestTokenSet } from "../helpers/oidc-provider.js";
 import { startService, type TestService } from "../helpers/service.js";
+import { command, fileAt, requireTools } from "../helpers/tools.js";
 
 /**
  * examples/go: `run.sh ADDR` builds the Go client with Debian's toolchain in
@@ -20,31 +21,16 @@ const RUN_SH = join(ROOT, "examples/go/run.sh");
 const GO = "/usr/bin/go";
 const GOCODE = "/usr/share/gocode/src";
 
-function goMissing(): string | undefined {
-  if (!existsSync(GO)) return `${GO} not found (Debian package golang-go)`;
-  const packages: Array<[string, string]> = [
-    ["google.golang.org/grpc", "golang-google-grpc-dev"],
-    ["google.golang.org/protobuf", "golang-google-protobuf-dev"],
-    ["google.golang.org/genproto/googleapis/rpc/errdetails", "golang-google-genproto-dev"],
-  ];
-  for (const [dir, pkg] of packages) {
-    if (!existsSync(join(GOCODE, dir))) return `${GOCODE}/${dir} not found (Debian package ${pkg})`;
-  }
-  for (const [cmd, pkg] of [
-    ["protoc", "protobuf-compiler"],
-    ["protoc-gen-go", "protoc-gen-go"],
-    ["protoc-gen-go-grpc", "protoc-gen-go-grpc"],
-  ]) {
-    const r = spawnSync("bash", ["-c", `command -v ${cmd}`], { encoding: "utf8" });
-    if (r.status !== 0) return `${cmd} not found (Debian package ${pkg})`;
-  }
-  if (!existsSync("/usr/include/google/protobuf/timestamp.proto")) return "google/protobuf/timestamp.proto not found (Debian package libprotobuf-dev)";
-  return undefined;
-}
-
-const MISSING = goMissing();
-if (MISSING) console.warn(`go-client.test.ts: skipping the Go example: ${MISSING}`);
-const SKIPPED = MISSING ? ` (SKIPPED: ${MISSING})` : "";
+const NEEDS = requireTools("go-client.test.ts", [
+  fileAt(GO, "golang-go"),
+  fileAt(join(GOCODE, "google.golang.org/grpc"), "golang-google-grpc-dev"),
+  fileAt(join(GOCODE, "google.golang.org/protobuf"), "golang-google-protobuf-dev"),
+  fileAt(join(GOCODE, "google.golang.org/genproto/googleapis/rpc/errdetails"), "golang-google-genproto-dev"),
+  command("protoc", "protobuf-compiler"),
+  command("protoc-gen-go", "protoc-gen-go"),
+  command("protoc-gen-go-grpc", "protoc-gen-go-grpc"),
+  fileAt("/usr/include/google/protobuf/timestamp.proto", "libprotobuf-dev"),
+]);
 
 interface Run {
   code: number | null;
@@ -77,7 +63,7 @@ function closedPort(): Promise<number> {
   });
 }
 
-describe.skipIf(Boolean(MISSING))(`Go client example (examples/go/run.sh)${SKIPPED}`, () => {
+describe.skipIf(NEEDS.skip)(`Go client example (examples/go/run.sh)${NEEDS.suffix}`, () => {
   let provider: TestProvider;
   let svc: TestService;
   let tmp: string;

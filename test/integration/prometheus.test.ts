@@ -15,6 +15,7 @@ import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.j
 import { startPostgres, type TestPostgres } from "../helpers/postgres.js";
 import { expressionUse, metricFamilies, type ExpressionUse } from "../helpers/promql.js";
 import { createTestDatabase, startService, type TestService } from "../helpers/service.js";
+import { command, requireTools } from "../helpers/tools.js";
 
 /**
  * The alert rules and the dashboard against the real thing: Debian's
@@ -28,6 +29,7 @@ const root = new URL("../..", import.meta.url).pathname;
 const RULES = join(root, "deploy/prometheus/alerts.yaml");
 const DASHBOARD = join(root, "deploy/grafana/token-service.json");
 const PROMETHEUS = process.env.PROMETHEUS_BIN ?? "prometheus";
+const NEEDS = requireTools("prometheus.test.ts", [command(PROMETHEUS, "prometheus")]);
 const JOB = "token-service";
 /** Prometheus scrapes and evaluates every second; a 2-core machine shared with other tests gets generous waits (tests that wait get a multiple of it). */
 const WAIT_MS = 90_000;
@@ -240,7 +242,7 @@ describe("label values the rules and the dashboard name", () => {
   });
 });
 
-describe("alert rules and dashboard on a real Prometheus", () => {
+describe.skipIf(NEEDS.skip)(`alert rules and dashboard on a real Prometheus${NEEDS.suffix}`, () => {
   let provider: TestProvider;
   let svc: TestService;
   let prom: TestPrometheus;
@@ -420,7 +422,7 @@ describe("alert rules and dashboard on a real Prometheus", () => {
   }, WAIT_MS * 2);
 });
 
-describe("the database alert on a real Prometheus and a PostgreSQL that stops", () => {
+describe.skipIf(NEEDS.skip)(`the database alert on a real Prometheus and a PostgreSQL that stops${NEEDS.suffix}`, () => {
   let postgres: TestPostgres;
   let svc: TestService;
   let prom: TestPrometheus;
