@@ -4,15 +4,18 @@ import { promisify } from "node:util";
 import { fileURLToPath } from "node:url";
 import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseConfigFile } from "../../src/config.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { startProtectedResource } from "../helpers/protected-resource.js";
 import { startService, type TestService } from "../helpers/service.js";
 
 /**
- * The commands of the README's "Calling it" section, run as written against
- * a live service, over both listeners: only the addresses (the service runs
- * on ephemeral ports here) and the "…" placeholders (a real login's tokens and
- * the session id StoreSession answered) are filled in.
+ * The commands the documentation shows, run as written against a live
+ * service, over both listeners, from the pages where they live: the README's
+ * walk-through, docs/calling.md, docs/tool-servers.md and
+ * docs/audience-tokens.md. Only the addresses (the service runs on ephemeral
+ * ports here) and the "…" placeholders (a real login's tokens and the session
+ * id StoreSession answered) are filled in.
  */
 
 const execFile = promisify(execFileCb);
@@ -30,6 +33,7 @@ function commandsOf(section: string): string[] {
   );
 }
 
+/** A page's text from `heading` to the next `## ` heading. */
 function section(readme: string, heading: string): string {
   const start = readme.indexOf(`\n${heading}\n`);
   expect(start, heading).toBeGreaterThan(-1);
@@ -37,11 +41,14 @@ function section(readme: string, heading: string): string {
   return readme.slice(start, next === -1 ? undefined : next);
 }
 
-describe("the README's calling examples, against a live service", () => {
+const page = (path: string) => readFileSync(`${ROOT}/${path}`, "utf8");
+
+describe("the documented commands, against a live service", () => {
   let provider: TestProvider;
   let svc: TestService;
-  const readme = readFileSync(`${ROOT}/README.md`, "utf8");
-  const commands = commandsOf(section(readme, "## Calling it"));
+  const readme = page("README.md");
+  const calling = page("docs/calling.md");
+  const commands = [...commandsOf(section(calling, "## The calls")), ...commandsOf(section(calling, "## Server reflection"))];
 
   beforeAll(async () => {
     provider = await startTestProvider();
@@ -100,8 +107,29 @@ describe("the README's calling examples, against a live service", () => {
     expect(JSON.parse(err)).toMatchObject({ code: "not_found", message: "session not found" });
   });
 
-  it("adds a tool server and connects a user as 'Connecting tool servers (MCP)' shows, with buf curl and curl", async () => {
-    const steps = commandsOf(section(readme, "## Connecting tool servers (MCP)"));
+  it("walks through store, get and revoke with curl as the README shows", async () => {
+    const walk = section(readme, "## Five minutes: store, get and revoke");
+    // The configuration it gives is one the service accepts, with the provider the commands name.
+    const yaml = /```yaml\n([\s\S]*?)```/.exec(walk)![1]!;
+    expect(parseConfigFile(yaml, "walkthrough.yaml").providers.map((p) => p.id)).toEqual(["corp"]);
+    const [start, store, get, revoke, getAgain, ...rest] = commandsOf(walk);
+    expect(rest).toEqual([]);
+    expect(start).toBe("TOKEN_SERVICE_CONFIG=walkthrough.yaml npm start");
+    expect(store).toContain("/StoreSession");
+    expect(revoke).toContain("/RevokeSession");
+    expect(getAgain).toBe(get!.replace(',"minValidSeconds":60', ""));
+
+    const stored = JSON.parse(await run(store!)) as { sessionId: string };
+    expect(stored.sessionId).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    const got = JSON.parse(await run(get!, { sessionId: stored.sessionId })) as { token: string; tokenType: string; sessionId: string };
+    expect(got).toEqual(expect.objectContaining({ token: "my-access-token", tokenType: "Bearer", sessionId: stored.sessionId }));
+    expect(JSON.parse(await run(revoke!, { sessionId: stored.sessionId }))).toEqual({});
+    const gone = await run(getAgain!, { sessionId: stored.sessionId }).catch((e: { stdout?: string }) => e.stdout ?? "");
+    expect(JSON.parse(gone)).toMatchObject({ code: "not_found", message: "session not found" });
+  });
+
+  it("adds a tool server and connects a user as docs/tool-servers.md shows, with buf curl and curl", async () => {
+    const steps = commandsOf(page("docs/tool-servers.md"));
     expect(steps).toHaveLength(3);
     const [register, start, complete] = steps as [string, string, string];
     const resource = await startProtectedResource(provider.issuer);
@@ -123,8 +151,10 @@ describe("the README's calling examples, against a live service", () => {
       expect(done).toMatchObject({ provider: "tools" });
       expect((await svc.client.getToken({ userId: "alice", sessionId: done.sessionId })).token).not.toBe("");
 
-      // "Tokens for one audience": the curl with `resource`, for the tool server the login was granted.
-      const [audience] = commandsOf(section(readme, "## Tokens for one audience (RFC 8707, RFC 8693)"));
+      // docs/audience-tokens.md: the curl with `resource`, for the tool server the login was granted.
+      const audienceCommands = commandsOf(page("docs/audience-tokens.md"));
+      expect(audienceCommands).toHaveLength(1);
+      const [audience] = audienceCommands;
       const forServer = JSON.parse(await run(audience!.replaceAll("https://search.example.com/mcp", resource.url))) as { token: string; sessionId: string };
       expect(forServer.sessionId).toBe(done.sessionId);
       expect(decodeJwt(forServer.token).aud).toBe(resource.url);
