@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from "node:timers/promises";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
@@ -65,9 +64,10 @@ describe("tool calls on two MCP servers over three replicas (PostgreSQL)", () =>
 
   it("costs one provider call per audience while the tokens are missing or due, with 200 concurrent calls and no invalid_grant", async () => {
     const set = await provider.login("uma", { resources: [a.url, b.url] });
-    // Audience tokens live 20 s here (the session's own token, 300 s): due (half their lifetime left) 10 s after
-    // they are issued, and still valid for the MCP servers however slowly a loaded machine gets the calls there.
-    provider.setAccessTokenTtl(20);
+    // Audience tokens live 120 s here: due (inside the 60 s refresh margin) only a minute after they are issued, so
+    // nothing becomes due within a round however slowly a loaded machine serves it. Round 2 makes them due by their
+    // stored expiry instead of a wait.
+    provider.setAccessTokenTtl(120);
     await createClient(TokenService, createGrpcTransport({ baseUrl: replicas[0]!.url })).storeSession({
       userId: "uma",
       provider: "corp",
@@ -93,7 +93,15 @@ describe("tool calls on two MCP servers over three replicas (PostgreSQL)", () =>
       expect(provider.stats.invalidGrants).toBe(0);
       // Never two refreshes at once: both audiences use the session's one refresh token, in turn.
       expect(provider.stats.maxConcurrentRefreshes).toBe(1);
-      if (round === 1) await sleep(10_500);
+      if (round === 1) {
+        // Due for round 2: stored as issued an hour ago and expiring in 30 s, inside the 60 s margin (the tokens
+        // themselves stay valid for the MCP servers), and the replicas' caches dropped so that they read the rows again.
+        const now = Date.now();
+        const due = { issuedAt: new Date(now - 3600_000), expiresAt: new Date(now + 30_000) };
+        const affected = await replicas[0]!.app.orm.em.fork().nativeUpdate(AudienceTokenSchema, {}, due);
+        expect(affected).toBe(2);
+        for (const r of replicas) r.app.cache.flush();
+      }
     }
     expect(a.refused).toEqual({});
     expect(b.refused).toEqual({});

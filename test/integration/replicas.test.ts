@@ -171,7 +171,7 @@ describe("three replicas on one PostgreSQL", () => {
         (await Promise.all(replicas.map((r) => r.client.getToken({ userId: "cached", sessionId })))).every(
           (t) => t.token === fresh.token,
         ),
-      2000,
+      10_000, // well inside the cache's 30 s max age: only the NOTIFY can have done it
       "every replica to serve the refreshed token",
     );
     const refreshSpreadMs = Date.now() - seenAt;
@@ -182,7 +182,7 @@ describe("three replicas on one PostgreSQL", () => {
     expect(await codeOf(replicas[2]!)).toBe(Code.NotFound);
     await until(
       async () => (await Promise.all(replicas.map(codeOf))).every((c) => c === Code.NotFound),
-      2000,
+      10_000, // as above
       "every replica to refuse the revoked session",
     );
     // Reported, not asserted (timing): how long the other replicas took to hear of it.
@@ -190,14 +190,13 @@ describe("three replicas on one PostgreSQL", () => {
   });
 
   it("gives bounded answers while the provider hangs, fails or throttles, and keeps the session", async () => {
-    // Hang: both attempts time out after 1 s each; callers get UNAVAILABLE well before their deadline.
+    // Hang: both attempts time out after 1 s each, and the service itself answers UNAVAILABLE. Bounded by the
+    // provider timeout, not by the callers' deadline: a caller whose 30 s deadline ran out would see
+    // DEADLINE_EXCEEDED instead, however slow the machine (the wall clock is not asserted).
     provider.faults.push({ kind: "hang" }, { kind: "hang" });
     const { sessionId } = await storeExpired("faulty");
-    const started = Date.now();
-    const hung = await Promise.allSettled(Array.from({ length: 30 }, (_, i) => getToken(i, "faulty", sessionId, 10_000)));
-    const elapsed = Date.now() - started;
+    const hung = await Promise.allSettled(Array.from({ length: 30 }, (_, i) => getToken(i, "faulty", sessionId, 30_000)));
     expect(hung.every((r) => r.status === "rejected")).toBe(true);
-    expect(elapsed).toBeLessThan(9_000);
     const codes = new Set(
       hung.map((r) => {
         const reason = (r as PromiseRejectedResult).reason as { code?: unknown };
@@ -311,9 +310,12 @@ describe("three replicas on one PostgreSQL", () => {
     const during = outcomes.filter((o) => o.at > stoppedAt + 200 && o.at < restartedAt - 200);
     expect(during.length).toBeGreaterThan(0);
     expect(during.some((o) => !o.ok)).toBe(true);
+    // Bounded by the service, not by the callers' 20 s deadline: failures are UNAVAILABLE, none is DEADLINE_EXCEEDED
+    // (what a caller whose deadline ran out would see), and no call outlived the database bounds (connect 3 s, acquire 5 s,
+    // statement 5 s: 13 s at the very worst) on however busy a machine.
     for (const o of during.filter((x) => !x.ok)) expect(o.code).toBe(Code.Unavailable);
-    // Bounded: nobody waited on the dead database for long.
-    expect(Math.max(...outcomes.map((o) => o.ms))).toBeLessThan(8000);
+    expect(outcomes.filter((o) => o.code === Code.DeadlineExceeded)).toEqual([]);
+    expect(Math.max(...outcomes.map((o) => o.ms))).toBeLessThan(15_000);
     expect((await replicas[2]!.client.getToken({ userId: "steady", sessionId })).token).toBe(tokens.access_token);
   });
 
