@@ -2,7 +2,7 @@ import { createPrivateKey, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { z } from "zod";
-import { resourceProblem } from "../sessions/validation.js";
+import { resourceProblem } from "../util/resource-indicator.js";
 
 /** RPC names a caller may be granted, as written in `callers[].rpcs`. */
 export const RPC_NAMES = [

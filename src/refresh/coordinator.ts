@@ -18,6 +18,7 @@ import type { OpenTokens, TokenVault } from "../sessions/token-vault.js";
 import type { RowWaiter } from "./waiter.js";
 import type { Span } from "@opentelemetry/api";
 import { NO_SPANS, sessionAttributes, type Spans, type TraceContext } from "../tracing/spans.js";
+import { abortable } from "../util/abortable.js";
 
 /** What a refresh produced: the session as now stored, and its tokens when this process refreshed them. */
 export interface RefreshResult {
@@ -382,25 +383,6 @@ function tokenChanged(before: SessionHead, after: SessionHead): boolean {
 /** Poll delays while another replica holds the lease: 10, 20, 40, 80, then 100 ms. */
 function backoffMs(round: number): number {
   return Math.min(100, 10 * 2 ** round);
-}
-
-/** Resolves like `p`, or rejects with the signal's reason when it aborts first. */
-export function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      },
-    );
-  });
 }
 
 /** The session's resource when it was granted exactly one (RFC 8707: sent again on refresh); otherwise none. */

@@ -4,7 +4,7 @@ import type { SessionReader } from "../db/session-reader.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
 import type { ProviderRegistry } from "../providers/provider-client.js";
-import { abortable, type RefreshCoordinator, type RefreshResult } from "../refresh/coordinator.js";
+import type { RefreshCoordinator, RefreshResult } from "../refresh/coordinator.js";
 import { audienceFresh, type AudienceCoordinator, type AudienceToken, type AudienceWant } from "../refresh/audience.js";
 import {
   CallerDeadlineError,
@@ -24,6 +24,7 @@ import { asDomainError } from "./store-errors.js";
 
 export type { CallContext } from "./scope.js";
 import { NO_SPANS, type SpanOptions, type Spans } from "../tracing/spans.js";
+import { abortable } from "../util/abortable.js";
 import {
   checkExpiresIn,
   checkInstant,

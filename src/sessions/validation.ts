@@ -1,5 +1,6 @@
 import { InvalidArgumentError } from "./errors.js";
 import { MAX_LIFETIME_SECONDS } from "./expiry.js";
+import { resourceProblem } from "../util/resource-indicator.js";
 
 /** Largest token accepted, in UTF-8 bytes (AD FS tokens with many groups run to tens of KiB). */
 export const MAX_TOKEN_BYTES = 64 * 1024;
@@ -71,26 +72,6 @@ export function checkInstant(value: Date | undefined, field: string, now: Date):
     throw new InvalidArgumentError(field, "is implausibly far in the future (over ten years)");
   }
   return value;
-}
-
-/**
- * What is wrong with an RFC 8707 resource indicator (an absolute URI without
- * a fragment, a query or credentials), or undefined when nothing is. The one
- * rule for GetToken, StoreSession, StartAuthorization and callers' `resources`.
- */
-export function resourceProblem(value: string): string | undefined {
-  if (value.length > 2048) return "must be at most 2048 characters";
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    return "must be an absolute URI";
-  }
-  if (url.hash !== "" || value.includes("#")) return "must not have a fragment";
-  // It is logged, audited and a metric label: no place for credentials. RFC 8707 says a resource SHOULD NOT have a query.
-  if (url.username !== "" || url.password !== "") return "must not hold credentials";
-  if (url.search !== "" || value.includes("?")) return "must not have a query (RFC 8707, section 2)";
-  return undefined;
 }
 
 /** An RFC 8707 resource indicator, checked by `resourceProblem`. */
