@@ -1,8 +1,8 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { MikroORM } from "@mikro-orm/core";
-import { ConfigError, type Config } from "./config.js";
-import { loadOrCreateKeyFile } from "./crypto/key-file.js";
-import { parseKeyRing, type KeyRing } from "./crypto/key-ring.js";
+import type { Config } from "./config.js";
+import type { KeyRing } from "./crypto/key-ring.js";
+import { resolveKeyRing } from "./crypto/resolve-key-ring.js";
 import { describeDatabase, migrateUp, openOrm } from "./db/orm.js";
 import { SessionRepository } from "./db/session-repository.js";
 import { AuthorizationRepository } from "./db/provider-repository.js";
@@ -39,6 +39,8 @@ import { SessionService } from "./sessions/session-service.js";
 import { ConfigReloader, type ReloadResult } from "./reload/reloader.js";
 import { UserSessions } from "./sessions/user-sessions.js";
 import { TokenVault } from "./sessions/token-vault.js";
+
+export { resolveKeyRing } from "./crypto/resolve-key-ring.js";
 
 /** Replaceable parts, for tests and embedding. */
 export interface AppOverrides {
@@ -90,26 +92,6 @@ export interface App {
   reload(trigger?: string): Promise<ReloadResult>;
   /** Graceful stop: drain calls (bounded by config.shutdownGraceMs), close the database. */
   close(): Promise<void>;
-}
-
-/** The key ring from TOKEN_SERVICE_ENCRYPTION_KEYS, or on SQLite a generated key file. */
-export function resolveKeyRing(config: Config, logger: Logger): KeyRing {
-  if (config.encryptionKeys) return parseKeyRing(config.encryptionKeys);
-  if (config.database.kind === "postgresql") {
-    throw new ConfigError(
-      "TOKEN_SERVICE_ENCRYPTION_KEYS is required with PostgreSQL (every replica needs the same keys). " +
-        "Create one with `token-service keys generate` (in a checkout: `npm run --silent cli -- keys generate`).",
-    );
-  }
-  const path = `${config.database.path}.keys`;
-  const { ring, created } = loadOrCreateKeyFile(path);
-  logger.warn(
-    { keyFile: path, keyId: ring.primary.id, created },
-    created
-      ? "TOKEN_SERVICE_ENCRYPTION_KEYS is not set: generated an encryption key file (mode 0600) beside the database; back it up, sessions cannot be read without it"
-      : "TOKEN_SERVICE_ENCRYPTION_KEYS is not set: using the key file beside the database",
-  );
-  return ring;
 }
 
 /**

@@ -1,7 +1,7 @@
 import { X509Certificate } from "node:crypto";
 import type { Writable } from "node:stream";
 import { pino } from "pino";
-import { resolveKeyRing } from "../app.js";
+import { resolveKeyRing } from "../crypto/resolve-key-ring.js";
 import { loadConfig, type Config, type ProviderConfig } from "../config.js";
 import type { KeyRing } from "../crypto/key-ring.js";
 import { describeDatabase, openOrm } from "../db/orm.js";

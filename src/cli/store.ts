@@ -1,6 +1,6 @@
 import type { MikroORM } from "@mikro-orm/core";
 import { pino } from "pino";
-import { resolveKeyRing } from "../app.js";
+import { resolveKeyRing } from "../crypto/resolve-key-ring.js";
 import type { Config } from "../config.js";
 import { migrateUp, openOrm } from "../db/orm.js";
 import { SessionRepository } from "../db/session-repository.js";
