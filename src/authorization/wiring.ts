@@ -1,15 +1,12 @@
-import type { MikroORM } from "@mikro-orm/core";
 import type { Config } from "../config.js";
 import type { KeyRing } from "../crypto/key-ring.js";
-import { ProviderRepository, type AuthorizationRepository } from "../db/provider-repository.js";
-import type { SessionRepository } from "../db/session-repository.js";
+import type { Store } from "../db/create-store.js";
+import { ProviderRepository } from "../db/provider-repository.js";
 import type { Logger } from "../logger.js";
-import type { ProviderTelemetry } from "../providers/observed-fetch.js";
-import { OidcProviderClient, type FetchLike, type ProviderRegistry } from "../providers/provider-client.js";
+import type { Providers } from "../providers/create-providers.js";
 import { PeriodicTask } from "../refresh/periodic.js";
 import type { SessionWaiter } from "../refresh/waiter.js";
-import type { SessionService } from "../sessions/session-service.js";
-import type { UserSessions } from "../sessions/user-sessions.js";
+import type { Sessions } from "../sessions/create-sessions.js";
 import { BackchannelLogout } from "./backchannel-logout.js";
 import { CodeFlow } from "./code-flow.js";
 import { ProviderAdmin } from "./provider-admin.js";
@@ -22,8 +19,10 @@ export interface Authorization {
   admin: ProviderAdmin;
   codeFlow: CodeFlow;
   logout: BackchannelLogout;
-  /** Re-reads the runtime providers now and then; stop it on shutdown. */
+  /** Re-reads the runtime providers now and then; `start` and `close` start and stop it. */
   reloadTask: PeriodicTask;
+  start(): void;
+  close(): Promise<void>;
 }
 
 /**
@@ -31,34 +30,25 @@ export interface Authorization {
  * `registry` now, and again whenever any replica announces a change), the
  * authorization code flow, and back-channel logout.
  */
-export async function createAuthorization(deps: {
-  orm: MikroORM;
-  config: Config;
-  keyRing: KeyRing;
-  sessionsRepo: SessionRepository;
-  authRepo: AuthorizationRepository;
-  registry: ProviderRegistry;
-  sessions: SessionService;
-  users: UserSessions;
-  waiter: SessionWaiter;
-  fetch: FetchLike | undefined;
-  telemetry: ProviderTelemetry;
-  logger: Logger;
-}): Promise<Authorization> {
-  const { config, logger } = deps;
+export async function createAuthorization(
+  config: Config,
+  deps: { store: Store; keyRing: KeyRing; providers: Providers; sessions: Sessions; waiter: SessionWaiter; logger: Logger },
+): Promise<Authorization> {
+  const { store, providers, logger } = deps;
+  const { users } = deps.sessions;
   const vault = new SecretVault(deps.keyRing);
   const admin = new ProviderAdmin({
-    repo: new ProviderRepository(deps.orm),
-    sessions: deps.sessionsRepo,
-    registry: deps.registry,
+    repo: new ProviderRepository(store.orm),
+    sessions: store.sessions,
+    registry: providers.registry,
     vault,
-    users: deps.users,
+    users,
     announce: () => deps.waiter.notifyProviders(),
     refresh: config.refresh,
-    fetch: deps.fetch ?? fetch,
-    telemetry: deps.telemetry,
+    fetch: providers.fetch ?? fetch,
+    telemetry: providers.telemetry,
     logger,
-    makeClient: (c) => new OidcProviderClient(c, config.refresh, logger, deps.fetch, deps.telemetry),
+    makeClient: providers.client,
     startedAt: new Date(),
   });
   await admin.reload();
@@ -72,15 +62,17 @@ export async function createAuthorization(deps: {
   return {
     admin,
     codeFlow: new CodeFlow({
-      repo: deps.authRepo,
-      registry: deps.registry,
+      repo: store.authorizations,
+      registry: providers.registry,
       vault,
-      sessions: deps.sessions,
+      sessions: deps.sessions.service,
       stateTtlMs: config.authorization.stateTtlMs,
       providerTimeoutMs,
       logger,
     }),
-    logout: new BackchannelLogout({ registry: deps.registry, repo: deps.authRepo, users: deps.users, providerTimeoutMs, logger }),
+    logout: new BackchannelLogout({ registry: providers.registry, repo: store.authorizations, users, providerTimeoutMs, logger }),
     reloadTask,
+    start: () => reloadTask.start(),
+    close: () => reloadTask.stop(),
   };
 }
