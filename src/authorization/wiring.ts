@@ -19,9 +19,11 @@ export interface Authorization {
   admin: ProviderAdmin;
   codeFlow: CodeFlow;
   logout: BackchannelLogout;
-  /** Re-reads the runtime providers now and then; `start` and `close` start and stop it. */
+  /** Re-reads the runtime providers now and then. */
   reloadTask: PeriodicTask;
+  /** Starts the reload task. */
   start(): void;
+  /** Stops the reload task. */
   close(): Promise<void>;
 }
 
