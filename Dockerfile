@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Multi-stage image: build with dev dependencies, run with production ones only, as a non-root user.
-# Not built on this project's CI machines (they run no container engine); see README.md.
+# Not built on this project's CI machines (they run no container engine); see docs/deploying.md.
 
 FROM node:22-bookworm-slim AS build
 WORKDIR /app

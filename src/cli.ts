@@ -45,9 +45,9 @@ Commands:
   doctor                check config, database, keys, providers, clocks, TLS
   help                  show this text
 
-Environment: TOKEN_SERVICE_ADDR, TOKEN_SERVICE_ADMIN_ADDR, DATABASE_URL,
+Environment: TOKEN_SERVICE_ADDR, TOKEN_SERVICE_HTTP_ADDR, TOKEN_SERVICE_ADMIN_ADDR, DATABASE_URL,
 TOKEN_SERVICE_ENCRYPTION_KEYS, TOKEN_SERVICE_CONFIG, TOKEN_SERVICE_LOG_LEVEL
-(see README.md).
+and the rest: docs/configuration.md.
 `;
 
 async function serve(env: NodeJS.ProcessEnv, io: CliIo): Promise<undefined> {

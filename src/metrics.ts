@@ -1,10 +1,10 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { PoolStats } from "./db/pool-stats.js";
 
-/** Where the metrics read their gauges from, at scrape time. */
 /** Distinct resource label values per replica (audiences are few; a caller looping over URIs must not grow the registry). */
 const MAX_RESOURCE_LABELS = 100;
 
+/** Where the metrics read their gauges from, at scrape time. */
 export interface MetricSources {
   coalesced(): number;
   takeovers(): number;

@@ -6,7 +6,7 @@ import type { RpcChain } from "./chain.js";
 
 /**
  * Connection settings of the gRPC listener, chosen for callers that keep one
- * channel open for the life of their process (README, "The two listeners"):
+ * channel open for the life of their process (docs/calling.md, "The two listeners"):
  *
  * - keepalive: the server pings each connection every 60 s and drops it when
  *   no answer comes within 20 s, so a caller that vanished (power loss, a

@@ -33,7 +33,7 @@ export async function spawnService(
   env: Record<string, string>,
   options: { args?: string[]; expectListening?: boolean; cwd?: string; nodeArgs?: string[]; /** Another build's main.js (a benchmark baseline). */ script?: string } = {},
 ): Promise<ServiceProcess> {
-  // The same V8 heap cap as `npm start` and the image (see README, "Memory").
+  // The same V8 heap cap as `npm start` and the image (see docs/performance.md, "Memory").
   const child = spawn(process.execPath, ["--max-old-space-size=160", ...(options.nodeArgs ?? []), options.script ?? mainJs, ...(options.args ?? [])], {
     env: { PATH: process.env.PATH ?? "", TOKEN_SERVICE_ADDR: "127.0.0.1:0", TOKEN_SERVICE_HTTP_ADDR: "127.0.0.1:0", TOKEN_SERVICE_ADMIN_ADDR: "127.0.0.1:0", ...env },
     cwd: options.cwd,

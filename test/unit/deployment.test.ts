@@ -9,7 +9,7 @@ import { loadConfig } from "../../src/config.js";
 import { generateKeySpec } from "../../src/crypto/key-ring.js";
 
 // No container engine runs on the CI machines, so the image and the compose file cannot be built
-// here. These checks hold them to what the README says they are.
+// here. These checks hold them to what docs/deploying.md says they are.
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const read = (p: string) => readFileSync(`${root}/${p}`, "utf8");
 
