@@ -88,6 +88,8 @@ export interface TestProvider {
   /** Has oidc-provider itself send a back-channel logout to a client's registered backchannel_logout_uri. */
   backchannelLogout(clientId: string, sub: string, sid: string): Promise<void>;
   resetStats(): void;
+  /** Token requests open right now (a hung one stays open until its client's socket closes). */
+  inflightTokenRequests(): number;
   /** Releases requests held by a `hang` fault. */
   releaseHangs(): void;
   close(): Promise<void>;
@@ -428,6 +430,7 @@ export async function startTestProvider(
       const { body } = await post("/token/introspection", { token });
       return { active: body.active === true };
     },
+    inflightTokenRequests: () => inflight,
     resetStats() {
       Object.assign(stats, {
         refreshes: 0,

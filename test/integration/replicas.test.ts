@@ -205,6 +205,13 @@ describe("three replicas on one PostgreSQL", () => {
     );
     // Connect reports Code.Unavailable (14); grpc-js reports status 14 too.
     expect([...codes]).toEqual([Code.Unavailable]);
+    // Single flight across the three replicas: the 30 callers cost the two attempts of one refresh.
+    expect(provider.stats.refreshes).toBe(2);
+    expect(provider.stats.invalidGrants).toBe(0);
+    // The provider notices an abandoned hung request only when its socket's close reaches it, which on a busy
+    // machine can come after the retry arrived: concurrency is counted afresh once both are closed.
+    await until(() => provider.inflightTokenRequests() === 0, 30_000, "the provider to see the abandoned requests closed");
+    provider.resetStats();
 
     // 500 twice: UNAVAILABLE again, session kept.
     provider.faults.push({ kind: "status", status: 500 }, { kind: "status", status: 500 });
