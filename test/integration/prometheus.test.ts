@@ -327,10 +327,13 @@ describe.skipIf(NEEDS.skip)(`alert rules and dashboard on a real Prometheus${NEE
     const resource = "https://mcp.prometheus.example.test/mcp";
     const audience = await store("prom-user-audience", { expiresIn: 3600, resources: [resource] });
     secrets.push((await c.getToken({ userId: "prom-user-audience", sessionId: audience.sessionId, resource })).token);
-    // The token endpoint answers 500: a failed refresh (result unavailable, provider status "500").
-    const broken = await store("prom-user-unavailable");
+    // The token endpoint answers 500: a failed refresh (result unavailable, provider status "500"). A valid token and a
+    // forced refresh, so that the background refresher (every 0.5 s here) cannot take the fault first on a slow machine.
+    const broken = await store("prom-user-unavailable", { expiresIn: 3600 });
     provider.faults.push({ kind: "status", status: 500 });
-    expect((await failure(c.getToken({ userId: "prom-user-unavailable", sessionId: broken.sessionId }))).reason).toBe("PROVIDER_UNAVAILABLE");
+    expect((await failure(c.getToken({ userId: "prom-user-unavailable", sessionId: broken.sessionId, forceRefresh: true }))).reason).toBe(
+      "PROVIDER_UNAVAILABLE",
+    );
     // A session that comes due within seconds: the background refresher takes it.
     await store("prom-user-background", { expiresIn: 12 });
 
@@ -390,15 +393,16 @@ describe.skipIf(NEEDS.skip)(`alert rules and dashboard on a real Prometheus${NEE
     const { sessionId } = await svc.client.storeSession({
       userId: "prom-user-failing",
       provider: "corp",
-      tokens: { accessToken: set.access_token, refreshToken: set.refresh_token, expiresAt: timestampFromDate(new Date(Date.now() - 1000)) },
+      tokens: { accessToken: set.access_token, refreshToken: set.refresh_token, expiresIn: 3600n },
     });
-    // Every refresh fails while this runs: callers keep asking, Prometheus keeps scraping and evaluating.
+    // Every refresh fails while this runs: callers keep asking, Prometheus keeps scraping and evaluating. Forced
+    // refreshes of a valid token, so that the background refresher cannot take a fault first on a slow machine.
     let calls = 0;
     let seen: PromAlert[] = [];
     const alert = await waitFor(
       async () => {
         provider.faults.push({ kind: "status", status: 500 });
-        const f = await failure(svc.client.getToken({ userId: "prom-user-failing", sessionId }));
+        const f = await failure(svc.client.getToken({ userId: "prom-user-failing", sessionId, forceRefresh: true }));
         expect(f.reason).toBe("PROVIDER_UNAVAILABLE");
         calls++;
         seen = await prom.alerts();
