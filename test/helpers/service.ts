@@ -84,6 +84,17 @@ export interface TestService {
   close(): Promise<void>;
 }
 
+/**
+ * The background refresher is off unless a test configures it (`refresh.background`): a pass every 2 s would
+ * otherwise race the test for a just-stored expired session, and on a busy machine sometimes take the fault a
+ * test queued for its own GetToken. The tests of background refresh turn it on, with their own interval.
+ */
+function withBackgroundChoice(yaml: Record<string, unknown> = {}): Record<string, unknown> {
+  const refresh = (yaml.refresh ?? {}) as Record<string, unknown>;
+  if (refresh.background !== undefined) return yaml;
+  return { ...yaml, refresh: { ...refresh, background: { enabled: false } } };
+}
+
 /** Starts the real service in this process on an ephemeral port. */
 export async function startService(options: StartOptions): Promise<TestService> {
   const dir = mkdtempSync(join(tmpdir(), "token-service-test-"));
@@ -93,7 +104,7 @@ export async function startService(options: StartOptions): Promise<TestService> 
       ]
     : [];
   const configFile = join(dir, "config.yaml");
-  writeFileSync(configFile, stringify({ providers, ...options.yaml }));
+  writeFileSync(configFile, stringify({ providers, ...withBackgroundChoice(options.yaml) }));
   const keys = options.sqliteKeyFile ? undefined : (options.keys ?? generateKeySpec("test-k1"));
   const databaseUrl =
     options.dialect === "postgresql"
