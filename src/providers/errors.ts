@@ -1,10 +1,12 @@
 import { ClientError, ResponseBodyError, WWWAuthenticateChallengeError } from "openid-client";
 
 /**
- * RFC 6749 §5.2 error codes after which retrying with the same refresh token
- * cannot succeed: the user has to log in again.
+ * RFC 6749 §5.2 error codes that mean the grant (or this client) is gone:
+ * retrying with the same refresh token cannot succeed, and the user has to
+ * log in again. `invalid_scope` is not one of them: it speaks of the scope
+ * asked for, not of the grant, so it leaves the session as it is.
  */
-export const TERMINAL_OAUTH_ERRORS = new Set(["invalid_grant", "invalid_client", "unauthorized_client", "invalid_scope"]);
+export const TERMINAL_OAUTH_ERRORS = new Set(["invalid_grant", "invalid_client", "unauthorized_client"]);
 
 /**
  * A failed provider call, classified by HTTP status and RFC 6749 error code,

@@ -29,8 +29,14 @@ describe("classifyProviderError: OAuth error responses", () => {
     expect(e.cause).toBe(err);
   });
 
-  it("covers exactly the four terminal codes", () => {
-    expect([...TERMINAL_OAUTH_ERRORS].sort()).toEqual(["invalid_client", "invalid_grant", "invalid_scope", "unauthorized_client"]);
+  it("covers exactly the three codes that mean the grant or the client is gone", () => {
+    expect([...TERMINAL_OAUTH_ERRORS].sort()).toEqual(["invalid_client", "invalid_grant", "unauthorized_client"]);
+  });
+
+  it("invalid_scope keeps the session: unavailable, not retried blindly", () => {
+    const e = classifyProviderError(bodyError("invalid_scope", 400));
+    expect(e).toMatchObject({ kind: "unavailable", code: "invalid_scope", retryable: false });
+    expect(e.options.status).toBe(400);
   });
 
   it("a terminal code wins even on a 5xx status", () => {
