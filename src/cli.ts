@@ -35,8 +35,8 @@ Commands:
   providers list        every provider, from the YAML file and registered
   providers add --id ID (--issuer URL | --resource-url URL)
                 [--client-id ID [--client-secret-env NAME] [--auth-method M] | --dynamic]
-                [--redirect-uri URL]... [--scope S]... [--public-url URL]
-                [--allow-insecure-http]
+                [--redirect-uri URL]... [--scope S]... [--refresh-scope S]...
+                [--public-url URL] [--allow-insecure-http]
                 [--exchange [--exchange-target resource|audience|both]]
                         register a provider (discovery, dynamic registration);
                         --exchange: audience tokens by RFC 8693 token exchange

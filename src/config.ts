@@ -17,8 +17,13 @@ export interface ProviderConfig {
   clientAuthMethod: "client_secret_basic" | "client_secret_post" | "none";
   allowInsecureHttp: boolean;
   refreshMarginSeconds: number;
-  /** Sent as `scope` on refresh when set (down-scoping); otherwise the grant's scopes. */
+  /** The scopes StartAuthorization asks for by default; never sent on refresh. */
   scopes: string[] | undefined;
+  /**
+   * Down-scoping on refresh: sent as `scope`, narrowed to the session's granted
+   * scope (see refreshScope). Unset: a refresh sends no scope (RFC 6749 §6).
+   */
+  refreshScopes: string[] | undefined;
   /** When set, discovery is skipped and these endpoints are used. */
   tokenEndpoint: string | undefined;
   revocationEndpoint: string | undefined;
@@ -225,6 +230,7 @@ function toProvider(p: FileConfig["providers"][number], index: number, baseDir: 
     allowInsecureHttp: p.allow_insecure_http,
     refreshMarginSeconds: p.refresh_margin_seconds,
     scopes: p.scopes,
+    refreshScopes: p.refresh_scopes,
     tokenEndpoint: p.token_endpoint,
     revocationEndpoint: p.revocation_endpoint,
     defaultTokenLifetimeSeconds: p.default_token_lifetime_seconds,

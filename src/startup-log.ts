@@ -4,6 +4,7 @@ import type { Store } from "./db/create-store.js";
 import { describeDatabase } from "./db/orm.js";
 import type { Logger } from "./logger.js";
 import type { ProviderRegistry } from "./providers/provider-client.js";
+import { warnScopesNotSentOnRefresh } from "./providers/refresh-scope.js";
 import type { RefreshCoordinator } from "./refresh/coordinator.js";
 import { addressOf, type Listeners } from "./rpc/create-listeners.js";
 
@@ -42,6 +43,7 @@ export function logStartup(
       "no callers configured: any local process may call every RPC; listening on loopback only",
     );
   }
+  warnScopesNotSentOnRefresh(logger, config.providers, "startup");
   if (registry.ids().length === 0) {
     logger.warn("no providers configured (TOKEN_SERVICE_CONFIG): StoreSession will refuse every provider");
   }

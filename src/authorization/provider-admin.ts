@@ -33,6 +33,8 @@ export interface RegisterProviderInput {
   dynamicRegistration: boolean;
   redirectUris: string[];
   scopes: string[];
+  /** Down-scoping on refresh; empty: a refresh sends no scope. */
+  refreshScopes: string[];
   allowInsecureHttp: boolean;
   /** The service's HTTP listener as the provider reaches it, for the back-channel logout URI. */
   publicUrl: string;
@@ -55,6 +57,7 @@ export interface ProviderView {
   createdAt: Date;
   defaultResource: string | undefined;
   scopes: string[];
+  refreshScopes: string[];
   redirectUris: string[];
   allowInsecureHttp: boolean;
   openid: boolean;
@@ -81,6 +84,12 @@ export interface ProviderAdminDeps {
 }
 
 const METHODS = new Set<ClientAuthMethod>(["client_secret_basic", "client_secret_post", "none"]);
+
+/** A stored JSON list of scopes; undefined when empty. */
+function nonEmpty(json: string): string[] | undefined {
+  const list = JSON.parse(json) as string[];
+  return list.length ? list : undefined;
+}
 
 function str(v: unknown): string | undefined {
   return typeof v === "string" && v !== "" ? v : undefined;
@@ -150,6 +159,7 @@ export class ProviderAdmin {
     const insecure = input.allowInsecureHttp;
     const redirectUris = input.redirectUris.map((u, i) => checkUrl(u, `redirect_uris[${i}]`, insecure).href);
     const scopes = checkScopes(input.scopes);
+    const refreshScopes = checkScopes(input.refreshScopes, "refresh_scopes");
     let method: ClientAuthMethod;
     if (input.dynamicRegistration) {
       if (input.clientId !== "" || input.clientSecret !== "") {
@@ -248,6 +258,7 @@ export class ProviderAdmin {
       metadata: JSON.stringify({ ...metadata, openid: server.openid }),
       redirectUris: JSON.stringify(redirectUris),
       scopes: JSON.stringify(scopes),
+      refreshScopes: JSON.stringify(refreshScopes),
       allowInsecureHttp: insecure,
       audienceTokens,
       exchangeTarget,
@@ -312,7 +323,8 @@ export class ProviderAdmin {
       clientAuthMethod: row.clientAuthMethod as ClientAuthMethod,
       allowInsecureHttp: row.allowInsecureHttp,
       refreshMarginSeconds: 60,
-      scopes: (JSON.parse(row.scopes) as string[]).length ? (JSON.parse(row.scopes) as string[]) : undefined,
+      scopes: nonEmpty(row.scopes),
+      refreshScopes: nonEmpty(row.refreshScopes),
       tokenEndpoint: undefined,
       revocationEndpoint: undefined,
       defaultTokenLifetimeSeconds: 300,
@@ -346,6 +358,7 @@ export class ProviderAdmin {
       createdAt: c.runtime?.createdAt ?? this.deps.startedAt,
       defaultResource: c.defaultResource,
       scopes: c.scopes ?? [],
+      refreshScopes: c.refreshScopes ?? [],
       redirectUris: c.redirectUris,
       allowInsecureHttp: c.allowInsecureHttp,
       openid: c.runtime?.openid ?? Array.isArray(metadata?.id_token_signing_alg_values_supported),

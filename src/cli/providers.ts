@@ -102,6 +102,7 @@ export async function providersCommand(args: string[], env: NodeJS.ProcessEnv, o
           dynamicRegistration: args.includes("--dynamic"),
           redirectUris: options(args, "--redirect-uri"),
           scopes: options(args, "--scope"),
+          refreshScopes: options(args, "--refresh-scope"),
           allowInsecureHttp: args.includes("--allow-insecure-http"),
           publicUrl: option(args, "--public-url") ?? "",
           audienceTokens: args.includes("--exchange") ? "exchange" : "",

@@ -14,6 +14,8 @@ const httpUrl = z.string().refine((s) => {
   }
 }, "must be an http(s) URL");
 
+const scopeToken = z.string().regex(/^[\x21\x23-\x5B\x5D-\x7E]+$/, "must be a scope token");
+
 const providerSchema = z
   .object({
     id: z
@@ -28,7 +30,8 @@ const providerSchema = z
       .default("client_secret_basic"),
     allow_insecure_http: z.boolean().default(false),
     refresh_margin_seconds: z.number().int().min(0).max(86_400).default(60),
-    scopes: z.array(z.string().regex(/^[\x21\x23-\x5B\x5D-\x7E]+$/, "must be a scope token")).optional(),
+    scopes: z.array(scopeToken).optional(),
+    refresh_scopes: z.array(scopeToken).optional(),
     token_endpoint: httpUrl.optional(),
     revocation_endpoint: httpUrl.optional(),
     default_token_lifetime_seconds: z.number().int().min(1).max(31_536_000).default(300),

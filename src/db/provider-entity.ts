@@ -24,6 +24,8 @@ export interface ProviderRow {
   /** JSON arrays. */
   redirectUris: string;
   scopes: string;
+  /** Down-scoping on refresh (RegisterProvider's refresh_scopes), JSON; "[]": none. */
+  refreshScopes: string;
   allowInsecureHttp: boolean;
   /** How audience tokens are obtained: refresh (RFC 8707) or exchange (RFC 8693). */
   audienceTokens: "refresh" | "exchange";
@@ -50,6 +52,7 @@ export const ProviderSchema = new EntitySchema<ProviderRow>({
     metadata: { type: "text" },
     redirectUris: { type: "text" },
     scopes: { type: "text" },
+    refreshScopes: { type: "text", default: "[]" },
     allowInsecureHttp: { type: "boolean" },
     audienceTokens: { type: "string", length: 16, default: "refresh" },
     exchangeTarget: { type: "string", length: 16, default: "resource" },

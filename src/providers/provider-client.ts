@@ -4,6 +4,7 @@ import type { ProviderConfig, RefreshConfig } from "../config.js";
 import type { Logger } from "../logger.js";
 import { classifyProviderError, ProviderError } from "./errors.js";
 import { NO_TELEMETRY, observedFetch, type FetchLike, type ProviderTelemetry } from "./observed-fetch.js";
+import { refreshScope } from "./refresh-scope.js";
 import { withRetries } from "./retry.js";
 import type { TraceContext } from "../tracing/spans.js";
 
@@ -33,6 +34,8 @@ export interface CallOptions {
 export interface RefreshOptions extends CallOptions {
   /** RFC 8707: the one resource the session was granted, sent with the refresh. */
   resource?: string;
+  /** The session's granted scope (space-separated): `refresh_scopes` are narrowed to it. */
+  grantedScope?: string;
 }
 
 /** What a code exchange must check: the PKCE verifier sent, the state and nonce issued. */
@@ -164,11 +167,27 @@ export class OidcProviderClient implements ProviderClient {
     return this.discovered;
   }
 
+  /**
+   * A refresh token grant. No `scope` is sent unless the provider has
+   * `refresh_scopes` (see refreshScope); a scoped refresh answered
+   * `invalid_scope` is tried once more without it.
+   */
   async refresh(refreshToken: string, options: RefreshOptions): Promise<ProviderTokens> {
     const metadata = await this.metadata(options);
+    const scope = refreshScope(this.config.refreshScopes, options.grantedScope);
     const params: Record<string, string> = {};
-    if (this.config.scopes?.length) params.scope = this.config.scopes.join(" ");
     if (options.resource) params.resource = options.resource;
+    if (scope === undefined) return this.refreshGrant(metadata, refreshToken, params, options);
+    try {
+      return await this.refreshGrant(metadata, refreshToken, { ...params, scope }, options);
+    } catch (err) {
+      if (!(err instanceof ProviderError) || err.code !== "invalid_scope") throw err;
+      this.logger.warn({ provider: this.id, scope }, "provider refused the refresh_scopes (invalid_scope); refreshing once more without scope");
+      return this.refreshGrant(metadata, refreshToken, params, options);
+    }
+  }
+
+  private refreshGrant(metadata: oidc.ServerMetadata, refreshToken: string, params: Record<string, string>, options: RefreshOptions): Promise<ProviderTokens> {
     return withRetries(
       async ({ signal }) => {
         const seen: { body?: Record<string, unknown> } = {};

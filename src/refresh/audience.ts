@@ -238,7 +238,7 @@ export class AudienceCoordinator {
         } else {
           // Without a refresh token no audience token can be had; the session's own token may still serve, so it is not marked.
           if (!tokens.refresh) throw new ReauthRequiredError("no_refresh_token", row.provider);
-          response = await provider.refresh(tokens.refresh, { deadline, resource, trace });
+          response = await provider.refresh(tokens.refresh, { deadline, resource, grantedScope: row.scope, trace });
         }
       } catch (err) {
         if (err instanceof ReauthRequiredError) throw err;

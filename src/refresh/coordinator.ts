@@ -252,7 +252,12 @@ export class RefreshCoordinator {
     this.stats.started++;
     let response: ProviderTokens;
     try {
-      response = await provider.refresh(tokens.refresh, { deadline: leaseUntil.getTime() - this.leaseSafetyMs, resource: onlyResource(row.resources), trace });
+      response = await provider.refresh(tokens.refresh, {
+        deadline: leaseUntil.getTime() - this.leaseSafetyMs,
+        resource: onlyResource(row.resources),
+        grantedScope: row.scope,
+        trace,
+      });
     } catch (err) {
       const e = classifyProviderError(err);
       const now = new Date();

@@ -3,6 +3,7 @@ import { isDeepStrictEqual } from "node:util";
 import { ConfigError, type Config, type ProviderConfig } from "../config.js";
 import { errSummary, type Logger } from "../logger.js";
 import type { ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
+import { warnScopesNotSentOnRefresh } from "../providers/refresh-scope.js";
 import { CallerDirectory } from "../rpc/auth.js";
 import type { CertificateSource } from "../rpc/certificate-source.js";
 import type { RpcChain } from "../rpc/chain.js";
@@ -186,6 +187,7 @@ export class ConfigReloader {
       needsRestart: plan.needsRestart.length > 0 ? plan.needsRestart : undefined,
     };
     logger.info(fields, plan.changed ? "configuration reloaded" : "configuration reloaded: nothing changed");
+    warnScopesNotSentOnRefresh(logger, plan.config.providers, trigger);
     for (const setting of plan.needsRestart) {
       logger.warn({ trigger, setting }, `configuration reload: ${setting} changed but needs a restart; the running value is kept`);
     }
