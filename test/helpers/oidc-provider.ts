@@ -35,8 +35,8 @@ export interface ProviderStats {
   discoveries: number;
   /** Duration of each refresh request as the provider saw it, in ms (its own latency). */
   refreshMs: number[];
-  /** Token requests from the service (setup excluded), in order: grant type and the target parameters sent. */
-  tokenRequests: Array<{ grantType: string; resource: string[]; audience: string[] }>;
+  /** Token requests from the service (setup excluded), in order: grant type, the target parameters and the scope sent. */
+  tokenRequests: Array<{ grantType: string; resource: string[]; audience: string[]; scope: string | undefined }>;
 }
 
 export interface TestTokenSet {
@@ -65,8 +65,13 @@ export interface TestProvider {
    * Logs a user in: returns a full token set from a real token endpoint
    * response. With `resources`, the grant covers those RFC 8707 resources
    * (scope mcp:tools on each); the access token returned is for none of them.
+   * `scope` is the OpenID Connect scope granted (default `openid offline_access`):
+   * `openid` alone is what a login asking `offline_access` without
+   * `prompt=consent` is granted.
    */
-  login(accountId: string, options?: { resources?: string[] }): Promise<TestTokenSet>;
+  login(accountId: string, options?: { resources?: string[]; scope?: string }): Promise<TestTokenSet>;
+  /** The userinfo endpoint's HTTP status for an access token (200: the token works there). */
+  userinfo(accessToken: string): Promise<number>;
   /** Targets the token-exchange grant refuses with invalid_target. */
   readonly refusedExchangeTargets: Set<string>;
   /** Uses a refresh token directly at the token endpoint (not counted as a service refresh). */
@@ -81,8 +86,10 @@ export interface TestProvider {
    * Plays the browser: follows `authorizationUrl` through the provider's
    * login and consent for `accountId` (or refuses, with `deny`), and returns
    * the URL the provider redirects back to (with code, state and iss, or error).
+   * With `grantScopes`, the consent grants only those of the requested scopes
+   * (the user unticked the others).
    */
-  authorize(authorizationUrl: string, accountId: string, options?: { deny?: boolean }): Promise<string>;
+  authorize(authorizationUrl: string, accountId: string, options?: { deny?: boolean; grantScopes?: string[] }): Promise<string>;
   /** A back-channel logout token signed with the provider's key, or with another key (`forged`). */
   logoutToken(clientId: string, claims: { sub?: string; sid?: string; nonce?: string; events?: unknown; jti?: string; aud?: string }, options?: { forged?: boolean }): Promise<string>;
   /** Has oidc-provider itself send a back-channel logout to a client's registered backchannel_logout_uri. */
@@ -114,6 +121,8 @@ export async function startTestProvider(
     /** Fixed client credentials (default: client id token-service, a random secret). */
     clientId?: string;
     clientSecret?: string;
+    /** Scopes it knows besides openid and offline_access (e.g. profile). */
+    extraScopes?: string[];
   } = {},
 ): Promise<TestProvider> {
   let accessTtl = options.accessTokenTtl ?? 300;
@@ -160,7 +169,7 @@ export async function startTestProvider(
     jwks: { keys: [jwk as never] },
     findAccount: async (_ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
     rotateRefreshToken: true,
-    scopes: ["openid", "offline_access"],
+    scopes: ["openid", "offline_access", ...(options.extraScopes ?? [])],
     ttl: {
       AccessToken: () => accessTtl,
       IdToken: 3600,
@@ -280,7 +289,12 @@ export async function startTestProvider(
       if (recorded || !params) return;
       recorded = true;
       const list = (v: unknown) => (v === undefined ? [] : [v].flat().map(String));
-      stats.tokenRequests.push({ grantType: String(params.grant_type), resource: list(params.resource), audience: list(params.audience) });
+      stats.tokenRequests.push({
+        grantType: String(params.grant_type),
+        resource: list(params.resource),
+        audience: list(params.audience),
+        scope: typeof params.scope === "string" ? params.scope : undefined,
+      });
     };
     try {
       const fault = faults.shift();
@@ -319,7 +333,12 @@ export async function startTestProvider(
     const accountId = query.get("account") ?? "anonymous";
     const params = details.params as Record<string, string | string[] | undefined>;
     const grant = new provider.Grant({ accountId, clientId: String(params.client_id) });
-    grant.addOIDCScope(String(params.scope ?? "openid"));
+    const requested = String(params.scope ?? "openid").split(" ");
+    const ticked = query.get("grant_scope")?.split(" ");
+    grant.addOIDCScope((ticked ? requested.filter((s) => ticked.includes(s)) : requested).join(" "));
+    // Unticked scopes are refused for good, so the provider does not ask for consent again.
+    const unticked = ticked ? requested.filter((s) => !ticked.includes(s)) : [];
+    if (unticked.length) grant.rejectOIDCScope(unticked.join(" "));
     for (const r of [params.resource ?? []].flat()) grant.addResourceScope(r, "mcp:tools");
     const grantId = await grant.save();
     await provider.interactionFinished(req, res, { login: { accountId }, consent: { grantId } }, { mergeWithLastSubmission: false });
@@ -364,7 +383,8 @@ export async function startTestProvider(
       const client = await provider.Client.find(clientId);
       if (!client) throw new Error("test client missing");
       const grant = new provider.Grant({ accountId, clientId });
-      grant.addOIDCScope("openid offline_access");
+      const scope = loginOptions.scope ?? "openid offline_access";
+      grant.addOIDCScope(scope);
       const resources = loginOptions.resources ?? [];
       for (const r of resources) grant.addResourceScope(r, "mcp:tools");
       const grantId = await grant.save();
@@ -372,7 +392,7 @@ export async function startTestProvider(
         accountId,
         client,
         grantId,
-        scope: resources.length ? "openid offline_access mcp:tools" : "openid offline_access",
+        scope: resources.length ? `${scope} mcp:tools` : scope,
         gty: "authorization_code",
         authTime: Math.floor(Date.now() / 1000),
         ...(resources.length ? { resource: resources.length === 1 ? resources[0] : resources } : {}),
@@ -392,6 +412,7 @@ export async function startTestProvider(
         if (new URL(url).pathname.startsWith("/interaction/")) {
           const u = new URL(url);
           u.searchParams.set(options.deny ? "deny" : "account", options.deny ? "1" : accountId);
+          if (options.grantScopes) u.searchParams.set("grant_scope", options.grantScopes.join(" "));
           url = u.href;
         }
         url = await step(url, jar);
@@ -422,6 +443,11 @@ export async function startTestProvider(
     },
     configEntry(id = "corp") {
       return { id, issuer, client_id: clientId, client_secret: clientSecret, allow_insecure_http: true };
+    },
+    async userinfo(accessToken) {
+      const res = await fetch(`${issuer}/me`, { headers: { authorization: `Bearer ${accessToken}`, [SETUP_HEADER]: "1" } });
+      await res.body?.cancel();
+      return res.status;
     },
     redeem(refreshToken) {
       return post("/token", { grant_type: "refresh_token", refresh_token: refreshToken });

@@ -18,7 +18,14 @@ export interface TestProtectedResource {
  * the `401 WWW-Authenticate` challenge the resource answers unauthenticated
  * calls with.
  */
-export async function startProtectedResource(authorizationServer: string, options: { challengeOnly?: boolean } = {}): Promise<TestProtectedResource> {
+export async function startProtectedResource(
+  authorizationServer: string,
+  options: {
+    challengeOnly?: boolean;
+    /** Accepts a bearer token at /mcp (200) when this says it is valid; without it every call gets the 401 challenge. */
+    verify?: (token: string) => Promise<boolean>;
+  } = {},
+): Promise<TestProtectedResource> {
   const seen: string[] = [];
   let base = "";
   const server = http.createServer((req, res) => {
@@ -36,6 +43,14 @@ export async function startProtectedResource(authorizationServer: string, option
     };
     if (!options.challengeOnly && path === "/.well-known/oauth-protected-resource/mcp") return json(200, metadata);
     if (options.challengeOnly && path === "/meta/resource.json") return json(200, metadata);
+    const bearer = /^Bearer (\S+)$/.exec(req.headers.authorization ?? "")?.[1];
+    if (path === "/mcp" && bearer && options.verify) {
+      void options.verify(bearer).then(
+        (ok) => (ok ? json(200, '{"ok":true}') : json(401, '{"error":"invalid_token"}')),
+        () => json(500, '{"error":"verify_failed"}'),
+      );
+      return;
+    }
     if (path === "/mcp") {
       const where = options.challengeOnly ? `${base}/meta/resource.json` : `${base}/.well-known/oauth-protected-resource/mcp`;
       res.writeHead(401, { "www-authenticate": `Bearer error="invalid_token", resource_metadata="${where}"` });
