@@ -186,6 +186,21 @@ describe("refresh scope", () => {
     expect(row?.scope).toBe("openid profile");
   });
 
+  it("audience tokens with refresh_scopes: the resource and the granted refresh_scopes are sent, and the token works", async () => {
+    const { sessionId } = await store("eli", "down", { scope: "openid offline_access", resources: [mcp.url] });
+    for (let i = 0; i < 2; i++) {
+      const got = await tokens.getToken({ userId: "eli", sessionId, resource: mcp.url, forceRefresh: true });
+      expect((await callTool(mcp.url, got.token, "whoami", {}, 10_000)).kind).toBe("result");
+    }
+    // profile was not granted: only openid goes, beside the resource, and the provider takes it.
+    expect(provider.stats.tokenRequests.map((r) => [r.resource, r.scope])).toEqual([
+      [[mcp.url], "openid"],
+      [[mcp.url], "openid"],
+    ]);
+    expect(provider.stats.invalidGrants).toBe(0);
+    expect(await statusOf("eli", sessionId)).toEqual({ rpc: SessionStatus.ACTIVE, row: "active" });
+  });
+
   it("a scoped refresh answered invalid_scope is tried once more without scope", async () => {
     // The caller claimed profile, which the grant does not hold: the provider refuses "openid profile".
     const { sessionId } = await store("fay", "down", { scope: "openid offline_access", claimScope: "openid offline_access profile" });
