@@ -54,6 +54,9 @@ try {
       // Background refresh would renew the 3-second token before the callers ask; this demo shows
       // the refresh on demand. (In production it keeps recently used tokens fresh so callers never wait.)
       refresh: { background: { enabled: false } },
+      // A development set-up: the provider and the tool server below are on localhost over plain http,
+      // which the outbound policy refuses for runtime providers unless the operator allows it (docs/security.md).
+      outbound: { allow_private_networks: true, allow_insecure_http: true },
       log_level: "warn",
     }),
   );

@@ -4,6 +4,7 @@ import type { Config } from "./config.js";
 import type { KeyRing } from "./crypto/key-ring.js";
 import type { Logger } from "./logger.js";
 import type { Metrics } from "./metrics.js";
+import type { ResolveFn } from "./providers/outbound-policy.js";
 import type { FetchLike } from "./providers/provider-client.js";
 import type { BackgroundRefresher } from "./refresh/background.js";
 import type { RefreshCoordinator } from "./refresh/coordinator.js";
@@ -21,8 +22,10 @@ import type { Tracing } from "./tracing/setup.js";
 /** Replaceable parts, for tests and embedding. */
 export interface AppOverrides {
   logger?: Logger;
-  /** fetch used for every provider call. */
+  /** fetch under the guarded one of every provider call (the outbound policy's dispatcher is passed in its init). */
   fetch?: FetchLike;
+  /** How the outbound policy resolves names before it checks and pins them (tests: a fixed answer, DNS rebinding). */
+  resolve?: ResolveFn;
   /** Replica id written into lease_owner. */
   replicaId?: string;
   /** Tracing (from the OTEL_* variables in `serve`); off when absent. Shut down by close(). */

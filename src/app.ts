@@ -42,7 +42,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
   try {
     const vault = new TokenVault(keyRing);
     const { metrics, telemetry, watch } = createMetrics({ store, spans });
-    const providers = createProviders(config, { logger, fetch: overrides.fetch, telemetry });
+    const providers = built(createProviders(config, { logger, fetch: overrides.fetch, resolve: overrides.resolve, telemetry }));
     const { registry } = providers;
     const refresh = built(createRefresh(config, { store, vault, registry, metrics, logger, replicaId: overrides.replicaId, spans }));
     const sessions = createSessions(config, { store, vault, registry, refresh, logger, spans });

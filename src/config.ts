@@ -96,6 +96,18 @@ export interface SweeperConfig {
   batchSize: number;
 }
 
+/** The `outbound:` settings: where runtime providers may make the service connect, and how much it reads. */
+export interface OutboundSettings {
+  /** Exceptions to the address rules: `host` (any port) or `host:port`, lower case; IPv6 in brackets. */
+  allowHosts: string[];
+  /** Private, loopback, CGNAT and unique-local addresses are allowed (link-local and the other special ranges stay refused). */
+  allowPrivateNetworks: boolean;
+  /** A runtime provider may be registered with (and use) plain http. */
+  allowInsecureHttp: boolean;
+  /** Largest response body read from any provider, YAML providers included. */
+  maxResponseBytes: number;
+}
+
 export interface Config {
   /** The gRPC listener (grpc-js): TOKEN_SERVICE_ADDR. */
   host: string;
@@ -129,6 +141,8 @@ export interface Config {
   lastUsedResolutionMs: number;
   /** The authorization code flow (StartAuthorization, CompleteAuthorization). */
   authorization: { stateTtlMs: number };
+  /** The outbound policy for runtime providers, and the body cap of every provider (docs/security.md). */
+  outbound: OutboundSettings;
 }
 
 /** A configuration problem; `message` names the field and never holds a secret. */
@@ -364,5 +378,11 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     shutdownGraceMs: Math.round(file.shutdown_grace_seconds * 1000),
     lastUsedResolutionMs: 60_000,
     authorization: { stateTtlMs: file.authorization.state_ttl_seconds * 1000 },
+    outbound: {
+      allowHosts: (file.outbound.allow_hosts ?? []).map((h) => h.toLowerCase()),
+      allowPrivateNetworks: file.outbound.allow_private_networks,
+      allowInsecureHttp: file.outbound.allow_insecure_http,
+      maxResponseBytes: file.outbound.max_response_bytes,
+    },
   };
 }

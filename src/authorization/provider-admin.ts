@@ -6,8 +6,9 @@ import { errSummary, type Logger } from "../logger.js";
 import { discoverIssuer, discoverResource, registerClient, type DiscoveryOptions } from "../providers/discovery.js";
 import { classifyProviderError, ProviderError } from "../providers/errors.js";
 import { observedFetch, type ProviderTelemetry } from "../providers/observed-fetch.js";
+import { findRefusal, type OutboundPolicy } from "../providers/outbound-policy.js";
 import type { FetchLike, ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
-import { InvalidArgumentError, ProviderUnavailableError } from "../sessions/errors.js";
+import { InvalidArgumentError } from "../sessions/errors.js";
 import type { CallContext } from "../sessions/scope.js";
 import { asDomainError } from "../sessions/store-errors.js";
 import type { UserSessions } from "../sessions/user-sessions.js";
@@ -73,7 +74,10 @@ export interface ProviderAdminDeps {
   /** Tells every replica that providers changed. */
   announce: () => Promise<void>;
   refresh: RefreshConfig;
-  fetch: FetchLike;
+  /** The guarded fetch of a runtime provider's requests (discovery and registration included). */
+  fetchFor: (id: string, insecure: boolean) => FetchLike;
+  /** Whether the operator allows plain http at all (outbound.allow_insecure_http). */
+  outbound: OutboundPolicy;
   /** Spans and latency of discovery and registration requests. */
   telemetry: ProviderTelemetry;
   logger: Logger;
@@ -157,6 +161,9 @@ export class ProviderAdmin {
       throw new InvalidArgumentError(input.issuer === "" ? "issuer" : "resource_url", "set exactly one of issuer and resource_url");
     }
     const insecure = input.allowInsecureHttp;
+    if (insecure && !this.deps.outbound.settings.allowInsecureHttp) {
+      throw new InvalidArgumentError("allow_insecure_http", "is refused: the operator must allow plain http first (outbound.allow_insecure_http)");
+    }
     const redirectUris = input.redirectUris.map((u, i) => checkUrl(u, `redirect_uris[${i}]`, insecure).href);
     const scopes = checkScopes(input.scopes);
     const refreshScopes = checkScopes(input.refreshScopes, "refresh_scopes");
@@ -184,8 +191,9 @@ export class ProviderAdmin {
     if (this.deps.registry.get(id)) throw new ProviderExistsError(id);
 
     // Discovery, then (RFC 7591) registration, which looks the metadata up again first.
+    const guarded = this.deps.fetchFor(id, insecure);
     const observed = (url: string, init: RequestInit, during: string) =>
-      observedFetch(this.deps.fetch, this.deps.telemetry, id, url.includes("/.well-known/") ? "discovery" : during, ctx.trace)(url, init);
+      observedFetch(guarded, this.deps.telemetry, id, url.includes("/.well-known/") ? "discovery" : during, ctx.trace)(url, init);
     const options: DiscoveryOptions = {
       fetch: (url, init) => observed(url, init, "discovery"),
       allowInsecureHttp: insecure,
@@ -207,10 +215,10 @@ export class ProviderAdmin {
       }
     } catch (err) {
       if (err instanceof InvalidArgumentError) throw err;
-      throw this.setupError(err, "resource_discovery_failed");
+      throw this.setupError(err, "resource_discovery_failed", id);
     }
     const server = await discoverIssuer(issuer, options).catch((err: unknown) => {
-      throw this.setupError(err, "discovery_failed");
+      throw this.setupError(err, "discovery_failed", id);
     });
     const metadata = server.metadata;
     if (!metadata.authorization_endpoint || !metadata.token_endpoint) {
@@ -233,7 +241,7 @@ export class ProviderAdmin {
         },
         { ...options, fetch: (url, init) => observed(url, init, "registration") },
       ).catch((err: unknown) => {
-        throw this.setupError(err, "registration_refused");
+        throw this.setupError(err, "registration_refused", id);
       });
       clientId = registered.clientId;
       clientSecret = registered.clientSecret;
@@ -366,14 +374,19 @@ export class ProviderAdmin {
     };
   }
 
-  /** A discovery or registration failure, as the caller should see it. */
-  private setupError(err: unknown, reason: string): Error {
+  /**
+   * A discovery or registration failure, as the caller should see it: a
+   * destination the outbound policy refused, or else one PROVIDER_SETUP_FAILED
+   * per stage whose message does not tell a refused connection from a timeout
+   * or an HTTP status (the log line has that detail).
+   */
+  private setupError(err: unknown, reason: string, provider: string): Error {
     if (err instanceof InvalidArgumentError || err instanceof ProviderSetupError) return err;
-    const e = err instanceof ProviderError ? err : classifyProviderError(err);
-    // Unreachable or failing servers: try again later. A server that answers but refuses, or has no usable metadata: fix the request.
-    if (e.code === "timeout" || e.code === "aborted" || e.code.startsWith("http_5") || e.code === "rate_limited") {
-      return new ProviderUnavailableError(e.code, "(new provider)", { cause: err });
-    }
-    return new ProviderSetupError(reason, { cause: err, detail: e.code });
+    const refusal = findRefusal(err);
+    if (refusal) return refusal;
+    // discoverIssuer wraps what went wrong: the log names the underlying failure (network, timeout, http_500, …).
+    const e = classifyProviderError(err instanceof ProviderError && err.code === "discovery_failed" && err.cause !== undefined ? err.cause : err);
+    this.deps.logger.warn({ provider, stage: reason, code: e.code, status: e.options.status }, "provider setup failed");
+    return new ProviderSetupError(reason, { cause: err });
   }
 }

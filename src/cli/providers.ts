@@ -8,7 +8,8 @@ import { AudienceTokenRepository } from "../db/audience-repository.js";
 import { CHANNEL } from "../db/pg-channel.js";
 import { ProviderRepository } from "../db/provider-repository.js";
 import { createLogger } from "../logger.js";
-import { OidcProviderClient, ProviderRegistry } from "../providers/provider-client.js";
+import { createProviders } from "../providers/create-providers.js";
+import { DestinationNotAllowedError } from "../providers/outbound-policy.js";
 import { RefreshCoordinator } from "../refresh/coordinator.js";
 import { SessionWaiter } from "../refresh/waiter.js";
 import { SessionError } from "../sessions/errors.js";
@@ -53,7 +54,9 @@ export async function providersCommand(args: string[], env: NodeJS.ProcessEnv, o
   const store = await openStore(config);
   const logger = createLogger("warn", pino.destination({ dest: 2, sync: true }));
   try {
-    const registry = new ProviderRegistry(config.providers.map((p) => new OidcProviderClient(p, config.refresh, logger)));
+    // The same outbound policy as the service: what the CLI registers is used there under it.
+    const providers = createProviders(config, { logger, fetch: undefined, telemetry: NO_TELEMETRY });
+    const { registry } = providers;
     const waiter = new SessionWaiter(undefined);
     const coordinator = new RefreshCoordinator(store.repo, store.vault, registry, waiter, config.refresh, logger);
     const users = new UserSessions(store.repo, store.vault, registry, coordinator, new AudienceTokenRepository(store.orm), logger, { providerTimeoutMs: config.refresh.providerTimeoutMs });
@@ -68,9 +71,10 @@ export async function providersCommand(args: string[], env: NodeJS.ProcessEnv, o
       // Running replicas reload at once on PostgreSQL (NOTIFY); a SQLite service within its 10 s reload.
       announce: async () => (pg ? store.repo.notify(CHANNEL, "providers") : undefined),
       refresh: config.refresh,
-      fetch,
+      fetchFor: providers.runtimeFetch,
+      outbound: providers.outbound,
       logger,
-      makeClient: (c) => new OidcProviderClient(c, config.refresh, logger),
+      makeClient: providers.client,
       startedAt: new Date(),
     });
     await admin.reload();
@@ -114,10 +118,11 @@ export async function providersCommand(args: string[], env: NodeJS.ProcessEnv, o
       return 0;
     } catch (err) {
       // A refusal the domain explains (bad input, a duplicate id, discovery failed): a usage error, with its message.
-      if (err instanceof SessionError) throw new ConfigError(`providers ${sub}: ${err.message}`);
+      if (err instanceof SessionError || err instanceof DestinationNotAllowedError) throw new ConfigError(`providers ${sub}: ${err.message}`);
       throw err;
     } finally {
       await waiter.close();
+      await providers.close();
     }
   } finally {
     await store.close();

@@ -97,6 +97,22 @@ export const fileSchema = z
     reflection: z.boolean().default(true),
     shutdown_grace_seconds: z.number().min(0).max(600).default(10),
     log_level: z.enum(LOG_LEVELS).default("info"),
+    // Where runtime providers (and what their metadata names) may make the service connect; docs/security.md.
+    outbound: z
+      .object({
+        allow_hosts: z
+          .array(
+            z
+              .string()
+              .regex(/^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/, "must be a host or host:port"),
+          )
+          .optional(),
+        allow_private_networks: z.boolean().default(false),
+        allow_insecure_http: z.boolean().default(false),
+        max_response_bytes: z.number().int().min(1024).max(256 * 1024 * 1024).default(1024 * 1024),
+      })
+      .strict()
+      .prefault({}),
     authorization: z
       .object({
         // How long a started authorization (its state, PKCE verifier and nonce) may be completed.

@@ -1,6 +1,7 @@
 import * as oauth from "oauth4webapi";
 import * as oidc from "openid-client";
 import { ProviderError } from "./errors.js";
+import { findRefusal } from "./outbound-policy.js";
 import type { FetchLike } from "./provider-client.js";
 
 /** How discovery may reach a server. */
@@ -51,6 +52,8 @@ export async function discoverIssuer(issuer: URL, options: DiscoveryOptions): Pr
       const metadata = { ...config.serverMetadata() };
       return { metadata, algorithm, openid: Array.isArray(metadata.id_token_signing_alg_values_supported) };
     } catch (err) {
+      // A destination the outbound policy refuses is refused whichever well-known path is asked.
+      if (findRefusal(err)) throw err;
       firstError ??= err;
     }
   }

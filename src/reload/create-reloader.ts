@@ -20,6 +20,7 @@ export function createReloader(
     chain: listeners.chain,
     registry: providers.registry,
     makeProvider: providers.client,
+    outbound: providers.outbound,
     certificates: listeners.grpc.certificates,
     http: listeners.http,
   });

@@ -24,6 +24,8 @@ export interface ReloadPlan {
   callers: NameChanges;
   providers: NameChanges;
   logLevel: { from: string; to: string } | undefined;
+  /** Whether the outbound policy changed. */
+  outbound: boolean;
   /** The listener's new TLS material, when it changed. */
   tls: { material: TlsConfig; certificate: CertificateSummary; clientCaChanged: boolean } | undefined;
   /** Settings that differ in the new configuration but only take effect on a restart; they keep their running values. */
@@ -33,7 +35,7 @@ export interface ReloadPlan {
 }
 
 /** Config fields a reload applies; every other field needs a restart. */
-const RELOADABLE: ReadonlySet<string> = new Set(["callers", "providers", "tls", "logLevel", "files"]);
+const RELOADABLE: ReadonlySet<string> = new Set(["callers", "providers", "tls", "logLevel", "files", "outbound"]);
 
 /** How operators know the settings that need a restart (environment variables or YAML keys). */
 const SETTING_NAMES: Readonly<Record<string, string>> = {
@@ -114,15 +116,17 @@ export function planReload(current: Config, next: Config): ReloadPlan {
   const providers = namedChanges<ProviderConfig>(current.providers, next.providers, (p) => p.id);
   const logLevel = current.logLevel === next.logLevel ? undefined : { from: current.logLevel, to: next.logLevel };
   const tlsChanged = tls !== undefined && !isDeepStrictEqual(tls, current.tls);
+  const outbound = !isDeepStrictEqual(current.outbound, next.outbound);
   return {
-    config: { ...current, callers: nextCallers, providers: next.providers, logLevel: next.logLevel, tls, files: next.files },
+    config: { ...current, callers: nextCallers, providers: next.providers, logLevel: next.logLevel, tls, files: next.files, outbound: next.outbound },
     callers,
     providers,
     logLevel,
+    outbound,
     tls: tlsChanged
       ? { material: tls, certificate: summarizeCertificate(tls.cert), clientCaChanged: !isDeepStrictEqual(tls.clientCa, current.tls?.clientCa) }
       : undefined,
     needsRestart,
-    changed: !isEmpty(callers) || !isEmpty(providers) || logLevel !== undefined || tlsChanged,
+    changed: !isEmpty(callers) || !isEmpty(providers) || logLevel !== undefined || tlsChanged || outbound,
   };
 }

@@ -2,6 +2,7 @@ import { createSecureContext } from "node:tls";
 import { isDeepStrictEqual } from "node:util";
 import { ConfigError, type Config, type ProviderConfig } from "../config.js";
 import { errSummary, type Logger } from "../logger.js";
+import type { OutboundPolicy } from "../providers/outbound-policy.js";
 import type { ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
 import { warnScopesNotSentOnRefresh } from "../providers/refresh-scope.js";
 import { CallerDirectory } from "../rpc/auth.js";
@@ -16,6 +17,8 @@ export interface ReloadTargets {
   logger: Logger;
   chain: RpcChain;
   registry: ProviderRegistry;
+  /** The outbound policy: a reload applies config.outbound. */
+  outbound: OutboundPolicy;
   /** A client for a provider of the YAML file (added or changed). */
   makeProvider(config: ProviderConfig): ProviderClient;
   /** The gRPC listener's certificate material, when it speaks TLS. */
@@ -141,6 +144,7 @@ export class ConfigReloader {
       }
     }
     this.applyProviders(next.providers);
+    if (plan.outbound) this.t.outbound.update(plan.config.outbound);
     this.t.chain.setCallers(new CallerDirectory(plan.config.callers));
     this.current = plan.config;
     if (this.watcher) {
@@ -182,6 +186,7 @@ export class ConfigReloader {
       providers: some(plan.providers),
       providerCount: plan.config.providers.length,
       logLevel: plan.logLevel ? `${plan.logLevel.from} -> ${plan.logLevel.to}` : undefined,
+      outbound: plan.outbound ? plan.config.outbound : undefined,
       certificate: plan.tls?.certificate,
       clientCa: plan.tls?.clientCaChanged ? "replaced" : undefined,
       needsRestart: plan.needsRestart.length > 0 ? plan.needsRestart : undefined,

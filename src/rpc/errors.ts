@@ -12,6 +12,7 @@ import {
   ProviderReadOnlyError,
   ProviderSetupError,
 } from "../authorization/errors.js";
+import { DestinationNotAllowedError, findRefusal } from "../providers/outbound-policy.js";
 import {
   CallerDeadlineError,
   CorruptSessionError,
@@ -110,7 +111,15 @@ export function toRpcStatus(err: unknown): RpcStatus {
     return info(Code.PermissionDenied, err.message, "PROVIDER_NOT_ALLOWED", { provider: err.provider });
   }
   if (err instanceof NoIdTokenError) return info(Code.FailedPrecondition, err.message, "NO_ID_TOKEN");
+  if (err instanceof DestinationNotAllowedError) {
+    return info(Code.InvalidArgument, err.message, "DESTINATION_NOT_ALLOWED", { host: err.host, rule: err.rule });
+  }
   if (err instanceof ProviderUnavailableError) {
+    // A provider whose endpoints the outbound policy now refuses (a reload, or a name that resolves elsewhere): not the caller's fault, not transient.
+    const refusal = findRefusal(err.cause);
+    if (refusal) {
+      return info(Code.FailedPrecondition, refusal.message, "DESTINATION_NOT_ALLOWED", { provider: err.provider, host: refusal.host, rule: refusal.rule });
+    }
     return info(Code.Unavailable, err.message, "PROVIDER_UNAVAILABLE", { provider: err.provider, cause: err.reason });
   }
   if (err instanceof RefreshTimeoutError) return info(Code.Unavailable, err.message, "REFRESH_TIMEOUT");

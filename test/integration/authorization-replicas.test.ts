@@ -12,6 +12,9 @@ import { createTestDatabase, startService, type TestService } from "../helpers/s
  * on one replica serves the whole code flow on another within a second, and
  * its secrets (and every token of the flow) are ciphertext in the database.
  */
+/** The test IdP is on loopback over plain http: the operator allows both for runtime providers. */
+const OUTBOUND = { outbound: { allow_private_networks: true, allow_insecure_http: true } };
+
 describe("runtime providers over two replicas (PostgreSQL)", () => {
   let provider: TestProvider;
   let a: TestService;
@@ -23,8 +26,8 @@ describe("runtime providers over two replicas (PostgreSQL)", () => {
     databaseUrl = await createTestDatabase(inject("postgresUrl"));
     const keys = generateKeySpec("replicas");
     // Started one after the other: the second finds the migrations applied.
-    a = await startService({ dialect: "postgresql", databaseUrl, keys, provider, overrides: { replicaId: "replica-a" } });
-    b = await startService({ dialect: "postgresql", databaseUrl, keys, provider, overrides: { replicaId: "replica-b" } });
+    a = await startService({ dialect: "postgresql", databaseUrl, keys, provider, yaml: OUTBOUND, overrides: { replicaId: "replica-a" } });
+    b = await startService({ dialect: "postgresql", databaseUrl, keys, provider, yaml: OUTBOUND, overrides: { replicaId: "replica-b" } });
   });
   afterAll(async () => {
     await Promise.all([a?.close(), b?.close()]);

@@ -30,7 +30,8 @@ describe("the authorization code flow", () => {
 
   beforeAll(async () => {
     provider = await startTestProvider();
-    svc = await startService({ dialect: "sqlite", provider });
+    // Every server here is on loopback over plain http: the operator allows both for runtime providers.
+    svc = await startService({ dialect: "sqlite", provider, yaml: { outbound: { allow_private_networks: true, allow_insecure_http: true } } });
     const transport = createGrpcTransport({ baseUrl: svc.url });
     tokens = createClient(TokenService, transport);
     providers = createClient(ProviderService, transport);

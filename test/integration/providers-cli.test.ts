@@ -16,7 +16,7 @@ describe("the providers command", () => {
   beforeAll(async () => {
     provider = await startTestProvider();
     dir = mkdtempSync(join(tmpdir(), "token-service-providers-cli-"));
-    writeFileSync(join(dir, "config.yaml"), stringify({ providers: [provider.configEntry()] }));
+    writeFileSync(join(dir, "config.yaml"), stringify({ providers: [provider.configEntry()], outbound: { allow_hosts: [new URL(provider.issuer).host], allow_insecure_http: true } }));
     env = { DATABASE_URL: `sqlite:${join(dir, "s.db")}`, TOKEN_SERVICE_CONFIG: join(dir, "config.yaml"), TOKEN_SERVICE_ENCRYPTION_KEYS: generateKeySpec("old") };
   });
   afterAll(async () => {

@@ -52,7 +52,8 @@ describe("the documented commands, against a live service", () => {
 
   beforeAll(async () => {
     provider = await startTestProvider();
-    svc = await startService({ dialect: "sqlite", provider });
+    // The pages' tool server is a local one over plain http: the operator allows that for runtime providers.
+    svc = await startService({ dialect: "sqlite", provider, yaml: { outbound: { allow_private_networks: true, allow_insecure_http: true } } });
   });
   afterAll(async () => {
     await svc?.close();
