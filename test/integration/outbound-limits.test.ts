@@ -1,0 +1,76 @@
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Code, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { stringify } from "yaml";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ProviderService } from "../../gen/tokenservice/v1/token_service_pb.js";
+import { loadConfig } from "../../src/config.js";
+import { failure } from "../helpers/failure.js";
+import { startBigBodyServer, startFakeIssuer, type BigBodyServer, type FakeIssuer } from "../helpers/outbound-servers.js";
+import { startService, type TestService } from "../helpers/service.js";
+
+/** The body cap of every provider response, and a reload of the outbound block. */
+describe("outbound.max_response_bytes and reload", () => {
+  const TOTAL = 50 * 1024 * 1024;
+  let big: BigBodyServer;
+  let idp: FakeIssuer;
+  let svc: TestService;
+  const yamlProviders = () => [{ id: "big", issuer: big.url, client_id: "c", client_secret: "s", allow_insecure_http: true }];
+
+  beforeAll(async () => {
+    big = await startBigBodyServer(TOTAL);
+    idp = await startFakeIssuer(() => ({}));
+    svc = await startService({
+      dialect: "sqlite",
+      yaml: { providers: yamlProviders(), outbound: { allow_hosts: [new URL(big.url).host], allow_insecure_http: true } },
+      overrides: { loadConfig: () => loadConfig({ ...envOf(svc) }) },
+    });
+  });
+  afterAll(async () => {
+    await svc?.close();
+    await big?.close();
+    await idp?.close();
+  });
+
+  /** The environment startService loaded the configuration with, for reloads of the same file. */
+  function envOf(s: TestService): NodeJS.ProcessEnv {
+    return {
+      TOKEN_SERVICE_ADDR: "127.0.0.1:0",
+      TOKEN_SERVICE_ADMIN_ADDR: "127.0.0.1:0",
+      TOKEN_SERVICE_HTTP_ADDR: "127.0.0.1:0",
+      DATABASE_URL: `sqlite:${join(s.dir, "sessions.db")}`,
+      TOKEN_SERVICE_CONFIG: join(s.dir, "config.yaml"),
+      TOKEN_SERVICE_LOG_LEVEL: "debug",
+      TOKEN_SERVICE_ENCRYPTION_KEYS: s.keys!,
+    };
+  }
+
+  it("cuts a 50 MB discovery document off at the cap while reading, for a YAML provider and a runtime one", async () => {
+    const providers = createClient(ProviderService, createGrpcTransport({ baseUrl: svc.url }));
+    const listed = await providers.listProviders({});
+    // The YAML provider is listed without endpoints: its discovery failed at the cap.
+    expect(listed.providers.find((p) => p.id === "big")?.endpoints?.tokenEndpoint ?? "").toBe("");
+    const err = await failure(providers.registerProvider({ id: "big-runtime", issuer: big.url, clientId: "c", clientSecret: "s", allowInsecureHttp: true }));
+    expect(err).toMatchObject({ code: Code.FailedPrecondition, reason: "PROVIDER_SETUP_FAILED" });
+    const cut = svc.logs.lines().filter((l) => l.msg === "provider response body larger than outbound.max_response_bytes; reading stopped");
+    expect(cut.map((l) => l.provider)).toEqual(expect.arrayContaining(["big", "big-runtime"]));
+    expect(cut[0]).toMatchObject({ maxResponseBytes: 1024 * 1024 });
+    // The server could write only what the socket buffers held beyond the cap: nowhere near the 50 MB (each try reads at most 1 MiB).
+    expect(big.written).toBeLessThan(TOTAL / 2);
+  });
+
+  it("applies a changed outbound block on reload: an allowed host becomes reachable, a removed one refused", async () => {
+    const providers = createClient(ProviderService, createGrpcTransport({ baseUrl: svc.url }));
+    const register = (id: string) => providers.registerProvider({ id, issuer: idp.url, clientId: "c", clientSecret: "s", allowInsecureHttp: true });
+    expect(await failure(register("before"))).toMatchObject({ reason: "DESTINATION_NOT_ALLOWED", metadata: { rule: "private_address" } });
+    const write = (outbound: Record<string, unknown>) =>
+      writeFileSync(join(svc.dir, "config.yaml"), stringify({ providers: yamlProviders(), outbound }));
+    write({ allow_hosts: [new URL(idp.url).host], allow_insecure_http: true });
+    expect(await svc.app.reload("test")).toMatchObject({ ok: true, changed: true });
+    expect((await register("after")).provider?.id).toBe("after");
+    write({ allow_hosts: [new URL(idp.url).host] });
+    expect(await svc.app.reload("test")).toMatchObject({ ok: true, changed: true });
+    expect(await failure(register("no-http"))).toMatchObject({ code: Code.InvalidArgument, metadata: { field: "allow_insecure_http" } });
+  });
+});
