@@ -10,6 +10,9 @@ import type { TraceContext } from "../tracing/spans.js";
 
 export type { FetchLike } from "./observed-fetch.js";
 
+/** After a failed discovery or JWKS fetch, a provider's metadata or keys are not fetched again for this long. */
+export const FAILURE_COOLDOWN_MS = 30_000;
+
 /** A token endpoint response, reduced to what a session keeps. */
 export interface ProviderTokens {
   accessToken: string;
@@ -114,6 +117,9 @@ function fromResponseBody(body: Record<string, unknown>): ProviderTokens | undef
 export class OidcProviderClient implements ProviderClient {
   private discovered: Promise<oidc.ServerMetadata> | undefined;
   private jwks: Promise<JWTVerifyGetKey> | undefined;
+  /** The last discovery failure and when it happened: answered again, without a request, during the cooldown. */
+  private discoveryFailure: { at: number; error: ProviderError } | undefined;
+  private jwksFailedAt = -Infinity;
 
   constructor(
     readonly config: ProviderConfig,
@@ -122,6 +128,7 @@ export class OidcProviderClient implements ProviderClient {
     private readonly fetchImpl: FetchLike = fetch,
     /** Spans and the latency metric of every request to this provider. */
     private readonly telemetry: ProviderTelemetry = NO_TELEMETRY,
+    private readonly cooldownMs: number = FAILURE_COOLDOWN_MS,
   ) {}
 
   get id(): string {
@@ -137,6 +144,8 @@ export class OidcProviderClient implements ProviderClient {
         revocation_endpoint: this.config.revocationEndpoint,
       });
     }
+    const failure = this.discoveryFailure;
+    if (!this.discovered && failure && performance.now() - failure.at < this.cooldownMs) return Promise.reject(failure.error);
     if (!this.discovered) {
       const started = Date.now();
       this.discovered = withRetries(
@@ -157,10 +166,12 @@ export class OidcProviderClient implements ProviderClient {
           return metadata;
         },
         (err: unknown) => {
-          this.discovered = undefined; // try again on the next call
+          this.discovered = undefined; // try again after the cooldown
           const e = classifyProviderError(err);
-          this.logger.warn({ provider: this.id, code: e.code, status: e.options.status }, "provider discovery failed");
-          throw new ProviderError("unavailable", `discovery_${e.code}`, { status: e.options.status, cause: e });
+          this.logger.warn({ provider: this.id, code: e.code, status: e.options.status, cooldownMs: this.cooldownMs }, "provider discovery failed");
+          const error = new ProviderError("unavailable", `discovery_${e.code}`, { status: e.options.status, cause: e });
+          this.discoveryFailure = { at: performance.now(), error };
+          throw error;
         },
       );
     }
@@ -289,11 +300,33 @@ export class OidcProviderClient implements ProviderClient {
       if (!metadata.jwks_uri) throw new ProviderError("unavailable", "no_jwks_uri");
       return createRemoteJWKSet(new URL(metadata.jwks_uri), {
         timeoutDuration: this.refreshConfig.providerTimeoutMs,
-        [joseFetch]: observedFetch(this.fetchImpl, this.telemetry, this.id, "jwks"),
+        [joseFetch]: this.jwksFetch(),
       });
     });
     this.jwks.catch(() => (this.jwks = undefined));
     return this.jwks;
+  }
+
+  /** The JWKS fetch, refused without a request for a cooldown after a failure (a network error or a status other than 200). */
+  private jwksFetch(): FetchLike {
+    const observed = observedFetch(this.fetchImpl, this.telemetry, this.id, "jwks");
+    return async (url, init) => {
+      if (performance.now() - this.jwksFailedAt < this.cooldownMs) throw new ProviderError("unavailable", "jwks_cooldown");
+      let response: Response;
+      try {
+        response = await observed(url, init);
+      } catch (err) {
+        this.jwksFailedAt = performance.now();
+        this.logger.warn({ provider: this.id, code: classifyProviderError(err).code, cooldownMs: this.cooldownMs }, "provider JWKS fetch failed");
+        throw err;
+      }
+      if (response.status === 200) return response;
+      // Not the logout token's fault: reported as the provider being unavailable, not as a bad token.
+      await response.body?.cancel().catch(() => undefined);
+      this.jwksFailedAt = performance.now();
+      this.logger.warn({ provider: this.id, status: response.status, cooldownMs: this.cooldownMs }, "provider JWKS fetch failed");
+      throw new ProviderError("unavailable", `jwks_http_${response.status}`, { status: response.status });
+    };
   }
 
   private retryPolicy() {

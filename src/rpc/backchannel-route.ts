@@ -3,6 +3,7 @@ import type http2 from "node:http2";
 import { BackchannelLogout, LogoutTokenError, UnknownLogoutProviderError } from "../authorization/backchannel-logout.js";
 import { errSummary, type Logger } from "../logger.js";
 import { ProviderUnavailableError, StoreUnavailableError } from "../sessions/errors.js";
+import { createBackchannelLimiter } from "./backchannel-limit.js";
 
 type Request = http.IncomingMessage | http2.Http2ServerRequest;
 type Response = http.ServerResponse | http2.Http2ServerResponse;
@@ -13,7 +14,9 @@ const MAX_BODY_BYTES = 64 * 1024;
 
 function answer(res: Response, status: number, body?: Record<string, string>): void {
   const text = body ? JSON.stringify(body) : "";
-  res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store", "content-length": Buffer.byteLength(text) });
+  const headers: Record<string, string | number> = { "content-type": "application/json", "cache-control": "no-store", "content-length": Buffer.byteLength(text) };
+  if (status === 429) headers["retry-after"] = 1;
+  res.writeHead(status, headers);
   res.end(text);
 }
 
@@ -32,10 +35,15 @@ async function readForm(req: Request): Promise<URLSearchParams | "too_large"> {
  * `POST /oidc/backchannel-logout/{provider_id}` (OpenID Connect Back-Channel
  * Logout 1.0) on the HTTP listener: a form with `logout_token`. 200 when the
  * token is valid (whether or not a session matched), 400 with an OAuth error
- * body when it is not, and nothing changes then. Returns false for any other
- * path, which the Connect handler then serves.
+ * body when it is not, and nothing changes then; 429 past the rate limit per
+ * client address and per provider (backchannel-limit.ts). Returns false for
+ * any other path, which the Connect handler then serves.
  */
-export function createBackchannelRoute(logout: BackchannelLogout, logger: Logger): (req: Request, res: Response) => boolean {
+export function createBackchannelRoute(
+  logout: BackchannelLogout,
+  logger: Logger,
+  allow: (address: string, provider: string) => boolean = createBackchannelLimiter(),
+): (req: Request, res: Response) => boolean {
   return (req, res) => {
     const path = (req.url ?? "").split("?")[0]!;
     if (!path.startsWith(BACKCHANNEL_LOGOUT_PATH)) return false;
@@ -51,6 +59,9 @@ export function createBackchannelRoute(logout: BackchannelLogout, logger: Logger
       answer(res, status, body);
     };
     void (async () => {
+      if (!allow(req.socket?.remoteAddress ?? "", provider)) {
+        return done(429, { reason: "rate_limited" }, { error: "temporarily_unavailable", error_description: "too many requests" });
+      }
       if (req.method !== "POST") return done(405, { reason: "method" }, { error: "invalid_request", error_description: "use POST" });
       if (!/^application\/x-www-form-urlencoded\b/i.test(String(req.headers["content-type"] ?? ""))) {
         return done(400, { reason: "content_type" }, { error: "invalid_request", error_description: "expected a form" });

@@ -74,3 +74,52 @@ describe("outbound.max_response_bytes and reload", () => {
     expect(await failure(register("no-http"))).toMatchObject({ code: Code.InvalidArgument, metadata: { field: "allow_insecure_http" } });
   });
 });
+
+describe("the back-channel route cannot make the service fetch on an attacker's schedule", () => {
+  let noKeys: FakeIssuer;
+  let noMeta: FakeIssuer;
+  let svc: TestService;
+  const JUNK = "eyJhbGciOiJSUzI1NiIsImtpZCI6Imp1bmsifQ.eyJzdWIiOiJtYWxsb3J5In0.c2lnbmF0dXJl";
+  const post = (provider: string) =>
+    fetch(`${svc.httpUrl}/oidc/backchannel-logout/${provider}`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ logout_token: JUNK }),
+    });
+
+  beforeAll(async () => {
+    noKeys = await startFakeIssuer(() => ({}), { jwksStatus: 500 });
+    noMeta = await startFakeIssuer(() => ({}), { discoveryStatus: 500 });
+    const yamlProvider = (id: string, issuer: string) => ({ id, issuer, client_id: "c", client_secret: "s", allow_insecure_http: true });
+    svc = await startService({
+      dialect: "sqlite",
+      yaml: { providers: [yamlProvider("nokeys", noKeys.url), yamlProvider("nometa", noMeta.url)], refresh: { max_attempts: 1 } },
+    });
+  });
+  afterAll(async () => {
+    await svc?.close();
+    await noKeys?.close();
+    await noMeta?.close();
+  });
+
+  it("20 junk logout tokens while the JWKS has never loaded make one JWKS request; a failed discovery is not retried either", async () => {
+    const statuses: number[] = [];
+    for (let i = 0; i < 20; i++) statuses.push((await post("nokeys")).status);
+    expect(statuses).toEqual(Array(20).fill(503));
+    expect(noKeys.seen.filter((p) => p === "/jwks")).toHaveLength(1);
+    const second: number[] = [];
+    for (let i = 0; i < 20; i++) second.push((await post("nometa")).status);
+    expect(second.filter((s) => s === 503).length).toBeGreaterThan(0);
+    expect(second.every((s) => s === 503 || s === 429)).toBe(true);
+    expect(noMeta.seen.filter((p) => p.startsWith("/.well-known/")).length).toBeLessThanOrEqual(1);
+  });
+
+  it("rate limits the route per client address and per provider: 429 with Retry-After", async () => {
+    const answers = await Promise.all(Array.from({ length: 80 }, () => post("nokeys")));
+    const limited = answers.filter((r) => r.status === 429);
+    expect(limited.length).toBeGreaterThan(0);
+    expect(limited[0]!.headers.get("retry-after")).toBe("1");
+    expect(svc.logs.lines().some((l) => l.backchannelLogout === true && l.reason === "rate_limited")).toBe(true);
+    expect(noKeys.seen.filter((p) => p === "/jwks")).toHaveLength(1);
+  });
+});
