@@ -75,22 +75,19 @@ export function createGuardedFetch(options: GuardedFetchOptions): FetchLike {
   const inner = options.inner ?? (undiciFetch as unknown as FetchLike);
   return async (url, init) => {
     const target = new URL(url);
-    let dispatcher;
-    try {
-      dispatcher = policy.dispatcherFor(target, options.exempt, options.insecureAllowed);
-    } catch (err) {
-      const refusal = findRefusal(err)!;
-      logger.warn({ provider, url: shown(target), rule: refusal.rule, range: refusal.range }, "outbound request refused by the outbound policy");
-      throw refusal;
-    }
-    let response: Response;
-    try {
-      response = await inner(url, { ...init, redirect: "manual", dispatcher } as unknown as RequestInit);
-    } catch (err) {
+    /** A refusal (before connecting, or in the connection's lookup) is logged and thrown unwrapped; anything else as it came. */
+    const rethrow = (err: unknown): never => {
       const refusal = findRefusal(err);
       if (!refusal) throw err;
       logger.warn({ provider, url: shown(target), rule: refusal.rule, range: refusal.range }, "outbound request refused by the outbound policy");
       throw refusal;
+    };
+    let response: Response;
+    try {
+      const dispatcher = policy.dispatcherFor(target, options.exempt, options.insecureAllowed);
+      response = await inner(url, { ...init, redirect: "manual", dispatcher } as unknown as RequestInit);
+    } catch (err) {
+      return rethrow(err);
     }
     const limit = policy.settings.maxResponseBytes;
     return capBody(response, limit, () =>
