@@ -48,6 +48,8 @@ describe("refresh scope", () => {
           { ...entry, id: "down", scopes: ["openid", "offline_access", "profile"], refresh_scopes: ["openid", "profile"] },
           { ...entry, id: "silenced", scopes: ["openid"], refresh_scopes: [] },
         ],
+        // The runtime providers registered below live on loopback, as every test server does.
+        outbound: { allow_private_networks: true, allow_insecure_http: true },
       },
       overrides: { loadConfig: () => svc.app.config },
     });
