@@ -194,9 +194,12 @@ describe("three replicas on one PostgreSQL", () => {
     // Hang: both attempts time out after 3 s each, and the service itself answers UNAVAILABLE. Bounded by the
     // provider timeout, not by the callers' deadline: a caller whose 30 s deadline ran out would see
     // DEADLINE_EXCEEDED instead, however slow the machine (the wall clock is not asserted).
-    provider.faults.push({ kind: "hang" }, { kind: "hang" });
+    // A caller that reaches its replica only after a refresh has failed rightly starts another; on a slow machine some
+    // do, so the provider hangs for up to four refreshes (two attempts each), and what is left is cleared after.
+    provider.faults.push(...Array.from({ length: 8 }, () => ({ kind: "hang" as const })));
     const { sessionId } = await storeExpired("faulty");
     const hung = await Promise.allSettled(Array.from({ length: 30 }, (_, i) => getToken(i, "faulty", sessionId, 30_000)));
+    provider.faults.length = 0;
     expect(hung.every((r) => r.status === "rejected")).toBe(true);
     const codes = new Set(
       hung.map((r) => {
@@ -206,8 +209,9 @@ describe("three replicas on one PostgreSQL", () => {
     );
     // Connect reports Code.Unavailable (14); grpc-js reports status 14 too.
     expect([...codes]).toEqual([Code.Unavailable]);
-    // Single flight across the three replicas: the 30 callers cost the two attempts of one refresh.
-    expect(provider.stats.refreshes).toBe(2);
+    // Single flight across the three replicas: the 30 callers cost the two attempts of one refresh, or of a few.
+    expect(provider.stats.refreshes).toBeGreaterThanOrEqual(2);
+    expect(provider.stats.refreshes).toBeLessThanOrEqual(8);
     expect(provider.stats.invalidGrants).toBe(0);
     // The provider notices an abandoned hung request only when its socket's close reaches it, which on a busy
     // machine can come after the retry arrived: concurrency is counted afresh once both are closed.
