@@ -1,6 +1,5 @@
 import { createHash } from "node:crypto";
 import { errors as joseErrors, jwtVerify, type JWTPayload } from "jose";
-import type { AuthorizationRepository } from "../db/provider-repository.js";
 import type { Logger } from "../logger.js";
 import type { ProviderRegistry } from "../providers/provider-client.js";
 import { ProviderUnavailableError } from "../sessions/errors.js";
@@ -26,7 +25,6 @@ export class UnknownLogoutProviderError extends Error {
 
 export interface BackchannelLogoutDeps {
   registry: ProviderRegistry;
-  repo: AuthorizationRepository;
   users: UserSessions;
   providerTimeoutMs: number;
   logger: Logger;
@@ -80,14 +78,10 @@ export class BackchannelLogout {
     if (typeof claims.jti !== "string" || claims.jti === "") throw new LogoutTokenError("missing_jti");
     const iat = claims.iat!;
     const expiresAt = new Date(Math.max(claims.exp ?? 0, iat + MAX_AGE_SECONDS) * 1000 + CLOCK_TOLERANCE_SECONDS * 1000);
-    const fresh = await this.deps.repo.rememberLogoutToken({
-      id: createHash("sha256").update(`${provider.id}\u0000${claims.jti}`).digest("hex"),
-      provider: provider.id,
-      expiresAt,
-    });
-    if (!fresh) throw new LogoutTokenError("replayed_jti");
+    const seen = { id: createHash("sha256").update(`${provider.id}\u0000${claims.jti}`).digest("hex"), provider: provider.id, expiresAt };
     const by = sid ? { sid } : { subject: sub! };
-    const rows = await this.deps.users.logout(provider.id, by, { caller: `provider:${provider.id}` });
+    const rows = await this.deps.users.logout(provider.id, by, seen, { caller: `provider:${provider.id}` });
+    if (rows === "replayed") throw new LogoutTokenError("replayed_jti");
     return { deleted: rows.length, by: sid ? "sid" : "sub" };
   }
 }

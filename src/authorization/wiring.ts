@@ -73,7 +73,7 @@ export async function createAuthorization(
       providerTimeoutMs,
       logger,
     }),
-    logout: new BackchannelLogout({ registry: providers.registry, repo: store.authorizations, users, providerTimeoutMs, logger }),
+    logout: new BackchannelLogout({ registry: providers.registry, users, providerTimeoutMs, logger }),
     reloadTask,
     start: () => reloadTask.start(),
     close: () => reloadTask.stop(),

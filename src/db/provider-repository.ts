@@ -4,7 +4,6 @@ import {
   LogoutTokenSchema,
   ProviderSchema,
   type AuthorizationStateRow,
-  type LogoutTokenRow,
   type ProviderRow,
 } from "./provider-entity.js";
 import { asBuffer } from "./session-entity.js";
@@ -105,17 +104,6 @@ export class AuthorizationRepository {
       if (rows.length === 0) return 0;
       return em.nativeDelete(AuthorizationStateSchema, { id: { $in: rows.map((r) => r.id) } });
     });
-  }
-
-  /** Records a logout token's jti; false when it was seen before (a replay). */
-  async rememberLogoutToken(row: LogoutTokenRow): Promise<boolean> {
-    try {
-      await runOn(this.orm, (em) => em.insert(LogoutTokenSchema, row));
-      return true;
-    } catch (err) {
-      if (isUniqueViolation(err)) return false;
-      throw err;
-    }
   }
 
   /** Forgets logout tokens that expired before `before`; returns how many. */

@@ -1,5 +1,6 @@
 import type { EntityManager, FilterQuery, MikroORM } from "@mikro-orm/core";
 import type { SqlEntityManager } from "@mikro-orm/knex";
+import { LogoutTokenSchema, type LogoutTokenRow } from "./provider-entity.js";
 import { asBuffer, SessionSchema, type SessionRow } from "./session-entity.js";
 
 /** The new token state written by a successful refresh. */
@@ -90,6 +91,18 @@ function normalize(row: SessionRow | null): SessionRow | null {
   row.refreshCt = asBuffer(row.refreshCt);
   row.idCt = asBuffer(row.idCt);
   return row;
+}
+
+/** Deletes the matching rows, each as it was when deleted (a compare-and-set on its version, as deleteForUser). */
+async function deleteAllOn(em: EntityManager, where: FilterQuery<SessionRow>): Promise<SessionRow[]> {
+  const deleted: SessionRow[] = [];
+  for (;;) {
+    const rows = (await em.find(SessionSchema, where, { disableIdentityMap: true })).map((r) => normalize(r) as SessionRow);
+    if (rows.length === 0) return deleted;
+    for (const row of rows) {
+      if ((await em.nativeDelete(SessionSchema, { id: row.id, version: row.version })) === 1) deleted.push(row);
+    }
+  }
 }
 
 /**
@@ -272,6 +285,25 @@ export class SessionRepository {
     return this.deleteAll({ provider, ...by });
   }
 
+  /**
+   * deleteForLogout in one transaction with recording the logout token's
+   * `jti`: either both happen or neither, so a logout that failed can be
+   * retried with the same token. "replayed" when the jti was recorded before.
+   */
+  async deleteForLogoutOnce(provider: string, by: { sid: string } | { subject: string }, seen: LogoutTokenRow): Promise<SessionRow[] | "replayed"> {
+    try {
+      return await this.run((em) =>
+        em.transactional(async (tx) => {
+          await tx.insert(LogoutTokenSchema, seen);
+          return deleteAllOn(tx, { provider, ...by });
+        }),
+      );
+    } catch (err) {
+      if (isUniqueViolation(err)) return "replayed";
+      throw err;
+    }
+  }
+
   /** Deletes every session of a provider; returns the rows deleted. */
   async deleteAllForProvider(provider: string): Promise<SessionRow[]> {
     return this.deleteAll({ provider });
@@ -282,18 +314,9 @@ export class SessionRepository {
     return this.run((em) => em.count(SessionSchema, { provider }));
   }
 
-  /** Deletes the matching rows, each as it was when deleted (a compare-and-set on its version, as deleteForUser). */
+  /** deleteAllOn on a fresh EntityManager. */
   private async deleteAll(where: FilterQuery<SessionRow>): Promise<SessionRow[]> {
-    return this.run(async (em) => {
-      const deleted: SessionRow[] = [];
-      for (;;) {
-        const rows = (await em.find(SessionSchema, where, { disableIdentityMap: true })).map((r) => normalize(r) as SessionRow);
-        if (rows.length === 0) return deleted;
-        for (const row of rows) {
-          if ((await em.nativeDelete(SessionSchema, { id: row.id, version: row.version })) === 1) deleted.push(row);
-        }
-      }
-    });
+    return this.run((em) => deleteAllOn(em, where));
   }
 
   /**

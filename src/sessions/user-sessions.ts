@@ -1,5 +1,5 @@
 import type { AudienceTokenRepository } from "../db/audience-repository.js";
-import type { AudienceTokenRow } from "../db/provider-entity.js";
+import type { AudienceTokenRow, LogoutTokenRow } from "../db/provider-entity.js";
 import { grantedResources, type SessionRow, type SessionStatus } from "../db/session-entity.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
@@ -135,14 +135,17 @@ export class UserSessions {
   /**
    * Back-channel logout: deletes the provider's sessions whose ID token had
    * this `sid` (or, without one, this `sub`). The provider ended them, so
-   * they are not revoked there again. Returns the rows deleted.
+   * they are not revoked there again. The logout token (`seen`, its `jti`)
+   * is recorded in the same transaction as the deletes; "replayed" when it
+   * was recorded before, and then nothing is deleted. Returns the rows deleted.
    */
-  logout(provider: string, by: { sid: string } | { subject: string }, ctx: CallContext = {}): Promise<SessionRow[]> {
-    return this.logoutBy(provider, by, ctx).catch(asDomainError);
+  logout(provider: string, by: { sid: string } | { subject: string }, seen: LogoutTokenRow, ctx: CallContext = {}): Promise<SessionRow[] | "replayed"> {
+    return this.logoutBy(provider, by, seen, ctx).catch(asDomainError);
   }
 
-  private async logoutBy(provider: string, by: { sid: string } | { subject: string }, ctx: CallContext): Promise<SessionRow[]> {
-    const rows = await this.repo.deleteForLogout(provider, by);
+  private async logoutBy(provider: string, by: { sid: string } | { subject: string }, seen: LogoutTokenRow, ctx: CallContext): Promise<SessionRow[] | "replayed"> {
+    const rows = await this.repo.deleteForLogoutOnce(provider, by, seen);
+    if (rows === "replayed") return rows;
     await Promise.all(rows.map((r) => this.coordinator.announce(r.id)));
     // The provider ended the login: its audience tokens are deleted here, not revoked there again.
     await this.takeAudienceTokens(rows, this.logger.child({ provider }));
