@@ -165,11 +165,15 @@ export class CodeFlow {
     };
     const state = url.searchParams.get("state");
     if (!state) throw refuse("missing");
-    const found = await this.deps.repo.consumeState(stateId(state), new Date());
+    const found = await this.deps.repo.findState(stateId(state), new Date());
     if (found.found !== "ok") throw refuse(found.found);
     const row = found.row;
+    // Every check before the state's one use, so a stranger's attempt leaves it to its owner.
     if (row.userId !== userId) throw refuse("other_user", row.provider);
     if (withoutQuery(url) !== withoutQuery(new URL(row.redirectUri))) throw refuse("other_redirect_uri", row.provider);
+    requireProviderAllowed(ctx, row.provider);
+    const provider = this.provider(row.provider);
+    if (!(await this.deps.repo.takeState(row.id, new Date()))) throw refuse("used", row.provider);
     const pending = JSON.parse(this.deps.vault.open("authorization", row.id, "payload", row.keyId, row.payloadCt)) as PendingAuthorization;
 
     const denied = url.searchParams.get("error");
@@ -178,8 +182,6 @@ export class CodeFlow {
       this.deps.logger.info({ audit: true, event: "authorization_denied", caller: ctx.caller, userId, provider: row.provider, error }, "authorization denied");
       throw new AuthorizationDeniedError(error);
     }
-    const provider = this.provider(row.provider);
-    requireProviderAllowed(ctx, provider.id);
     const deadline = Date.now() + this.deps.providerTimeoutMs;
     // At most one resource on the code exchange: some servers refuse more; each audience is fetched later.
     let tokens;

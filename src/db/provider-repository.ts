@@ -80,21 +80,25 @@ export class AuthorizationRepository {
     await runOn(this.orm, (em) => em.insert(AuthorizationStateSchema, row));
   }
 
-  /**
-   * Takes a state for its one use: marks it used with a conditional update,
-   * so two callbacks with the same state cannot both succeed.
-   */
-  async consumeState(id: string, now: Date): Promise<StateLookup> {
+  /** Looks a state up without taking it, so its checks can run before its one use (takeState). */
+  async findState(id: string, now: Date): Promise<StateLookup> {
     return runOn(this.orm, async (em) => {
       const row = await em.findOne(AuthorizationStateSchema, { id }, { disableIdentityMap: true });
       if (!row) return { found: "unknown" };
       if (row.usedAt !== null) return { found: "used" };
       if (row.expiresAt <= now) return { found: "expired" };
-      const taken = await em.nativeUpdate(AuthorizationStateSchema, { id, usedAt: null }, { usedAt: now });
-      if (taken !== 1) return { found: "used" };
       row.payloadCt = asBuffer(row.payloadCt) as Buffer;
       return { found: "ok", row };
     });
+  }
+
+  /**
+   * Takes a state for its one use: marks it used with a conditional update,
+   * so two callbacks with the same state cannot both succeed. False when it
+   * was taken already or has expired.
+   */
+  async takeState(id: string, now: Date): Promise<boolean> {
+    return runOn(this.orm, async (em) => (await em.nativeUpdate(AuthorizationStateSchema, { id, usedAt: null, expiresAt: { $gt: now } }, { usedAt: now })) === 1);
   }
 
   /** Deletes states that expired before `before`, at most `limit`; returns how many. */

@@ -86,23 +86,26 @@ describe("the authorization code flow", () => {
     expect(row?.subject).toBe("alice");
   });
 
-  it("refuses a replayed, expired, foreign or misdirected state with INVALID_STATE", async () => {
+  it("refuses a replayed, expired, foreign or misdirected state with INVALID_STATE, leaving a foreign or misdirected one to its owner", async () => {
     const { callbackUrl } = await connect("bob");
     // Replayed: the state was used by the completion above.
     expect(await failure(tokens.completeAuthorization({ userId: "bob", callbackUrl }))).toMatchObject({
       code: Code.FailedPrecondition,
       reason: "INVALID_STATE",
     });
-    // Issued for another user: refused, and used up.
+    // Issued for another user: refused, and still usable by its owner.
     const forCarol = await tokens.startAuthorization({ userId: "carol", provider: "corp", redirectUri: provider.redirectUri });
     const carolsCallback = await provider.authorize(forCarol.authorizationUrl, "carol");
     expect((await failure(tokens.completeAuthorization({ userId: "mallory", callbackUrl: carolsCallback }))).reason).toBe("INVALID_STATE");
-    expect((await failure(tokens.completeAuthorization({ userId: "carol", callbackUrl: carolsCallback }))).reason).toBe("INVALID_STATE");
-    // Another redirect URI than the one it was issued for.
+    const carols = await tokens.completeAuthorization({ userId: "carol", callbackUrl: carolsCallback });
+    expect((await tokens.getToken({ userId: "carol", sessionId: carols.sessionId })).token).not.toBe("");
+    // Another redirect URI than the one it was issued for: refused, and the right one still works.
     const forDan = await tokens.startAuthorization({ userId: "dan", provider: "corp", redirectUri: provider.redirectUri });
     const dansCallback = new URL(await provider.authorize(forDan.authorizationUrl, "dan"));
-    dansCallback.pathname = "/elsewhere";
-    expect((await failure(tokens.completeAuthorization({ userId: "dan", callbackUrl: dansCallback.href }))).reason).toBe("INVALID_STATE");
+    const misdirected = new URL(dansCallback);
+    misdirected.pathname = "/elsewhere";
+    expect((await failure(tokens.completeAuthorization({ userId: "dan", callbackUrl: misdirected.href }))).reason).toBe("INVALID_STATE");
+    expect((await tokens.completeAuthorization({ userId: "dan", callbackUrl: dansCallback.href })).provider).toBe("corp");
     // Expired: its lifetime ran out (moved into the past here rather than waited for).
     const forEve = await tokens.startAuthorization({ userId: "eve", provider: "corp", redirectUri: provider.redirectUri });
     const evesCallback = await provider.authorize(forEve.authorizationUrl, "eve");
@@ -117,7 +120,7 @@ describe("the authorization code flow", () => {
     expect((await failure(tokens.completeAuthorization({ userId: "eve", callbackUrl: "not a url" }))).code).toBe(Code.InvalidArgument);
     // The log says which check refused each one.
     const whys = svc.logs.lines().filter((l) => l.event === "authorization_state_refused").map((l) => l.why);
-    expect(whys).toEqual(["used", "other_user", "used", "other_redirect_uri", "expired", "unknown", "missing"]);
+    expect(whys).toEqual(["used", "other_user", "other_redirect_uri", "expired", "unknown", "missing"]);
   });
 
   it("answers AUTHORIZATION_DENIED with the RFC 6749 code when the user refuses", async () => {
