@@ -3,9 +3,9 @@ import { dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { fileSchema, LOG_LEVELS, type FileConfig } from "./config/schema.js";
-import { checkExposure, toCallers, toTls, type CallerConfig, type TlsConfig } from "./config/security.js";
+import { checkExposure, toCallers, toTls, toUserAssertion, type CallerConfig, type TlsConfig, type UserAssertionConfig } from "./config/security.js";
 
-export type { CallerConfig, RpcName, TlsConfig } from "./config/security.js";
+export type { CallerConfig, RpcName, TlsConfig, UserAssertionConfig, UserBindingMode } from "./config/security.js";
 
 /** A provider the service refreshes and revokes tokens at. */
 export interface ProviderConfig {
@@ -133,6 +133,8 @@ export interface Config {
   tls: TlsConfig | undefined;
   /** Allowed callers; empty: no authentication (loopback only). */
   callers: CallerConfig[];
+  /** The issuer of user assertions, for callers with `user_binding: assertion`. */
+  userAssertion: UserAssertionConfig | undefined;
   /** Serve grpc.reflection (v1 and v1alpha). */
   reflection: boolean;
   /** How long SIGTERM waits for in-flight calls before cutting them off. */
@@ -334,9 +336,11 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
 
   let tls: TlsConfig | undefined;
   let callers: CallerConfig[];
+  let userAssertion: UserAssertionConfig | undefined;
   try {
     tls = toTls(file.tls, baseDir);
-    callers = toCallers(file.callers, tls, new Set(providers.map((p) => p.id)));
+    userAssertion = toUserAssertion(file.user_assertion, baseDir);
+    callers = toCallers(file.callers, tls, new Set(providers.map((p) => p.id)), userAssertion);
     const exposure = { callers: callers.length, tls: tls !== undefined, insecurePlaintext: file.insecure_plaintext };
     checkExposure({ ...exposure, variable: "TOKEN_SERVICE_ADDR", loopback: isLoopbackHost(host) });
     if (httpAddr) checkExposure({ ...exposure, variable: "TOKEN_SERVICE_HTTP_ADDR", loopback: isLoopbackHost(httpAddr.host) });
@@ -360,6 +364,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
       ...(configFile ? [configFile] : []),
       ...[file.tls?.cert_file, file.tls?.key_file, file.tls?.client_ca_file].flatMap((f) => (f ? [resolve(baseDir, f)] : [])),
       ...file.providers.flatMap((p) => (p.client_secret_file ? [resolve(baseDir, p.client_secret_file)] : [])),
+      ...(file.user_assertion?.jwks_file ? [resolve(baseDir, file.user_assertion.jwks_file)] : []),
     ],
     providers,
     refresh,
@@ -374,6 +379,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     admin,
     tls,
     callers,
+    userAssertion,
     reflection: file.reflection,
     shutdownGraceMs: Math.round(file.shutdown_grace_seconds * 1000),
     lastUsedResolutionMs: 60_000,

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { callerSchema, tlsSchema } from "./security.js";
+import { callerSchema, tlsSchema, userAssertionSchema } from "./security.js";
 
 /** The shape of the YAML file (snake_case, as written), with its defaults. loadConfig turns it into Config. */
 
@@ -93,6 +93,7 @@ export const fileSchema = z
       .prefault({}),
     tls: tlsSchema.optional(),
     callers: z.array(callerSchema).default([]),
+    user_assertion: userAssertionSchema.optional(),
     insecure_plaintext: z.boolean().default(false),
     reflection: z.boolean().default(true),
     shutdown_grace_seconds: z.number().min(0).max(600).default(10),

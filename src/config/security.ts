@@ -34,6 +34,49 @@ export interface CallerConfig {
   resources: ReadonlySet<string> | undefined;
   /** Token bucket per replica: sustained calls per second and burst size. */
   rateLimit: { perSecond: number; burst: number } | undefined;
+  /** How it may name users: freely, only through a session id, or with a signed user assertion. */
+  userBinding: UserBindingMode;
+}
+
+export const USER_BINDINGS = ["none", "session_id", "assertion"] as const;
+export type UserBindingMode = (typeof USER_BINDINGS)[number];
+
+/** The issuer of user assertions (`user_assertion`), for callers with `user_binding: assertion`. */
+export interface UserAssertionConfig {
+  issuer: string;
+  audience: string;
+  /** The claim that must equal the request's user_id. */
+  claim: string;
+  /** Where its JWK set is fetched from, or the set itself (read from `jwks_file`). */
+  jwksUri: string | undefined;
+  jwks: { keys: Array<Record<string, unknown>> } | undefined;
+}
+
+export const userAssertionSchema = z
+  .object({
+    issuer: z.string().min(1),
+    jwks_uri: z.url({ protocol: /^https?$/, error: "must be an http(s) URL" }).optional(),
+    jwks_file: z.string().min(1).optional(),
+    audience: z.string().min(1),
+    claim: z.string().min(1).optional(),
+  })
+  .strict();
+
+type RawUserAssertion = z.infer<typeof userAssertionSchema>;
+
+export function toUserAssertion(raw: RawUserAssertion | undefined, baseDir: string): UserAssertionConfig | undefined {
+  if (!raw) return undefined;
+  if ((raw.jwks_uri === undefined) === (raw.jwks_file === undefined)) throw new Error("user_assertion: needs exactly one of jwks_uri and jwks_file");
+  let jwks: UserAssertionConfig["jwks"];
+  if (raw.jwks_file) {
+    try {
+      jwks = JSON.parse(readFile(baseDir, raw.jwks_file, "user_assertion.jwks_file").toString("utf8")) as UserAssertionConfig["jwks"];
+    } catch (err) {
+      if (!(err instanceof SyntaxError)) throw err;
+    }
+    if (!jwks || !Array.isArray(jwks.keys) || jwks.keys.length === 0) throw new Error("user_assertion.jwks_file: not a JWK set with keys");
+  }
+  return { issuer: raw.issuer, audience: raw.audience, claim: raw.claim ?? "sub", jwksUri: raw.jwks_uri, jwks };
 }
 
 /** TLS for the listener, read at start-up. */
@@ -73,6 +116,7 @@ export const callerSchema = z
       .object({ per_second: z.number().positive().max(1_000_000), burst: z.number().int().min(1).max(1_000_000) })
       .strict()
       .optional(),
+    user_binding: z.enum(USER_BINDINGS).default("none"),
   })
   .strict();
 
@@ -128,7 +172,12 @@ function checkTlsMaterial(tls: TlsConfig): void {
   }
 }
 
-export function toCallers(raw: RawCaller[], tls: TlsConfig | undefined, providerIds: ReadonlySet<string>): CallerConfig[] {
+export function toCallers(
+  raw: RawCaller[],
+  tls: TlsConfig | undefined,
+  providerIds: ReadonlySet<string>,
+  userAssertion?: UserAssertionConfig,
+): CallerConfig[] {
   const names = new Set<string>();
   const digests = new Set<string>();
   const subjects = new Set<string>();
@@ -152,6 +201,9 @@ export function toCallers(raw: RawCaller[], tls: TlsConfig | undefined, provider
       if (subjects.has(key)) throw new Error(`${where}.mtls_subject: "${c.mtls_subject}" is already another caller's`);
       subjects.add(key);
     }
+    if (c.user_binding === "assertion" && !userAssertion) {
+      throw new Error(`${where}.user_binding: "assertion" needs user_assertion (issuer, jwks_uri or jwks_file, audience)`);
+    }
     for (const [j, p] of (c.providers ?? []).entries()) {
       if (!providerIds.has(p)) throw new Error(`${where}.providers[${j}]: "${p}" is not a configured provider`);
     }
@@ -163,6 +215,7 @@ export function toCallers(raw: RawCaller[], tls: TlsConfig | undefined, provider
       providers: c.providers ? new Set(c.providers) : undefined,
       resources: c.resources ? new Set(c.resources) : undefined,
       rateLimit: c.rate_limit ? { perSecond: c.rate_limit.per_second, burst: c.rate_limit.burst } : undefined,
+      userBinding: c.user_binding,
     };
   });
 }

@@ -22,6 +22,8 @@ export interface ReloadPlan {
   /** The configuration in effect afterwards: the new file's reloadable settings, the running values of the rest. */
   config: Config;
   callers: NameChanges;
+  /** Whether user_assertion changed (the callers' directory is rebuilt with it). */
+  userAssertion: boolean;
   providers: NameChanges;
   logLevel: { from: string; to: string } | undefined;
   /** Whether the outbound policy changed. */
@@ -35,7 +37,7 @@ export interface ReloadPlan {
 }
 
 /** Config fields a reload applies; every other field needs a restart. */
-const RELOADABLE: ReadonlySet<string> = new Set(["callers", "providers", "tls", "logLevel", "files", "outbound"]);
+const RELOADABLE: ReadonlySet<string> = new Set(["callers", "userAssertion", "providers", "tls", "logLevel", "files", "outbound"]);
 
 /** How operators know the settings that need a restart (environment variables or YAML keys). */
 const SETTING_NAMES: Readonly<Record<string, string>> = {
@@ -117,9 +119,22 @@ export function planReload(current: Config, next: Config): ReloadPlan {
   const logLevel = current.logLevel === next.logLevel ? undefined : { from: current.logLevel, to: next.logLevel };
   const tlsChanged = tls !== undefined && !isDeepStrictEqual(tls, current.tls);
   const outbound = !isDeepStrictEqual(current.outbound, next.outbound);
+  // Kept with the callers it was validated against: running callers bound by assertion keep their issuer.
+  const userAssertion = nextCallers === next.callers ? next.userAssertion : current.userAssertion;
+  const assertionChanged = !isDeepStrictEqual(userAssertion, current.userAssertion);
   return {
-    config: { ...current, callers: nextCallers, providers: next.providers, logLevel: next.logLevel, tls, files: next.files, outbound: next.outbound },
+    config: {
+      ...current,
+      callers: nextCallers,
+      userAssertion,
+      providers: next.providers,
+      logLevel: next.logLevel,
+      tls,
+      files: next.files,
+      outbound: next.outbound,
+    },
     callers,
+    userAssertion: assertionChanged,
     providers,
     logLevel,
     outbound,
@@ -127,6 +142,6 @@ export function planReload(current: Config, next: Config): ReloadPlan {
       ? { material: tls, certificate: summarizeCertificate(tls.cert), clientCaChanged: !isDeepStrictEqual(tls.clientCa, current.tls?.clientCa) }
       : undefined,
     needsRestart,
-    changed: !isEmpty(callers) || !isEmpty(providers) || logLevel !== undefined || tlsChanged || outbound,
+    changed: !isEmpty(callers) || assertionChanged || !isEmpty(providers) || logLevel !== undefined || tlsChanged || outbound,
   };
 }

@@ -145,7 +145,7 @@ export class ConfigReloader {
     }
     this.applyProviders(next.providers);
     if (plan.outbound) this.t.outbound.update(plan.config.outbound);
-    this.t.chain.setCallers(new CallerDirectory(plan.config.callers));
+    this.t.chain.setCallers(new CallerDirectory(plan.config.callers, plan.config.userAssertion));
     this.current = plan.config;
     if (this.watcher) {
       const files = plan.config.files;
@@ -183,6 +183,7 @@ export class ConfigReloader {
       changed: plan.changed,
       callers: some(plan.callers),
       callerCount: plan.config.callers.length,
+      userAssertion: plan.userAssertion ? "changed" : undefined,
       providers: some(plan.providers),
       providerCount: plan.config.providers.length,
       logLevel: plan.logLevel ? `${plan.logLevel.from} -> ${plan.logLevel.to}` : undefined,

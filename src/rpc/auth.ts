@@ -1,14 +1,30 @@
 import { createHash, timingSafeEqual } from "node:crypto";
-import type { CallerConfig } from "../config.js";
+import type { CallerConfig, UserAssertionConfig } from "../config.js";
+import type { UserBinding } from "../sessions/scope.js";
+import { assertionBinding, SESSION_ID_BINDING, UserAssertionVerifier } from "./user-binding.js";
 
 /** Finds the caller for a request's credentials: a bearer secret, else a verified client certificate. */
 export class CallerDirectory {
   private readonly byToken: Array<{ digest: Buffer; caller: CallerConfig }>;
   private readonly bySubject: Map<string, CallerConfig>;
 
-  constructor(readonly callers: CallerConfig[]) {
+  private readonly verifier: UserAssertionVerifier | undefined;
+
+  constructor(
+    readonly callers: CallerConfig[],
+    userAssertion?: UserAssertionConfig,
+  ) {
+    this.verifier = userAssertion ? new UserAssertionVerifier(userAssertion) : undefined;
     this.byToken = callers.flatMap((c) => (c.tokenSha256 ? [{ digest: c.tokenSha256, caller: c }] : []));
     this.bySubject = new Map(callers.flatMap((c) => (c.mtlsSubject ? [[c.mtlsSubject.toLowerCase(), c] as const] : [])));
+  }
+
+  /** The caller's user binding for one call (with its user assertion header, for `assertion`); undefined for `none`. */
+  bindingFor(caller: CallerConfig, assertion: string | undefined): UserBinding | undefined {
+    if (caller.userBinding === "none") return undefined;
+    if (caller.userBinding === "session_id") return SESSION_ID_BINDING;
+    // Configuration checks that assertion-bound callers come with user_assertion.
+    return assertionBinding(this.verifier!, assertion);
   }
 
   get enabled(): boolean {

@@ -1,10 +1,11 @@
 import type { RpcName } from "../config.js";
 import { errSummary, type Logger } from "../logger.js";
-import { PermissionDeniedError, ResourceNotAllowedError } from "../sessions/errors.js";
-import type { CallContext } from "../sessions/scope.js";
+import { PermissionDeniedError, ResourceNotAllowedError, UserNotBoundError } from "../sessions/errors.js";
+import type { CallContext, UserBinding } from "../sessions/scope.js";
 import type { CallerDirectory } from "./auth.js";
 import { CallCancelledError, CallRefusedError, Code, codeName, ShuttingDownError, toRpcStatus, type RpcStatus } from "./errors.js";
 import { TokenBucket } from "./rate-limit.js";
+import { USER_ASSERTION_HEADER } from "./user-binding.js";
 import { SpanStatusCode, type Span } from "@opentelemetry/api";
 import { NO_SPANS, type Spans, type TraceContext } from "../tracing/spans.js";
 
@@ -50,9 +51,10 @@ interface Scope {
   caller: string;
   providers: ReadonlySet<string> | undefined;
   resources: ReadonlySet<string> | undefined;
+  userBinding: UserBinding | undefined;
 }
 
-const ANONYMOUS: Scope = { caller: "anonymous", providers: undefined, resources: undefined };
+const ANONYMOUS: Scope = { caller: "anonymous", providers: undefined, resources: undefined, userBinding: undefined };
 
 /**
  * One call in flight, and the context its handler gets. Its abort signal is
@@ -88,6 +90,10 @@ class ActiveCall implements CallContext {
 
   get resources(): ReadonlySet<string> | undefined {
     return this.scope.resources;
+  }
+
+  get userBinding(): UserBinding | undefined {
+    return this.scope.userBinding;
   }
 
   get deadline(): number | undefined {
@@ -130,8 +136,9 @@ class ActiveCall implements CallContext {
  * translates its own call objects into an IncomingCall:
  *
  * 1. authentication (bearer credential or verified client certificate),
- *    RPC and provider scopes, and per-caller rate limits, with an audit line
- *    for every denial;
+ *    RPC and provider scopes, the caller's user binding (checked by the
+ *    handlers, which know the user), and per-caller rate limits, with an
+ *    audit line for every denial;
  * 2. the call's context for the domain: caller, scope, deadline, and a signal
  *    that aborts when the caller goes away or the server cuts calls off;
  * 3. error mapping through `toRpcStatus`, one log line and one metric per
@@ -253,7 +260,10 @@ export class RpcChain {
       this.audit(call, who.name, "rate_limited");
       throw new CallRefusedError(Code.ResourceExhausted, "RATE_LIMITED", `caller ${who.name} is over its rate limit`);
     }
-    return { caller: who.name, providers: who.providers, resources: who.resources };
+    // One comparison for callers without user binding (the default): GetToken's hot path.
+    const userBinding =
+      who.userBinding === "none" ? undefined : this.directory.bindingFor(who, who.userBinding === "assertion" ? call.header(USER_ASSERTION_HEADER) : undefined);
+    return { caller: who.name, providers: who.providers, resources: who.resources, userBinding };
   }
 
   private audit(call: IncomingCall, caller: string | null, reason: string, extra?: Record<string, string>): void {
@@ -285,6 +295,7 @@ export class RpcChain {
       this.logger[level]({ ...fields, reason: status.reason }, "rpc");
       if (outcome instanceof PermissionDeniedError) this.audit(call, scope.caller, outcome.reason);
       if (outcome instanceof ResourceNotAllowedError) this.audit(call, scope.caller, outcome.reason, { resource: outcome.resource });
+      if (outcome instanceof UserNotBoundError) this.audit(call, scope.caller, outcome.reason, { why: outcome.why });
     } else {
       // Unknown errors: keep the type and code for operators, never the message text.
       this.logger.error({ ...fields, err: errSummary(outcome), stack: stackOnly(outcome) }, "rpc failed with an unexpected error");

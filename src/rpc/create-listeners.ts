@@ -47,7 +47,7 @@ export async function createListeners(
   deps: { sessions: Sessions; authorization: Authorization; health: HealthState; metrics: Metrics; logger: Logger; spans: Spans },
 ): Promise<Listeners> {
   const { sessions, authorization, health, metrics, logger } = deps;
-  const chain = new RpcChain(new CallerDirectory(config.callers), logger, (e) => metrics.rpc(e.method, e.code, e.ms), deps.spans);
+  const chain = new RpcChain(new CallerDirectory(config.callers, config.userAssertion), logger, (e) => metrics.rpc(e.method, e.code, e.ms), deps.spans);
   const { grpc, http } = await startListeners({
     config,
     chain,

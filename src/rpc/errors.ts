@@ -21,6 +21,7 @@ import {
   KeyUnavailableError,
   NoIdTokenError,
   PermissionDeniedError,
+  UserNotBoundError,
   ProviderUnavailableError,
   ReauthRequiredError,
   RefreshTimeoutError,
@@ -131,6 +132,7 @@ export function toRpcStatus(err: unknown): RpcStatus {
   if (err instanceof CorruptSessionError) return info(Code.DataLoss, err.message, "CORRUPT_SESSION");
   if (err instanceof ResourceNotGrantedError) return info(Code.FailedPrecondition, err.message, "RESOURCE_NOT_GRANTED", { resource: err.resource });
   if (err instanceof ResourceNotAllowedError) return info(Code.PermissionDenied, err.message, "RESOURCE_NOT_ALLOWED", { resource: err.resource });
+  if (err instanceof UserNotBoundError) return info(Code.PermissionDenied, err.message, "USER_NOT_BOUND");
   if (err instanceof ExchangeRefusedError) {
     return info(Code.FailedPrecondition, err.message, "EXCHANGE_REFUSED", { provider: err.provider, provider_error: err.providerError });
   }

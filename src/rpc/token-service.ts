@@ -42,7 +42,9 @@ function kindOf(kind: TokenKind): "access" | "id" {
 
 /**
  * The TokenService RPCs, once for both listeners: proto in, domain call,
- * proto out. No logic lives here; typed against the full generated service
+ * proto out. No logic lives here but the caller's user binding, checked
+ * first by every RPC that names a user (how it names the user decides what a
+ * `session_id`-bound caller may do); typed against the full generated service
  * so a missing RPC fails to compile. `ctx` comes from the RPC chain.
  */
 export function createTokenServiceHandlers(
@@ -52,6 +54,7 @@ export function createTokenServiceHandlers(
 ): ServiceHandlers<typeof TokenService> {
   return {
     async storeSession(req, ctx) {
+      if (ctx.userBinding) await ctx.userBinding.check(req.userId, "new");
       const t = req.tokens;
       const result = await sessions.storeSession(
         {
@@ -78,6 +81,8 @@ export function createTokenServiceHandlers(
     },
 
     async getToken(req, ctx) {
+      // A cheap branch for callers without user binding: GetToken is the hot path.
+      if (ctx.userBinding) await ctx.userBinding.check(req.userId, req.sessionId !== "" ? "session" : "lookup");
       const answer = await sessions.getToken(
         {
           userId: req.userId,
@@ -100,11 +105,13 @@ export function createTokenServiceHandlers(
     },
 
     async revokeSession(req, ctx) {
+      if (ctx.userBinding) await ctx.userBinding.check(req.userId, "session");
       await users.revokeSession({ userId: req.userId, sessionId: req.sessionId }, ctx);
       return create(RevokeSessionResponseSchema, {});
     },
 
     async listSessions(req, ctx) {
+      if (ctx.userBinding) await ctx.userBinding.check(req.userId, "all_sessions");
       const list = await users.listSessions({ userId: req.userId, provider: req.provider }, ctx);
       return create(ListSessionsResponseSchema, {
         sessions: list.map((s) =>
@@ -128,11 +135,13 @@ export function createTokenServiceHandlers(
     },
 
     async revokeUserSessions(req, ctx) {
+      if (ctx.userBinding) await ctx.userBinding.check(req.userId, "all_sessions");
       const revoked = await users.revokeUserSessions({ userId: req.userId, provider: req.provider }, ctx);
       return create(RevokeUserSessionsResponseSchema, { revoked });
     },
 
     async startAuthorization(req, ctx) {
+      if (ctx.userBinding) await ctx.userBinding.check(req.userId, "new");
       const started = await codeFlow.start(
         {
           userId: req.userId,
@@ -152,6 +161,7 @@ export function createTokenServiceHandlers(
     },
 
     async completeAuthorization(req, ctx) {
+      if (ctx.userBinding) await ctx.userBinding.check(req.userId, "new");
       const done = await codeFlow.complete({ userId: req.userId, callbackUrl: req.callbackUrl }, ctx);
       return create(CompleteAuthorizationResponseSchema, {
         sessionId: done.sessionId,

@@ -116,6 +116,19 @@ export class PermissionDeniedError extends SessionError {
   }
 }
 
+/** The caller is bound to users (user_binding) and this call is not bound to its user_id; `why` says which check failed. */
+export class UserNotBoundError extends SessionError {
+  override name = "UserNotBoundError";
+  readonly code = "USER_NOT_BOUND";
+  readonly reason = "user_not_bound";
+  constructor(
+    readonly why: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`this caller may act only for the user it is bound to (${why})`, options);
+  }
+}
+
 /** The session store (the database) could not be reached or did not answer in time; nothing was changed by this call. */
 export class StoreUnavailableError extends SessionError {
   override name = "StoreUnavailableError";

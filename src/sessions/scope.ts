@@ -17,6 +17,20 @@ export interface CallContext {
   logFields?: Record<string, string>;
   /** The call's trace, when it is traced: spans of the work it sets off go under it. */
   trace?: TraceContext;
+  /** The caller's user binding; undefined for `user_binding: none`. */
+  userBinding?: UserBinding;
+}
+
+/**
+ * How a call names its user: through a session id, by user (and provider) to
+ * find a session, for all of a user's sessions, or for a session it creates.
+ */
+export type UserNaming = "session" | "lookup" | "all_sessions" | "new";
+
+/** A caller's user binding (`user_binding` other than `none`), checked for every call that names a user. */
+export interface UserBinding {
+  /** Resolves when the call may act for `userId`; rejects with UserNotBoundError otherwise. */
+  check(userId: string, naming: UserNaming): Promise<void>;
 }
 
 /** Throws PermissionDeniedError when the caller may not act on `provider`. */

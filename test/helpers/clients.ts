@@ -164,11 +164,12 @@ export function grpcJsRawClient(baseUrl: string, creds: ClientCredentials = {}) 
       service: DescService,
       method: DescMethodUnary<I, O>,
       request: MessageInitShape<I>,
-      options: { bearer?: string; timeoutMs?: number } = {},
+      options: { bearer?: string; timeoutMs?: number; metadata?: Record<string, string> } = {},
     ): Promise<CallOutcome<MessageShape<O>>> {
       const metadata = new grpc.Metadata();
       const bearer = options.bearer ?? creds.bearer;
       if (bearer) metadata.set("authorization", `Bearer ${bearer}`);
+      for (const [k, v] of Object.entries(options.metadata ?? {})) metadata.set(k, v);
       const callOptions: grpc.CallOptions = options.timeoutMs ? { deadline: Date.now() + options.timeoutMs } : {};
       return new Promise((resolve) => {
         client.makeUnaryRequest(

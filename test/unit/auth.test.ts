@@ -28,6 +28,7 @@ function caller(name: string, o: CallerOptions): CallerConfig {
     providers: o.providers ? new Set(o.providers) : undefined,
     resources: undefined,
     rateLimit: o.rateLimit,
+    userBinding: "none",
   };
 }
 

@@ -452,3 +452,33 @@ describe("loadConfig: caller errors never echo a credential digest", () => {
     expect(msg.toLowerCase()).not.toContain(DIGEST_A);
   });
 });
+
+describe("user binding", () => {
+  const token = createHash("sha256").update("gw").digest("hex");
+  const caller = (binding: string) => `callers:\n  - { name: gw, token_sha256: ${token}, rpcs: ["*"], user_binding: ${binding} }\n`;
+  const jwks = JSON.stringify({ keys: [{ kty: "EC", crv: "P-256", x: "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", y: "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0", kid: "k1" }] });
+
+  it("defaults to none, and reads session_id and assertion with a user_assertion (claim default sub)", () => {
+    expect(load(caller("none").replace(", user_binding: none", "")).callers[0]!.userBinding).toBe("none");
+    expect(load(caller("session_id")).callers[0]!.userBinding).toBe("session_id");
+    const config = load(`${caller("assertion")}user_assertion: { issuer: https://idp.example.com, jwks_file: jwks.json, audience: token-service }\n`, {}, { "jwks.json": jwks });
+    expect(config.callers[0]!.userBinding).toBe("assertion");
+    expect(config.userAssertion).toMatchObject({ issuer: "https://idp.example.com", audience: "token-service", claim: "sub", jwksUri: undefined });
+    expect(config.userAssertion!.jwks!.keys[0]!.kid).toBe("k1");
+    expect(config.files.some((f) => f.endsWith("jwks.json"))).toBe(true);
+  });
+
+  it("names the field of a bad configuration", () => {
+    expect(configError(() => load(caller("assertion")))).toMatch(/^callers\[0\]\.user_binding: "assertion" needs user_assertion/);
+    expect(configError(() => load(caller("everyone")))).toMatch(/callers\[0\]\.user_binding|callers\.0\.user_binding/);
+    const both = `${caller("assertion")}user_assertion: { issuer: i, jwks_uri: "https://idp.example.com/jwks", jwks_file: jwks.json, audience: a }\n`;
+    expect(configError(() => load(both, {}, { "jwks.json": jwks }))).toMatch(/^user_assertion: needs exactly one of jwks_uri and jwks_file/);
+    const neither = `${caller("assertion")}user_assertion: { issuer: i, audience: a }\n`;
+    expect(configError(() => load(neither))).toMatch(/^user_assertion: needs exactly one/);
+    const notJwks = `${caller("assertion")}user_assertion: { issuer: i, jwks_file: jwks.json, audience: a }\n`;
+    expect(configError(() => load(notJwks, {}, { "jwks.json": "{not json" }))).toMatch(/^user_assertion\.jwks_file: not a JWK set/);
+    expect(configError(() => load(notJwks))).toMatch(/^user_assertion\.jwks_file: cannot read/);
+    const badUri = `${caller("assertion")}user_assertion: { issuer: i, jwks_uri: "ftp://x/jwks", audience: a }\n`;
+    expect(configError(() => load(badUri))).toMatch(/user_assertion\.jwks_uri/);
+  });
+});

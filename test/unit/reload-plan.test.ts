@@ -98,3 +98,18 @@ describe("planReload", () => {
     expect(addCa.config.tls?.cert).toEqual(readFileSync(B.certFile));
   });
 });
+
+describe("user binding on a reload", () => {
+  const assertion = (audience: string) => ({ issuer: "https://idp.example.com", jwks_uri: "https://idp.example.com/jwks", audience });
+
+  it("applies user_binding and user_assertion, with nothing left for a restart", () => {
+    const before = load({ providers: [provider("corp")], callers: [caller("gw")] });
+    const after = load({ providers: [provider("corp")], callers: [caller("gw", { user_binding: "assertion" })], user_assertion: assertion("ts") });
+    const plan = planReload(before, after);
+    expect(plan).toMatchObject({ changed: true, needsRestart: [], userAssertion: true, callers: { changed: ["gw"] } });
+    expect(plan.config.userAssertion).toEqual(after.userAssertion);
+    expect(plan.config.callers[0]!.userBinding).toBe("assertion");
+    const again = planReload(plan.config, load({ providers: [provider("corp")], callers: [caller("gw", { user_binding: "assertion" })], user_assertion: assertion("other") }));
+    expect(again).toMatchObject({ changed: true, userAssertion: true, needsRestart: [] });
+  });
+});
