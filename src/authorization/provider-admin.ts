@@ -155,11 +155,32 @@ export class ProviderAdmin {
     return this.deleteProvider(id, revokeSessions, ctx).catch(asDomainError);
   }
 
+  /** The outbound policy's address rules for a URL the caller or a resource's metadata names; a URL that does not parse is left to checkUrl. */
+  private async precheck(provider: string, value: string): Promise<void> {
+    let url: URL;
+    try {
+      url = new URL(value);
+    } catch {
+      return;
+    }
+    try {
+      await this.deps.outbound.precheck(url);
+    } catch (err) {
+      const refusal = findRefusal(err);
+      if (refusal) {
+        this.deps.logger.warn({ provider, url: `${url.origin}${url.pathname}`, rule: refusal.rule, range: refusal.range }, "outbound request refused by the outbound policy");
+      }
+      throw err;
+    }
+  }
+
   private async registerProvider(input: RegisterProviderInput, ctx: CallContext): Promise<ProviderView> {
     const id = checkProviderId(input.id);
     if ((input.issuer === "") === (input.resourceUrl === "")) {
       throw new InvalidArgumentError(input.issuer === "" ? "issuer" : "resource_url", "set exactly one of issuer and resource_url");
     }
+    // A destination the policy refuses is answered as one before any other check of the URL, whatever the request says.
+    await this.precheck(id, input.issuer || input.resourceUrl);
     const insecure = input.allowInsecureHttp;
     if (insecure && !this.deps.outbound.settings.allowInsecureHttp) {
       throw new InvalidArgumentError("allow_insecure_http", "is refused: the operator must allow plain http first (outbound.allow_insecure_http)");
@@ -208,6 +229,7 @@ export class ProviderAdmin {
         const resource = await discoverResource(checkUrl(input.resourceUrl, "resource_url", insecure), options);
         resourceUrl = input.resourceUrl;
         defaultResource = resource.resource;
+        await this.precheck(id, resource.authorizationServers[0]!);
         issuer = checkUrl(resource.authorizationServers[0]!, "resource_url (its authorization server)", insecure);
         log.info({ resource: defaultResource, authorizationServer: issuer.href }, "protected resource metadata found");
       } else {

@@ -48,6 +48,13 @@ function bareHost(hostname: string): string {
   return hostname.startsWith("[") && hostname.endsWith("]") ? hostname.slice(1, -1) : hostname;
 }
 
+/** A loopback IP literal or a localhost name (RFC 6761), as the URL spells it. */
+function isLoopbackName(url: URL): boolean {
+  const host = bareHost(url.hostname).toLowerCase();
+  if (host === "localhost" || host.endsWith(".localhost")) return true;
+  return isIP(host) !== 0 && ipaddr.process(host).range() === "loopback";
+}
+
 function defaultPort(url: URL): string {
   return url.port || (url.protocol === "https:" ? "443" : "80");
 }
@@ -95,7 +102,10 @@ export class OutboundPolicy {
   /** The range name of an address that the policy refuses, or undefined when it is allowed. */
   refusedRange(address: string): string | undefined {
     if (!ipaddr.isValid(address)) return "invalid";
-    const range = ipaddr.process(address).range();
+    const parsed = ipaddr.process(address);
+    const range = parsed.range();
+    // IPv4-compatible IPv6 (::a.b.c.d, deprecated by RFC 4291): ipaddr.js calls it unicast, but a tunnel may carry it to the IPv4 address.
+    if (range === "unicast" && parsed.kind() === "ipv6" && parsed.toNormalizedString().startsWith("0:0:0:0:0:0:")) return "ipv4Compatible";
     if (range === "unicast") return undefined;
     if (this.current.allowPrivateNetworks && PRIVATE_RANGES.has(range)) return undefined;
     return range;
@@ -110,7 +120,9 @@ export class OutboundPolicy {
   dispatcherFor(url: URL, exempt: boolean, insecureAllowed: boolean): Agent {
     if (url.protocol !== "https:" && url.protocol !== "http:") throw new DestinationNotAllowedError(url.hostname, "scheme");
     if (exempt) return this.openAgent;
-    if (url.protocol === "http:" && !(insecureAllowed && this.current.allowInsecureHttp)) {
+    // Plain http only where the operator allowed it, and only to a loopback host or one named in allow_hosts, also
+    // when a runtime provider's metadata names the URL.
+    if (url.protocol === "http:" && !(insecureAllowed && this.current.allowInsecureHttp && (this.hostAllowed(url) || isLoopbackName(url)))) {
       throw new DestinationNotAllowedError(url.hostname, "insecure_http");
     }
     if (this.hostAllowed(url)) return this.openAgent;
@@ -120,6 +132,23 @@ export class OutboundPolicy {
       if (range) throw new DestinationNotAllowedError(url.hostname, "private_address", range);
     }
     return this.checkedAgent;
+  }
+
+  /**
+   * The address rules for a URL a caller names, checked before anything else
+   * about it (its scheme included), so that a refused destination is answered
+   * as one whatever the request says. A name is resolved for this answer only;
+   * the connection checks and pins its own lookup. A name that does not
+   * resolve passes here and fails when it is fetched.
+   */
+  async precheck(url: URL): Promise<void> {
+    if (this.hostAllowed(url)) return;
+    const host = bareHost(url.hostname);
+    const addresses = isIP(host) ? [host] : (await this.resolve(host).catch(() => [])).map((a) => a.address);
+    for (const address of addresses) {
+      const range = this.refusedRange(address);
+      if (range) throw new DestinationNotAllowedError(url.hostname, "private_address", range);
+    }
   }
 
   /** Closes the connection pools. */

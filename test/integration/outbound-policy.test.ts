@@ -71,16 +71,32 @@ describe("without an outbound block", () => {
     expect(internal.connections).toBe(0);
     const lines = refusedLines(svc);
     expect(lines.length).toBeGreaterThanOrEqual(spellings.length * 2);
-    expect(lines[0]).toMatchObject({ level: "warn", provider: "ssrf-0-issuer", url: `https://localhost:${p}/.well-known/oauth-authorization-server`, rule: "private_address" });
+    expect(lines[0]).toMatchObject({ level: "warn", provider: "ssrf-0-issuer", url: `https://localhost:${p}/`, rule: "private_address" });
   });
 
   it("refuses the request field allow_insecure_http unless the operator set outbound.allow_insecure_http", async () => {
+    // A name that resolves nowhere passes the address rules, so the field itself is what is refused.
     const err = await failure(
-      c.providers.registerProvider({ id: "plain", issuer: provider.issuer, clientId: provider.clientId, clientSecret: provider.clientSecret, allowInsecureHttp: true }),
+      c.providers.registerProvider({ id: "plain", issuer: "http://idp.example.invalid", clientId: "c", clientSecret: "s", allowInsecureHttp: true }),
     );
     expect(err).toMatchObject({ code: Code.InvalidArgument, metadata: { field: "allow_insecure_http" } });
     expect(err.message).toMatch(/operator must allow/);
     expect(provider.stats.refreshes).toBe(0);
+  });
+
+  it("answers a loopback or IPv4-compatible provider over plain http as a refused destination, whatever the request says", async () => {
+    const p = internal.port;
+    const cases = [
+      { issuer: `http://127.0.0.1:${p}`, allowInsecureHttp: true, host: "127.0.0.1" },
+      { issuer: `http://127.0.0.1:${p}`, allowInsecureHttp: false, host: "127.0.0.1" },
+      { issuer: `http://localhost:${p}`, allowInsecureHttp: true, host: "localhost" },
+      { issuer: `https://[::127.0.0.1]:${p}`, allowInsecureHttp: false, host: "[::7f00:1]" },
+    ];
+    for (const [i, k] of cases.entries()) {
+      const err = await failure(c.providers.registerProvider({ id: `plain-${i}`, issuer: k.issuer, clientId: "c", clientSecret: "s", allowInsecureHttp: k.allowInsecureHttp }));
+      expect(err, k.issuer).toMatchObject({ code: Code.InvalidArgument, reason: "DESTINATION_NOT_ALLOWED", metadata: { host: k.host, rule: "private_address" } });
+    }
+    expect(internal.connections).toBe(0);
   });
 
   it("keeps YAML providers on loopback working: the operator's own", async () => {

@@ -37,6 +37,8 @@ describe("the outbound policy's rules", () => {
     ["::ffff:127.0.0.1", "loopback"],
     ["::ffff:169.254.169.254", "linkLocal"],
     ["64:ff9b::a00:1", "rfc6052"],
+    ["::7f00:1", "ipv4Compatible"],
+    ["::808:808", "ipv4Compatible"],
   ])("refuses %s (%s) by default", (address, range) => {
     expect(make().refusedRange(address)).toBe(range);
   });
@@ -75,6 +77,26 @@ describe("the outbound policy's rules", () => {
     p.update({ ...BASE, allowHosts: ["127.0.0.1:8443"], allowInsecureHttp: true });
     expect(refusal(() => p.dispatcherFor(new URL("http://127.0.0.1:8443/"), false, true))).toBeUndefined();
     expect(refusal(() => p.dispatcherFor(new URL("http://127.0.0.1:8443/"), false, false))).toMatchObject({ rule: "insecure_http" });
+  });
+
+  it("allows plain http, even with both settings, only to a loopback host or one in allow_hosts", () => {
+    const p = make({ allowPrivateNetworks: true, allowInsecureHttp: true, allowHosts: ["idp.internal"] });
+    for (const u of ["http://localhost:8080/", "http://127.0.0.1:8080/", "http://[::1]:8080/", "http://idp.internal/"]) {
+      expect(refusal(() => p.dispatcherFor(new URL(u), false, true)), u).toBeUndefined();
+    }
+    // A runtime provider's metadata naming a plain-http endpoint elsewhere: secrets would travel in clear.
+    for (const u of ["http://93.184.215.14/token", "http://idp.example.com/token", "http://10.0.0.5/jwks"]) {
+      expect(refusal(() => p.dispatcherFor(new URL(u), false, true)), u).toMatchObject({ rule: "insecure_http" });
+    }
+  });
+
+  it("prechecks a URL the caller names: literal addresses and names that resolve to refused addresses", async () => {
+    const p = new OutboundPolicy(BASE, (host) => Promise.resolve(host === "inside.example" ? [{ address: "10.1.1.1", family: 4 }] : []));
+    policies.push(p);
+    await expect(p.precheck(new URL("http://127.0.0.1:8080/"))).rejects.toMatchObject({ rule: "private_address", host: "127.0.0.1" });
+    await expect(p.precheck(new URL("https://inside.example/"))).rejects.toMatchObject({ rule: "private_address", host: "inside.example" });
+    await expect(p.precheck(new URL("https://unresolvable.example/"))).resolves.toBeUndefined();
+    await expect(p.precheck(new URL("https://93.184.215.14/"))).resolves.toBeUndefined();
   });
 
   it("finds a refusal anywhere in a cause chain, and its message names the host and rule only", () => {
