@@ -3,10 +3,12 @@ import { ClientError, ResponseBodyError, WWWAuthenticateChallengeError } from "o
 /**
  * RFC 6749 §5.2 error codes that mean the grant (or this client) is gone:
  * retrying with the same refresh token cannot succeed, and the user has to
- * log in again. `invalid_scope` is not one of them: it speaks of the scope
- * asked for, not of the grant, so it leaves the session as it is.
+ * log in again. `invalid_client` counts because the client cannot register
+ * again yet (where it can, that comes first). `invalid_scope` and
+ * `unauthorized_client` do not: they speak of what was asked and of this
+ * client's configuration, not of the user's grant, so the session is kept.
  */
-export const TERMINAL_OAUTH_ERRORS = new Set(["invalid_grant", "invalid_client", "unauthorized_client"]);
+export const TERMINAL_OAUTH_ERRORS = new Set(["invalid_grant", "invalid_client"]);
 
 /**
  * A failed provider call, classified by HTTP status and RFC 6749 error code,

@@ -29,8 +29,13 @@ describe("classifyProviderError: OAuth error responses", () => {
     expect(e.cause).toBe(err);
   });
 
-  it("covers exactly the three codes that mean the grant or the client is gone", () => {
-    expect([...TERMINAL_OAUTH_ERRORS].sort()).toEqual(["invalid_client", "invalid_grant", "unauthorized_client"]);
+  it("covers exactly the codes that mean the grant or the client is gone", () => {
+    expect([...TERMINAL_OAUTH_ERRORS].sort()).toEqual(["invalid_client", "invalid_grant"]);
+  });
+
+  it("unauthorized_client keeps the session: a client configuration problem, not the user's grant", () => {
+    const e = classifyProviderError(bodyError("unauthorized_client", 400));
+    expect(e).toMatchObject({ kind: "unavailable", code: "unauthorized_client", retryable: false });
   });
 
   it("invalid_scope keeps the session: unavailable, not retried blindly", () => {
