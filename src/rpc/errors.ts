@@ -21,6 +21,7 @@ import {
   KeyUnavailableError,
   NoIdTokenError,
   PermissionDeniedError,
+  UserAssertionUnavailableError,
   UserNotBoundError,
   ProviderUnavailableError,
   ReauthRequiredError,
@@ -133,6 +134,7 @@ export function toRpcStatus(err: unknown): RpcStatus {
   if (err instanceof ResourceNotGrantedError) return info(Code.FailedPrecondition, err.message, "RESOURCE_NOT_GRANTED", { resource: err.resource });
   if (err instanceof ResourceNotAllowedError) return info(Code.PermissionDenied, err.message, "RESOURCE_NOT_ALLOWED", { resource: err.resource });
   if (err instanceof UserNotBoundError) return info(Code.PermissionDenied, err.message, "USER_NOT_BOUND");
+  if (err instanceof UserAssertionUnavailableError) return info(Code.Unavailable, err.message, "USER_ASSERTION_UNAVAILABLE");
   if (err instanceof ExchangeRefusedError) {
     return info(Code.FailedPrecondition, err.message, "EXCHANGE_REFUSED", { provider: err.provider, provider_error: err.providerError });
   }

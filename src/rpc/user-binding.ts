@@ -1,6 +1,6 @@
 import { createLocalJWKSet, createRemoteJWKSet, errors as joseErrors, jwtVerify, type JSONWebKeySet } from "jose";
 import type { UserAssertionConfig } from "../config.js";
-import { UserNotBoundError } from "../sessions/errors.js";
+import { UserAssertionUnavailableError, UserNotBoundError } from "../sessions/errors.js";
 import type { UserBinding, UserNaming } from "../sessions/scope.js";
 
 /** The request header (gRPC metadata) that carries a user assertion. */
@@ -25,7 +25,7 @@ export class UserAssertionVerifier {
     this.keys = config.jwks ? createLocalJWKSet(config.jwks as JSONWebKeySet) : createRemoteJWKSet(new URL(config.jwksUri!));
   }
 
-  /** Resolves when `assertion` is valid now and names `userId`; rejects with UserNotBoundError otherwise. */
+  /** Resolves when `assertion` is valid now and names `userId`; rejects with UserNotBoundError otherwise (UserAssertionUnavailableError when the keys cannot be fetched). */
   async verify(assertion: string | undefined, userId: string): Promise<void> {
     if (!assertion) throw new UserNotBoundError("no_assertion");
     let claims;
@@ -37,7 +37,10 @@ export class UserAssertionVerifier {
         clockTolerance: CLOCK_TOLERANCE_SECONDS,
       }));
     } catch (err) {
-      throw new UserNotBoundError(whyRefused(err), { cause: err instanceof joseErrors.JOSEError ? err.code : undefined });
+      const why = whyRefused(err);
+      // An outage of the issuer's key set is not a refusal of this caller: UNAVAILABLE, so that it retries.
+      if (why === "issuer_keys_unreachable") throw new UserAssertionUnavailableError({ cause: err instanceof joseErrors.JOSEError ? err.code : undefined });
+      throw new UserNotBoundError(why, { cause: err instanceof joseErrors.JOSEError ? err.code : undefined });
     }
     if (claims[this.config.claim] !== userId) throw new UserNotBoundError("assertion_for_another_user");
   }

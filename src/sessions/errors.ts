@@ -129,6 +129,15 @@ export class UserNotBoundError extends SessionError {
   }
 }
 
+/** The user assertion issuer's keys could not be fetched, so no assertion can be checked now: not the caller's fault, try again. */
+export class UserAssertionUnavailableError extends SessionError {
+  override name = "UserAssertionUnavailableError";
+  readonly code = "USER_ASSERTION_UNAVAILABLE";
+  constructor(options?: { cause?: unknown }) {
+    super("the user assertion issuer's keys cannot be fetched right now; try again", options);
+  }
+}
+
 /** The session store (the database) could not be reached or did not answer in time; nothing was changed by this call. */
 export class StoreUnavailableError extends SessionError {
   override name = "StoreUnavailableError";

@@ -2,9 +2,12 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
+import { createServer, type AddressInfo } from "node:net";
+import { Code } from "@connectrpc/connect";
 import { afterAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config.js";
-import { UserNotBoundError } from "../../src/sessions/errors.js";
+import { UserAssertionUnavailableError, UserNotBoundError } from "../../src/sessions/errors.js";
+import { toRpcStatus } from "../../src/rpc/errors.js";
 import { SESSION_ID_BINDING, UserAssertionVerifier } from "../../src/rpc/user-binding.js";
 
 const dir = mkdtempSync(join(tmpdir(), "token-service-user-assertion-"));
@@ -39,5 +42,22 @@ describe("user assertions from a jwks_file, with another claim", () => {
     await expect(SESSION_ID_BINDING.check("u", "new")).resolves.toBeUndefined();
     expect(await refusal(SESSION_ID_BINDING.check("u", "lookup"))).toBe("session_id_required");
     expect(await refusal(SESSION_ID_BINDING.check("u", "all_sessions"))).toBe("session_id_required");
+  });
+});
+
+describe("user assertions while the issuer's key set cannot be fetched", () => {
+  it("answers UNAVAILABLE (USER_ASSERTION_UNAVAILABLE), not a refusal of the caller", async () => {
+    const closed = await new Promise<number>((resolve) => {
+      const srv = createServer().listen(0, "127.0.0.1", () => {
+        const { port } = srv.address() as AddressInfo;
+        srv.close(() => resolve(port));
+      });
+    });
+    const verifier = new UserAssertionVerifier({ issuer: "https://users.example.test", jwksUri: `http://127.0.0.1:${closed}/jwks`, jwks: undefined, audience: "ts", claim: "sub" });
+    const { privateKey } = await generateKeyPair("ES256");
+    const jwt = await new SignJWT({ sub: "ada" }).setProtectedHeader({ alg: "ES256", kid: "k" }).setIssuer("https://users.example.test").setAudience("ts").setExpirationTime("1m").sign(privateKey);
+    const err = await verifier.verify(jwt, "ada").then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(UserAssertionUnavailableError);
+    expect(toRpcStatus(err)).toMatchObject({ code: Code.Unavailable, reason: "USER_ASSERTION_UNAVAILABLE" });
   });
 });
