@@ -38,6 +38,11 @@ export interface BackchannelLogoutDeps {
 export class BackchannelLogout {
   constructor(private readonly deps: BackchannelLogoutDeps) {}
 
+  /** Whether a provider of this id is configured (the route's rate limit keys unknown ids together). */
+  knows(providerId: string): boolean {
+    return this.deps.registry.get(providerId) !== undefined;
+  }
+
   async handle(providerId: string, logoutToken: string): Promise<{ deleted: number; by: "sid" | "sub" }> {
     const provider = this.deps.registry.get(providerId);
     if (!provider) throw new UnknownLogoutProviderError(providerId);

@@ -10,7 +10,7 @@ export interface BucketShape {
 export interface BackchannelLimits {
   perAddress: BucketShape;
   perProvider: BucketShape;
-  /** Buckets kept per kind; past this the map starts afresh (an attacker naming endless keys cannot grow memory). */
+  /** Buckets kept per kind; past this the oldest is dropped (an attacker naming endless keys cannot grow memory). */
   maxKeys: number;
 }
 
@@ -31,7 +31,7 @@ export function createBackchannelLimiter(limits: BackchannelLimits = BACKCHANNEL
   const bucket = (map: Map<string, TokenBucket>, key: string, shape: BucketShape) => {
     let b = map.get(key);
     if (!b) {
-      if (map.size >= limits.maxKeys) map.clear();
+      if (map.size >= limits.maxKeys) map.delete(map.keys().next().value!);
       b = new TokenBucket(shape.perSecond, shape.burst, now);
       map.set(key, b);
     }

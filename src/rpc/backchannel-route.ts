@@ -59,7 +59,8 @@ export function createBackchannelRoute(
       answer(res, status, body);
     };
     void (async () => {
-      if (!allow(req.socket?.remoteAddress ?? "", provider)) {
+      // Ids no provider has share one bucket: naming endless made-up providers cannot push the real ones' buckets out.
+      if (!allow(req.socket?.remoteAddress ?? "", logout.knows(provider) ? provider : "\u0000unknown")) {
         return done(429, { reason: "rate_limited" }, { error: "temporarily_unavailable", error_description: "too many requests" });
       }
       if (req.method !== "POST") return done(405, { reason: "method" }, { error: "invalid_request", error_description: "use POST" });

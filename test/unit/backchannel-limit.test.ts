@@ -15,8 +15,12 @@ describe("the back-channel route's rate limit", () => {
     expect(allow("10.0.0.1", "corp")).toBe(true);
   });
 
-  it("keeps at most maxKeys buckets of each kind", () => {
+  it("keeps at most maxKeys buckets of each kind, dropping the oldest: newer buckets keep what they took", () => {
     const allow = createBackchannelLimiter(limits, () => 0);
     for (let i = 0; i < 100; i++) expect(allow(`10.0.1.${i}`, `p${i}`)).toBe(true);
+    // 10.0.1.99 has 2 of its 3 left; three new addresses fill the map (4) without pushing it out.
+    expect([1, 2].map(() => allow("10.0.1.99", "q"))).toEqual([true, true]);
+    for (const a of ["10.0.2.1", "10.0.2.2", "10.0.2.3"]) expect(allow(a, "q2")).toBe(true);
+    expect(allow("10.0.1.99", "q3")).toBe(false);
   });
 });
