@@ -19,9 +19,9 @@ import { GetTokenRequestSchema, StoreSessionRequestSchema } from "../gen/tokense
 import { generateKeySpec } from "../src/crypto/key-ring.js";
 import { connectGrpcClient } from "../test/helpers/clients.js";
 import { startTestProvider, type TestProvider } from "../test/helpers/oidc-provider.js";
-import { startPostgres, type TestPostgres } from "../test/helpers/postgres.js";
 import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
 import { createTestDatabase } from "../test/helpers/service.js";
+import { benchPostgres, type BenchPostgres } from "./database.js";
 import type { LoadResult, LoadSpec } from "./loadgen.js";
 import { runRefreshStorm } from "./refresh-storm.js";
 import { runTracingBench } from "./tracing.js";
@@ -299,18 +299,15 @@ process's garbage collection.
 }
 
 async function main(): Promise<void> {
-  let postgres: TestPostgres | undefined;
+  let postgres: BenchPostgres | undefined;
   // Tokens it issues (the audience token of the hot path) outlive the whole run: no refresh inside a measurement.
   const provider = await startTestProvider({ accessTokenTtl: 3600 });
   const procs: ServiceProcess[] = [];
   const bares: ChildProcess[] = [];
   const sections: string[] = [];
   try {
-    let serverUrl = process.env.DATABASE_URL;
-    if (!serverUrl?.startsWith("postgres")) {
-      postgres = await startPostgres();
-      serverUrl = postgres.url;
-    }
+    postgres = await benchPostgres();
+    const serverUrl = postgres.url;
 
     // 1 and 3: the hot path against the machine's limits, all with the same h2load settings; peak RSS.
     console.log(`\n== hot path: h2load -n ${REQUESTS} -c 4 -m 16, ${HOT_ROUNDS} paired rounds`);

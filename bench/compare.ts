@@ -18,9 +18,9 @@ import { GetTokenRequestSchema } from "../gen/tokenservice/v1/token_service_pb.j
 import { generateKeySpec } from "../src/crypto/key-ring.js";
 import { connectGrpcClient } from "../test/helpers/clients.js";
 import { startTestProvider } from "../test/helpers/oidc-provider.js";
-import { startPostgres, type TestPostgres } from "../test/helpers/postgres.js";
 import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
 import { createTestDatabase } from "../test/helpers/service.js";
+import { benchPostgres, type BenchPostgres } from "./database.js";
 import { paths, runRounds, summarize, type Target } from "./hot-path.js";
 import { fmt, machine, writeSection } from "./report.js";
 import { grpcFrame } from "./run-load.js";
@@ -52,13 +52,10 @@ const variants = [
 const provider = await startTestProvider({ accessTokenTtl: 3600 });
 const dir = mkdtempSync(join(tmpdir(), "token-service-bench-compare-"));
 const procs: ServiceProcess[] = [];
-let postgres: TestPostgres | undefined;
+let postgres: BenchPostgres | undefined;
 try {
-  let serverUrl = process.env.DATABASE_URL;
-  if (!serverUrl?.startsWith("postgres")) {
-    postgres = await startPostgres();
-    serverUrl = postgres.url;
-  }
+  postgres = await benchPostgres();
+  const serverUrl = postgres.url;
   const keys = generateKeySpec("bench");
   const targets: Target[] = [];
   for (const v of variants) {

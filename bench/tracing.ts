@@ -27,9 +27,9 @@ import { GetTokenRequestSchema } from "../gen/tokenservice/v1/token_service_pb.j
 import { generateKeySpec } from "../src/crypto/key-ring.js";
 import { connectGrpcClient } from "../test/helpers/clients.js";
 import { startTestProvider, type TestProvider } from "../test/helpers/oidc-provider.js";
-import { startPostgres, type TestPostgres } from "../test/helpers/postgres.js";
 import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
 import { createTestDatabase } from "../test/helpers/service.js";
+import { benchPostgres, type BenchPostgres } from "./database.js";
 import { paths, runRounds, summarize, type Target } from "./hot-path.js";
 import { fmt, machine, writeSection } from "./report.js";
 import { grpcFrame } from "./run-load.js";
@@ -161,14 +161,10 @@ ${offLine}
 // `npm run bench:tracing`: this section alone.
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const provider = await startTestProvider({ accessTokenTtl: 3600 });
-  let postgres: TestPostgres | undefined;
+  let postgres: BenchPostgres | undefined;
   try {
-    let serverUrl = process.env.DATABASE_URL;
-    if (!serverUrl?.startsWith("postgres")) {
-      postgres = await startPostgres();
-      serverUrl = postgres.url;
-    }
-    const section = await runTracingBench({ provider, serverUrl, rounds: Number(process.env.BENCH_HOT_ROUNDS ?? 7), log: console.log });
+    postgres = await benchPostgres();
+    const section = await runTracingBench({ provider, serverUrl: postgres.url, rounds: Number(process.env.BENCH_HOT_ROUNDS ?? 7), log: console.log });
     writeSection("tracing", section);
     console.log(`\n${section}\nwritten to BENCHMARKS.md`);
   } finally {
