@@ -6,6 +6,7 @@ import { errSummary, type Logger } from "../logger.js";
 import { discoverIssuer, discoverResource, registerClient, type DiscoveryOptions } from "../providers/discovery.js";
 import { classifyProviderError, ProviderError } from "../providers/errors.js";
 import { observedFetch, type ProviderTelemetry } from "../providers/observed-fetch.js";
+import { logRefusal } from "../providers/guarded-fetch.js";
 import { findRefusal, type OutboundPolicy } from "../providers/outbound-policy.js";
 import type { FetchLike, ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
 import { InvalidArgumentError } from "../sessions/errors.js";
@@ -167,9 +168,7 @@ export class ProviderAdmin {
       await this.deps.outbound.precheck(url);
     } catch (err) {
       const refusal = findRefusal(err);
-      if (refusal) {
-        this.deps.logger.warn({ provider, url: `${url.origin}${url.pathname}`, rule: refusal.rule, range: refusal.range }, "outbound request refused by the outbound policy");
-      }
+      if (refusal) logRefusal(this.deps.logger, provider, url, refusal);
       throw err;
     }
   }

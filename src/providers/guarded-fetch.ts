@@ -1,7 +1,7 @@
 import { fetch as undiciFetch } from "undici";
 import type { Logger } from "../logger.js";
 import type { FetchLike } from "./observed-fetch.js";
-import { findRefusal, type OutboundPolicy } from "./outbound-policy.js";
+import { findRefusal, type DestinationNotAllowedError, type OutboundPolicy } from "./outbound-policy.js";
 
 /** A provider's response body was longer than outbound.max_response_bytes; reading stopped there. */
 export class ResponseTooLargeError extends Error {
@@ -65,6 +65,11 @@ function shown(url: URL): string {
   return `${url.origin}${url.pathname}`;
 }
 
+/** The log line of a destination the outbound policy refused: the provider, the URL (no query), the rule and the range. */
+export function logRefusal(logger: Logger, provider: string, url: URL, refusal: DestinationNotAllowedError): void {
+  logger.warn({ provider, url: shown(url), rule: refusal.rule, range: refusal.range }, "outbound request refused by the outbound policy");
+}
+
 /**
  * The one fetch every provider request goes through: the outbound policy
  * picks (or refuses) the connection, redirects are never followed, and the
@@ -79,7 +84,7 @@ export function createGuardedFetch(options: GuardedFetchOptions): FetchLike {
     const rethrow = (err: unknown): never => {
       const refusal = findRefusal(err);
       if (!refusal) throw err;
-      logger.warn({ provider, url: shown(target), rule: refusal.rule, range: refusal.range }, "outbound request refused by the outbound policy");
+      logRefusal(logger, provider, target, refusal);
       throw refusal;
     };
     let response: Response;
