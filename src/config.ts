@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import type { CryptoKey } from "openid-client";
 import { dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
@@ -14,7 +15,9 @@ export interface ProviderConfig {
   clientId: string;
   /** Never logged; absent for public clients (`client_auth_method: none`). */
   clientSecret: string | undefined;
-  clientAuthMethod: "client_secret_basic" | "client_secret_post" | "none";
+  clientAuthMethod: "client_secret_basic" | "client_secret_post" | "none" | "private_key_jwt";
+  /** private_key_jwt: the key that signs client assertions now (the service's client signing key). */
+  assertionKey?: () => { key: CryptoKey; kid: string };
   allowInsecureHttp: boolean;
   refreshMarginSeconds: number;
   /** The scopes StartAuthorization asks for by default; never sent on refresh. */
@@ -43,7 +46,7 @@ export interface ProviderConfig {
   metadata?: Record<string, unknown>;
   /** Runtime providers only: how it was registered and found. */
   runtime?: {
-    registration: "static" | "dynamic";
+    registration: "static" | "dynamic" | "cimd";
     resourceUrl: string | undefined;
     openid: boolean;
     createdAt: Date;
@@ -145,6 +148,32 @@ export interface Config {
   authorization: { stateTtlMs: number };
   /** The outbound policy for runtime providers, and the body cap of every provider (docs/security.md). */
   outbound: OutboundSettings;
+  /** The HTTP listener's URL as providers and browsers reach it (public_url, TOKEN_SERVICE_PUBLIC_URL), without a trailing slash. */
+  publicUrl: string | undefined;
+  /** The service's client ID metadata document (served with an https public_url). */
+  clientMetadata: ClientMetadataConfig;
+}
+
+/** The `client_metadata:` settings. */
+export interface ClientMetadataConfig {
+  clientName: string;
+  redirectUris: string[];
+  authMethod: "none" | "private_key_jwt";
+}
+
+/** public_url as written (YAML or env): an http(s) URL without query or fragment; returned without a trailing slash. */
+function parsePublicUrl(value: string | undefined, name: string): string | undefined {
+  if (value === undefined || value === "") return undefined;
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(`${name}: must be an http(s) URL`);
+  }
+  if ((url.protocol !== "https:" && url.protocol !== "http:") || url.search !== "" || url.hash !== "" || url.username !== "" || url.password !== "") {
+    throw new ConfigError(`${name}: must be an http(s) URL without credentials, query or fragment`);
+  }
+  return url.href.replace(/\/+$/, "");
 }
 
 /** A configuration problem; `message` names the field and never holds a secret. */
@@ -389,6 +418,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
       allowPrivateNetworks: file.outbound.allow_private_networks,
       allowInsecureHttp: file.outbound.allow_insecure_http,
       maxResponseBytes: file.outbound.max_response_bytes,
+    },
+    publicUrl: env.TOKEN_SERVICE_PUBLIC_URL ? parsePublicUrl(env.TOKEN_SERVICE_PUBLIC_URL, "TOKEN_SERVICE_PUBLIC_URL") : parsePublicUrl(file.public_url, "public_url"),
+    clientMetadata: {
+      clientName: file.client_metadata.client_name ?? "token-service",
+      redirectUris: file.client_metadata.redirect_uris ?? [],
+      authMethod: file.client_metadata.token_endpoint_auth_method,
     },
   };
 }

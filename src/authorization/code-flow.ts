@@ -3,7 +3,7 @@ import * as oidc from "openid-client";
 import type { AuthorizationRepository } from "../db/provider-repository.js";
 import { sessionRef, type Logger } from "../logger.js";
 import { classifyProviderError } from "../providers/errors.js";
-import type { ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
+import { withReregistration, type ProviderClient, type ProviderRegistry } from "../providers/provider-client.js";
 import { InvalidArgumentError, ProviderUnavailableError } from "../sessions/errors.js";
 import { requireProviderAllowed, type CallContext } from "../sessions/scope.js";
 import type { SessionService } from "../sessions/session-service.js";
@@ -186,11 +186,14 @@ export class CodeFlow {
     // At most one resource on the code exchange: some servers refuse more; each audience is fetched later.
     let tokens;
     try {
-      tokens = await provider.exchangeCode(url, { codeVerifier: pending.codeVerifier, state, nonce: pending.nonce }, pending.resources[0], {
-        deadline,
-        signal: ctx.signal,
-        trace: ctx.trace,
-      });
+      // A client the service registered itself that is answered invalid_client registers again once (the code is not spent then).
+      tokens = await withReregistration(this.deps.registry, provider, (client) =>
+        client.exchangeCode(url, { codeVerifier: pending.codeVerifier, state, nonce: pending.nonce }, pending.resources[0], {
+          deadline,
+          signal: ctx.signal,
+          trace: ctx.trace,
+        }),
+      );
     } catch (err) {
       throw this.exchangeError(err, provider.id);
     }

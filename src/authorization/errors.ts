@@ -52,6 +52,22 @@ export class ProviderSetupError extends SessionError {
   }
 }
 
+/**
+ * RegisterProvider refused: the authorization server does not offer what the
+ * service needs (`reason` NO_REGISTRATION_OPTION, PKCE_NOT_SUPPORTED,
+ * CIMD_NOT_AVAILABLE, CIMD_NOT_SUPPORTED). The message says what it offers.
+ */
+export class RegistrationRefusedError extends SessionError {
+  override name = "RegistrationRefusedError";
+  readonly code = "REGISTRATION_REFUSED";
+  constructor(
+    readonly reason: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 /** The user (or the provider) refused the authorization: `error=` in the callback. */
 export class AuthorizationDeniedError extends SessionError {
   override name = "AuthorizationDeniedError";

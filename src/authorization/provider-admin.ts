@@ -20,6 +20,10 @@ import {
   ProviderReadOnlyError,
   ProviderSetupError,
 } from "./errors.js";
+import type { ClientMetadataDocument } from "./client-metadata.js";
+import type { ClientSigningKeys } from "./client-keys.js";
+import { applicationType, checkPkce, chooseRegistration, cimdRedirectUris, requestedMode, type Registration, type RegistrationMode } from "./registration-choice.js";
+import { registerAgain } from "./reregistration.js";
 import type { SecretVault } from "./secret-vault.js";
 import { checkProviderId, checkScopes, checkUrl } from "./validation.js";
 
@@ -44,6 +48,10 @@ export interface RegisterProviderInput {
   audienceTokens: "" | "refresh" | "exchange";
   /** For exchange: resource (default), audience or both. */
   exchangeTarget: string;
+  /** How the client is obtained; "" (not given): AUTO with a resource_url, else STATIC (see requestedMode). */
+  registration: RegistrationMode;
+  /** Register even when the metadata does not list S256 (the operator's word that PKCE works). */
+  assumePkce: boolean;
 }
 
 /** A provider as ListProviders shows it: no secret. */
@@ -54,7 +62,7 @@ export interface ProviderView {
   clientId: string;
   clientAuthMethod: string;
   source: "config" | "runtime";
-  registration: "static" | "dynamic";
+  registration: Registration;
   endpoints: { authorization?: string; token?: string; revocation?: string; registration?: string; jwks?: string };
   createdAt: Date;
   defaultResource: string | undefined;
@@ -86,6 +94,12 @@ export interface ProviderAdminDeps {
   makeClient: (config: ProviderConfig) => ProviderClient;
   /** When the YAML providers came to be: the process start. */
   startedAt: Date;
+  /** The service's client ID metadata document, when it serves one (CIMD). */
+  clientDocument?: ClientMetadataDocument;
+  /** The client signing keys (private_key_jwt of CIMD providers). */
+  signingKeys?: ClientSigningKeys;
+  /** The service-level public_url: the default of RegisterProvider's. */
+  publicUrl?: string;
 }
 
 const METHODS = new Set<ClientAuthMethod>(["client_secret_basic", "client_secret_post", "none"]);
@@ -111,6 +125,8 @@ export class ProviderAdmin {
   private loaded = new Map<string, { version: number; client: ProviderClient }>();
   private reloading: Promise<void> | undefined;
   private reloadAgain = false;
+  /** Re-registrations in flight here, by provider id (single flight). */
+  private reregistering = new Map<string, Promise<ProviderClient | undefined>>();
 
   constructor(private readonly deps: ProviderAdminDeps) {}
 
@@ -156,6 +172,75 @@ export class ProviderAdmin {
     return this.deleteProvider(id, revokeSessions, ctx).catch(asDomainError);
   }
 
+  /**
+   * After `invalid_client` from a dynamically registered provider: registers
+   * its client again, once, and returns the new client. In this process the
+   * callers share one registration; across replicas the row's version is the
+   * coordinator: the new client is stored with a compare-and-set, and a
+   * replica whose client is older than the row only reloads. Undefined when
+   * the provider's client cannot register again (YAML, pre-registered, CIMD).
+   */
+  reregister(stale: ProviderClient): Promise<ProviderClient | undefined> {
+    if (stale.config.source !== "runtime" || stale.config.runtime?.registration !== "dynamic") return Promise.resolve(undefined);
+    let flight = this.reregistering.get(stale.id);
+    if (!flight) {
+      flight = this.reregisterOnce(stale).finally(() => this.reregistering.delete(stale.id));
+      this.reregistering.set(stale.id, flight);
+    }
+    return flight;
+  }
+
+  private async reregisterOnce(stale: ProviderClient): Promise<ProviderClient | undefined> {
+    const id = stale.id;
+    const log = this.deps.logger.child({ provider: id });
+    const newer = async () => {
+      await this.reload();
+      const current = this.deps.registry.get(id);
+      return current !== stale ? current : undefined;
+    };
+    const version = this.loaded.get(id)?.client === stale ? this.loaded.get(id)!.version : undefined;
+    const row = await this.deps.repo.find(id);
+    if (!row) return undefined;
+    // Registered again already (here or by another replica): use that client.
+    if (version === undefined || row.version !== version) return newer();
+    const { options, observed } = this.outboundOf(id, row.allowInsecureHttp, {});
+    const publicUrl = this.deps.publicUrl;
+    let fields;
+    try {
+      fields = await registerAgain(row, {
+        vault: this.deps.vault,
+        options,
+        registration: { ...options, fetch: (url, init) => observed(url, init, "registration") },
+        precheck: (url) => this.precheck(id, url),
+        backchannelLogoutUri: publicUrl ? `${publicUrl}/oidc/backchannel-logout/${encodeURIComponent(id)}` : undefined,
+      });
+    } catch (err) {
+      const e = classifyProviderError(err);
+      log.warn({ audit: true, event: "client_reregistration_failed", code: e.code, status: e.options.status }, "could not register the client again");
+      return undefined;
+    }
+    if (!(await this.deps.repo.updateRegistration(id, row.version, fields))) return newer();
+    log.warn(
+      { audit: true, event: "client_reregistered", reason: "invalid_client", issuer: fields.issuer, issuerChanged: fields.issuer !== row.issuer, clientId: fields.clientId },
+      "the provider answered invalid_client: client registered again",
+    );
+    await this.deps.announce();
+    return newer();
+  }
+
+  /** How discovery and registration requests of a provider go out: guarded, observed, with the provider timeout. */
+  private outboundOf(id: string, insecure: boolean, ctx: CallContext) {
+    const guarded = this.deps.fetchFor(id, insecure);
+    const observed = (url: string, init: RequestInit, during: string) =>
+      observedFetch(guarded, this.deps.telemetry, id, url.includes("/.well-known/") ? "discovery" : during, ctx.trace)(url, init);
+    const options: DiscoveryOptions = {
+      fetch: (url, init) => observed(url, init, "discovery"),
+      allowInsecureHttp: insecure,
+      timeoutMs: this.deps.refresh.providerTimeoutMs,
+    };
+    return { options, observed };
+  }
+
   /** The outbound policy's address rules for a URL the caller or a resource's metadata names; a URL that does not parse is left to checkUrl. */
   private async precheck(provider: string, value: string): Promise<void> {
     let url: URL;
@@ -184,25 +269,29 @@ export class ProviderAdmin {
     if (insecure && !this.deps.outbound.settings.allowInsecureHttp) {
       throw new InvalidArgumentError("allow_insecure_http", "is refused: the operator must allow plain http first (outbound.allow_insecure_http)");
     }
-    const redirectUris = input.redirectUris.map((u, i) => checkUrl(u, `redirect_uris[${i}]`, insecure).href);
+    let redirectUris = input.redirectUris.map((u, i) => checkUrl(u, `redirect_uris[${i}]`, insecure).href);
     const scopes = checkScopes(input.scopes);
     const refreshScopes = checkScopes(input.refreshScopes, "refresh_scopes");
-    let method: ClientAuthMethod;
-    if (input.dynamicRegistration) {
-      if (input.clientId !== "" || input.clientSecret !== "") {
-        throw new InvalidArgumentError("client_id", "must be empty with dynamic_registration (the server assigns it)");
-      }
-      if (redirectUris.length === 0) throw new InvalidArgumentError("redirect_uris", "are required for dynamic_registration");
-      method = input.clientAuthMethod === "none" ? "none" : "client_secret_basic";
-    } else {
-      if (input.clientId === "") throw new InvalidArgumentError("client_id", "is required without dynamic_registration");
+    const mode = requestedMode(input);
+    // A given client_id makes AUTO a pre-registered client; CIMD and dynamic registration get theirs from elsewhere.
+    const given = mode === "static" || (mode === "auto" && input.clientId !== "");
+    let method: ClientAuthMethod | "private_key_jwt";
+    if (given) {
+      if (input.clientId === "") throw new InvalidArgumentError("client_id", "is required for a pre-registered client (registration STATIC)");
       if (input.clientId.length > 255) throw new InvalidArgumentError("client_id", "must be at most 255 characters");
       method = (input.clientAuthMethod || (input.clientSecret === "" ? "none" : "client_secret_basic")) as ClientAuthMethod;
       if (!METHODS.has(method)) throw new InvalidArgumentError("client_auth_method", "must be client_secret_basic, client_secret_post or none");
       if (method !== "none" && input.clientSecret === "") throw new InvalidArgumentError("client_secret", "is required unless client_auth_method is none");
       if (method === "none" && input.clientSecret !== "") throw new InvalidArgumentError("client_secret", "must be empty for a public client (none)");
+    } else {
+      if (input.clientId !== "" || input.clientSecret !== "") {
+        throw new InvalidArgumentError("client_id", `must be empty with registration ${mode.toUpperCase()} (the client comes from the registration)`);
+      }
+      if (mode === "dynamic" && redirectUris.length === 0) throw new InvalidArgumentError("redirect_uris", "are required for dynamic_registration");
+      method = input.clientAuthMethod === "none" ? "none" : "client_secret_basic";
     }
-    const publicUrl = input.publicUrl === "" ? undefined : checkUrl(input.publicUrl, "public_url", insecure);
+    const publicUrlText = input.publicUrl || this.deps.publicUrl || "";
+    const publicUrl = publicUrlText === "" ? undefined : checkUrl(publicUrlText, "public_url", insecure);
     const audienceTokens = input.audienceTokens === "" ? "refresh" : input.audienceTokens;
     const exchangeTarget = (input.exchangeTarget || "resource") as ProviderRow["exchangeTarget"];
     if (!["resource", "audience", "both"].includes(exchangeTarget)) {
@@ -211,14 +300,7 @@ export class ProviderAdmin {
     if (this.deps.registry.get(id)) throw new ProviderExistsError(id);
 
     // Discovery, then (RFC 7591) registration, which looks the metadata up again first.
-    const guarded = this.deps.fetchFor(id, insecure);
-    const observed = (url: string, init: RequestInit, during: string) =>
-      observedFetch(guarded, this.deps.telemetry, id, url.includes("/.well-known/") ? "discovery" : during, ctx.trace)(url, init);
-    const options: DiscoveryOptions = {
-      fetch: (url, init) => observed(url, init, "discovery"),
-      allowInsecureHttp: insecure,
-      timeoutMs: this.deps.refresh.providerTimeoutMs,
-    };
+    const { options, observed } = this.outboundOf(id, insecure, ctx);
     const log = this.deps.logger.child({ provider: id });
     let resourceUrl: string | undefined;
     let defaultResource: string | undefined;
@@ -246,11 +328,28 @@ export class ProviderAdmin {
       throw new ProviderSetupError("no_authorization_or_token_endpoint");
     }
 
+    const registration = chooseRegistration(mode, given, metadata, this.deps.clientDocument);
+    if (registration === "dynamic" && redirectUris.length === 0) {
+      throw new InvalidArgumentError("redirect_uris", "are required for dynamic registration (the server offers no client ID metadata documents this service can use)");
+    }
+    const pkceAssumed = checkPkce(metadata, input.assumePkce);
+    if (pkceAssumed) {
+      log.warn(
+        { audit: true, event: "pkce_assumed", caller: ctx.caller, issuer: metadata.issuer },
+        "registered although the server's metadata does not list S256 (assume_pkce: the operator's decision)",
+      );
+    }
     let clientId = input.clientId;
     let clientSecret: string | undefined = input.clientSecret === "" ? undefined : input.clientSecret;
     let registrationToken: string | undefined;
-    if (input.dynamicRegistration) {
-      if (!metadata.registration_endpoint) throw new ProviderSetupError("no_registration_endpoint");
+    if (registration === "cimd") {
+      const document = this.deps.clientDocument!;
+      redirectUris = cimdRedirectUris(redirectUris, document);
+      clientId = document.clientId;
+      method = document.authMethod;
+      log.info({ clientId, authMethod: method }, "client: the service's client ID metadata document");
+    }
+    if (registration === "dynamic") {
       const registered = await registerClient(
         new URL(metadata.issuer),
         server.algorithm,
@@ -259,6 +358,7 @@ export class ProviderAdmin {
           authMethod: method === "none" ? "none" : "client_secret_basic",
           scopes,
           backchannelLogoutUri: publicUrl ? new URL(`oidc/backchannel-logout/${encodeURIComponent(id)}`, publicUrl.href.endsWith("/") ? publicUrl : `${publicUrl.href}/`).href : undefined,
+          applicationType: applicationType(redirectUris),
         },
         { ...options, fetch: (url, init) => observed(url, init, "registration") },
       ).catch((err: unknown) => {
@@ -280,7 +380,7 @@ export class ProviderAdmin {
       defaultResource: defaultResource ?? null,
       clientId,
       clientAuthMethod: method,
-      registration: input.dynamicRegistration ? "dynamic" : "static",
+      registration,
       keyId: vault.primaryKeyId,
       clientSecretCt: sealed("client_secret", clientSecret),
       registrationTokenCt: sealed("registration_access_token", registrationToken),
@@ -303,7 +403,7 @@ export class ProviderAdmin {
     await this.reload();
     await this.deps.announce();
     log.info(
-      { audit: true, event: "provider_registered", caller: ctx.caller, issuer: row.issuer, resource: defaultResource, registration: row.registration },
+      { audit: true, event: "provider_registered", caller: ctx.caller, issuer: row.issuer, resource: defaultResource, registration: row.registration, pkceAssumed },
       "provider registered",
     );
     return this.viewOf(this.deps.registry.get(id)!, metadata);
@@ -349,7 +449,7 @@ export class ProviderAdmin {
       issuer: row.issuer,
       clientId: row.clientId,
       clientSecret: row.clientSecretCt ? this.deps.vault.open("provider", row.id, "client_secret", row.keyId, row.clientSecretCt) : undefined,
-      clientAuthMethod: row.clientAuthMethod as ClientAuthMethod,
+      ...this.clientAuthOf(row),
       allowInsecureHttp: row.allowInsecureHttp,
       refreshMarginSeconds: 60,
       scopes: nonEmpty(row.scopes),
@@ -365,6 +465,18 @@ export class ProviderAdmin {
       metadata: server,
       runtime: { registration: row.registration, resourceUrl: row.resourceUrl ?? undefined, openid: openid === true, createdAt: row.createdAt },
     };
+  }
+
+  /**
+   * How a stored provider's client authenticates. A CIMD provider follows the
+   * document served now (the operator may have changed its method); with
+   * private_key_jwt it signs with the current client signing key.
+   */
+  private clientAuthOf(row: ProviderRow): Pick<ProviderConfig, "clientAuthMethod" | "assertionKey"> {
+    const method = row.registration === "cimd" ? (this.deps.clientDocument?.authMethod ?? row.clientAuthMethod) : row.clientAuthMethod;
+    if (method !== "private_key_jwt") return { clientAuthMethod: method as ClientAuthMethod };
+    const keys = this.deps.signingKeys;
+    return { clientAuthMethod: "private_key_jwt", assertionKey: keys ? () => keys.signer() : undefined };
   }
 
   private viewOf(client: ProviderClient, metadata: { [k: string]: unknown } | undefined): ProviderView {

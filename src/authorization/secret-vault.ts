@@ -18,11 +18,11 @@ export class SecretVault {
     return this.ring.get(keyId) !== undefined;
   }
 
-  seal(kind: "provider" | "authorization", rowId: string, column: string, plaintext: string): { keyId: string; blob: Buffer } {
+  seal(kind: "provider" | "authorization" | "signing_key", rowId: string, column: string, plaintext: string): { keyId: string; blob: Buffer } {
     return seal(this.ring, plaintext, bindingFor([`tokenservice.v1/${kind}`, rowId, column]));
   }
 
-  open(kind: "provider" | "authorization", rowId: string, column: string, keyId: string, blob: Buffer): string {
+  open(kind: "provider" | "authorization" | "signing_key", rowId: string, column: string, keyId: string, blob: Buffer): string {
     try {
       return open(this.ring, keyId, blob, bindingFor([`tokenservice.v1/${kind}`, rowId, column]));
     } catch (err) {

@@ -7,7 +7,10 @@ import type { Providers } from "../providers/create-providers.js";
 import { PeriodicTask } from "../refresh/periodic.js";
 import type { SessionWaiter } from "../refresh/waiter.js";
 import type { Sessions } from "../sessions/create-sessions.js";
+import { SigningKeyRepository } from "../db/signing-key-repository.js";
 import { BackchannelLogout } from "./backchannel-logout.js";
+import { ClientSigningKeys } from "./client-keys.js";
+import { clientMetadataDocument, type ClientMetadataDocument } from "./client-metadata.js";
 import { CodeFlow } from "./code-flow.js";
 import { ProviderAdmin } from "./provider-admin.js";
 import { SecretVault } from "./secret-vault.js";
@@ -17,6 +20,10 @@ const PROVIDER_RELOAD_MS = 10_000;
 
 export interface Authorization {
   admin: ProviderAdmin;
+  /** The client ID metadata document the HTTP listener serves, if any. */
+  clientDocument: ClientMetadataDocument | undefined;
+  /** The client signing keys (private_key_jwt), if that is the document's method. */
+  signingKeys: ClientSigningKeys | undefined;
   codeFlow: CodeFlow;
   logout: BackchannelLogout;
   /** Re-reads the runtime providers now and then. */
@@ -39,6 +46,11 @@ export async function createAuthorization(
   const { store, providers, logger } = deps;
   const { users } = deps.sessions;
   const vault = new SecretVault(deps.keyRing);
+  // Refuses start-up when the document would be too large.
+  const clientDocument = clientMetadataDocument(config.publicUrl, config.clientMetadata);
+  const signingKeys = clientDocument?.authMethod === "private_key_jwt" ? new ClientSigningKeys(new SigningKeyRepository(store.orm), vault, logger) : undefined;
+  // The first key is made when private_key_jwt is first configured.
+  await signingKeys?.ensure();
   const admin = new ProviderAdmin({
     repo: new ProviderRepository(store.orm),
     sessions: store.sessions,
@@ -53,17 +65,25 @@ export async function createAuthorization(
     logger,
     makeClient: providers.client,
     startedAt: new Date(),
+    clientDocument,
+    signingKeys,
+    publicUrl: config.publicUrl,
   });
   await admin.reload();
+  providers.registry.setReregistration((stale) => admin.reregister(stale));
+  // Runtime providers and the signing keys (a `keys rotate` announces them as a provider change).
+  const reload = () => Promise.all([admin.reload(), signingKeys?.load()]).then(() => undefined);
   deps.waiter.subscribe({
     changed: () => undefined,
     flush: () => undefined,
-    providers: () => void admin.reload().catch(() => undefined),
+    providers: () => void reload().catch(() => undefined),
   });
-  const reloadTask = new PeriodicTask("provider reload", PROVIDER_RELOAD_MS, () => admin.reload(), logger);
+  const reloadTask = new PeriodicTask("provider reload", PROVIDER_RELOAD_MS, reload, logger);
   const providerTimeoutMs = config.refresh.providerTimeoutMs;
   return {
     admin,
+    clientDocument,
+    signingKeys,
     codeFlow: new CodeFlow({
       repo: store.authorizations,
       registry: providers.registry,

@@ -4,7 +4,9 @@ import { generateKeySpec } from "../crypto/key-ring.js";
 import { CHANNEL } from "../db/pg-channel.js";
 import { rotateAudienceKeys, rotateKeys } from "../sessions/key-rotation.js";
 import { AudienceTokenRepository } from "../db/audience-repository.js";
+import { rotateSigningKeys } from "../authorization/client-keys.js";
 import { rotateProviderKeys } from "../authorization/provider-keys.js";
+import { SigningKeyRepository } from "../db/signing-key-repository.js";
 import { SecretVault } from "../authorization/secret-vault.js";
 import { ProviderRepository } from "../db/provider-repository.js";
 import { option } from "./args.js";
@@ -53,6 +55,12 @@ export async function keysCommand(args: string[], env: NodeJS.ProcessEnv, out: W
     if (providers.rotated > 0) await store.repo.notify(CHANNEL, "providers");
     out.write(`providers: ${providers.rotated} re-encrypted, ${providers.changedMeanwhile} changed meanwhile\n`);
     for (const [keyId, count] of providers.missingKeys) out.write(`  ${count} provider(s) under key ${keyId}, which is not configured\n`);
+    // The client signing keys (private_key_jwt): a new one signs from now on, the last one stays published.
+    const signing = await rotateSigningKeys(new SigningKeyRepository(store.orm), new SecretVault(store.keyRing));
+    if (signing.added) {
+      await store.repo.notify(CHANNEL, "providers");
+      out.write(`client signing keys: ${signing.added} signs from now on; ${signing.retired.length} older key(s) retired\n`);
+    }
     // Audience tokens (RFC 8707) are sealed per session and resource.
     const audiences = await rotateAudienceKeys(new AudienceTokenRepository(store.orm), store.vault, { batchSize });
     out.write(`audience tokens: ${audiences.rotated} re-encrypted, ${audiences.changedMeanwhile} refreshed meanwhile (already under ${primary})\n`);

@@ -2,6 +2,8 @@ import { NO_TELEMETRY } from "../providers/observed-fetch.js";
 import type { Writable } from "node:stream";
 import { pino } from "pino";
 import { ProviderAdmin, type ProviderView } from "../authorization/provider-admin.js";
+import { clientMetadataDocument } from "../authorization/client-metadata.js";
+import type { RegistrationMode } from "../authorization/registration-choice.js";
 import { SecretVault } from "../authorization/secret-vault.js";
 import { ConfigError, loadConfig } from "../config.js";
 import { AudienceTokenRepository } from "../db/audience-repository.js";
@@ -26,6 +28,13 @@ function options(args: string[], name: string): string[] {
     out.push(v);
   }
   return out;
+}
+
+/** `--registration auto|static|cimd|dynamic`. */
+function registrationOption(value: string | undefined): RegistrationMode {
+  if (value === undefined) return "";
+  if (!["auto", "static", "cimd", "dynamic"].includes(value)) throw new ConfigError(`--registration: must be auto, static, cimd or dynamic, not "${value}"`);
+  return value as RegistrationMode;
 }
 
 function describe(p: ProviderView): string {
@@ -76,6 +85,9 @@ export async function providersCommand(args: string[], env: NodeJS.ProcessEnv, o
       logger,
       makeClient: providers.client,
       startedAt: new Date(),
+      // The service's document, as the service serves it from this configuration (CIMD providers get its client_id).
+      clientDocument: clientMetadataDocument(config.publicUrl, config.clientMetadata),
+      publicUrl: config.publicUrl,
     });
     await admin.reload();
     const ctx = { caller: "cli" };
@@ -111,6 +123,8 @@ export async function providersCommand(args: string[], env: NodeJS.ProcessEnv, o
           publicUrl: option(args, "--public-url") ?? "",
           audienceTokens: args.includes("--exchange") ? "exchange" : "",
           exchangeTarget: option(args, "--exchange-target") ?? "",
+          registration: registrationOption(option(args, "--registration")),
+          assumePkce: args.includes("--assume-pkce"),
         },
         ctx,
       );

@@ -114,6 +114,17 @@ export const fileSchema = z
       })
       .strict()
       .prefault({}),
+    // The HTTP listener's URL as providers and browsers reach it; with https, it serves the client metadata document.
+    public_url: httpUrl.optional(),
+    // The client ID metadata document served at {public_url}/oauth/client-metadata.json (docs/tool-servers.md).
+    client_metadata: z
+      .object({
+        client_name: z.string().min(1).max(200).optional(),
+        redirect_uris: z.array(httpUrl).optional(),
+        token_endpoint_auth_method: z.enum(["none", "private_key_jwt"]).default("none"),
+      })
+      .strict()
+      .prefault({}),
     authorization: z
       .object({
         // How long a started authorization (its state, PKCE verifier and nonce) may be completed.

@@ -4,6 +4,7 @@ import type { DatabaseConfig } from "../config.js";
 import { migrationsFor } from "./migrations/index.js";
 import { AudienceTokenSchema, AuthorizationStateSchema, LogoutTokenSchema, ProviderSchema } from "./provider-entity.js";
 import { SessionSchema } from "./session-entity.js";
+import { SigningKeySchema } from "./signing-key-repository.js";
 
 /** Bounds that make a dead database fail fast instead of hanging callers. */
 export interface DatabaseTimeouts {
@@ -26,7 +27,7 @@ export function describeDatabase(db: DatabaseConfig): string {
 
 function baseOptions(db: DatabaseConfig): Partial<Options> {
   return {
-    entities: [SessionSchema, ProviderSchema, AuthorizationStateSchema, LogoutTokenSchema, AudienceTokenSchema],
+    entities: [SessionSchema, ProviderSchema, AuthorizationStateSchema, LogoutTokenSchema, AudienceTokenSchema, SigningKeySchema],
     extensions: [Migrator],
     migrations: {
       tableName: "mikro_orm_migrations",

@@ -14,7 +14,7 @@ export interface ProviderRow {
   defaultResource: string | null;
   clientId: string;
   clientAuthMethod: string;
-  registration: "static" | "dynamic";
+  registration: "static" | "dynamic" | "cimd";
   /** Key of the ciphertexts below. */
   keyId: string;
   clientSecretCt: Buffer | null;

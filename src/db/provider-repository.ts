@@ -61,6 +61,19 @@ export class ProviderRepository {
     );
   }
 
+  /**
+   * Stores a client registered again if the provider is still at `version`
+   * (a compare-and-set: one replica's registration wins); false when another
+   * write came first.
+   */
+  async updateRegistration(
+    id: string,
+    version: number,
+    fields: Pick<ProviderRow, "issuer" | "metadata" | "clientId" | "clientAuthMethod" | "keyId" | "clientSecretCt" | "registrationTokenCt">,
+  ): Promise<boolean> {
+    return runOn(this.orm, async (em) => (await em.nativeUpdate(ProviderSchema, { id, version }, { ...fields, version: version + 1 })) === 1);
+  }
+
   /** Rewrites a provider's ciphertexts if it is still at `version`; false when another write came first. */
   async reseal(id: string, version: number, fields: Pick<ProviderRow, "keyId" | "clientSecretCt" | "registrationTokenCt">): Promise<boolean> {
     return runOn(this.orm, async (em) => (await em.nativeUpdate(ProviderSchema, { id, version }, { ...fields, version: version + 1 })) === 1);

@@ -110,19 +110,27 @@ export interface RegisteredClient {
 
 /**
  * Registers a client at the server's registration endpoint (RFC 7591) for
- * the authorization code and refresh token grants, with our redirect URIs
- * and, when given, a back-channel logout URI.
+ * the authorization code and refresh token grants, with our redirect URIs,
+ * the application_type the MCP spec requires and, when given, a back-channel
+ * logout URI.
  */
 export async function registerClient(
   issuer: URL,
   algorithm: "oauth2" | "oidc",
-  request: { redirectUris: string[]; authMethod: "client_secret_basic" | "none"; scopes: string[]; backchannelLogoutUri?: string },
+  request: {
+    redirectUris: string[];
+    authMethod: "client_secret_basic" | "none";
+    scopes: string[];
+    backchannelLogoutUri?: string;
+    applicationType: "web" | "native";
+  },
   options: DiscoveryOptions,
 ): Promise<RegisteredClient> {
   const config = await oidc.dynamicClientRegistration(
     issuer,
     {
       client_name: "token-service",
+      application_type: request.applicationType,
       redirect_uris: request.redirectUris,
       grant_types: ["authorization_code", "refresh_token"],
       response_types: ["code"],

@@ -87,6 +87,9 @@ function clientAuth(config: ProviderConfig): oidc.ClientAuth {
       return oidc.ClientSecretPost(config.clientSecret);
     case "none":
       return oidc.None();
+    case "private_key_jwt":
+      if (!config.assertionKey) throw new ProviderError("unavailable", "no_signing_key");
+      return oidc.PrivateKeyJwt(config.assertionKey());
     default:
       return oidc.ClientSecretBasic(config.clientSecret);
   }
@@ -383,6 +386,7 @@ export class OidcProviderClient implements ProviderClient {
 export class ProviderRegistry {
   private configured: Map<string, ProviderClient>;
   private runtime = new Map<string, ProviderClient>();
+  private reregistration: ((stale: ProviderClient) => Promise<ProviderClient | undefined>) | undefined;
 
   constructor(clients: ProviderClient[]) {
     this.configured = new Map(clients.map((c) => [c.id, c]));
@@ -419,5 +423,37 @@ export class ProviderRegistry {
 
   runtimeClients(): ProviderClient[] {
     return [...this.runtime.values()];
+  }
+
+  /** Who registers a client again when a provider answers `invalid_client` (the runtime providers' admin). */
+  setReregistration(hook: (stale: ProviderClient) => Promise<ProviderClient | undefined>): void {
+    this.reregistration = hook;
+  }
+
+  /**
+   * After `invalid_client` from `stale`: the provider's client registered
+   * again (or as another replica registered it), to retry with once; undefined
+   * when it cannot register again (a YAML or pre-registered client), and the
+   * error stands.
+   */
+  async reregister(stale: ProviderClient): Promise<ProviderClient | undefined> {
+    return this.reregistration ? this.reregistration(stale) : undefined;
+  }
+}
+
+/**
+ * Runs `call` with the provider's client; when it is answered
+ * `invalid_client` and the client can register again, runs it once more with
+ * the new client. A second `invalid_client` is the caller's to handle.
+ */
+export async function withReregistration<T>(registry: ProviderRegistry, client: ProviderClient, call: (client: ProviderClient) => Promise<T>): Promise<T> {
+  try {
+    return await call(client);
+  } catch (err) {
+    const e = classifyProviderError(err);
+    if (e.kind !== "rejected" || e.code !== "invalid_client") throw err;
+    const fresh = await registry.reregister(client).catch(() => undefined);
+    if (!fresh) throw err;
+    return call(fresh);
   }
 }

@@ -5,7 +5,7 @@ import { grantedResources, headOf, type SessionHead, type SessionRow } from "../
 import { DatabaseUnavailableError, type RefreshedFields, type SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
 import { classifyProviderError } from "../providers/errors.js";
-import type { ProviderRegistry, ProviderTokens } from "../providers/provider-client.js";
+import { withReregistration, type ProviderRegistry, type ProviderTokens } from "../providers/provider-client.js";
 import { revokeTokens } from "../providers/revoke.js";
 import {
   ProviderUnavailableError,
@@ -252,12 +252,16 @@ export class RefreshCoordinator {
     this.stats.started++;
     let response: ProviderTokens;
     try {
-      response = await provider.refresh(tokens.refresh, {
-        deadline: leaseUntil.getTime() - this.leaseSafetyMs,
-        resource: onlyResource(row.resources),
-        grantedScope: row.scope,
-        trace,
-      });
+      // invalid_client from a client the service registered itself: it registers again once and retries.
+      const refreshToken = tokens.refresh;
+      response = await withReregistration(this.providers, provider, (client) =>
+        client.refresh(refreshToken, {
+          deadline: leaseUntil.getTime() - this.leaseSafetyMs,
+          resource: onlyResource(row.resources),
+          grantedScope: row.scope,
+          trace,
+        }),
+      );
     } catch (err) {
       const e = classifyProviderError(err);
       const now = new Date();

@@ -55,6 +55,8 @@ const SETTING_NAMES: Readonly<Record<string, string>> = {
   sweeper: "sweeper",
   cache: "cache",
   reflection: "reflection",
+  publicUrl: "public_url",
+  clientMetadata: "client_metadata",
 };
 
 function namedChanges<T>(before: T[], after: T[], name: (x: T) => string): NameChanges {

@@ -8,6 +8,7 @@ import type { Sessions } from "../sessions/create-sessions.js";
 import type { Spans } from "../tracing/spans.js";
 import { CallerDirectory } from "./auth.js";
 import { createBackchannelRoute } from "./backchannel-route.js";
+import { createClientMetadataRoute } from "./client-metadata-route.js";
 import { RpcChain } from "./chain.js";
 import type { GrpcListener } from "./grpc-server.js";
 import type { HealthState } from "./health.js";
@@ -29,6 +30,11 @@ export interface Listeners {
    * off with an answer and the admin listener closes.
    */
   close(): Promise<void>;
+}
+
+/** The first of these routes that takes the request. */
+function anyOf<A extends unknown[]>(...routes: Array<(...args: A) => boolean>): (...args: A) => boolean {
+  return (...args) => routes.some((route) => route(...args));
 }
 
 /** host:port, with an IPv6 host in brackets. */
@@ -54,7 +60,10 @@ export async function createListeners(
     health,
     tokenService: createTokenServiceHandlers(sessions.service, sessions.users, authorization.codeFlow),
     providerService: createProviderServiceHandlers(authorization.admin),
-    httpRoute: createBackchannelRoute(authorization.logout, logger),
+    httpRoute: anyOf(
+      createClientMetadataRoute(authorization.clientDocument, () => authorization.signingKeys?.published()),
+      createBackchannelRoute(authorization.logout, logger),
+    ),
   });
   let admin: AdminServer | undefined;
   try {

@@ -11,6 +11,7 @@ import {
   ProviderNotFoundError,
   ProviderReadOnlyError,
   ProviderSetupError,
+  RegistrationRefusedError,
 } from "../authorization/errors.js";
 import { DestinationNotAllowedError, findRefusal } from "../providers/outbound-policy.js";
 import {
@@ -148,6 +149,7 @@ export function toRpcStatus(err: unknown): RpcStatus {
   if (err instanceof ProviderHasSessionsError) {
     return info(Code.FailedPrecondition, err.message, "PROVIDER_HAS_SESSIONS", { provider: err.provider, sessions: String(err.sessions) });
   }
+  if (err instanceof RegistrationRefusedError) return info(Code.FailedPrecondition, err.message, err.reason);
   if (err instanceof ProviderSetupError) return info(Code.FailedPrecondition, err.message, "PROVIDER_SETUP_FAILED", { reason: err.reason });
   if (err instanceof CallRefusedError) {
     return err.reason === undefined

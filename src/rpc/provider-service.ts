@@ -5,6 +5,7 @@ import {
   DeleteProviderResponseSchema,
   ListProvidersResponseSchema,
   ProviderRegistration,
+  ProviderRegistrationMode,
   ProviderSchema,
   ProviderSource,
   RegisterProviderResponseSchema,
@@ -12,6 +13,7 @@ import {
   type ProviderService,
 } from "../../gen/tokenservice/v1/token_service_pb.js";
 import type { ProviderAdmin, ProviderView } from "../authorization/provider-admin.js";
+import type { RegistrationMode } from "../authorization/registration-choice.js";
 import { requireProviderAllowed } from "../sessions/scope.js";
 import type { ServiceHandlers } from "./handlers.js";
 import { InvalidArgumentError } from "../sessions/errors.js";
@@ -29,6 +31,26 @@ function audienceModeOf(mode: AudienceTokenMode): "" | "refresh" | "exchange" {
   }
 }
 
+const MODES: Record<ProviderRegistrationMode, RegistrationMode> = {
+  [ProviderRegistrationMode.UNSPECIFIED]: "",
+  [ProviderRegistrationMode.AUTO]: "auto",
+  [ProviderRegistrationMode.STATIC]: "static",
+  [ProviderRegistrationMode.CIMD]: "cimd",
+  [ProviderRegistrationMode.DYNAMIC]: "dynamic",
+};
+
+function registrationModeOf(mode: ProviderRegistrationMode): RegistrationMode {
+  const known = MODES[mode] as RegistrationMode | undefined;
+  if (known === undefined) throw new InvalidArgumentError("registration", "is not a known ProviderRegistrationMode");
+  return known;
+}
+
+const REGISTRATIONS = {
+  static: ProviderRegistration.STATIC,
+  dynamic: ProviderRegistration.DYNAMIC,
+  cimd: ProviderRegistration.CIMD,
+} as const;
+
 function toProto(p: ProviderView): Provider {
   return create(ProviderSchema, {
     id: p.id,
@@ -37,7 +59,7 @@ function toProto(p: ProviderView): Provider {
     clientId: p.clientId,
     clientAuthMethod: p.clientAuthMethod,
     source: p.source === "config" ? ProviderSource.CONFIG : ProviderSource.RUNTIME,
-    registration: p.registration === "dynamic" ? ProviderRegistration.DYNAMIC : ProviderRegistration.STATIC,
+    registration: REGISTRATIONS[p.registration],
     endpoints: {
       authorizationEndpoint: p.endpoints.authorization ?? "",
       tokenEndpoint: p.endpoints.token ?? "",
@@ -80,6 +102,8 @@ export function createProviderServiceHandlers(admin: ProviderAdmin): ServiceHand
           publicUrl: req.publicUrl,
           audienceTokens: audienceModeOf(req.audienceTokens),
           exchangeTarget: req.exchangeTarget,
+          registration: registrationModeOf(req.registration),
+          assumePkce: req.assumePkce,
         },
         ctx,
       );

@@ -1,10 +1,10 @@
-import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { createHash, generateKeyPairSync, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import http from "node:http";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
-import { SignJWT } from "jose";
+import { decodeProtectedHeader, SignJWT } from "jose";
 import Provider, { errors } from "oidc-provider";
 
 /** RFC 8693 token exchange. */
@@ -37,6 +37,8 @@ export interface ProviderStats {
   refreshMs: number[];
   /** Token requests from the service (setup excluded), in order: grant type, the target parameters and the scope sent. */
   tokenRequests: Array<{ grantType: string; resource: string[]; audience: string[]; scope: string | undefined }>;
+  /** The `kid` of each client assertion (private_key_jwt) on the token endpoint, in order. */
+  assertionKids: string[];
 }
 
 export interface TestTokenSet {
@@ -99,6 +101,10 @@ export interface TestProvider {
   inflightTokenRequests(): number;
   /** Releases requests held by a `hang` fault. */
   releaseHangs(): void;
+  /** Forgets a dynamically registered client, as a server that purges clients does: its requests get invalid_client. */
+  forgetClient(clientId: string): Promise<void>;
+  /** A registered client's metadata as the server keeps it (application_type, redirect_uris, …). */
+  clientMetadata(clientId: string): Promise<Record<string, unknown> | undefined>;
   close(): Promise<void>;
 }
 
@@ -123,6 +129,14 @@ export async function startTestProvider(
     clientSecret?: string;
     /** Scopes it knows besides openid and offline_access (e.g. profile). */
     extraScopes?: string[];
+    /** Dynamic registration (RFC 7591) on; default true. */
+    registration?: boolean;
+    /** A client that registers again with the same client_name and redirect URIs gets the same client_id (as servers that derive it do). */
+    stableClientIds?: boolean;
+    /** Client ID metadata documents: URL client ids are resolved, their documents fetched with this fetch. */
+    clientIdMetadataDocument?: { fetch: (url: string, init: RequestInit) => Promise<Response> };
+    /** false: its metadata leaves code_challenge_methods_supported out (PKCE is still required). */
+    advertisePkce?: boolean;
   } = {},
 ): Promise<TestProvider> {
   let accessTtl = options.accessTokenTtl ?? 300;
@@ -136,6 +150,7 @@ export async function startTestProvider(
   const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
   const jwk = { ...privateKey.export({ format: "jwk" }), kid: "test", alg: "RS256", use: "sig" };
 
+  const options_ = options;
   const redirectUri = "https://gateway.example.test/oauth/callback";
   const publicClientId = "token-service-public";
   const provider = new Provider(issuer, {
@@ -159,10 +174,10 @@ export async function startTestProvider(
     // The login and consent pages: a test drives them with plain HTTP (see authorize()).
     interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
     pkce: { required: () => true },
-    // Its outgoing calls (back-channel logout) go to services on loopback here: drop its SSRF guard, which refuses them.
+    // Its outgoing calls (back-channel logout, documents) go to services on loopback here: drop its SSRF guard, which refuses them.
     fetch: (url: string | URL | Request, options?: RequestInit) => {
       const { dispatcher: _dispatcher, ...rest } = (options ?? {}) as RequestInit & { dispatcher?: unknown };
-      return fetch(url, rest);
+      return options_.clientIdMetadataDocument ? options_.clientIdMetadataDocument.fetch(String(url), rest) : fetch(url, rest);
     },
     // A refresh token for every code grant of a client that may refresh (offline_access would need prompt=consent).
     issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed("refresh_token"),
@@ -184,7 +199,13 @@ export async function startTestProvider(
       // Any authenticated client may revoke its own tokens (what a token service needs).
       revocation: { enabled: true, allowedPolicy: async () => true },
       introspection: { enabled: true },
-      registration: { enabled: true },
+      registration: {
+        enabled: options.registration ?? true,
+        ...(options.stableClientIds
+          ? { idFactory: (ctx: { oidc: { body?: Record<string, unknown> } }) => `dcr-${createHash("sha256").update(JSON.stringify([ctx.oidc.body?.client_name, ctx.oidc.body?.redirect_uris])).digest("hex").slice(0, 16)}` }
+          : {}),
+      },
+      clientIdMetadataDocument: { enabled: options.clientIdMetadataDocument !== undefined, ack: "draft-02" },
       backchannelLogout: { enabled: true },
       resourceIndicators: {
         enabled: true,
@@ -210,6 +231,7 @@ export async function startTestProvider(
     discoveries: 0,
     refreshMs: [],
     tokenRequests: [],
+    assertionKids: [],
   };
   const refusedExchangeTargets = new Set<string>();
   const resourceServer = (target: string) =>
@@ -270,7 +292,14 @@ export async function startTestProvider(
     // RFC 8414 authorization server metadata: the same document as OpenID Connect discovery.
     if (ctx.path === "/.well-known/oauth-authorization-server") ctx.path = "/.well-known/openid-configuration";
     const setup = ctx.get(SETUP_HEADER) === "1";
-    if (ctx.path === "/.well-known/openid-configuration") stats.discoveries++;
+    if (ctx.path === "/.well-known/openid-configuration") {
+      stats.discoveries++;
+      if (options.advertisePkce === false) {
+        await next();
+        delete (ctx.body as Record<string, unknown>).code_challenge_methods_supported;
+        return;
+      }
+    }
     if (ctx.path === "/token/revocation" && !setup) {
       stats.revocations++;
       if (await applyFault(ctx, revocationFaults.shift())) return;
@@ -288,6 +317,7 @@ export async function startTestProvider(
       const params = (ctx.oidc as { params?: Record<string, unknown> } | undefined)?.params;
       if (recorded || !params) return;
       recorded = true;
+      if (typeof params.client_assertion === "string") stats.assertionKids.push(String(decodeProtectedHeader(params.client_assertion).kid));
       const list = (v: unknown) => (v === undefined ? [] : [v].flat().map(String));
       stats.tokenRequests.push({
         grantType: String(params.grant_type),
@@ -466,11 +496,18 @@ export async function startTestProvider(
         discoveries: 0,
         refreshMs: [],
         tokenRequests: [],
+        assertionKids: [],
       });
     },
     releaseHangs() {
       for (const release of hangs) release();
       hangs.clear();
+    },
+    async clientMetadata(id) {
+      return (await provider.Client.find(id))?.metadata() as Record<string, unknown> | undefined;
+    },
+    async forgetClient(id) {
+      await (provider.Client as unknown as { adapter: { destroy(id: string): Promise<void> } }).adapter.destroy(id);
     },
     async close() {
       for (const release of hangs) release();

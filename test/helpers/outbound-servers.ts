@@ -81,6 +81,7 @@ export async function startFakeIssuer(
           token_endpoint: `${base}/token`,
           jwks_uri: `${base}/jwks`,
           response_types_supported: ["code"],
+          code_challenge_methods_supported: ["S256"],
           id_token_signing_alg_values_supported: ["RS256"],
           ...endpoints(base),
         }),
