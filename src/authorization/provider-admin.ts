@@ -22,10 +22,13 @@ import {
 } from "./errors.js";
 import type { ClientMetadataDocument } from "./client-metadata.js";
 import type { ClientSigningKeys } from "./client-keys.js";
-import { applicationType, checkPkce, chooseRegistration, cimdRedirectUris, requestedMode, type Registration, type RegistrationMode } from "./registration-choice.js";
-import { registerAgain } from "./reregistration.js";
+import { applicationType, checkPkce, chooseRegistration, cimdRedirectUris, requestedMode, type RegistrationMode } from "./registration-choice.js";
+import { configOfRow, viewOfClient, type ProviderView } from "./provider-view.js";
+import { Reregistration } from "./reregistration.js";
 import type { SecretVault } from "./secret-vault.js";
 import { checkProviderId, checkScopes, checkUrl } from "./validation.js";
+
+export type { ProviderView } from "./provider-view.js";
 
 export type ClientAuthMethod = "client_secret_basic" | "client_secret_post" | "none";
 
@@ -54,25 +57,6 @@ export interface RegisterProviderInput {
   assumePkce: boolean;
 }
 
-/** A provider as ListProviders shows it: no secret. */
-export interface ProviderView {
-  id: string;
-  issuer: string;
-  resourceUrl: string | undefined;
-  clientId: string;
-  clientAuthMethod: string;
-  source: "config" | "runtime";
-  registration: Registration;
-  endpoints: { authorization?: string; token?: string; revocation?: string; registration?: string; jwks?: string };
-  createdAt: Date;
-  defaultResource: string | undefined;
-  scopes: string[];
-  refreshScopes: string[];
-  redirectUris: string[];
-  allowInsecureHttp: boolean;
-  openid: boolean;
-  audienceTokens: "refresh" | "exchange";
-}
 
 export interface ProviderAdminDeps {
   repo: ProviderRepository;
@@ -104,15 +88,6 @@ export interface ProviderAdminDeps {
 
 const METHODS = new Set<ClientAuthMethod>(["client_secret_basic", "client_secret_post", "none"]);
 
-/** A stored JSON list of scopes; undefined when empty. */
-function nonEmpty(json: string): string[] | undefined {
-  const list = JSON.parse(json) as string[];
-  return list.length ? list : undefined;
-}
-
-function str(v: unknown): string | undefined {
-  return typeof v === "string" && v !== "" ? v : undefined;
-}
 
 /**
  * Providers registered at run time: discovery (an issuer, or a protected
@@ -125,10 +100,27 @@ export class ProviderAdmin {
   private loaded = new Map<string, { version: number; client: ProviderClient }>();
   private reloading: Promise<void> | undefined;
   private reloadAgain = false;
-  /** Re-registrations in flight here, by provider id (single flight). */
-  private reregistering = new Map<string, Promise<ProviderClient | undefined>>();
+  private readonly reregistration: Reregistration;
 
-  constructor(private readonly deps: ProviderAdminDeps) {}
+  constructor(private readonly deps: ProviderAdminDeps) {
+    this.reregistration = new Reregistration({
+      repo: deps.repo,
+      vault: deps.vault,
+      logger: deps.logger,
+      registry: deps.registry,
+      versionOf: (client) => (this.loaded.get(client.id)?.client === client ? this.loaded.get(client.id)!.version : undefined),
+      reload: () => this.reload(),
+      announce: deps.announce,
+      outbound: (id, insecure) => {
+        const { options, observed } = this.outboundOf(id, insecure, {});
+        return { options, registration: { ...options, fetch: (url, init) => observed(url, init, "registration") } };
+      },
+      precheck: (id, url) => this.precheck(id, url),
+      publicUrl: deps.publicUrl,
+      // Discovery (two requests, a resource's too) and the registration.
+      waitMs: 4 * deps.refresh.providerTimeoutMs,
+    });
+  }
 
   /** Reads the runtime providers from the database into the registry. Concurrent calls coalesce. */
   reload(): Promise<void> {
@@ -148,7 +140,7 @@ export class ProviderAdmin {
             continue;
           }
           try {
-            next.set(row.id, { version: row.version, client: this.deps.makeClient(this.configOf(row)) });
+            next.set(row.id, { version: row.version, client: this.deps.makeClient(configOfRow(row, this.deps)) });
           } catch (err) {
             this.deps.logger.error({ provider: row.id, err: errSummary(err) }, "runtime provider cannot be loaded (its secret does not open); skipped");
           }
@@ -173,59 +165,11 @@ export class ProviderAdmin {
   }
 
   /**
-   * After `invalid_client` from a dynamically registered provider: registers
-   * its client again, once, and returns the new client. In this process the
-   * callers share one registration; across replicas the row's version is the
-   * coordinator: the new client is stored with a compare-and-set, and a
-   * replica whose client is older than the row only reloads. Undefined when
-   * the provider's client cannot register again (YAML, pre-registered, CIMD).
+   * After `invalid_client` from a dynamically registered provider: its client
+   * registered again, once (see Reregistration); undefined when it cannot be.
    */
   reregister(stale: ProviderClient): Promise<ProviderClient | undefined> {
-    if (stale.config.source !== "runtime" || stale.config.runtime?.registration !== "dynamic") return Promise.resolve(undefined);
-    let flight = this.reregistering.get(stale.id);
-    if (!flight) {
-      flight = this.reregisterOnce(stale).finally(() => this.reregistering.delete(stale.id));
-      this.reregistering.set(stale.id, flight);
-    }
-    return flight;
-  }
-
-  private async reregisterOnce(stale: ProviderClient): Promise<ProviderClient | undefined> {
-    const id = stale.id;
-    const log = this.deps.logger.child({ provider: id });
-    const newer = async () => {
-      await this.reload();
-      const current = this.deps.registry.get(id);
-      return current !== stale ? current : undefined;
-    };
-    const version = this.loaded.get(id)?.client === stale ? this.loaded.get(id)!.version : undefined;
-    const row = await this.deps.repo.find(id);
-    if (!row) return undefined;
-    // Registered again already (here or by another replica): use that client.
-    if (version === undefined || row.version !== version) return newer();
-    const { options, observed } = this.outboundOf(id, row.allowInsecureHttp, {});
-    const publicUrl = this.deps.publicUrl;
-    let fields;
-    try {
-      fields = await registerAgain(row, {
-        vault: this.deps.vault,
-        options,
-        registration: { ...options, fetch: (url, init) => observed(url, init, "registration") },
-        precheck: (url) => this.precheck(id, url),
-        backchannelLogoutUri: publicUrl ? `${publicUrl}/oidc/backchannel-logout/${encodeURIComponent(id)}` : undefined,
-      });
-    } catch (err) {
-      const e = classifyProviderError(err);
-      log.warn({ audit: true, event: "client_reregistration_failed", code: e.code, status: e.options.status }, "could not register the client again");
-      return undefined;
-    }
-    if (!(await this.deps.repo.updateRegistration(id, row.version, fields))) return newer();
-    log.warn(
-      { audit: true, event: "client_reregistered", reason: "invalid_client", issuer: fields.issuer, issuerChanged: fields.issuer !== row.issuer, clientId: fields.clientId },
-      "the provider answered invalid_client: client registered again",
-    );
-    await this.deps.announce();
-    return newer();
+    return this.reregistration.run(stale);
   }
 
   /** How discovery and registration requests of a provider go out: guarded, observed, with the provider timeout. */
@@ -406,7 +350,7 @@ export class ProviderAdmin {
       { audit: true, event: "provider_registered", caller: ctx.caller, issuer: row.issuer, resource: defaultResource, registration: row.registration, pkceAssumed },
       "provider registered",
     );
-    return this.viewOf(this.deps.registry.get(id)!, metadata);
+    return viewOfClient(this.deps.registry.get(id)!, metadata, this.deps.startedAt);
   }
 
   private async listProviders(): Promise<ProviderView[]> {
@@ -416,7 +360,7 @@ export class ProviderAdmin {
         const client = this.deps.registry.get(id)!;
         // YAML providers show the endpoints of their discovery; one that cannot be reached shows none.
         const metadata = await client.metadata({ deadline: Date.now() + this.deps.refresh.providerTimeoutMs }).catch(() => undefined);
-        return this.viewOf(client, metadata);
+        return viewOfClient(client, metadata, this.deps.startedAt);
       }),
     );
   }
@@ -438,73 +382,6 @@ export class ProviderAdmin {
     await this.deps.announce();
     this.deps.logger.info({ audit: true, event: "provider_deleted", caller: ctx.caller, provider: id, sessionsRevoked: revoked }, "provider deleted");
     return revoked;
-  }
-
-  /** The client configuration of a stored provider (its secret opened). */
-  private configOf(row: ProviderRow): ProviderConfig {
-    const metadata = JSON.parse(row.metadata) as Record<string, unknown> & { openid?: boolean };
-    const { openid, ...server } = metadata;
-    return {
-      id: row.id,
-      issuer: row.issuer,
-      clientId: row.clientId,
-      clientSecret: row.clientSecretCt ? this.deps.vault.open("provider", row.id, "client_secret", row.keyId, row.clientSecretCt) : undefined,
-      ...this.clientAuthOf(row),
-      allowInsecureHttp: row.allowInsecureHttp,
-      refreshMarginSeconds: 60,
-      scopes: nonEmpty(row.scopes),
-      refreshScopes: nonEmpty(row.refreshScopes),
-      tokenEndpoint: undefined,
-      revocationEndpoint: undefined,
-      defaultTokenLifetimeSeconds: 300,
-      source: "runtime",
-      redirectUris: JSON.parse(row.redirectUris) as string[],
-      defaultResource: row.defaultResource ?? undefined,
-      audienceTokens: row.audienceTokens === "exchange" ? "exchange" : "refresh",
-      exchangeTarget: row.exchangeTarget,
-      metadata: server,
-      runtime: { registration: row.registration, resourceUrl: row.resourceUrl ?? undefined, openid: openid === true, createdAt: row.createdAt },
-    };
-  }
-
-  /**
-   * How a stored provider's client authenticates. A CIMD provider follows the
-   * document served now (the operator may have changed its method); with
-   * private_key_jwt it signs with the current client signing key.
-   */
-  private clientAuthOf(row: ProviderRow): Pick<ProviderConfig, "clientAuthMethod" | "assertionKey"> {
-    const method = row.registration === "cimd" ? (this.deps.clientDocument?.authMethod ?? row.clientAuthMethod) : row.clientAuthMethod;
-    if (method !== "private_key_jwt") return { clientAuthMethod: method as ClientAuthMethod };
-    const keys = this.deps.signingKeys;
-    return { clientAuthMethod: "private_key_jwt", assertionKey: keys ? () => keys.signer() : undefined };
-  }
-
-  private viewOf(client: ProviderClient, metadata: { [k: string]: unknown } | undefined): ProviderView {
-    const c = client.config;
-    return {
-      id: c.id,
-      issuer: str(metadata?.issuer) ?? c.issuer,
-      resourceUrl: c.runtime?.resourceUrl,
-      clientId: c.clientId,
-      clientAuthMethod: c.clientAuthMethod,
-      source: c.source,
-      registration: c.runtime?.registration ?? "static",
-      endpoints: {
-        authorization: str(metadata?.authorization_endpoint),
-        token: str(metadata?.token_endpoint) ?? c.tokenEndpoint,
-        revocation: str(metadata?.revocation_endpoint) ?? c.revocationEndpoint,
-        registration: str(metadata?.registration_endpoint),
-        jwks: str(metadata?.jwks_uri),
-      },
-      createdAt: c.runtime?.createdAt ?? this.deps.startedAt,
-      defaultResource: c.defaultResource,
-      scopes: c.scopes ?? [],
-      refreshScopes: c.refreshScopes ?? [],
-      redirectUris: c.redirectUris,
-      allowInsecureHttp: c.allowInsecureHttp,
-      openid: c.runtime?.openid ?? Array.isArray(metadata?.id_token_signing_alg_values_supported),
-      audienceTokens: c.audienceTokens,
-    };
   }
 
   /**

@@ -62,6 +62,15 @@ export class ProviderRepository {
   }
 
   /**
+   * Claims the provider's registering again: moves its version on if it is
+   * still at `version`; false when another write (another replica's claim)
+   * came first.
+   */
+  async claim(id: string, version: number): Promise<boolean> {
+    return runOn(this.orm, async (em) => (await em.nativeUpdate(ProviderSchema, { id, version }, { version: version + 1 })) === 1);
+  }
+
+  /**
    * Stores a client registered again if the provider is still at `version`
    * (a compare-and-set: one replica's registration wins); false when another
    * write came first.

@@ -39,6 +39,8 @@ export interface ProviderStats {
   tokenRequests: Array<{ grantType: string; resource: string[]; audience: string[]; scope: string | undefined }>;
   /** The `kid` of each client assertion (private_key_jwt) on the token endpoint, in order. */
   assertionKids: string[];
+  /** Dynamic registration requests (RFC 7591). */
+  registrations: number;
 }
 
 export interface TestTokenSet {
@@ -232,6 +234,7 @@ export async function startTestProvider(
     refreshMs: [],
     tokenRequests: [],
     assertionKids: [],
+    registrations: 0,
   };
   const refusedExchangeTargets = new Set<string>();
   const resourceServer = (target: string) =>
@@ -292,6 +295,7 @@ export async function startTestProvider(
     // RFC 8414 authorization server metadata: the same document as OpenID Connect discovery.
     if (ctx.path === "/.well-known/oauth-authorization-server") ctx.path = "/.well-known/openid-configuration";
     const setup = ctx.get(SETUP_HEADER) === "1";
+    if (ctx.path === "/reg" && ctx.method === "POST") stats.registrations++;
     if (ctx.path === "/.well-known/openid-configuration") {
       stats.discoveries++;
       if (options.advertisePkce === false) {
@@ -497,6 +501,7 @@ export async function startTestProvider(
         refreshMs: [],
         tokenRequests: [],
         assertionKids: [],
+        registrations: 0,
       });
     },
     releaseHangs() {

@@ -6,17 +6,18 @@ import { Code, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { importJWK, SignJWT, type JWK } from "jose";
 import { Agent, fetch as undiciFetch } from "undici";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { ProviderRegistration, ProviderRegistrationMode, ProviderService, TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { SecretVault } from "../../src/authorization/secret-vault.js";
 import { keysCommand } from "../../src/cli/keys.js";
+import { generateKeySpec } from "../../src/crypto/key-ring.js";
 import { SigningKeyRepository } from "../../src/db/signing-key-repository.js";
 import { makeCertificates, type TestCertificates } from "../helpers/certs.js";
 import { grpcJsClient, type GrpcJsTokenClient } from "../helpers/clients.js";
 import { failure } from "../helpers/failure.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { freePort } from "../helpers/postgres.js";
-import { startService, type TestService } from "../helpers/service.js";
+import { createTestDatabase, startService, type TestService } from "../helpers/service.js";
 
 /**
  * How the service gets its client at an authorization server (MCP
@@ -350,5 +351,47 @@ describe("client registration: CIMD, the order, registering again, the PKCE guar
       await pk.grpcJs.call("GetToken", { user_id: "heidi", session_id: done.sessionId, force_refresh: true });
       expect(as.stats.assertionKids.at(-1)).not.toBe(k2);
     });
+  });
+});
+
+describe("registering again over two replicas (PostgreSQL): the provider row's version coordinates", () => {
+  let as: TestProvider;
+  let a: TestService;
+  let b: TestService;
+
+  beforeAll(async () => {
+    as = await startTestProvider({ stableClientIds: true });
+    const databaseUrl = await createTestDatabase(inject("postgresUrl"));
+    const keys = generateKeySpec("rereg");
+    const yaml = { outbound: { allow_private_networks: true, allow_insecure_http: true } };
+    a = await startService({ dialect: "postgresql", databaseUrl, keys, yaml, overrides: { replicaId: "replica-a" } });
+    b = await startService({ dialect: "postgresql", databaseUrl, keys, yaml, overrides: { replicaId: "replica-b" } });
+  });
+  afterAll(async () => {
+    await Promise.all([a?.close(), b?.close()]);
+    await as?.close();
+  });
+
+  it("both replicas answered invalid_client at once: one registration at the server, one audit line, and both sessions refresh", async () => {
+    const providersOnA = createClient(ProviderService, createGrpcTransport({ baseUrl: a.url }));
+    const registered = await providersOnA.registerProvider({ id: "shared", issuer: as.issuer, allowInsecureHttp: true, dynamicRegistration: true, redirectUris: [REDIRECT] });
+    await b.app.authorization.admin.reload();
+    const sessions: Record<string, string> = {};
+    for (const user of ["ivan", "judy"]) {
+      const begun = await a.client.startAuthorization({ userId: user, provider: "shared", redirectUri: REDIRECT });
+      const done = await a.client.completeAuthorization({ userId: user, callbackUrl: await as.authorize(begun.authorizationUrl, user) });
+      sessions[user] = done.sessionId;
+    }
+    await as.forgetClient(registered.provider!.clientId);
+    as.resetStats();
+    const [onA, onB] = await Promise.all([
+      a.grpcJs.call("GetToken", { user_id: "ivan", session_id: sessions.ivan, force_refresh: true }),
+      b.client.getToken({ userId: "judy", sessionId: sessions.judy, forceRefresh: true }),
+    ]);
+    expect(onA.token).toBeTruthy();
+    expect(onB.token).toBeTruthy();
+    expect(as.stats.registrations).toBe(1);
+    const audit = [a, b].flatMap((r) => r.logs.lines().filter((l) => l.event === "client_reregistered"));
+    expect(audit).toHaveLength(1);
   });
 });
