@@ -64,6 +64,9 @@ export interface ProviderView {
   allowInsecureHttp: boolean;
   openid: boolean;
   audienceTokens: "refresh" | "exchange";
+  /** From a protected resource: its 401 challenge's scope and its metadata's scopes_supported. */
+  challengeScopes: string[];
+  scopesSupported: string[];
 }
 
 export interface ProviderAdminDeps {
@@ -222,12 +225,14 @@ export class ProviderAdmin {
     const log = this.deps.logger.child({ provider: id });
     let resourceUrl: string | undefined;
     let defaultResource: string | undefined;
+    let learned: Pick<ProviderRow, "challengeScopes" | "scopesSupported" | "resourceMetadataUrl"> = {};
     let issuer: URL;
     try {
       if (input.resourceUrl !== "") {
         const resource = await discoverResource(checkUrl(input.resourceUrl, "resource_url", insecure), options);
         resourceUrl = input.resourceUrl;
         defaultResource = resource.resource;
+        learned = { challengeScopes: JSON.stringify(resource.challengeScopes), scopesSupported: JSON.stringify(resource.scopesSupported), resourceMetadataUrl: resource.metadataUrl };
         await this.precheck(id, resource.authorizationServers[0]!);
         issuer = checkUrl(resource.authorizationServers[0]!, "resource_url (its authorization server)", insecure);
         log.info({ resource: defaultResource, authorizationServer: issuer.href }, "protected resource metadata found");
@@ -291,6 +296,7 @@ export class ProviderAdmin {
       allowInsecureHttp: insecure,
       audienceTokens,
       exchangeTarget,
+      ...learned,
       createdAt: new Date(),
       version: 1,
     };
@@ -363,7 +369,15 @@ export class ProviderAdmin {
       audienceTokens: row.audienceTokens === "exchange" ? "exchange" : "refresh",
       exchangeTarget: row.exchangeTarget,
       metadata: server,
-      runtime: { registration: row.registration, resourceUrl: row.resourceUrl ?? undefined, openid: openid === true, createdAt: row.createdAt },
+      runtime: {
+        registration: row.registration,
+        resourceUrl: row.resourceUrl ?? undefined,
+        openid: openid === true,
+        createdAt: row.createdAt,
+        challengeScopes: JSON.parse(row.challengeScopes ?? "[]") as string[],
+        scopesSupported: JSON.parse(row.scopesSupported ?? "[]") as string[],
+        resourceMetadataUrl: row.resourceMetadataUrl ?? undefined,
+      },
     };
   }
 
@@ -392,6 +406,8 @@ export class ProviderAdmin {
       allowInsecureHttp: c.allowInsecureHttp,
       openid: c.runtime?.openid ?? Array.isArray(metadata?.id_token_signing_alg_values_supported),
       audienceTokens: c.audienceTokens,
+      challengeScopes: c.runtime?.challengeScopes ?? [],
+      scopesSupported: c.runtime?.scopesSupported ?? [],
     };
   }
 

@@ -277,10 +277,14 @@ export class AudienceCoordinator {
       };
       await this.audiences.upsert(stored);
       // A revoke that ran between giving the lease back and the write above would leave this token behind: look once more.
-      if ((await this.repo.findById(row.id)) === null) {
+      const after = await this.repo.findById(row.id);
+      if (after === null) {
         await this.audiences.deleteForSessions([row.id]).catch(() => undefined);
         throw await this.sessionGone(row, provider, response, false, log, emit);
       }
+      // The session moved meanwhile (a step-up replaced its tokens, and deleted its audience tokens): this one may carry
+      // the old scopes, so it is not kept for others (at worst, one more refresh).
+      if (after.version !== row.version + (rotated ? 1 : 0)) await this.audiences.deleteIfUnchanged(stored).catch(() => undefined);
       await this.waiter.notify(row.id);
       log.info({ audit: true, event: "audience_refresh", outcome: "success", mode, rotated, ms: Date.now() - started }, "audience token refreshed");
       emit("success");

@@ -11,6 +11,7 @@ import {
   ProviderNotFoundError,
   ProviderReadOnlyError,
   ProviderSetupError,
+  StepUpLimitError,
 } from "../authorization/errors.js";
 import { DestinationNotAllowedError, findRefusal } from "../providers/outbound-policy.js";
 import {
@@ -149,6 +150,7 @@ export function toRpcStatus(err: unknown): RpcStatus {
     return info(Code.FailedPrecondition, err.message, "PROVIDER_HAS_SESSIONS", { provider: err.provider, sessions: String(err.sessions) });
   }
   if (err instanceof ProviderSetupError) return info(Code.FailedPrecondition, err.message, "PROVIDER_SETUP_FAILED", { reason: err.reason });
+  if (err instanceof StepUpLimitError) return info(Code.FailedPrecondition, err.message, "STEP_UP_LIMIT", { max_per_hour: String(err.max) });
   if (err instanceof CallRefusedError) {
     return err.reason === undefined
       ? { code: err.status, message: err.message, known: true }
