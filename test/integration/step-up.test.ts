@@ -174,6 +174,33 @@ describe("scopes and step-up (PostgreSQL, two replicas)", () => {
     expect(audit).toMatchObject({ audit: true, userId: "sam", revived: false, audienceTokens: 1 });
   });
 
+  it("waits for a refresh that holds the lease, and the refresh's result does not overwrite the step-up", async () => {
+    const sessionId = await connect("ned");
+    const started = await tokensA.startAuthorization({
+      userId: "ned",
+      provider: "tools",
+      redirectUri: provider.redirectUri,
+      sessionId,
+      challenge: 'Bearer error="insufficient_scope", scope="mcp:admin"',
+    });
+    secrets.add(started.state);
+    const callbackUrl = await provider.authorize(started.authorizationUrl, "ned");
+    // A refresh on B that the provider answers slowly: B holds the session's lease meanwhile.
+    provider.faults.push({ kind: "delay", ms: 1500 });
+    const refreshing = tokensB.getToken({ userId: "ned", sessionId, forceRefresh: true });
+    while (provider.inflightTokenRequests() === 0) await sleep(5);
+    const done = await tokensA.completeAuthorization({ userId: "ned", callbackUrl });
+    const refreshed = await refreshing;
+    secrets.add(refreshed.token);
+    expect(refreshed.scope.split(" ")).not.toContain("mcp:admin");
+    expect(done).toMatchObject({ sessionId, steppedUp: true });
+    // The step-up was written after the refresh: the session has the new scope, and its (new grant's) refresh token works.
+    const now = await tokensA.getToken({ userId: "ned", sessionId, forceRefresh: true });
+    secrets.add(now.token);
+    expect(now.scope.split(" ")).toContain("mcp:admin");
+    expect((await tokensB.listSessions({ userId: "ned" })).sessions).toHaveLength(1);
+  });
+
   it("revives a REAUTH_REQUIRED session in place", async () => {
     const sessionId = await connect("rita");
     provider.faults.push({ kind: "status", status: 400, body: JSON.stringify({ error: "invalid_grant" }), headers: { "content-type": "application/json" } });
