@@ -1,7 +1,7 @@
 import type { FilterQuery, MikroORM } from "@mikro-orm/core";
 import { AudienceTokenSchema, type AudienceTokenRow } from "./provider-entity.js";
 import { asBuffer, SessionSchema, type SessionRow } from "./session-entity.js";
-import { runOn, type RefreshedFields } from "./session-repository.js";
+import { runOn, tokensWritten, type RefreshedFields } from "./session-repository.js";
 
 /** What a step-up writes over a session: the new token set, as a refresh writes it, and who the ID token names. */
 export type ReplacedFields = RefreshedFields & Pick<SessionRow, "subject" | "sid" | "resources">;
@@ -50,17 +50,7 @@ export class StepUpRepository {
     return runOn(this.orm, (em) =>
       em.transactional(async (tx) => {
         const where: FilterQuery<SessionRow> = { id, userId, version, $or: [{ leaseUntil: null }, { leaseUntil: { $lt: now } }] };
-        const changed = await tx.nativeUpdate(SessionSchema, where, {
-          ...fields,
-          status: "active",
-          reauthReason: null,
-          version: version + 1,
-          updatedAt: now,
-          leaseOwner: null,
-          leaseUntil: null,
-          lastErrorCode: null,
-          lastErrorAt: null,
-        });
+        const changed = await tx.nativeUpdate(SessionSchema, where, { ...fields, status: "active", reauthReason: null, ...tokensWritten(version, now) });
         if (changed !== 1) return null;
         const audience = await tx.find(AudienceTokenSchema, { sessionId: id }, { disableIdentityMap: true });
         if (audience.length > 0) await tx.nativeDelete(AudienceTokenSchema, { sessionId: id });
