@@ -68,7 +68,10 @@ export class StepUps {
       );
       throw new StepUpLimitError(max);
     }
-    return { sessionId: row.id, scopes: row.scope.split(" ").filter((s) => s !== ""), resources: grantedResources(row.resources), status: row.status };
+    const scopes = row.scope.split(" ").filter((s) => s !== "");
+    // A session holding an ID token asks for one again (a resource's token may not list openid in its scope): its `sub` is checked.
+    if (row.idCt !== null && !scopes.includes("openid")) scopes.push("openid");
+    return { sessionId: row.id, scopes, resources: grantedResources(row.resources), status: row.status };
   }
 
   /**

@@ -201,6 +201,22 @@ describe("scopes and step-up (PostgreSQL, two replicas)", () => {
     expect((await tokensB.listSessions({ userId: "ned" })).sessions).toHaveLength(1);
   });
 
+  it("refuses a step-up that signed in another account, and keeps the session as it was", async () => {
+    const ask = { userId: "otto", provider: "tools", redirectUri: provider.redirectUri };
+    const first = await tokensA.startAuthorization({ ...ask, scopes: ["openid", "offline_access", "mcp:tools"] });
+    const { sessionId } = await tokensA.completeAuthorization({ userId: "otto", callbackUrl: await provider.authorize(first.authorizationUrl, "otto") });
+    const before = await tokensA.getToken({ userId: "otto", sessionId });
+    secrets.add(before.token);
+    const up = await tokensA.startAuthorization({ ...ask, sessionId, challenge: 'Bearer error="insufficient_scope", scope="mcp:admin"' });
+    expect(up.scopes).toContain("openid");
+    // At the provider, someone signs in as eve.
+    const refused = await failure(tokensA.completeAuthorization({ userId: "otto", callbackUrl: await provider.authorize(up.authorizationUrl, "eve") }));
+    expect(refused).toMatchObject({ code: Code.FailedPrecondition, reason: "INVALID_CALLBACK", metadata: { check: "other_account" } });
+    const still = await tokensB.getToken({ userId: "otto", sessionId });
+    expect(still.token).toBe(before.token);
+    expect(still.scope.split(" ")).not.toContain("mcp:admin");
+  });
+
   it("revives a REAUTH_REQUIRED session in place", async () => {
     const sessionId = await connect("rita");
     provider.faults.push({ kind: "status", status: 400, body: JSON.stringify({ error: "invalid_grant" }), headers: { "content-type": "application/json" } });

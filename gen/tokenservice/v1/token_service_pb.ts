@@ -1320,7 +1320,8 @@ export const TokenService: GenService<{
   },
   /**
    * CompleteAuthorization takes the URL the browser came back to, checks it,
-   * exchanges the code and stores the session as StoreSession does.
+   * exchanges the code and stores the session as StoreSession does (for a
+   * step-up: replaces that session's tokens, keeping its id).
    *
    * @generated from rpc tokenservice.v1.TokenService.CompleteAuthorization
    */
