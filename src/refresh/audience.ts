@@ -282,9 +282,11 @@ export class AudienceCoordinator {
         await this.audiences.deleteForSessions([row.id]).catch(() => undefined);
         throw await this.sessionGone(row, provider, response, false, log, emit);
       }
-      // The session moved meanwhile (a step-up replaced its tokens, and deleted its audience tokens): this one may carry
-      // the old scopes, so it is not kept for others (at worst, one more refresh).
-      if (after.version !== row.version + (rotated ? 1 : 0)) await this.audiences.deleteIfUnchanged(stored).catch(() => undefined);
+      // A step-up replaced the session's tokens meanwhile (and deleted its audience tokens): this one carries the old
+      // scopes, so it is not kept for others. (A refresh that changed the granted scope costs one more refresh at worst.)
+      if (after.version !== row.version + (rotated ? 1 : 0) && after.scope !== row.scope) {
+        await this.audiences.deleteIfUnchanged(stored).catch(() => undefined);
+      }
       await this.waiter.notify(row.id);
       log.info({ audit: true, event: "audience_refresh", outcome: "success", mode, rotated, ms: Date.now() - started }, "audience token refreshed");
       emit("success");
