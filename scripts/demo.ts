@@ -4,7 +4,8 @@
  * refresh (one refresh for many callers) and revoke; then a second user who
  * connects a tool server through the code flow the service runs itself; then
  * a third whose tool calls on two MCP servers each get a token for that
- * server only.
+ * server only; then a fourth whose session is stepped up in place when a
+ * tool server asks for more scopes.
  * Prints each step and exits 0, or 1 at the first surprise.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -40,7 +41,7 @@ let provider: TestProvider | undefined;
 let service: ServiceProcess | undefined;
 try {
   say("Start a local OpenID Connect provider (oidc-provider, refresh-token rotation on)");
-  provider = await startTestProvider({ accessTokenTtl: 300 });
+  provider = await startTestProvider({ accessTokenTtl: 300, resourceScopes: ["mcp:admin"] });
   info(`issuer ${provider.issuer}, client id ${provider.clientId}`);
 
   say("Start the token service on the embedded default (SQLite, generated key file)");
@@ -198,6 +199,31 @@ try {
     for (const t of listed!.audienceTokens) info(`ListSessions: audience token for ${t.resource}, expires ${timestampDate(t.expiresAt!).toISOString()}`);
   } finally {
     await Promise.all([search.close(), files.close()]);
+  }
+
+  say("Dana's tool server asks for more (403 insufficient_scope): a step-up, and her session id stays the same");
+  const adminServer = await startMcpServer(provider.issuer, "admin", { challengeScope: "mcp:tools", toolScopes: { admin: ["mcp:tools", "mcp:admin"] } });
+  try {
+    const secret = provider.clientSecret;
+    await providers.registerProvider({ id: "admin-tools", resourceUrl: adminServer.url, clientId: provider.clientId, clientSecret: secret, redirectUris: [provider.redirectUri], allowInsecureHttp: true });
+    const ask = { userId: "dana", provider: "admin-tools", redirectUri: provider.redirectUri };
+    const first = await client.startAuthorization(ask);
+    info(`StartAuthorization asks for "${first.scopes.join(" ")}": the scope of the server's 401 challenge (offline_access added)`);
+    const dana = await client.completeAuthorization({ userId: "dana", callbackUrl: await provider.authorize(first.authorizationUrl, "dana") });
+    const before = await client.getToken({ userId: "dana", sessionId: dana.sessionId, resource: adminServer.url });
+    const refused = await callTool(adminServer.url, before.token, "admin", {}, 10_000);
+    check(refused.kind === "refused" && refused.status === 403 && refused.challenge !== undefined, "the admin tool should need a step-up");
+    const challenge = (refused as { challenge: string }).challenge;
+    info(`tool "admin" → HTTP 403, WWW-Authenticate: ${challenge.slice(0, 64)}…`);
+    const up = await client.startAuthorization({ ...ask, sessionId: dana.sessionId, challenge });
+    info(`StartAuthorization with that challenge and her session id asks for "${up.scopes.join(" ")}"`);
+    const done = await client.completeAuthorization({ userId: "dana", callbackUrl: await provider.authorize(up.authorizationUrl, "dana") });
+    check(done.steppedUp && done.sessionId === dana.sessionId, "the step-up should keep the session id");
+    const after = await client.getToken({ userId: "dana", sessionId: dana.sessionId, resource: adminServer.url });
+    check((await callTool(adminServer.url, after.token, "admin", {}, 10_000)).kind === "result", "the retried call should succeed");
+    info(`CompleteAuthorization → stepped up in place, same session ${done.sessionId.slice(0, 8)}…; the retried call succeeds (scope ${after.scope})`);
+  } finally {
+    await adminServer.close();
   }
 
   say("Stop the service: SIGTERM drains in-flight calls, then it exits");

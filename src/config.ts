@@ -50,6 +50,10 @@ export interface ProviderConfig {
     resourceUrl: string | undefined;
     openid: boolean;
     createdAt: Date;
+    /** From a protected resource: its 401 challenge's `scope`, its metadata's `scopes_supported`, and that metadata's URL (RFC 9728). */
+    challengeScopes?: string[];
+    scopesSupported?: string[];
+    resourceMetadataUrl?: string;
   };
 }
 
@@ -145,7 +149,7 @@ export interface Config {
   /** last_used_at is written at most this often per session, to keep reads cheap. */
   lastUsedResolutionMs: number;
   /** The authorization code flow (StartAuthorization, CompleteAuthorization). */
-  authorization: { stateTtlMs: number };
+  authorization: { stateTtlMs: number; maxStepUpsPerHour: number };
   /** The outbound policy for runtime providers, and the body cap of every provider (docs/security.md). */
   outbound: OutboundSettings;
   /** The HTTP listener's URL as providers and browsers reach it (public_url, TOKEN_SERVICE_PUBLIC_URL), without a trailing slash. */
@@ -412,7 +416,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     reflection: file.reflection,
     shutdownGraceMs: Math.round(file.shutdown_grace_seconds * 1000),
     lastUsedResolutionMs: 60_000,
-    authorization: { stateTtlMs: file.authorization.state_ttl_seconds * 1000 },
+    authorization: { stateTtlMs: file.authorization.state_ttl_seconds * 1000, maxStepUpsPerHour: file.authorization.max_step_ups_per_hour },
     outbound: {
       allowHosts: (file.outbound.allow_hosts ?? []).map((h) => h.toLowerCase()),
       allowPrivateNetworks: file.outbound.allow_private_networks,

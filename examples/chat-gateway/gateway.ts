@@ -153,7 +153,12 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
       res.end();
       return { ...entry, status: 302 };
     }
-    const body = JSON.stringify({ connected: true, provider: result.connected.provider, expires_at: result.connected.expiresAt?.toISOString() });
+    const body = JSON.stringify({
+      connected: true,
+      provider: result.connected.provider,
+      expires_at: result.connected.expiresAt?.toISOString(),
+      ...(result.connected.steppedUp ? { stepped_up: true } : {}),
+    });
     res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" });
     res.end(body);
     return { ...entry, status: 200 };
@@ -190,6 +195,9 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
       return { ...entry, status: got.error.status, token_error: got.cause };
     }
     const outcome = await callTool(serverUrl, got.token, name, args, toolTimeoutMs);
+    if (outcome.kind === "refused" && outcome.status === 403 && outcome.challenge && callback && /insufficient_scope/.test(outcome.challenge)) {
+      return stepUp(res, user, server, got.sessionId, outcome.challenge, entry);
+    }
     const failure = toolFailure(outcome, server);
     if (failure) {
       sendError(res, failure);
@@ -198,6 +206,30 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
     res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" });
     res.end(JSON.stringify({ server, tool: name, result: (outcome as { result: unknown }).result }));
     return { ...entry, status: 200 };
+  }
+
+  /**
+   * A tool call refused for want of a scope (403 insufficient_scope): the
+   * token service starts a step-up of the user's session for the scopes the
+   * server asked for, and the user gets the link. After the callback, the
+   * same session holds the new scopes, and the retried call goes through.
+   */
+  async function stepUp(res: ServerResponse, user: string, server: string, sessionId: string, challenge: string, entry: GatewayLogEntry): Promise<GatewayLogEntry> {
+    const started = await tokens.startStepUp(user, callback!.href, sessionId, challenge);
+    if (!started.ok || !("url" in started)) {
+      const reason = started.ok ? "UNKNOWN" : started.reason;
+      const status = reason === "STEP_UP_LIMIT" ? 403 : started.ok ? 502 : started.status;
+      sendError(res, { status, type: "permission_error", code: reason.toLowerCase(), message: `Tool server ${server} needs more permissions, and asking for them failed: ${reason}.` });
+      return { ...entry, status, tool_error: "insufficient_scope", connect_error: reason };
+    }
+    sendError(res, {
+      status: 403,
+      type: "permission_error",
+      code: "step_up_required",
+      message: `Tool server ${server} needs more permissions; approve them at the login_url, then retry.`,
+      loginUrl: started.url,
+    });
+    return { ...entry, status: 403, tool_error: "insufficient_scope" };
   }
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<GatewayLogEntry> {

@@ -20,11 +20,14 @@ export interface TokenSourceOptions {
 
 /** What one lookup gave: a token, or the answer to send the client instead. */
 export type TokenResult =
-  | { ok: true; token: string }
+  | { ok: true; token: string; /** The session it came from: what a step-up names. */ sessionId: string }
   | { ok: false; error: GatewayError; /** For the log: gRPC code name and ErrorInfo reason. */ cause: string };
 
 /** The start or the end of connecting a user's account: a URL to send the browser to, or the outcome. */
-export type ConnectResult = { ok: true; url: string } | { ok: true; connected: { provider: string; expiresAt: Date | undefined } } | { ok: false; status: number; reason: string };
+export type ConnectResult =
+  | { ok: true; url: string }
+  | { ok: true; connected: { provider: string; expiresAt: Date | undefined; steppedUp: boolean } }
+  | { ok: false; status: number; reason: string };
 
 export interface TokenSource {
   /**
@@ -34,6 +37,12 @@ export interface TokenSource {
   tokenFor(userId: string, signal?: AbortSignal, resource?: string): Promise<TokenResult>;
   /** StartAuthorization: where to send the user's browser to connect their account at the provider (asking for `resources`). */
   startConnect(userId: string, redirectUri: string, resources?: string[]): Promise<ConnectResult>;
+  /**
+   * StartAuthorization for a step-up of the user's session `sessionId`, with
+   * the `WWW-Authenticate` value a tool server refused a call with: where to
+   * send the browser so that the session gets the scopes the server asked for.
+   */
+  startStepUp(userId: string, redirectUri: string, sessionId: string, challenge: string): Promise<ConnectResult>;
   /** CompleteAuthorization with the whole URL the browser came back to. */
   finishConnect(userId: string, callbackUrl: string): Promise<ConnectResult>;
   close(): void;
@@ -69,7 +78,7 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
     async tokenFor(userId, signal, resource) {
       try {
         const res = await client.getToken({ userId, provider: options.provider, resource }, { timeoutMs, signal });
-        return { ok: true, token: res.token };
+        return { ok: true, token: res.token, sessionId: res.sessionId };
       } catch (err) {
         return mapTokenError(err, options);
       }
@@ -82,11 +91,19 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
         return connectFailure(err);
       }
     },
+    async startStepUp(userId, redirectUri, sessionId, challenge) {
+      try {
+        const res = await client.startAuthorization({ userId, provider: options.provider, redirectUri, sessionId, challenge }, { timeoutMs });
+        return { ok: true, url: res.authorizationUrl };
+      } catch (err) {
+        return connectFailure(err);
+      }
+    },
     async finishConnect(userId, callbackUrl) {
       try {
         const res = await client.completeAuthorization({ userId, callbackUrl }, { timeoutMs });
         const seconds = res.expiresAt ? Number(res.expiresAt.seconds) : undefined;
-        return { ok: true, connected: { provider: res.provider, expiresAt: seconds ? new Date(seconds * 1000) : undefined } };
+        return { ok: true, connected: { provider: res.provider, expiresAt: seconds ? new Date(seconds * 1000) : undefined, steppedUp: res.steppedUp } };
       } catch (err) {
         return connectFailure(err);
       }

@@ -5,8 +5,12 @@ import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 /** What one tool call on an MCP server gave. */
 export type ToolOutcome =
   | { kind: "result"; result: unknown }
-  /** The MCP server answered the request with this HTTP status (401: it refused the token). */
-  | { kind: "refused"; status: number }
+  /**
+   * The MCP server answered the request with this HTTP status (401: it
+   * refused the token; 403: the token lacks a scope) and, with it, this
+   * `WWW-Authenticate` challenge (at most 4096 characters), if any.
+   */
+  | { kind: "refused"; status: number; challenge?: string }
   /** The server answered with a JSON-RPC error (an unknown tool, bad arguments): its code only. */
   | { kind: "rejected"; code: number }
   | { kind: "unreachable" }
@@ -26,15 +30,25 @@ export async function callTool(
   timeoutMs: number,
 ): Promise<ToolOutcome> {
   const client = new Client({ name: "chat-gateway", version: "1.0.0" });
+  let challenge: string | undefined;
   const transport = new StreamableHTTPClientTransport(new URL(serverUrl), {
     requestInit: { headers: { authorization: `Bearer ${token}` } },
+    // The SDK's error has the status only: keep the challenge of a refusal, for a step-up.
+    fetch: async (url, init) => {
+      const res = await fetch(url, init);
+      const value = res.headers.get("www-authenticate");
+      if (res.status === 401 || res.status === 403) challenge = value !== null && value.length <= 4096 ? value : undefined;
+      return res;
+    },
   });
   try {
     await client.connect(transport, { timeout: timeoutMs });
     const result = await client.callTool({ name: tool, arguments: args }, undefined, { timeout: timeoutMs });
     return { kind: "result", result };
   } catch (err) {
-    if (err instanceof StreamableHTTPError && typeof err.code === "number" && err.code >= 400) return { kind: "refused", status: err.code };
+    if (err instanceof StreamableHTTPError && typeof err.code === "number" && err.code >= 400) {
+      return { kind: "refused", status: err.code, ...(challenge !== undefined && (err.code === 401 || err.code === 403) ? { challenge } : {}) };
+    }
     if (err instanceof McpError) return err.code === ErrorCode.RequestTimeout ? { kind: "timeout" } : { kind: "rejected", code: err.code };
     return { kind: "unreachable" };
   } finally {

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import * as oidc from "openid-client";
 import type { AuthorizationRepository } from "../db/provider-repository.js";
 import { sessionRef, type Logger } from "../logger.js";
+import { ChallengeSyntaxError, parseBearerChallenge, type BearerChallenge } from "../providers/challenge.js";
 import { classifyProviderError } from "../providers/errors.js";
 import { withReregistration, type ProviderClient, type ProviderRegistry } from "../providers/provider-client.js";
 import { InvalidArgumentError, ProviderUnavailableError } from "../sessions/errors.js";
@@ -10,7 +11,9 @@ import type { SessionService } from "../sessions/session-service.js";
 import { asDomainError } from "../sessions/store-errors.js";
 import { requireUserId } from "../sessions/validation.js";
 import { AuthorizationDeniedError, CodeRejectedError, InvalidCallbackError, InvalidStateError } from "./errors.js";
+import { selectScopes } from "./scope-selection.js";
 import type { SecretVault } from "./secret-vault.js";
+import type { StepUps } from "./step-up.js";
 import { checkResources, checkScopes, checkUrl } from "./validation.js";
 
 /** Parameters of the authorization request the service sets itself; extra_params may not set them. */
@@ -36,6 +39,10 @@ export interface StartAuthorizationInput {
   scopes: string[];
   resources: string[];
   extraParams: Record<string, string>;
+  /** The raw WWW-Authenticate value a tool server answered with; "" or absent: none. */
+  challenge?: string;
+  /** A session of the user at the provider to step up in place; "" or absent: a new session. */
+  sessionId?: string;
 }
 
 /** What is kept, sealed, between StartAuthorization and CompleteAuthorization. */
@@ -44,6 +51,8 @@ interface PendingAuthorization {
   nonce: string | undefined;
   scopes: string[];
   resources: string[];
+  /** The session a step-up replaces the tokens of. */
+  stepUp?: string;
 }
 
 export interface CodeFlowDeps {
@@ -51,6 +60,7 @@ export interface CodeFlowDeps {
   registry: ProviderRegistry;
   vault: SecretVault;
   sessions: SessionService;
+  stepUps: StepUps;
   stateTtlMs: number;
   providerTimeoutMs: number;
   logger: Logger;
@@ -58,6 +68,15 @@ export interface CodeFlowDeps {
 
 function stateId(state: string): string {
   return createHash("sha256").update(state).digest("hex");
+}
+
+/** Whether two URLs are the same after parsing (case of scheme and host, default port); false when either does not parse. */
+function sameUrl(a: string, b: string): boolean {
+  try {
+    return new URL(a).href === new URL(b).href;
+  } catch {
+    return false;
+  }
 }
 
 /** The redirect URI a callback URL came back to: the URL without its query and fragment. */
@@ -74,11 +93,14 @@ function withoutQuery(url: URL): string {
 export class CodeFlow {
   constructor(private readonly deps: CodeFlowDeps) {}
 
-  start(input: StartAuthorizationInput, ctx: CallContext = {}): Promise<{ authorizationUrl: string; state: string; expiresAt: Date }> {
+  start(input: StartAuthorizationInput, ctx: CallContext = {}): Promise<{ authorizationUrl: string; state: string; expiresAt: Date; scopes: string[] }> {
     return this.startFlow(input, ctx).catch(asDomainError);
   }
 
-  complete(input: { userId: string; callbackUrl: string }, ctx: CallContext = {}): Promise<{ sessionId: string; expiresAt: Date; provider: string }> {
+  complete(
+    input: { userId: string; callbackUrl: string },
+    ctx: CallContext = {},
+  ): Promise<{ sessionId: string; expiresAt: Date; provider: string; steppedUp: boolean }> {
     return this.completeFlow(input, ctx).catch(asDomainError);
   }
 
@@ -98,21 +120,30 @@ export class CodeFlow {
     if (config.redirectUris.length > 0 && !config.redirectUris.includes(redirectUri)) {
       throw new InvalidArgumentError("redirect_uri", "is not one of the provider's redirect_uris");
     }
-    const deadline = Date.now() + this.deps.providerTimeoutMs;
-    const metadata = await provider.metadata({ deadline, signal: ctx.signal });
-    const openid = config.runtime?.openid ?? Array.isArray(metadata.id_token_signing_alg_values_supported);
-    const scopes = checkScopes(input.scopes.length ? input.scopes : (config.scopes ?? (openid ? ["openid", "offline_access"] : [])));
-    const resources = checkResources(input.resources.length ? input.resources : config.defaultResource ? [config.defaultResource] : []);
     const extra = Object.entries(input.extraParams);
     if (extra.length > 32) throw new InvalidArgumentError("extra_params", "must hold at most 32 parameters");
     for (const [k, v] of extra) {
       if (RESERVED.has(k.toLowerCase())) throw new InvalidArgumentError("extra_params", `may not set ${k}: the service sets it`);
       if (k.length > 128 || v.length > 2048) throw new InvalidArgumentError("extra_params", "keys are at most 128 and values 2048 characters");
     }
+    const requested = checkScopes(input.scopes);
+    const challenge = input.challenge ? this.challenge(input.challenge, provider) : undefined;
+    const deadline = Date.now() + this.deps.providerTimeoutMs;
+    const metadata = await provider.metadata({ deadline, signal: ctx.signal });
+    const openid = config.runtime?.openid ?? Array.isArray(metadata.id_token_signing_alg_values_supported);
+    // Counted last, once every check of the request passed.
+    const stepUp = input.sessionId ? await this.deps.stepUps.begin({ userId, provider: provider.id, sessionId: input.sessionId }, ctx) : undefined;
+    const scopes = checkScopes(
+      selectScopes({ requested, challenge, granted: stepUp?.scopes, config, serverScopes: metadata.scopes_supported, openid }),
+    );
+    const resources = checkResources(
+      input.resources.length ? input.resources : stepUp?.resources.length ? stepUp.resources : config.defaultResource ? [config.defaultResource] : [],
+    );
 
     const state = oidc.randomState();
     const codeVerifier = oidc.randomPKCECodeVerifier();
-    const nonce = openid ? oidc.randomNonce() : undefined;
+    // An ID token (and so a nonce) only when openid is asked for: a resource's own scopes may not include it.
+    const nonce = openid && scopes.includes("openid") ? oidc.randomNonce() : undefined;
     const url = await provider.authorizationUrl(
       {
         ...Object.fromEntries(extra),
@@ -129,7 +160,7 @@ export class CodeFlow {
 
     const now = new Date();
     const id = stateId(state);
-    const pending: PendingAuthorization = { codeVerifier, nonce, scopes, resources };
+    const pending: PendingAuthorization = { codeVerifier, nonce, scopes, resources, ...(stepUp ? { stepUp: stepUp.sessionId } : {}) };
     const sealed = this.deps.vault.seal("authorization", id, "payload", JSON.stringify(pending));
     const expiresAt = new Date(now.getTime() + this.deps.stateTtlMs);
     await this.deps.repo.insertState({
@@ -144,10 +175,42 @@ export class CodeFlow {
       usedAt: null,
     });
     this.deps.logger.info(
-      { audit: true, event: "authorization_started", caller: ctx.caller, userId, provider: provider.id, resources: resources.length ? resources : undefined },
+      {
+        audit: true,
+        event: "authorization_started",
+        caller: ctx.caller,
+        userId,
+        provider: provider.id,
+        resources: resources.length ? resources : undefined,
+        scopes,
+        ...(stepUp ? { stepUp: sessionRef(stepUp.sessionId) } : {}),
+      },
       "authorization started",
     );
-    return { authorizationUrl: url.href, state, expiresAt };
+    return { authorizationUrl: url.href, state, expiresAt, scopes };
+  }
+
+  /**
+   * A tool server's WWW-Authenticate value, parsed strictly. Its
+   * `resource_metadata` is never fetched (the caller relays it from a tool
+   * server): it must be the provider's recorded one, when one is recorded.
+   */
+  private challenge(value: string, provider: ProviderClient): BearerChallenge {
+    let parsed: BearerChallenge;
+    try {
+      parsed = parseBearerChallenge(value);
+    } catch (err) {
+      if (err instanceof ChallengeSyntaxError) throw new InvalidArgumentError("challenge", err.why);
+      throw err;
+    }
+    if (parsed.error !== undefined && parsed.error !== "insufficient_scope" && parsed.error !== "invalid_token") {
+      throw new InvalidArgumentError("challenge", "has an error that no authorization answers (only invalid_token and insufficient_scope do)");
+    }
+    const recorded = provider.config.runtime?.resourceMetadataUrl;
+    if (parsed.resourceMetadata !== undefined && recorded !== undefined && sameUrl(parsed.resourceMetadata, recorded) === false) {
+      throw new InvalidArgumentError("challenge", "names a resource_metadata other than this provider's; register that resource as a provider of its own");
+    }
+    return parsed;
   }
 
   private async completeFlow(input: { userId: string; callbackUrl: string }, ctx: CallContext) {
@@ -197,6 +260,13 @@ export class CodeFlow {
     } catch (err) {
       throw this.exchangeError(err, provider.id);
     }
+    if (pending.stepUp !== undefined) {
+      const stepped = await this.deps.stepUps.complete(
+        { sessionId: pending.stepUp, userId, provider, tokens, resources: pending.resources, scopes: pending.scopes },
+        ctx,
+      );
+      return { ...stepped, provider: provider.id, steppedUp: true };
+    }
     const now = Date.now();
     const stored = await this.deps.sessions.storeSession(
       {
@@ -220,7 +290,7 @@ export class CodeFlow {
       { audit: true, event: "authorization_completed", caller: ctx.caller, userId, provider: provider.id, sid: sessionRef(stored.sessionId) },
       "authorization completed",
     );
-    return { sessionId: stored.sessionId, expiresAt: stored.expiresAt, provider: provider.id };
+    return { sessionId: stored.sessionId, expiresAt: stored.expiresAt, provider: provider.id, steppedUp: false };
   }
 
   /** A failed code exchange: refused by the provider, the provider unreachable, or a check of the answer failed. */

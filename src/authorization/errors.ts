@@ -112,3 +112,12 @@ export class InvalidCallbackError extends SessionError {
     super(`the authorization response failed a check (${check})`, options);
   }
 }
+
+/** A session was stepped up (or renewed in place) authorization.max_step_ups_per_hour times in the last hour already. */
+export class StepUpLimitError extends SessionError {
+  override name = "StepUpLimitError";
+  readonly code = "STEP_UP_LIMIT";
+  constructor(readonly max: number) {
+    super(`the session was stepped up ${max} time(s) in the last hour already; ask the user to sign in again later`);
+  }
+}

@@ -248,12 +248,14 @@ export class ProviderAdmin {
     const log = this.deps.logger.child({ provider: id });
     let resourceUrl: string | undefined;
     let defaultResource: string | undefined;
+    let learned: Pick<ProviderRow, "challengeScopes" | "scopesSupported" | "resourceMetadataUrl"> = {};
     let issuer: URL;
     try {
       if (input.resourceUrl !== "") {
         const resource = await discoverResource(checkUrl(input.resourceUrl, "resource_url", insecure), options);
         resourceUrl = input.resourceUrl;
         defaultResource = resource.resource;
+        learned = { challengeScopes: JSON.stringify(resource.challengeScopes), scopesSupported: JSON.stringify(resource.scopesSupported), resourceMetadataUrl: resource.metadataUrl };
         await this.precheck(id, resource.authorizationServers[0]!);
         issuer = checkUrl(resource.authorizationServers[0]!, "resource_url (its authorization server)", insecure);
         log.info({ resource: defaultResource, authorizationServer: issuer.href }, "protected resource metadata found");
@@ -335,6 +337,7 @@ export class ProviderAdmin {
       allowInsecureHttp: insecure,
       audienceTokens,
       exchangeTarget,
+      ...learned,
       createdAt: new Date(),
       version: 1,
     };

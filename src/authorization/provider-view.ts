@@ -26,6 +26,9 @@ export interface ProviderView {
   allowInsecureHttp: boolean;
   openid: boolean;
   audienceTokens: "refresh" | "exchange";
+  /** From a protected resource: its 401 challenge's scope and its metadata's scopes_supported. */
+  challengeScopes: string[];
+  scopesSupported: string[];
 }
 
 /** A stored JSON list of scopes; undefined when empty. */
@@ -70,7 +73,15 @@ export function configOfRow(row: ProviderRow, context: RowContext): ProviderConf
     audienceTokens: row.audienceTokens === "exchange" ? "exchange" : "refresh",
     exchangeTarget: row.exchangeTarget,
     metadata: server,
-    runtime: { registration: row.registration, resourceUrl: row.resourceUrl ?? undefined, openid: openid === true, createdAt: row.createdAt },
+    runtime: {
+      registration: row.registration,
+      resourceUrl: row.resourceUrl ?? undefined,
+      openid: openid === true,
+      createdAt: row.createdAt,
+      challengeScopes: JSON.parse(row.challengeScopes ?? "[]") as string[],
+      scopesSupported: JSON.parse(row.scopesSupported ?? "[]") as string[],
+      resourceMetadataUrl: row.resourceMetadataUrl ?? undefined,
+    },
   };
 }
 
@@ -112,5 +123,7 @@ export function viewOfClient(client: ProviderClient, metadata: { [k: string]: un
     allowInsecureHttp: c.allowInsecureHttp,
     openid: c.runtime?.openid ?? Array.isArray(metadata?.id_token_signing_alg_values_supported),
     audienceTokens: c.audienceTokens,
+    challengeScopes: c.runtime?.challengeScopes ?? [],
+    scopesSupported: c.runtime?.scopesSupported ?? [],
   };
 }

@@ -2,18 +2,21 @@ import type { Config } from "../config.js";
 import type { KeyRing } from "../crypto/key-ring.js";
 import type { Store } from "../db/create-store.js";
 import { ProviderRepository } from "../db/provider-repository.js";
+import { StepUpRepository } from "../db/step-up-repository.js";
 import type { Logger } from "../logger.js";
 import type { Providers } from "../providers/create-providers.js";
 import { PeriodicTask } from "../refresh/periodic.js";
 import type { SessionWaiter } from "../refresh/waiter.js";
 import type { Sessions } from "../sessions/create-sessions.js";
 import { SigningKeyRepository } from "../db/signing-key-repository.js";
+import { TokenVault } from "../sessions/token-vault.js";
 import { BackchannelLogout } from "./backchannel-logout.js";
 import { ClientSigningKeys } from "./client-keys.js";
 import { clientMetadataDocument, type ClientMetadataDocument } from "./client-metadata.js";
 import { CodeFlow } from "./code-flow.js";
 import { ProviderAdmin } from "./provider-admin.js";
 import { SecretVault } from "./secret-vault.js";
+import { StepUps } from "./step-up.js";
 
 /** How often a replica re-reads the runtime providers even without a notification (the channel may be down, or SQLite has none). */
 const PROVIDER_RELOAD_MS = 10_000;
@@ -89,6 +92,17 @@ export async function createAuthorization(
       registry: providers.registry,
       vault,
       sessions: deps.sessions.service,
+      stepUps: new StepUps({
+        sessions: store.sessions,
+        stepUps: new StepUpRepository(store.orm),
+        vault: new TokenVault(deps.keyRing),
+        waiter: deps.waiter,
+        users,
+        maxPerHour: config.authorization.maxStepUpsPerHour,
+        leaseMs: config.refresh.leaseMs,
+        providerTimeoutMs,
+        logger,
+      }),
       stateTtlMs: config.authorization.stateTtlMs,
       providerTimeoutMs,
       logger,

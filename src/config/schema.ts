@@ -129,6 +129,8 @@ export const fileSchema = z
       .object({
         // How long a started authorization (its state, PKCE verifier and nonce) may be completed.
         state_ttl_seconds: z.number().int().min(30).max(86_400).default(600),
+        // Step-ups (StartAuthorization with session_id) per session in any hour, counted in the database.
+        max_step_ups_per_hour: z.number().int().min(0).max(100).default(3),
       })
       .strict()
       .prefault({}),

@@ -31,6 +31,11 @@ export class AudienceTokenRepository {
     );
   }
 
+  /** Deletes this token if no refresh replaced it since it was written (compare-and-set on updated_at). */
+  async deleteIfUnchanged(row: Pick<AudienceTokenRow, "id" | "updatedAt">): Promise<void> {
+    await runOn(this.orm, (em) => em.nativeDelete(AudienceTokenSchema, { id: row.id, updatedAt: row.updatedAt }));
+  }
+
   async listForSessions(sessionIds: string[]): Promise<AudienceTokenRow[]> {
     if (sessionIds.length === 0) return [];
     return runOn(this.orm, async (em) =>

@@ -31,6 +31,10 @@ export interface ProviderRow {
   audienceTokens: "refresh" | "exchange";
   /** For exchange: resource, audience or both. */
   exchangeTarget: "resource" | "audience" | "both";
+  /** From a protected resource: its 401 challenge's scope and its metadata's scopes_supported (JSON arrays), and that metadata's URL. */
+  challengeScopes?: string;
+  scopesSupported?: string;
+  resourceMetadataUrl?: string | null;
   createdAt: Date;
   version: number;
 }
@@ -56,6 +60,9 @@ export const ProviderSchema = new EntitySchema<ProviderRow>({
     allowInsecureHttp: { type: "boolean" },
     audienceTokens: { type: "string", length: 16, default: "refresh" },
     exchangeTarget: { type: "string", length: 16, default: "resource" },
+    challengeScopes: { type: "text", default: "[]" },
+    scopesSupported: { type: "text", default: "[]" },
+    resourceMetadataUrl: { type: "text", nullable: true },
     createdAt: { type: "datetime", length: 3 },
     version: { type: "integer" },
   },

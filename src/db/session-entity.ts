@@ -43,6 +43,8 @@ export interface SessionRow {
   sid: string | null;
   /** RFC 8707 resources granted at login, as a JSON array of URIs; null: none. */
   resources: string | null;
+  /** When its step-ups of the last hour started (JSON array of epoch ms; the limit's count); null: none. */
+  stepUps?: string | null;
 }
 
 export const SessionSchema = new EntitySchema<SessionRow>({
@@ -75,6 +77,7 @@ export const SessionSchema = new EntitySchema<SessionRow>({
     subject: { type: "string", length: 255, nullable: true },
     sid: { type: "string", length: 255, nullable: true },
     resources: { type: "text", nullable: true },
+    stepUps: { type: "text", nullable: true },
   },
   indexes: [
     { name: "sessions_user_provider_created_idx", properties: ["userId", "provider", "createdAt"] },

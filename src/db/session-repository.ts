@@ -84,6 +84,11 @@ export function isUniqueViolation(err: unknown): boolean {
   return false;
 }
 
+/** What every write of new tokens sets besides them: the next version, and the lease and last failure cleared. */
+export function tokensWritten(version: number, now: Date) {
+  return { version: version + 1, updatedAt: now, leaseOwner: null, leaseUntil: null, lastErrorCode: null, lastErrorAt: null };
+}
+
 /** Rows leave here with Buffers, whatever the driver returned (see asBuffer). */
 function normalize(row: SessionRow | null): SessionRow | null {
   if (!row) return null;
@@ -160,15 +165,7 @@ export class SessionRepository {
         (await em.nativeUpdate(
           SessionSchema,
           { id, version, leaseOwner: owner },
-          {
-            ...fields,
-            version: version + 1,
-            updatedAt: now,
-            leaseOwner: null,
-            leaseUntil: null,
-            lastErrorCode: null,
-            lastErrorAt: null,
-          },
+          { ...fields, ...tokensWritten(version, now) },
         )) === 1,
     );
   }
@@ -190,7 +187,7 @@ export class SessionRepository {
         (await em.nativeUpdate(
           SessionSchema,
           { id, version, leaseOwner: owner },
-          { ...sealed, version: version + 1, updatedAt: now, leaseOwner: null, leaseUntil: null, lastErrorCode: null, lastErrorAt: null },
+          { ...sealed, ...tokensWritten(version, now) },
         )) === 1,
     );
   }

@@ -1,6 +1,7 @@
 import * as oauth from "oauth4webapi";
 import * as oidc from "openid-client";
 import { ProviderError } from "./errors.js";
+import { tryParseBearerChallenge } from "./challenge.js";
 import { findRefusal } from "./outbound-policy.js";
 import type { FetchLike } from "./provider-client.js";
 
@@ -26,6 +27,12 @@ export interface DiscoveredResource {
   /** Its canonical resource identifier, as its metadata states it (RFC 8707's `resource`). */
   resource: string;
   authorizationServers: string[];
+  /** The `scope` of the resource's 401 Bearer challenge; empty when it named none (or did not answer 401). */
+  challengeScopes: string[];
+  /** The metadata's `scopes_supported` (valid scope tokens only); empty when absent. */
+  scopesSupported: string[];
+  /** Where the metadata was read. */
+  metadataUrl: string;
 }
 
 function fetchFor(options: DiscoveryOptions): oidc.CustomFetch {
@@ -68,36 +75,65 @@ export function resourceMetadataUrl(wwwAuthenticate: string | null): string | un
   return value && /^https?:\/\//i.test(value) ? value : undefined;
 }
 
+/** scopes_supported as published: its valid scope tokens, at most 64. */
+function supportedScopes(server: oauth.ResourceServer): string[] {
+  const list: unknown = server.scopes_supported;
+  if (!Array.isArray(list)) return [];
+  return [...new Set(list.filter((s): s is string => typeof s === "string" && /^[\x21\x23-\x5B\x5D-\x7E]{1,256}$/.test(s)))].slice(0, 64);
+}
+
 /**
  * Finds the authorization servers of a protected resource (an MCP server)
  * from its RFC 9728 metadata: first at the path-aware well-known URL
  * (`/.well-known/oauth-protected-resource` inserted before the resource's
  * path), else at the `resource_metadata` its `401` challenge names. The
- * metadata's `resource` must be the resource asked about.
+ * metadata's `resource` must be the resource asked about. The resource is
+ * asked once, unauthenticated, either way: its challenge's `scope` is what
+ * MCP clients ask for first (a probe that fails costs nothing when the
+ * well-known URL answered).
  */
 export async function discoverResource(resourceUrl: URL, options: DiscoveryOptions): Promise<DiscoveredResource> {
   const http = {
     [oauth.customFetch]: fetchFor(options),
     [oauth.allowInsecureRequests]: options.allowInsecureHttp,
   };
-  const accept = (server: oauth.ResourceServer): DiscoveredResource => {
+  const accept = (server: oauth.ResourceServer, metadataUrl: string, challengeScopes: string[]): DiscoveredResource => {
     const servers = server.authorization_servers ?? [];
     if (servers.length === 0) throw new ProviderError("unavailable", "resource_names_no_authorization_server");
-    return { resource: server.resource, authorizationServers: servers };
+    return { resource: server.resource, authorizationServers: servers, challengeScopes, scopesSupported: supportedScopes(server), metadataUrl };
   };
-  const wellKnown = await oauth.resourceDiscoveryRequest(resourceUrl, http);
-  if (wellKnown.ok) return accept(await oauth.processResourceDiscoveryResponse(resourceUrl, wellKnown));
-  // Not at the well-known URL: ask the resource itself, which should answer 401 with a challenge naming it.
   const get = (url: string, accept: string) =>
     options.fetch(url, { method: "GET", headers: { accept }, redirect: "manual", signal: AbortSignal.timeout(options.timeoutMs) });
-  const probe = await get(resourceUrl.href, "application/json, text/event-stream");
-  await probe.body?.cancel();
-  const named = resourceMetadataUrl(probe.headers.get("www-authenticate"));
+  /** The resource's own answer: its 401 challenge, if it gave one. */
+  const probe = async () => {
+    const res = await get(resourceUrl.href, "application/json, text/event-stream");
+    await res.body?.cancel();
+    return res.status === 401 ? res.headers.get("www-authenticate") : null;
+  };
+  const wellKnown = await oauth.resourceDiscoveryRequest(resourceUrl, http);
+  if (wellKnown.ok) {
+    const server = await oauth.processResourceDiscoveryResponse(resourceUrl, wellKnown);
+    const challenge = await probe().catch((err: unknown) => {
+      if (findRefusal(err)) throw err;
+      return null;
+    });
+    return accept(server, wellKnown.url || wellKnownUrl(resourceUrl), tryParseBearerChallenge(challenge)?.scopes ?? []);
+  }
+  await wellKnown.body?.cancel();
+  // Not at the well-known URL: ask the resource itself, which should answer 401 with a challenge naming it.
+  const challenge = await probe();
+  const named = resourceMetadataUrl(challenge);
   if (!named) throw new ProviderError("unavailable", `resource_metadata_not_found_${wellKnown.status}`);
   const metadataUrl = new URL(named);
   if (metadataUrl.protocol === "http:" && !options.allowInsecureHttp) throw new ProviderError("unavailable", "resource_metadata_insecure");
   const response = await get(metadataUrl.href, "application/json");
-  return accept(await oauth.processResourceDiscoveryResponse(resourceUrl, response));
+  return accept(await oauth.processResourceDiscoveryResponse(resourceUrl, response), metadataUrl.href, tryParseBearerChallenge(challenge)?.scopes ?? []);
+}
+
+/** RFC 9728's path-aware well-known URL of a resource. */
+function wellKnownUrl(resourceUrl: URL): string {
+  const path = resourceUrl.pathname === "/" ? "" : resourceUrl.pathname;
+  return new URL(`/.well-known/oauth-protected-resource${path}`, resourceUrl.origin).href;
 }
 
 /** What dynamic registration (RFC 7591) gave us. */

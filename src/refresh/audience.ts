@@ -277,9 +277,15 @@ export class AudienceCoordinator {
       };
       await this.audiences.upsert(stored);
       // A revoke that ran between giving the lease back and the write above would leave this token behind: look once more.
-      if ((await this.repo.findById(row.id)) === null) {
+      const after = await this.repo.findById(row.id);
+      if (after === null) {
         await this.audiences.deleteForSessions([row.id]).catch(() => undefined);
         throw await this.sessionGone(row, provider, response, false, log, emit);
+      }
+      // A step-up replaced the session's tokens meanwhile (and deleted its audience tokens): this one carries the old
+      // scopes, so it is not kept for others. (A refresh that changed the granted scope costs one more refresh at worst.)
+      if (after.version !== row.version + (rotated ? 1 : 0) && after.scope !== row.scope) {
+        await this.audiences.deleteIfUnchanged(stored).catch(() => undefined);
       }
       await this.waiter.notify(row.id);
       log.info({ audit: true, event: "audience_refresh", outcome: "success", mode, rotated, ms: Date.now() - started }, "audience token refreshed");

@@ -12,6 +12,7 @@ import {
   ProviderReadOnlyError,
   ProviderSetupError,
   RegistrationRefusedError,
+  StepUpLimitError,
 } from "../authorization/errors.js";
 import { DestinationNotAllowedError, findRefusal } from "../providers/outbound-policy.js";
 import {
@@ -151,6 +152,7 @@ export function toRpcStatus(err: unknown): RpcStatus {
   }
   if (err instanceof RegistrationRefusedError) return info(Code.FailedPrecondition, err.message, err.reason);
   if (err instanceof ProviderSetupError) return info(Code.FailedPrecondition, err.message, "PROVIDER_SETUP_FAILED", { reason: err.reason });
+  if (err instanceof StepUpLimitError) return info(Code.FailedPrecondition, err.message, "STEP_UP_LIMIT", { max_per_hour: String(err.max) });
   if (err instanceof CallRefusedError) {
     return err.reason === undefined
       ? { code: err.status, message: err.message, known: true }

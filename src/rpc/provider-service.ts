@@ -71,6 +71,8 @@ function toProto(p: ProviderView): Provider {
     defaultResource: p.defaultResource ?? "",
     scopes: p.scopes,
     refreshScopes: p.refreshScopes,
+    challengeScopes: p.challengeScopes,
+    scopesSupported: p.scopesSupported,
     redirectUris: p.redirectUris,
     allowInsecureHttp: p.allowInsecureHttp,
     openid: p.openid,

@@ -141,7 +141,7 @@ export function createTokenServiceHandlers(
     },
 
     async startAuthorization(req, ctx) {
-      if (ctx.userBinding) await ctx.userBinding.check(req.userId, "new");
+      if (ctx.userBinding) await ctx.userBinding.check(req.userId, req.sessionId !== "" ? "session" : "new");
       const started = await codeFlow.start(
         {
           userId: req.userId,
@@ -150,6 +150,8 @@ export function createTokenServiceHandlers(
           scopes: req.scopes,
           resources: req.resources,
           extraParams: req.extraParams,
+          challenge: req.challenge,
+          sessionId: req.sessionId,
         },
         ctx,
       );
@@ -157,6 +159,7 @@ export function createTokenServiceHandlers(
         authorizationUrl: started.authorizationUrl,
         state: started.state,
         expiresAt: timestampFromDate(started.expiresAt),
+        scopes: started.scopes,
       });
     },
 
@@ -167,6 +170,7 @@ export function createTokenServiceHandlers(
         sessionId: done.sessionId,
         expiresAt: timestampFromDate(done.expiresAt),
         provider: done.provider,
+        steppedUp: done.steppedUp,
       });
     },
   };

@@ -167,14 +167,15 @@ export class UserSessions {
   }
 
   /**
-   * A session's audience tokens, after its refresh token was refused (REAUTH_REQUIRED):
+   * A session's audience tokens, after its refresh token was refused (REAUTH_REQUIRED)
+   * or its login replaced (a step-up, which deleted them already: `taken`):
    * deleted here and revoked at the provider (best effort). Never throws.
    */
-  async dropAudienceTokens(session: { id: string; provider: string }): Promise<void> {
+  async dropAudienceTokens(session: { id: string; provider: string }, reason = "reauth_required", taken?: AudienceTokenRow[]): Promise<void> {
     const log = this.logger.child({ sid: sessionRef(session.id), provider: session.provider });
-    const audience = await this.takeAudienceTokens([session], log);
+    const audience = taken ?? (await this.takeAudienceTokens([session], log));
     if (audience.length === 0) return;
-    log.info({ audit: true, event: "audience_tokens_dropped", reason: "reauth_required", count: audience.length }, "audience tokens deleted with the session's login");
+    log.info({ audit: true, event: "audience_tokens_dropped", reason, count: audience.length }, "audience tokens deleted with the session's login");
     const provider = this.providers.get(session.provider);
     if (provider) await this.revokeAudienceTokens(provider, audience, { deadline: Date.now() + this.options.providerTimeoutMs }, log);
   }

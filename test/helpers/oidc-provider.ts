@@ -139,6 +139,8 @@ export async function startTestProvider(
     clientIdMetadataDocument?: { fetch: (url: string, init: RequestInit) => Promise<Response> };
     /** false: its metadata leaves code_challenge_methods_supported out (PKCE is still required). */
     advertisePkce?: boolean;
+    /** Scopes its resource servers know besides mcp:tools (granted on a resource when asked for, e.g. mcp:admin). */
+    resourceScopes?: string[];
   } = {},
 ): Promise<TestProvider> {
   let accessTtl = options.accessTokenTtl ?? 300;
@@ -154,6 +156,8 @@ export async function startTestProvider(
 
   const options_ = options;
   const redirectUri = "https://gateway.example.test/oauth/callback";
+  const resourceScopes = options.resourceScopes ?? [];
+  const resourceScope = ["mcp:tools", ...resourceScopes].join(" ");
   const publicClientId = "token-service-public";
   const provider = new Provider(issuer, {
     clients: [
@@ -213,7 +217,7 @@ export async function startTestProvider(
         enabled: true,
         // Any http(s) resource is a resource server here; its access tokens are JWTs (RFC 9068) for that audience.
         getResourceServerInfo: async (_ctx, resource) => ({
-          scope: "mcp:tools",
+          scope: resourceScope,
           audience: resource,
           accessTokenFormat: "jwt",
           accessTokenTTL: accessTtl,
@@ -369,11 +373,13 @@ export async function startTestProvider(
     const grant = new provider.Grant({ accountId, clientId: String(params.client_id) });
     const requested = String(params.scope ?? "openid").split(" ");
     const ticked = query.get("grant_scope")?.split(" ");
-    grant.addOIDCScope((ticked ? requested.filter((s) => ticked.includes(s)) : requested).join(" "));
+    const oidcScopes = requested.filter((s) => !resourceScopes.includes(s));
+    grant.addOIDCScope((ticked ? oidcScopes.filter((s) => ticked.includes(s)) : oidcScopes).join(" "));
     // Unticked scopes are refused for good, so the provider does not ask for consent again.
     const unticked = ticked ? requested.filter((s) => !ticked.includes(s)) : [];
     if (unticked.length) grant.rejectOIDCScope(unticked.join(" "));
-    for (const r of [params.resource ?? []].flat()) grant.addResourceScope(r, "mcp:tools");
+    const onResource = ["mcp:tools", ...requested.filter((s) => resourceScopes.includes(s) && (!ticked || ticked.includes(s)))].join(" ");
+    for (const r of [params.resource ?? []].flat()) grant.addResourceScope(r, onResource);
     const grantId = await grant.save();
     await provider.interactionFinished(req, res, { login: { accountId }, consent: { grantId } }, { mergeWithLastSubmission: false });
   }

@@ -7,6 +7,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { createChatGateway, type ChatGateway, type GatewayLogEntry } from "../../examples/chat-gateway/gateway.js";
+import { startMcpServer, type TestMcpServer } from "../helpers/mcp-server.js";
 import { startTestProvider, type TestProvider, type TestTokenSet } from "../helpers/oidc-provider.js";
 import { startService, type TestService } from "../helpers/service.js";
 
@@ -337,5 +338,72 @@ describe("chat gateway in front of the token service (sqlite)", () => {
       for (const body of errorBodies) expect(body).not.toContain(t);
       expect(logText).not.toContain(t);
     }
+  });
+});
+
+describe("chat gateway: a tool call refused for a scope becomes a step-up link (sqlite)", () => {
+  let provider: TestProvider;
+  let svc: TestService;
+  let mcp: TestMcpServer;
+  let gateway: ChatGateway;
+  let base: string;
+  const logs: GatewayLogEntry[] = [];
+
+  beforeAll(async () => {
+    provider = await startTestProvider({ resourceScopes: ["mcp:admin"] });
+    mcp = await startMcpServer(provider.issuer, "admin-server", { challengeScope: "mcp:tools", toolScopes: { admin: ["mcp:tools", "mcp:admin"] } });
+    svc = await startService({ dialect: "sqlite", provider });
+    gateway = createChatGateway({
+      tokenServiceUrl: svc.url,
+      upstreamUrl: "http://127.0.0.1:1",
+      provider: "corp",
+      connectCallbackUrl: provider.redirectUri,
+      toolServers: { files: mcp.url },
+      log: (entry) => logs.push(entry),
+    });
+    base = await gateway.listen(0, "127.0.0.1");
+  });
+  afterAll(async () => {
+    await gateway?.close();
+    await svc?.close();
+    await mcp?.close();
+    await provider?.close();
+  });
+
+  const user = { "x-user-id": "uma" };
+  const callbackPath = () => new URL(provider.redirectUri).pathname;
+  /** The browser: from a URL at the provider back to the gateway's callback; the gateway's answer. */
+  async function approve(location: string): Promise<Record<string, unknown>> {
+    const back = new URL(await provider.authorize(location, "uma"));
+    const done = await fetch(`${base}${callbackPath()}${back.search}`, { headers: user });
+    expect(done.status).toBe(200);
+    return (await done.json()) as Record<string, unknown>;
+  }
+  const call = (tool: string) => fetch(`${base}/v1/tools/files/${tool}`, { method: "POST", headers: { ...user, "content-type": "application/json" }, body: "{}" });
+
+  it("answers 403 step_up_required with a link; after the user approves it, the retried call succeeds on the same session", async () => {
+    const start = await fetch(`${base}/connect`, { redirect: "manual", headers: user });
+    expect(start.status).toBe(302);
+    expect(await approve(start.headers.get("location")!)).toMatchObject({ connected: true, provider: "corp" });
+    expect((await call("whoami")).status).toBe(200);
+    const [session] = (await svc.client.listSessions({ userId: "uma" })).sessions;
+
+    const refused = await call("admin");
+    expect(refused.status).toBe(403);
+    const body = (await refused.json()) as OpenAiError;
+    expect(body.error.code).toBe("step_up_required");
+    const link = new URL(body.error.login_url!);
+    expect(link.origin).toBe(provider.issuer);
+    expect(link.searchParams.get("scope")!.split(" ")).toEqual(expect.arrayContaining(["mcp:tools", "mcp:admin"]));
+    expect(mcp.refused.insufficient_scope).toBe(1);
+
+    expect(await approve(link.href)).toMatchObject({ connected: true, stepped_up: true });
+    const retried = await call("admin");
+    expect(retried.status).toBe(200);
+    expect(((await retried.json()) as { tool: string }).tool).toBe("admin");
+    expect(mcp.calls.map((c) => c.tool)).toEqual(["whoami", "admin"]);
+    // Still the one session, under the same id.
+    expect((await svc.client.listSessions({ userId: "uma" })).sessions.map((s) => s.sessionId)).toEqual([session!.sessionId]);
+    expect(logs.some((l) => l.tool_error === "insufficient_scope" && l.status === 403)).toBe(true);
   });
 });
