@@ -1,4 +1,4 @@
-import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
 import { once } from "node:events";
 import http from "node:http";
 import https from "node:https";
@@ -123,6 +123,14 @@ export async function startTestProvider(
     clientSecret?: string;
     /** Scopes it knows besides openid and offline_access (e.g. profile). */
     extraScopes?: string[];
+    /** ID token lifetime in seconds (default 3600). */
+    idTokenTtl?: number;
+    /** Extra fields of its discovery document (e.g. authorization_grant_profiles_supported). */
+    discovery?: Record<string, unknown>;
+    /** Grant types the main client may use besides code, refresh and token exchange. */
+    grantTypes?: string[];
+    /** Registers further grants (or replaces the token exchange) on the provider; `signingKey` is its RS256 key (kid "test"). */
+    configure?: (provider: Provider, signingKey: KeyObject) => void;
   } = {},
 ): Promise<TestProvider> {
   let accessTtl = options.accessTokenTtl ?? 300;
@@ -143,7 +151,7 @@ export async function startTestProvider(
       {
         client_id: clientId,
         client_secret: clientSecret,
-        grant_types: ["authorization_code", "refresh_token", TOKEN_EXCHANGE],
+        grant_types: ["authorization_code", "refresh_token", TOKEN_EXCHANGE, ...(options.grantTypes ?? [])],
         response_types: ["code"],
         redirect_uris: ["https://rp.example.test/cb", redirectUri],
         token_endpoint_auth_method: "client_secret_basic",
@@ -169,10 +177,11 @@ export async function startTestProvider(
     jwks: { keys: [jwk as never] },
     findAccount: async (_ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
     rotateRefreshToken: true,
+    ...(options.discovery ? { discovery: options.discovery } : {}),
     scopes: ["openid", "offline_access", ...(options.extraScopes ?? [])],
     ttl: {
       AccessToken: () => accessTtl,
-      IdToken: 3600,
+      IdToken: options.idTokenTtl ?? 3600,
       RefreshToken: 86_400,
       Grant: 86_400,
       Interaction: 600,
@@ -239,6 +248,7 @@ export async function startTestProvider(
     },
     ["subject_token", "subject_token_type", "requested_token_type", "audience", "resource", "scope"],
   );
+  options.configure?.(provider, privateKey);
   const faults: TokenFault[] = [];
   const revocationFaults: TokenFault[] = [];
   let inflight = 0;
