@@ -1,31 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Code, ConnectError } from "@connectrpc/connect";
-import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { Code } from "@connectrpc/connect";
 import { SessionStatus } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { AudienceTokenSchema } from "../../src/db/provider-entity.js";
 import { SessionSchema } from "../../src/db/session-entity.js";
-import { startEnterpriseIdp, startMcpAuthorizationServer, JWT_BEARER, type EnterpriseIdp, type McpAuthorizationServer } from "../helpers/id-jag.js";
+import { failure, managedEntry, startEnterpriseIdp, startMcpAuthorizationServer, JWT_BEARER, type EnterpriseIdp, type McpAuthorizationServer } from "../helpers/id-jag.js";
 import { whoami } from "../helpers/mcp-client.js";
 import { startMcpServer, type TestMcpServer } from "../helpers/mcp-server.js";
 import { TOKEN_EXCHANGE } from "../helpers/oidc-provider.js";
 import { startService, type TestService } from "../helpers/service.js";
-
-/** The YAML entry of an enterprise-managed provider at `as` for `resource`, whose enterprise IdP is `corp`. */
-export function managedEntry(as: McpAuthorizationServer, resource: string, id = "crm") {
-  return { id, kind: "enterprise_managed", enterprise_idp: "corp", issuer: as.issuer, client_id: as.clientId, client_secret: as.clientSecret, allow_insecure_http: true, default_resource: resource };
-}
-
-/** The code and ErrorInfo of a failed Connect call. */
-export async function failure(call: Promise<unknown>): Promise<{ code: Code; reason: string | undefined; metadata: Record<string, string> }> {
-  try {
-    await call;
-  } catch (err) {
-    const e = ConnectError.from(err);
-    const info = e.findDetails(ErrorInfoSchema)[0];
-    return { code: e.code, reason: info?.reason, metadata: { ...info?.metadata } };
-  }
-  throw new Error("the call succeeded");
-}
 
 /**
  * An enterprise IdP (oidc-provider, issuing ID-JAGs by token exchange), an
