@@ -22,6 +22,7 @@ import {
 } from "./errors.js";
 import type { SecretVault } from "./secret-vault.js";
 import { checkProviderId, checkScopes, checkUrl } from "./validation.js";
+import { checkManagedInput, managedResource, requireIdJagProfile, type ManagedInput } from "./enterprise-managed.js";
 
 export type ClientAuthMethod = "client_secret_basic" | "client_secret_post" | "none";
 
@@ -44,6 +45,10 @@ export interface RegisterProviderInput {
   audienceTokens: "" | "refresh" | "exchange";
   /** For exchange: resource (default), audience or both. */
   exchangeTarget: string;
+  /** "" means oauth. enterprise_managed: see checkManagedInput. */
+  kind?: "" | "oauth" | "enterprise_managed";
+  enterpriseIdp?: string;
+  resource?: string;
 }
 
 /** A provider as ListProviders shows it: no secret. */
@@ -64,6 +69,8 @@ export interface ProviderView {
   allowInsecureHttp: boolean;
   openid: boolean;
   audienceTokens: "refresh" | "exchange";
+  kind: "oauth" | "enterprise_managed";
+  enterpriseIdp: string | undefined;
 }
 
 export interface ProviderAdminDeps {
@@ -209,6 +216,10 @@ export class ProviderAdmin {
       throw new InvalidArgumentError("exchange_target", "must be resource, audience or both");
     }
     if (this.deps.registry.get(id)) throw new ProviderExistsError(id);
+    const managed: ManagedInput | undefined =
+      input.kind === "enterprise_managed" ? { id, enterpriseIdp: input.enterpriseIdp ?? "", resource: input.resource ?? "", resourceUrl: input.resourceUrl, dynamicRegistration: input.dynamicRegistration } : undefined;
+    if (managed) await checkManagedInput(managed, this.deps.registry, Date.now() + this.deps.refresh.providerTimeoutMs);
+    else if (input.enterpriseIdp || input.resource) throw new InvalidArgumentError(input.enterpriseIdp ? "enterprise_idp" : "resource", "only for kind enterprise_managed");
 
     // Discovery, then (RFC 7591) registration, which looks the metadata up again first.
     const guarded = this.deps.fetchFor(id, insecure);
@@ -242,7 +253,11 @@ export class ProviderAdmin {
       throw this.setupError(err, "discovery_failed", id);
     });
     const metadata = server.metadata;
-    if (!metadata.authorization_endpoint || !metadata.token_endpoint) {
+    if (managed) {
+      requireIdJagProfile(id, metadata);
+      defaultResource = managedResource(managed, defaultResource);
+    }
+    if ((!managed && !metadata.authorization_endpoint) || !metadata.token_endpoint) {
       throw new ProviderSetupError("no_authorization_or_token_endpoint");
     }
 
@@ -291,6 +306,8 @@ export class ProviderAdmin {
       allowInsecureHttp: insecure,
       audienceTokens,
       exchangeTarget,
+      kind: managed ? "enterprise_managed" : "oauth",
+      enterpriseIdp: managed?.enterpriseIdp ?? null,
       createdAt: new Date(),
       version: 1,
     };
@@ -362,6 +379,7 @@ export class ProviderAdmin {
       defaultResource: row.defaultResource ?? undefined,
       audienceTokens: row.audienceTokens === "exchange" ? "exchange" : "refresh",
       exchangeTarget: row.exchangeTarget,
+      ...(row.kind === "enterprise_managed" ? { kind: row.kind, enterpriseIdp: row.enterpriseIdp ?? undefined } : {}),
       metadata: server,
       runtime: { registration: row.registration, resourceUrl: row.resourceUrl ?? undefined, openid: openid === true, createdAt: row.createdAt },
     };
@@ -392,6 +410,8 @@ export class ProviderAdmin {
       allowInsecureHttp: c.allowInsecureHttp,
       openid: c.runtime?.openid ?? Array.isArray(metadata?.id_token_signing_alg_values_supported),
       audienceTokens: c.audienceTokens,
+      kind: c.kind ?? "oauth",
+      enterpriseIdp: c.enterpriseIdp,
     };
   }
 

@@ -31,6 +31,9 @@ export interface ProviderRow {
   audienceTokens: "refresh" | "exchange";
   /** For exchange: resource, audience or both. */
   exchangeTarget: "resource" | "audience" | "both";
+  /** oauth, or enterprise_managed (ID-JAG: tokens derived from sessions at `enterpriseIdp`). */
+  kind: "oauth" | "enterprise_managed";
+  enterpriseIdp: string | null;
   createdAt: Date;
   version: number;
 }
@@ -56,6 +59,8 @@ export const ProviderSchema = new EntitySchema<ProviderRow>({
     allowInsecureHttp: { type: "boolean" },
     audienceTokens: { type: "string", length: 16, default: "refresh" },
     exchangeTarget: { type: "string", length: 16, default: "resource" },
+    kind: { type: "string", length: 32, default: "oauth" },
+    enterpriseIdp: { type: "string", length: 64, nullable: true },
     createdAt: { type: "datetime", length: 3 },
     version: { type: "integer" },
   },

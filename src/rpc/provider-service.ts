@@ -4,6 +4,7 @@ import {
   AudienceTokenMode,
   DeleteProviderResponseSchema,
   ListProvidersResponseSchema,
+  ProviderKind,
   ProviderRegistration,
   ProviderSchema,
   ProviderSource,
@@ -53,6 +54,8 @@ function toProto(p: ProviderView): Provider {
     allowInsecureHttp: p.allowInsecureHttp,
     openid: p.openid,
     audienceTokens: p.audienceTokens === "exchange" ? AudienceTokenMode.EXCHANGE : AudienceTokenMode.REFRESH,
+    kind: p.kind === "enterprise_managed" ? ProviderKind.ENTERPRISE_MANAGED : ProviderKind.OAUTH,
+    enterpriseIdp: p.enterpriseIdp ?? "",
   });
 }
 
@@ -80,6 +83,9 @@ export function createProviderServiceHandlers(admin: ProviderAdmin): ServiceHand
           publicUrl: req.publicUrl,
           audienceTokens: audienceModeOf(req.audienceTokens),
           exchangeTarget: req.exchangeTarget,
+          kind: req.kind === ProviderKind.ENTERPRISE_MANAGED ? "enterprise_managed" : "",
+          enterpriseIdp: req.enterpriseIdp,
+          resource: req.resource,
         },
         ctx,
       );

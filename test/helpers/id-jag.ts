@@ -1,6 +1,4 @@
 import { randomBytes } from "node:crypto";
-import { ConnectError, type Code } from "@connectrpc/connect";
-import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify, SignJWT } from "jose";
 import type Provider from "oidc-provider";
 import { errors } from "oidc-provider";
@@ -147,16 +145,4 @@ export async function startMcpAuthorizationServer(idpIssuer: string, options: { 
 /** The YAML entry of an enterprise-managed provider at `as` for `resource`, whose enterprise IdP is `corp`. */
 export function managedEntry(as: McpAuthorizationServer, resource: string, id = "crm") {
   return { id, kind: "enterprise_managed", enterprise_idp: "corp", issuer: as.issuer, client_id: as.clientId, client_secret: as.clientSecret, allow_insecure_http: true, default_resource: resource };
-}
-
-/** The code and ErrorInfo of a failed Connect call. */
-export async function failure(call: Promise<unknown>): Promise<{ code: Code; reason: string | undefined; metadata: Record<string, string> }> {
-  try {
-    await call;
-  } catch (err) {
-    const e = ConnectError.from(err);
-    const info = e.findDetails(ErrorInfoSchema)[0];
-    return { code: e.code, reason: info?.reason, metadata: { ...info?.metadata } };
-  }
-  throw new Error("the call succeeded");
 }

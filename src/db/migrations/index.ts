@@ -4,16 +4,19 @@ import { Migration20261126170810 as SqliteMigration20261126170810 } from "./sqli
 import { Migration20261201031016 as SqliteMigration20261201031016 } from "./sqlite/Migration20261201031016.js";
 import { Migration20261201033954 as SqliteMigration20261201033954 } from "./sqlite/Migration20261201033954.js";
 import { Migration20261203064011 as SqliteMigration20261203064011 } from "./sqlite/Migration20261203064011.js";
+import { Migration20261203083000Idjag as SqliteMigration20261203083000Idjag } from "./sqlite/Migration20261203083000Idjag.js";
 import { Migration20261126170811 as PgMigration20261126170811 } from "./postgresql/Migration20261126170811.js";
 import { Migration20261201031018 as PgMigration20261201031018 } from "./postgresql/Migration20261201031018.js";
 import { Migration20261201033955 as PgMigration20261201033955 } from "./postgresql/Migration20261201033955.js";
 import { Migration20261203064013 as PgMigration20261203064013 } from "./postgresql/Migration20261203064013.js";
+import { Migration20261203083000Idjag as PgMigration20261203083000Idjag } from "./postgresql/Migration20261203083000Idjag.js";
 
 const sqlite: MigrationObject[] = [
   { name: "Migration20261126170810", class: SqliteMigration20261126170810 },
   { name: "Migration20261201031016", class: SqliteMigration20261201031016 },
   { name: "Migration20261201033954", class: SqliteMigration20261201033954 },
   { name: "Migration20261203064011", class: SqliteMigration20261203064011 },
+  { name: "Migration20261203083000Idjag", class: SqliteMigration20261203083000Idjag },
 ];
 
 const postgresql: MigrationObject[] = [
@@ -21,6 +24,7 @@ const postgresql: MigrationObject[] = [
   { name: "Migration20261201031018", class: PgMigration20261201031018 },
   { name: "Migration20261201033955", class: PgMigration20261201033955 },
   { name: "Migration20261203064013", class: PgMigration20261203064013 },
+  { name: "Migration20261203083000Idjag", class: PgMigration20261203083000Idjag },
 ];
 
 /** The migrations of one dialect, oldest first. */
