@@ -25,7 +25,7 @@ export interface EnterpriseIdp extends TestProvider {
  * (the client registered at that authorization server, from `clientIdAt`),
  * resource, jti, exp and iat, signed with its keys. Lifetime 300 s.
  */
-export async function startEnterpriseIdp(options: { clientIdAt: (audience: string) => string; idTokenTtl?: number }): Promise<EnterpriseIdp> {
+export async function startEnterpriseIdp(options: { clientIdAt: (audience: string) => string; idTokenTtl?: number; accessTokenTtl?: number }): Promise<EnterpriseIdp> {
   const refusedAudiences = new Set<string>();
   const issued: EnterpriseIdp["issued"] = [];
   let issuer = "";
@@ -60,7 +60,7 @@ export async function startEnterpriseIdp(options: { clientIdAt: (audience: strin
       ["subject_token", "subject_token_type", "requested_token_type", "audience", "resource", "scope"],
     );
   };
-  const idp = await startTestProvider({ configure, idTokenTtl: options.idTokenTtl });
+  const idp = await startTestProvider({ configure, idTokenTtl: options.idTokenTtl, accessTokenTtl: options.accessTokenTtl });
   issuer = idp.issuer;
   return Object.assign(idp, { refusedAudiences, issued });
 }
