@@ -1,30 +1,32 @@
 import { SessionError } from "./errors.js";
 
-/** The enterprise IdP refused to exchange the user's ID token for an ID-JAG (a 4xx); the IdP session is untouched. */
-export class IdJagRefusedError extends SessionError {
-  override name = "IdJagRefusedError";
-  readonly code = "IDJAG_REFUSED";
+/** A provider's 4xx to one step of the ID-JAG flow; `provider` is the provider that answered, `providerError` its OAuth error code. */
+abstract class IdJagStepError extends SessionError {
   constructor(
     readonly providerError: string,
-    /** The enterprise IdP's provider id. */
     readonly provider: string,
+    message: string,
     options?: { cause?: unknown },
   ) {
-    super(`the enterprise IdP ${provider} refused the ID-JAG exchange (${providerError}); the IdP session is kept`, options);
+    super(message, options);
+  }
+}
+
+/** The enterprise IdP refused to exchange the user's ID token for an ID-JAG (a 4xx); the IdP session is untouched. */
+export class IdJagRefusedError extends IdJagStepError {
+  override name = "IdJagRefusedError";
+  readonly code = "IDJAG_REFUSED";
+  constructor(providerError: string, idp: string, options?: { cause?: unknown }) {
+    super(providerError, idp, `the enterprise IdP ${idp} refused the ID-JAG exchange (${providerError}); the IdP session is kept`, options);
   }
 }
 
 /** The MCP authorization server rejected the ID-JAG at the JWT bearer grant (a 4xx); the IdP session is untouched. */
-export class AssertionRejectedError extends SessionError {
+export class AssertionRejectedError extends IdJagStepError {
   override name = "AssertionRejectedError";
   readonly code = "ASSERTION_REJECTED";
-  constructor(
-    readonly providerError: string,
-    /** The enterprise-managed provider's id. */
-    readonly provider: string,
-    options?: { cause?: unknown },
-  ) {
-    super(`the authorization server of ${provider} rejected the ID-JAG (${providerError}); the IdP session is kept`, options);
+  constructor(providerError: string, provider: string, options?: { cause?: unknown }) {
+    super(providerError, provider, `the authorization server of ${provider} rejected the ID-JAG (${providerError}); the IdP session is kept`, options);
   }
 }
 

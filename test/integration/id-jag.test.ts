@@ -137,6 +137,13 @@ describe("enterprise-managed authorization (ID-JAG), SQLite", () => {
       metadata: { provider: "crm", enterprise_idp: "corp" },
     });
     expect((await failure(svc.client.getToken({ userId: "alice", provider: "crm", resource: "https://other.example.test/" }))).reason).toBe("INVALID_ARGUMENT");
+    // It has no sessions of its own: neither stored nor started there.
+    const tokens = { accessToken: "at", expiresIn: 300n };
+    expect(await failure(svc.client.storeSession({ userId: "alice", provider: "crm", tokens }))).toMatchObject({ code: Code.InvalidArgument, metadata: { field: "provider" } });
+    expect(await failure(svc.client.startAuthorization({ userId: "alice", provider: "crm", redirectUri: idp.redirectUri }))).toMatchObject({
+      code: Code.InvalidArgument,
+      metadata: { field: "provider" },
+    });
   });
 
   it("removes the derived token with the IdP session: RevokeSession, RevokeUserSessions, back-channel logout and REAUTH_REQUIRED", async () => {
