@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code } from "@connectrpc/connect";
 import { SessionStatus } from "../../gen/tokenservice/v1/token_service_pb.js";
@@ -8,6 +9,7 @@ import { failure } from "../helpers/failure.js";
 import { whoami } from "../helpers/mcp-client.js";
 import { startMcpServer, type TestMcpServer } from "../helpers/mcp-server.js";
 import { TOKEN_EXCHANGE } from "../helpers/oidc-provider.js";
+import { connectGrpcClient } from "../helpers/clients.js";
 import { startService, type TestService } from "../helpers/service.js";
 
 /**
@@ -183,5 +185,42 @@ describe("enterprise-managed authorization (ID-JAG), SQLite", () => {
     expect((await failure(svc.client.getToken({ userId: "gina", provider: "corp", forceRefresh: true }))).reason).toBe("REAUTH_REQUIRED");
     await expect.poll(() => derivedRows(d.sessionId)).toBe(0);
     expect(await failure(svc.client.getToken({ userId: "gina", provider: "crm" }))).toMatchObject({ reason: "REAUTH_REQUIRED", metadata: { provider: "corp" } });
+  });
+});
+
+describe("callers' scopes at an enterprise-managed provider", () => {
+  it("needs the enterprise-managed provider and its resource in the caller's scopes, not the IdP", async () => {
+    const idp = await startEnterpriseIdp({ clientIdAt: () => "mcp-client" });
+    const as = await startMcpAuthorizationServer(idp.issuer);
+    const mcp = await startMcpServer(as.issuer, "CRM");
+    const sha = (v: string) => createHash("sha256").update(v).digest("hex");
+    const callers = [
+      { name: "login", token_sha256: sha("login-credential"), rpcs: ["StoreSession"], providers: ["corp"] },
+      { name: "crm-gw", token_sha256: sha("crm-credential"), rpcs: ["GetToken"], providers: ["crm"] },
+      { name: "corp-gw", token_sha256: sha("corp-credential"), rpcs: ["GetToken"], providers: ["corp"] },
+      { name: "other-gw", token_sha256: sha("other-credential"), rpcs: ["GetToken"], resources: ["https://other.example.test/mcp"] },
+    ];
+    const svc = await startService({ dialect: "sqlite", yaml: { providers: [idp.configEntry("corp"), managedEntry(as, mcp.url)], callers } });
+    try {
+      const callerClient = (credential: string) => connectGrpcClient(svc.url, { bearer: credential });
+      const set = await idp.login("kim");
+      const { sessionId } = await callerClient("login-credential").storeSession({
+        userId: "kim",
+        provider: "corp",
+        tokens: { accessToken: set.access_token, refreshToken: set.refresh_token, idToken: set.id_token, expiresIn: 300n },
+      });
+      const got = await callerClient("crm-credential").getToken({ userId: "kim", provider: "crm" });
+      expect(got.sessionId).toBe(sessionId);
+      expect(await whoami(mcp.url, got.token)).toMatchObject({ sub: "kim" });
+      // The IdP session's own token stays out of reach of a caller that has only crm.
+      expect((await failure(callerClient("crm-credential").getToken({ userId: "kim", sessionId }))).reason).toBe("PROVIDER_NOT_ALLOWED");
+      expect((await failure(callerClient("corp-credential").getToken({ userId: "kim", provider: "crm" }))).reason).toBe("PROVIDER_NOT_ALLOWED");
+      expect((await failure(callerClient("other-credential").getToken({ userId: "kim", provider: "crm" }))).reason).toBe("RESOURCE_NOT_ALLOWED");
+    } finally {
+      await svc.close();
+      await mcp.close();
+      await as.close();
+      await idp.close();
+    }
   });
 });
