@@ -18,7 +18,8 @@ import { stringify } from "yaml";
 import { GetTokenRequestSchema, StoreSessionRequestSchema } from "../gen/tokenservice/v1/token_service_pb.js";
 import { generateKeySpec } from "../src/crypto/key-ring.js";
 import { connectGrpcClient } from "../test/helpers/clients.js";
-import { startTestProvider, type TestProvider } from "../test/helpers/oidc-provider.js";
+import { managedEntry, startEnterpriseIdp, startMcpAuthorizationServer, type McpAuthorizationServer } from "../test/helpers/id-jag.js";
+import { type TestProvider } from "../test/helpers/oidc-provider.js";
 import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
 import { createTestDatabase } from "../test/helpers/service.js";
 import { benchPostgres, type BenchPostgres } from "./database.js";
@@ -140,6 +141,28 @@ async function seedAudience(svc: ServiceProcess, provider: TestProvider): Promis
   return grpcFrame(GetTokenRequestSchema, { userId: "hot-audience", sessionId, resource: AUDIENCE });
 }
 
+/** The resource of the enterprise-managed provider `crm` (nothing listens there; its authorization server issues the tokens). */
+const MANAGED = "https://crm.bench.example/mcp";
+
+/**
+ * One real IdP login with its ID token, and the token of the
+ * enterprise-managed provider `crm` obtained once (an ID-JAG exchange and a
+ * JWT bearer grant); returns the GetToken frame that asks `crm` for it with
+ * the IdP session's id.
+ */
+async function seedManaged(svc: ServiceProcess, provider: TestProvider): Promise<string> {
+  const client = connectGrpcClient(svc.url);
+  const set = await provider.login("hot-managed");
+  const { sessionId } = await client.storeSession({
+    userId: "hot-managed",
+    provider: "corp",
+    tokens: { accessToken: set.access_token, refreshToken: set.refresh_token, idToken: set.id_token, expiresIn: BigInt(set.expires_in) },
+  });
+  const first = await client.getToken({ userId: "hot-managed", provider: "crm" });
+  if (first.sessionId !== sessionId) throw new Error("the enterprise-managed token should come from the IdP session");
+  return grpcFrame(GetTokenRequestSchema, { userId: "hot-managed", sessionId, provider: "crm" });
+}
+
 /** Sustained load on one path; samples the service's RSS meanwhile. */
 async function load(svc: ServiceProcess, path: string, frames: string | string[], opts: Partial<LoadSpec> = {}) {
   let peak = 0;
@@ -251,6 +274,7 @@ function hotPathMarkdown(
   const getTokenP99 = ratio("pg", "bareGrpc", p99);
   const health = vsGrpc("health");
   const withResource = ratio("pgResource", "pg", tput);
+  const managed = ratio("pgManaged", "pg", tput);
   const met = (ok: boolean) => (ok ? "met" : "**NOT met**");
   const rpcShare = (label: string) => fmt(profileShare(profiles[label]!, (c) => RPC_STACK_CATEGORIES.has(c)), 0);
   const gcShare = (label: string) => fmt(profileShare(profiles[label]!, (c) => c === "garbage collection"), 0);
@@ -266,7 +290,9 @@ process over the run (\`/proc/PID/stat\`), divided by the calls: it moves less t
 The service answered every call with grpc-status 0 (checked on its own \`/metrics\` before and after each run).
 GetToken reads one stored session with a 640-byte access token (a fresh token: no refresh); "cache off" reads the database
 on every call. "With a resource" asks for a real session's audience token (a JWT from the test provider for one RFC 8707
-resource, obtained once before the runs and valid throughout), which the cache holds beside the session. Connect JSON runs on the HTTP listener in clear text, so over HTTP/1.1: h2load \`--h1\` with the same
+resource, obtained once before the runs and valid throughout), which the cache holds beside the session. "Enterprise-managed"
+asks the provider \`crm\` with the IdP session's id for its token (obtained once before the runs by an ID-JAG exchange and a
+JWT bearer grant at two test oidc-providers, valid throughout), held as a derived audience token of that session. Connect JSON runs on the HTTP listener in clear text, so over HTTP/1.1: h2load \`--h1\` with the same
 \`-c 4 -m 16\` (16 requests pipelined per connection).
 
 | server and call | req/s | ÷ bare grpc-js | p50 / p99 (ms) | p99 ÷ bare grpc-js | CPU per call (µs) | ÷ bare grpc-js | failed |
@@ -278,6 +304,8 @@ Targets:
 - Its p99 at most 2× the bare grpc-js server's p99: ${met(getTokenP99 <= 2)} (${fmt(getTokenP99, 2)}×).
 - GetToken with a resource at least 0.9× GetToken without one (same service, paired per round): ${met(withResource >= 0.9)}
   (${fmt(withResource, 2)}×; p99 ${fmt(ratio("pgResource", "pg", p99), 2)}×, CPU per call ${fmt(ratio("pgResource", "pg", cpu), 2)}×).
+- GetToken at an enterprise-managed provider with its token held at least 0.9× plain GetToken (same service, paired per round): ${met(managed >= 0.9)}
+  (${fmt(managed, 2)}×; p99 ${fmt(ratio("pgManaged", "pg", p99), 2)}×, CPU per call ${fmt(ratio("pgManaged", "pg", cpu), 2)}×).
 - The service's Health/Check at least 0.85× the bare grpc-js server's throughput: ${met(health >= 0.85)} (${fmt(health, 2)}×).
 - Peak RSS under load below 200 MB, with both listeners on: ${met(peakMiB * 2 ** 20 < 200e6)} (**${fmt(peakMiB, 0)} MiB**, the PostgreSQL
   service with the cache on, over all its runs above, Connect JSON included).
@@ -301,7 +329,9 @@ process's garbage collection.
 async function main(): Promise<void> {
   let postgres: BenchPostgres | undefined;
   // Tokens it issues (the audience token of the hot path) outlive the whole run: no refresh inside a measurement.
-  const provider = await startTestProvider({ accessTokenTtl: 3600 });
+  // It is also the enterprise IdP of `crm`, whose authorization server's tokens outlive the run too.
+  const provider = await startEnterpriseIdp({ clientIdAt: () => "mcp-client", accessTokenTtl: 3600 });
+  let crmAs: McpAuthorizationServer | undefined;
   const procs: ServiceProcess[] = [];
   const bares: ChildProcess[] = [];
   const sections: string[] = [];
@@ -312,8 +342,9 @@ async function main(): Promise<void> {
     // 1 and 3: the hot path against the machine's limits, all with the same h2load settings; peak RSS.
     console.log(`\n== hot path: h2load -n ${REQUESTS} -c 4 -m 16, ${HOT_ROUNDS} paired rounds`);
     const hotDir = tempDir();
+    crmAs = await startMcpAuthorizationServer(provider.issuer, { accessTokenTtl: 3600 });
     const services = {
-      pg: await startBenchService(provider, "hot-pg", await createTestDatabase(serverUrl)),
+      pg: await startBenchService(provider, "hot-pg", await createTestDatabase(serverUrl), { providers: [provider.configEntry(), managedEntry(crmAs, MANAGED)] }),
       pgNoCache: await startBenchService(provider, "hot-pg-nocache", await createTestDatabase(serverUrl), { cache: { enabled: false } }),
       sqlite: await startBenchService(provider, "hot-sqlite", `sqlite:${join(hotDir, "hot.db")}`),
     };
@@ -338,6 +369,7 @@ async function main(): Promise<void> {
       { key: "pgNoCache", label: "GetToken, PostgreSQL, cache off", server: svc(services.pgNoCache, "pg-nocache"), path: paths.getToken, body: getTokenBody(frames.pgNoCache), metricsMethod: GET_TOKEN_METHOD },
       { key: "sqlite", label: "GetToken, SQLite, cache on", server: svc(services.sqlite, "sqlite"), path: paths.getToken, body: getTokenBody(frames.sqlite), metricsMethod: GET_TOKEN_METHOD },
       { key: "pgResource", label: "GetToken with a resource (audience token), PostgreSQL, cache on", server: svc(services.pg, "pg"), path: paths.getToken, body: getTokenBody(await seedAudience(services.pg, provider)), metricsMethod: GET_TOKEN_METHOD },
+      { key: "pgManaged", label: "GetToken at an enterprise-managed provider (ID-JAG token held), PostgreSQL, cache on", server: svc(services.pg, "pg"), path: paths.getToken, body: getTokenBody(await seedManaged(services.pg, provider)), metricsMethod: GET_TOKEN_METHOD },
       { key: "connect", label: "GetToken, Connect JSON on the HTTP listener (HTTP/1.1), PostgreSQL, cache on", server: svc(services.pg, "pg"), path: paths.getToken, body: connectJsonBody(frames.pg), metricsMethod: GET_TOKEN_METHOD, connectJson: true },
     ];
     const byKey = (key: string) => targets.find((t) => t.key === key)!;
@@ -493,6 +525,7 @@ ${writes.map(({ dialect, r }) => row(dialect, r).replace(/^\| [^|]+ \| (\d+)/, `
   } finally {
     for (const p of procs) p.kill("SIGKILL");
     for (const b of bares) b.kill("SIGKILL");
+    await crmAs?.close();
     await provider.close();
     await postgres?.destroy();
     rmSync(dir, { recursive: true, force: true });

@@ -37,7 +37,7 @@ async function create(db: DatabaseConfig): Promise<void> {
 function writeIndex(): void {
   const list = (kind: string) =>
     readdirSync(join(migrationsDir, kind))
-      .filter((f) => /^Migration\d+(?:_[a-z0-9]+)?\.ts$/.test(f))
+      .filter((f) => /^Migration\d+(?:_[a-z0-9]+|[A-Za-z]+)?\.ts$/.test(f))
       .sort()
       .map((f) => f.slice(0, -3));
   const sqlite = list("sqlite");

@@ -5,7 +5,8 @@
  * connects a tool server through the code flow the service runs itself; then
  * a third whose tool calls on two MCP servers each get a token for that
  * server only; then a fourth whose session is stepped up in place when a
- * tool server asks for more scopes.
+ * tool server asks for more scopes, and a fifth whose enterprise IdP login
+ * reaches a tool server with no browser step (ID-JAG).
  * Prints each step and exits 0, or 1 at the first surprise.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -16,14 +17,15 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { stringify } from "yaml";
 import { ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
-import { ProviderService, TokenKind } from "../gen/tokenservice/v1/token_service_pb.js";
+import { ProviderKind, ProviderService, TokenKind } from "../gen/tokenservice/v1/token_service_pb.js";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { callTool } from "../examples/chat-gateway/tools.js";
 import { startMcpServer } from "../test/helpers/mcp-server.js";
 import { startProtectedResource } from "../test/helpers/protected-resource.js";
 import { connectGrpcClient } from "../test/helpers/clients.js";
-import { startTestProvider, type TestProvider } from "../test/helpers/oidc-provider.js";
+import { startEnterpriseIdp, startMcpAuthorizationServer } from "../test/helpers/id-jag.js";
+import { type TestProvider } from "../test/helpers/oidc-provider.js";
 import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
 
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
@@ -40,8 +42,8 @@ const dir = mkdtempSync(join(tmpdir(), "token-service-demo-"));
 let provider: TestProvider | undefined;
 let service: ServiceProcess | undefined;
 try {
-  say("Start a local OpenID Connect provider (oidc-provider, refresh-token rotation on)");
-  provider = await startTestProvider({ accessTokenTtl: 300, resourceScopes: ["mcp:admin"] });
+  say("Start a local OpenID Connect provider (oidc-provider, refresh-token rotation on; it also issues ID-JAGs)");
+  provider = await startEnterpriseIdp({ clientIdAt: () => "mcp-client", resourceScopes: ["mcp:admin"] });
   info(`issuer ${provider.issuer}, client id ${provider.clientId}`);
 
   say("Start the token service on the embedded default (SQLite, generated key file)");
@@ -224,6 +226,43 @@ try {
     info(`CompleteAuthorization → stepped up in place, same session ${done.sessionId.slice(0, 8)}…; the retried call succeeds (scope ${after.scope})`);
   } finally {
     await adminServer.close();
+  }
+  say("Dana's enterprise login reaches the CRM tool server with no browser step (enterprise-managed, ID-JAG)");
+  const crmAs = await startMcpAuthorizationServer(provider.issuer);
+  const crm = await startMcpServer(crmAs.issuer, "crm");
+  try {
+    const providersApi = createClient(ProviderService, createGrpcTransport({ baseUrl: service.url }));
+    const managed = await providersApi.registerProvider({
+      id: "crm",
+      kind: ProviderKind.ENTERPRISE_MANAGED,
+      enterpriseIdp: "demo",
+      resourceUrl: crm.url,
+      clientId: crmAs.clientId,
+      clientSecret: crmAs.clientSecret,
+      allowInsecureHttp: true,
+    });
+    info(`RegisterProvider kind ENTERPRISE_MANAGED: the CRM's authorization server ${managed.provider!.issuer} trusts the IdP "demo" and advertises the ID-JAG profile`);
+    const dana = await provider.login("dana");
+    await client.storeSession({ userId: "dana", provider: "demo", tokens: { accessToken: dana.access_token, refreshToken: dana.refresh_token, idToken: dana.id_token, expiresIn: BigInt(dana.expires_in) } });
+    info("Dana signed in at the enterprise IdP once (StoreSession with her ID token); she never visits the CRM's authorization server");
+    provider.resetStats();
+    crmAs.resetStats();
+    const got = await client.getToken({ userId: "dana", provider: "crm" });
+    const call = await callTool(crm.url, got.token, "whoami", {}, 10_000);
+    check(call.kind === "result", "the CRM should accept the token");
+    check(provider.stats.tokenRequests.length === 1 && crmAs.stats.tokenRequests.length === 1, "one exchange at the IdP and one grant at the authorization server");
+    info(`GetToken provider crm → ${peek(got.token)}; the CRM's MCP server accepts it`);
+    info("behind it: her ID token exchanged at the IdP for an ID-JAG (RFC 8693), redeemed at the CRM's authorization server (RFC 7523)");
+    const again = await client.getToken({ userId: "dana", provider: "crm" });
+    check(again.token === got.token && crmAs.stats.tokenRequests.length === 1, "the token should be held");
+    info("asked again → the same token, held sealed beside her IdP session; nobody was asked");
+    await client.revokeUserSessions({ userId: "dana" });
+    const gone = await client.getToken({ userId: "dana", provider: "crm" }).catch((e: unknown) => e);
+    const reason = gone instanceof ConnectError ? gone.findDetails(ErrorInfoSchema)[0]?.reason : undefined;
+    check(reason === "NO_IDP_SESSION", "without the IdP session there is no CRM token");
+    info(`her IdP session revoked → the CRM token is gone with it; GetToken → FAILED_PRECONDITION (${reason})`);
+  } finally {
+    await Promise.all([crm.close(), crmAs.close()]);
   }
 
   say("Stop the service: SIGTERM drains in-flight calls, then it exits");

@@ -38,8 +38,10 @@ Commands:
                 [--redirect-uri URL]... [--scope S]... [--refresh-scope S]...
                 [--public-url URL] [--allow-insecure-http]
                 [--exchange [--exchange-target resource|audience|both]]
+                [--kind enterprise_managed --enterprise-idp ID [--resource URL]]
                         register a provider (discovery, dynamic registration);
-                        --exchange: audience tokens by RFC 8693 token exchange
+                        --exchange: audience tokens by RFC 8693 token exchange;
+                        enterprise_managed: tokens by ID-JAG from ID's sessions
   providers remove --id ID [--revoke-sessions]
                         delete a registered provider
   doctor                check config, database, keys, providers, clocks, TLS

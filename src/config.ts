@@ -42,6 +42,14 @@ export interface ProviderConfig {
   audienceTokens: "refresh" | "exchange";
   /** For exchange: whether the target goes as `resource`, `audience` or both. */
   exchangeTarget: "resource" | "audience" | "both";
+  /**
+   * `oauth` (absent: the same): sessions of its own. `enterprise_managed`: no
+   * sessions; GetToken derives its tokens from the user's session at
+   * `enterpriseIdp` (ID-JAG), for `defaultResource`, at this issuer.
+   */
+  kind?: "oauth" | "enterprise_managed";
+  /** enterprise_managed: the provider whose sessions hold the users' ID tokens. */
+  enterpriseIdp?: string;
   /** Runtime providers only: the discovered metadata, kept in the database (no discovery at start-up). */
   metadata?: Record<string, unknown>;
   /** Runtime providers only: how it was registered and found. */
@@ -288,7 +296,27 @@ function toProvider(p: FileConfig["providers"][number], index: number, baseDir: 
     defaultResource: p.default_resource,
     audienceTokens: p.audience_tokens,
     exchangeTarget: p.exchange_target,
+    ...(p.enterprise_idp !== undefined ? { enterpriseIdp: p.enterprise_idp } : {}),
+    ...(p.kind === "enterprise_managed" ? { kind: p.kind } : {}),
   };
+}
+
+/** The enterprise_managed providers of the file name an OpenID provider of the file, and a resource. */
+function checkEnterpriseManaged(providers: ProviderConfig[]): void {
+  const byId = new Map(providers.map((p) => [p.id, p]));
+  providers.forEach((p, i) => {
+    const where = `providers[${i}]`;
+    if (p.kind !== "enterprise_managed") {
+      if (p.enterpriseIdp !== undefined) throw new ConfigError(`${where}.enterprise_idp: only for kind enterprise_managed`);
+      return;
+    }
+    if (p.enterpriseIdp === undefined) throw new ConfigError(`${where}.enterprise_idp: is required for kind enterprise_managed`);
+    const idp = byId.get(p.enterpriseIdp);
+    if (!idp || idp.kind === "enterprise_managed") {
+      throw new ConfigError(`${where}.enterprise_idp: must name another provider of this file (not an enterprise_managed one)`);
+    }
+    if (p.defaultResource === undefined) throw new ConfigError(`${where}.default_resource: is required for kind enterprise_managed (the resource its tokens are for)`);
+  });
 }
 
 /**
@@ -332,6 +360,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     if (seen.has(p.id)) throw new ConfigError(`providers[${i}].id: duplicate provider id "${p.id}"`);
     seen.add(p.id);
   });
+  checkEnterpriseManaged(providers);
 
   const { host, port } = parseAddr(env.TOKEN_SERVICE_ADDR ?? "127.0.0.1:50051");
   const httpSpec = env.TOKEN_SERVICE_HTTP_ADDR ?? "127.0.0.1:50052";

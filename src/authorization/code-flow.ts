@@ -108,6 +108,7 @@ export class CodeFlow {
     if (id === "") throw new InvalidArgumentError(field, "is required");
     const provider = this.deps.registry.get(id);
     if (!provider) throw new InvalidArgumentError(field, "is not a configured provider");
+    if (provider.config.kind === "enterprise_managed") throw new InvalidArgumentError(field, "is enterprise_managed: it has no sessions of its own (its tokens come from the enterprise IdP's)");
     return provider;
   }
 

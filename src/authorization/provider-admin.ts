@@ -27,6 +27,7 @@ import { configOfRow, viewOfClient, type ProviderView } from "./provider-view.js
 import { Reregistration } from "./reregistration.js";
 import type { SecretVault } from "./secret-vault.js";
 import { checkProviderId, checkScopes, checkUrl } from "./validation.js";
+import { checkManagedInput, managedResource, requireIdJagProfile, type ManagedInput } from "./enterprise-managed.js";
 
 export type { ProviderView } from "./provider-view.js";
 
@@ -55,8 +56,11 @@ export interface RegisterProviderInput {
   registration: RegistrationMode;
   /** Register even when the metadata does not list S256 (the operator's word that PKCE works). */
   assumePkce: boolean;
+  /** "" means oauth. enterprise_managed: see checkManagedInput. */
+  kind?: "" | "oauth" | "enterprise_managed";
+  enterpriseIdp?: string;
+  resource?: string;
 }
-
 
 export interface ProviderAdminDeps {
   repo: ProviderRepository;
@@ -242,6 +246,10 @@ export class ProviderAdmin {
       throw new InvalidArgumentError("exchange_target", "must be resource, audience or both");
     }
     if (this.deps.registry.get(id)) throw new ProviderExistsError(id);
+    const managed: ManagedInput | undefined =
+      input.kind === "enterprise_managed" ? { id, enterpriseIdp: input.enterpriseIdp ?? "", resource: input.resource ?? "", resourceUrl: input.resourceUrl, dynamicRegistration: input.dynamicRegistration } : undefined;
+    if (managed) await checkManagedInput(managed, this.deps.registry, Date.now() + this.deps.refresh.providerTimeoutMs);
+    else if (input.enterpriseIdp || input.resource) throw new InvalidArgumentError(input.enterpriseIdp ? "enterprise_idp" : "resource", "only for kind enterprise_managed");
 
     // Discovery, then (RFC 7591) registration, which looks the metadata up again first.
     const { options, observed } = this.outboundOf(id, insecure, ctx);
@@ -270,7 +278,11 @@ export class ProviderAdmin {
       throw this.setupError(err, "discovery_failed", id);
     });
     const metadata = server.metadata;
-    if (!metadata.authorization_endpoint || !metadata.token_endpoint) {
+    if (managed) {
+      requireIdJagProfile(id, metadata);
+      defaultResource = managedResource(managed, defaultResource);
+    }
+    if ((!managed && !metadata.authorization_endpoint) || !metadata.token_endpoint) {
       throw new ProviderSetupError("no_authorization_or_token_endpoint");
     }
 
@@ -338,6 +350,8 @@ export class ProviderAdmin {
       audienceTokens,
       exchangeTarget,
       ...learned,
+      kind: managed ? "enterprise_managed" : "oauth",
+      enterpriseIdp: managed?.enterpriseIdp ?? null,
       createdAt: new Date(),
       version: 1,
     };

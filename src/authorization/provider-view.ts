@@ -29,6 +29,8 @@ export interface ProviderView {
   /** From a protected resource: its 401 challenge's scope and its metadata's scopes_supported. */
   challengeScopes: string[];
   scopesSupported: string[];
+  kind: "oauth" | "enterprise_managed";
+  enterpriseIdp: string | undefined;
 }
 
 /** A stored JSON list of scopes; undefined when empty. */
@@ -72,6 +74,7 @@ export function configOfRow(row: ProviderRow, context: RowContext): ProviderConf
     defaultResource: row.defaultResource ?? undefined,
     audienceTokens: row.audienceTokens === "exchange" ? "exchange" : "refresh",
     exchangeTarget: row.exchangeTarget,
+    ...(row.kind === "enterprise_managed" ? { kind: row.kind, enterpriseIdp: row.enterpriseIdp ?? undefined } : {}),
     metadata: server,
     runtime: {
       registration: row.registration,
@@ -125,5 +128,7 @@ export function viewOfClient(client: ProviderClient, metadata: { [k: string]: un
     audienceTokens: c.audienceTokens,
     challengeScopes: c.runtime?.challengeScopes ?? [],
     scopesSupported: c.runtime?.scopesSupported ?? [],
+    kind: c.kind ?? "oauth",
+    enterpriseIdp: c.enterpriseIdp,
   };
 }

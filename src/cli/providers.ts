@@ -44,9 +44,17 @@ function describe(p: ProviderView): string {
     p.issuer,
     `client ${p.clientId} (${p.clientAuthMethod})`,
     p.defaultResource ? `resource ${p.defaultResource}` : "",
+    p.kind === "enterprise_managed" ? `enterprise_managed via ${p.enterpriseIdp ?? ""}` : "",
   ]
     .filter(Boolean)
     .join("\t");
+}
+
+/** `--kind`: oauth (the default) or enterprise_managed (ID-JAG). */
+function kindOf(value: string | undefined): "" | "oauth" | "enterprise_managed" {
+  if (value === undefined || value === "oauth") return value ?? "";
+  if (value === "enterprise_managed") return value;
+  throw new ConfigError(`--kind ${value}: use oauth or enterprise_managed`);
 }
 
 /**
@@ -125,6 +133,9 @@ export async function providersCommand(args: string[], env: NodeJS.ProcessEnv, o
           exchangeTarget: option(args, "--exchange-target") ?? "",
           registration: registrationOption(option(args, "--registration")),
           assumePkce: args.includes("--assume-pkce"),
+          kind: kindOf(option(args, "--kind")),
+          enterpriseIdp: option(args, "--enterprise-idp") ?? "",
+          resource: option(args, "--resource") ?? "",
         },
         ctx,
       );

@@ -42,6 +42,9 @@ const providerSchema = z
     // GetToken with a resource: a refresh token grant with resource= (RFC 8707), or a token exchange (RFC 8693).
     audience_tokens: z.enum(["refresh", "exchange"]).default("refresh"),
     exchange_target: z.enum(["resource", "audience", "both"]).default("resource"),
+    // enterprise_managed (ID-JAG, docs/tool-servers.md): tokens from the user's session at `enterprise_idp`, for `default_resource`.
+    kind: z.enum(["oauth", "enterprise_managed"]).default("oauth"),
+    enterprise_idp: z.string().min(1).optional(),
   })
   .strict();
 

@@ -89,3 +89,17 @@ export class AudienceTokenRepository {
     });
   }
 }
+
+/**
+ * The audience row key of a token derived from a session for an
+ * enterprise-managed provider (ID-JAG). An RFC 8707 resource never has a
+ * fragment, so this key never equals an ordinary audience token's resource.
+ */
+export function derivedTokenKey(provider: string, resource: string): string {
+  return `${resource}#id-jag=${provider}`;
+}
+
+/** The enterprise-managed provider of a derived token's row key; undefined for an ordinary audience token. */
+export function derivedTokenProvider(key: string): string | undefined {
+  return /#id-jag=([^#]+)$/.exec(key)?.[1];
+}

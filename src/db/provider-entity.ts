@@ -35,6 +35,9 @@ export interface ProviderRow {
   challengeScopes?: string;
   scopesSupported?: string;
   resourceMetadataUrl?: string | null;
+  /** oauth, or enterprise_managed (ID-JAG: tokens derived from sessions at `enterpriseIdp`). */
+  kind: "oauth" | "enterprise_managed";
+  enterpriseIdp: string | null;
   createdAt: Date;
   version: number;
 }
@@ -63,6 +66,8 @@ export const ProviderSchema = new EntitySchema<ProviderRow>({
     challengeScopes: { type: "text", default: "[]" },
     scopesSupported: { type: "text", default: "[]" },
     resourceMetadataUrl: { type: "text", nullable: true },
+    kind: { type: "string", length: 32, default: "oauth" },
+    enterpriseIdp: { type: "string", length: 64, nullable: true },
     createdAt: { type: "datetime", length: 3 },
     version: { type: "integer" },
   },

@@ -41,6 +41,11 @@ export interface RefreshOptions extends CallOptions {
   grantedScope?: string;
 }
 
+/** A token response of any grant, with RFC 8693's `issued_token_type` when sent. */
+export interface GrantResponse extends ProviderTokens {
+  issuedTokenType: string | undefined;
+}
+
 /** What a code exchange must check: the PKCE verifier sent, the state and nonce issued. */
 export interface CodeChecks {
   codeVerifier: string;
@@ -70,6 +75,11 @@ export interface ProviderClient {
    * `audience` or both).
    */
   exchange(subjectToken: string, target: { resource: string; send: "resource" | "audience" | "both" }, options: CallOptions): Promise<ProviderTokens>;
+  /**
+   * A token request of another grant type (RFC 8693 for an ID-JAG, RFC 7523's
+   * JWT bearer grant), with this provider's client authentication and retries.
+   */
+  grant(grantType: string, params: Record<string, string>, options: CallOptions): Promise<GrantResponse>;
   /** The authorization request URL with these parameters (client_id and response_type=code added). */
   authorizationUrl(params: Record<string, string>, options: CallOptions): Promise<URL>;
   /**
@@ -247,8 +257,7 @@ export class OidcProviderClient implements ProviderClient {
     return true;
   }
 
-  async exchange(subjectToken: string, target: { resource: string; send: "resource" | "audience" | "both" }, options: CallOptions): Promise<ProviderTokens> {
-    const metadata = await this.metadata(options);
+  exchange(subjectToken: string, target: { resource: string; send: "resource" | "audience" | "both" }, options: CallOptions): Promise<ProviderTokens> {
     const params: Record<string, string> = {
       subject_token: subjectToken,
       subject_token_type: "urn:ietf:params:oauth:token-type:access_token",
@@ -256,17 +265,22 @@ export class OidcProviderClient implements ProviderClient {
     };
     if (target.send !== "audience") params.resource = target.resource;
     if (target.send !== "resource") params.audience = target.resource;
+    return this.grant("urn:ietf:params:oauth:grant-type:token-exchange", params, options);
+  }
+
+  async grant(grantType: string, params: Record<string, string>, options: CallOptions): Promise<GrantResponse> {
+    const metadata = await this.metadata(options);
     return withRetries(
       async ({ signal }) => {
-        const response = await oidc.genericGrantRequest(this.configuration(metadata, signal, options.trace), "urn:ietf:params:oauth:grant-type:token-exchange", params);
-        const tokens = fromResponseBody(response as unknown as Record<string, unknown>);
+        const response = (await oidc.genericGrantRequest(this.configuration(metadata, signal, options.trace), grantType, params)) as unknown as Record<string, unknown>;
+        const tokens = fromResponseBody(response);
         if (!tokens) throw new ProviderError("unavailable", "bad_response");
-        return tokens;
+        return { ...tokens, issuedTokenType: typeof response.issued_token_type === "string" ? response.issued_token_type : undefined };
       },
       this.retryPolicy(),
       options.deadline,
       options.signal,
-      (err, delayMs, attempt) => this.logger.info({ provider: this.id, code: err.code, attempt, delayMs: Math.round(delayMs) }, "token exchange retry"),
+      (err, delayMs, attempt) => this.logger.info({ provider: this.id, grant: grantType, code: err.code, attempt, delayMs: Math.round(delayMs) }, "token request retry"),
     );
   }
 

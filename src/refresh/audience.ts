@@ -8,7 +8,7 @@ import { DatabaseUnavailableError, type SessionRepository } from "../db/session-
 import { errSummary, sessionRef, type Logger } from "../logger.js";
 import { revokeTokens } from "../providers/revoke.js";
 import { classifyProviderError } from "../providers/errors.js";
-import type { ProviderClient, ProviderRegistry, ProviderTokens } from "../providers/provider-client.js";
+import type { CallOptions, ProviderClient, ProviderRegistry, ProviderTokens } from "../providers/provider-client.js";
 import {
   ExchangeRefusedError,
   ProviderUnavailableError,
@@ -46,6 +46,23 @@ export function audienceFresh(token: { expiresAt: Date; issuedAt: Date }, want: 
     lifetimeSeconds: lifetimeSeconds(token.issuedAt, token.expiresAt),
   });
   return secondsLeft(token.expiresAt, now) >= required;
+}
+
+/**
+ * A token derived from the session rather than refreshed from it (ID-JAG): it
+ * is obtained at another provider with the session's ID token, kept in an
+ * audience row under `key`, and held under the session row's lease like any
+ * audience token. Its failures never touch the session.
+ */
+export interface DerivedGrant {
+  /** The audience row's key; never an ordinary resource (see derivedTokenKey). */
+  key: string;
+  /** The provider whose token it is: its defaults apply, and a token obtained for a revoked session is revoked there. */
+  provider: ProviderClient;
+  /** Whether the session's ID token is too old to present: the session is refreshed first (once). */
+  subjectStale(row: SessionRow, now: Date): boolean;
+  /** Obtains the token with the session's ID token; throws domain errors. */
+  obtain(idToken: string | undefined, options: CallOptions): Promise<ProviderTokens>;
 }
 
 /** Outcome hook, for audit lines and metrics (the resource is an identifier, never a secret). */
@@ -95,24 +112,25 @@ export class AudienceCoordinator {
   /**
    * The session's token for `resource`, valid for as long as `want` asks
    * (or fresh, with `force`). The caller has checked that the session is
-   * active and, in refresh mode, that the resource was granted.
+   * active and, in refresh mode, that the resource was granted. With
+   * `derived`, `resource` is its key and the token is obtained its way.
    */
-  get(head: SessionHead, resource: string, want: AudienceWant, force: boolean, caller: string, trace?: TraceContext): Promise<AudienceToken> {
-    if (!trace) return this.share(head, resource, want, force, caller, undefined);
+  get(head: SessionHead, resource: string, want: AudienceWant, force: boolean, caller: string, trace?: TraceContext, derived?: DerivedGrant): Promise<AudienceToken> {
+    if (!trace) return this.share(head, resource, want, force, caller, undefined, derived);
     const coalesced = !force && this.inflight.has(`${head.id}\u0000${resource}`);
     const attributes = { ...sessionAttributes(head.id, head.provider), "token_service.resource": resource, "token_service.coalesced": coalesced };
-    return this.spans.run("audience refresh", trace, { attributes }, (_span, ctx) => this.share(head, resource, want, force, caller, ctx));
+    return this.spans.run("audience refresh", trace, { attributes }, (_span, ctx) => this.share(head, resource, want, force, caller, ctx, derived));
   }
 
-  private share(head: SessionHead, resource: string, want: AudienceWant, force: boolean, caller: string, trace: TraceContext): Promise<AudienceToken> {
+  private share(head: SessionHead, resource: string, want: AudienceWant, force: boolean, caller: string, trace: TraceContext, derived: DerivedGrant | undefined): Promise<AudienceToken> {
     const key = `${head.id}\u0000${resource}`;
     const existing = this.inflight.get(key);
     if (existing && !force) {
       this.stats.coalesced++;
       // The shared result was good enough for whoever started it; a caller asking for longer validity checks again.
-      return existing.then((t) => (audienceFresh(t, want, new Date()) ? t : this.run(head, resource, want, false, caller, false, trace)));
+      return existing.then((t) => (audienceFresh(t, want, new Date()) ? t : this.run(head, resource, want, false, caller, false, trace, derived)));
     }
-    const p = this.run(head, resource, want, force, caller, false, trace).finally(() => {
+    const p = this.run(head, resource, want, force, caller, false, trace, derived).finally(() => {
       if (this.inflight.get(key) === p) this.inflight.delete(key);
     });
     this.inflight.set(key, p);
@@ -149,6 +167,7 @@ export class AudienceCoordinator {
     caller: string,
     subjectRefreshed: boolean,
     trace: TraceContext,
+    derived?: DerivedGrant,
   ): Promise<AudienceToken> {
     const giveUpAt = Date.now() + 2 * this.config.leaseMs + 1000;
     const startedAt = new Date();
@@ -166,11 +185,11 @@ export class AudienceCoordinator {
       const owner = `${this.sessions.replicaId}:${randomBytes(4).toString("hex")}`;
       const leased = await tracedLease(this.spans, trace, false, () => this.repo.acquireLease(session.id, session.version, owner, now, until));
       if (leased) {
-        const outcome = await this.holding(leased, resource, owner, until, caller, subjectRefreshed, good, trace);
+        const outcome = await this.holding(leased, resource, owner, until, caller, subjectRefreshed, good, trace, derived);
         if (outcome !== "refresh_subject_first") return outcome;
-        // Exchange mode: the subject token must be valid. The session's own refresh takes the same lease (given back above).
+        // Exchange mode and derived tokens: the subject token must be valid. The session's own refresh takes the same lease (given back above).
         await this.sessions.refresh(headOf(leased), undefined, caller, trace);
-        return this.run(headOf(leased), resource, want, force, caller, true, trace);
+        return this.run(headOf(leased), resource, want, force, caller, true, trace, derived);
       }
       if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
       await this.waiter.wait(session.id, backoffMs(round));
@@ -190,6 +209,7 @@ export class AudienceCoordinator {
     subjectRefreshed: boolean,
     good: (row: AudienceTokenRow | null) => boolean,
     trace: TraceContext,
+    derived: DerivedGrant | undefined,
   ): Promise<AudienceToken | "refresh_subject_first"> {
     let handedOff = false;
     try {
@@ -198,9 +218,10 @@ export class AudienceCoordinator {
       const stored = good(again) ? this.open(again!) : undefined;
       if (stored) return stored;
       const mode = this.providers.get(row.provider)?.config.audienceTokens;
-      if (mode === "exchange" && !subjectRefreshed && secondsLeft(row.accessExpiresAt, new Date()) < 5) return "refresh_subject_first";
+      const stale = derived ? derived.subjectStale(row, new Date()) : mode === "exchange" && secondsLeft(row.accessExpiresAt, new Date()) < 5;
+      if (stale && !subjectRefreshed) return "refresh_subject_first";
       handedOff = true;
-      return await this.refreshHolding(row, resource, owner, leaseUntil, caller, trace);
+      return await this.refreshHolding(row, resource, owner, leaseUntil, caller, trace, derived);
     } finally {
       if (!handedOff) await this.releaseQuietly(row.id, owner);
     }
@@ -218,22 +239,32 @@ export class AudienceCoordinator {
    * lease is given back on every path. Audience failures are not recorded on
    * the session's row: they say nothing about the session's own refresh.
    */
-  private async refreshHolding(row: SessionRow, resource: string, owner: string, leaseUntil: Date, caller: string, trace: TraceContext): Promise<AudienceToken> {
+  private async refreshHolding(
+    row: SessionRow,
+    resource: string,
+    owner: string,
+    leaseUntil: Date,
+    caller: string,
+    trace: TraceContext,
+    derived: DerivedGrant | undefined,
+  ): Promise<AudienceToken> {
     const started = Date.now();
     const log = this.logger.child({ sid: sessionRef(row.id), provider: row.provider, caller, userId: row.userId, resource });
     const emit = (outcome: Parameters<AudienceListener>[0]["outcome"]) =>
       this.listeners.forEach((l) => l({ sessionId: row.id, provider: row.provider, resource, outcome, ms: Date.now() - started }));
     let leaseHeld = true;
     try {
-      const provider = this.providers.get(row.provider);
+      const provider = derived?.provider ?? this.providers.get(row.provider);
       if (!provider) throw new ProviderUnavailableError("provider_not_configured", row.provider);
-      const mode = provider.config.audienceTokens;
+      const mode = derived ? "derived" : provider.config.audienceTokens;
       const tokens = this.vault.openAll(row);
       const deadline = leaseUntil.getTime() - this.leaseSafetyMs;
       this.stats.started++;
       let response: ProviderTokens;
       try {
-        if (mode === "exchange") {
+        if (derived) {
+          response = await derived.obtain(tokens.id, { deadline, trace });
+        } else if (mode === "exchange") {
           response = await provider.exchange(tokens.access, { resource, send: provider.config.exchangeTarget }, { deadline, trace });
         } else {
           // Without a refresh token no audience token can be had; the session's own token may still serve, so it is not marked.
@@ -242,6 +273,12 @@ export class AudienceCoordinator {
         }
       } catch (err) {
         if (err instanceof ReauthRequiredError) throw err;
+        if (derived) {
+          // The derived token's failure (domain errors already) leaves the session as it is; the lease goes back clean.
+          log.warn({ audit: true, event: "audience_refresh", outcome: "failure", mode, code: (err as { code?: string }).code }, "derived token not obtained; session kept");
+          emit("unavailable");
+          throw err;
+        }
         const failure = await this.failed(err, row, owner, resource, mode, log, emit);
         if (failure.leaseReleased) leaseHeld = false;
         throw failure.error;
@@ -363,7 +400,7 @@ export class AudienceCoordinator {
     row: SessionRow,
     owner: string,
     resource: string,
-    mode: ProviderClient["config"]["audienceTokens"],
+    mode: ProviderClient["config"]["audienceTokens"] | "derived",
     log: Logger,
     emit: (outcome: Parameters<AudienceListener>[0]["outcome"]) => void,
   ): Promise<{ error: Error; leaseReleased: boolean }> {

@@ -33,6 +33,7 @@ import {
   SessionNotFoundError,
   StoreUnavailableError,
 } from "../sessions/errors.js";
+import { AssertionRejectedError, IdJagNotSupportedError, IdJagRefusedError, NoIdpSessionError } from "../sessions/id-jag-errors.js";
 
 export { Code } from "@connectrpc/connect";
 
@@ -140,6 +141,12 @@ export function toRpcStatus(err: unknown): RpcStatus {
   if (err instanceof ExchangeRefusedError) {
     return info(Code.FailedPrecondition, err.message, "EXCHANGE_REFUSED", { provider: err.provider, provider_error: err.providerError });
   }
+  if (err instanceof IdJagRefusedError) return info(Code.FailedPrecondition, err.message, "IDJAG_REFUSED", { provider: err.provider, provider_error: err.providerError });
+  if (err instanceof AssertionRejectedError) {
+    return info(Code.FailedPrecondition, err.message, "ASSERTION_REJECTED", { provider: err.provider, provider_error: err.providerError });
+  }
+  if (err instanceof IdJagNotSupportedError) return info(Code.FailedPrecondition, err.message, "ID_JAG_NOT_SUPPORTED", { provider: err.provider });
+  if (err instanceof NoIdpSessionError) return info(Code.FailedPrecondition, err.message, "NO_IDP_SESSION", { provider: err.provider, enterprise_idp: err.enterpriseIdp });
   if (err instanceof AuthorizationDeniedError) return info(Code.FailedPrecondition, err.message, "AUTHORIZATION_DENIED", { error: err.error });
   if (err instanceof InvalidStateError) return info(Code.FailedPrecondition, err.message, "INVALID_STATE");
   if (err instanceof CodeRejectedError) return info(Code.FailedPrecondition, err.message, "CODE_REJECTED", { error: err.error });

@@ -4,6 +4,7 @@ import {
   AudienceTokenMode,
   DeleteProviderResponseSchema,
   ListProvidersResponseSchema,
+  ProviderKind,
   ProviderRegistration,
   ProviderRegistrationMode,
   ProviderSchema,
@@ -77,6 +78,8 @@ function toProto(p: ProviderView): Provider {
     allowInsecureHttp: p.allowInsecureHttp,
     openid: p.openid,
     audienceTokens: p.audienceTokens === "exchange" ? AudienceTokenMode.EXCHANGE : AudienceTokenMode.REFRESH,
+    kind: p.kind === "enterprise_managed" ? ProviderKind.ENTERPRISE_MANAGED : ProviderKind.OAUTH,
+    enterpriseIdp: p.enterpriseIdp ?? "",
   });
 }
 
@@ -106,6 +109,9 @@ export function createProviderServiceHandlers(admin: ProviderAdmin): ServiceHand
           exchangeTarget: req.exchangeTarget,
           registration: registrationModeOf(req.registration),
           assumePkce: req.assumePkce,
+          kind: req.kind === ProviderKind.ENTERPRISE_MANAGED ? "enterprise_managed" : "",
+          enterpriseIdp: req.enterpriseIdp,
+          resource: req.resource,
         },
         ctx,
       );

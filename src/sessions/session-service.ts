@@ -3,9 +3,12 @@ import { grantedResources, type SessionHead, type SessionRow } from "../db/sessi
 import type { SessionReader } from "../db/session-reader.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
-import type { ProviderRegistry } from "../providers/provider-client.js";
+import type { ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
+import { derivedTokenKey } from "../db/audience-repository.js";
+import { createIdJagGrant } from "../refresh/id-jag.js";
+import { NoIdpSessionError } from "./id-jag-errors.js";
 import type { RefreshCoordinator, RefreshResult } from "../refresh/coordinator.js";
-import { audienceFresh, type AudienceCoordinator, type AudienceToken, type AudienceWant } from "../refresh/audience.js";
+import { audienceFresh, type AudienceCoordinator, type AudienceToken, type AudienceWant, type DerivedGrant } from "../refresh/audience.js";
 import {
   CallerDeadlineError,
   InvalidArgumentError,
@@ -196,17 +199,12 @@ export class SessionService {
       if (input.kind === "id") throw new InvalidArgumentError("resource", "applies to access tokens only (kind ID_TOKEN has no audience to choose)");
       requireResourceAllowed(ctx, resource);
     }
+    const managed = input.provider !== "" ? this.providers.get(input.provider) : undefined;
+    if (managed?.config.kind === "enterprise_managed") return this.enterpriseToken(userId, managed, resource, input, ctx);
     let head: SessionHead | null;
     let entry: CacheEntry | undefined;
     if (input.sessionId !== "") {
-      const sessionId = requireSessionId(input.sessionId);
-      entry = this.cache.get(userId, sessionId);
-      if (entry) {
-        head = entry.head;
-        if (ctx.trace) this.spans.mark("session read", ctx.trace, { "token_service.cache": "hit" });
-      } else {
-        ({ head, entry } = await this.spans.run("session read", ctx.trace, this.readById, () => this.readSession(sessionId, userId)));
-      }
+      ({ head, entry } = await this.sessionById(input.sessionId, userId, ctx));
       if (head && input.provider !== "" && head.provider !== input.provider) head = null;
     } else {
       if (input.provider === "") throw new InvalidArgumentError("provider", "is required when session_id is empty");
@@ -257,6 +255,50 @@ export class SessionService {
     return answer;
   }
 
+  /** A session by id for GetToken: from the cache, else read (and cached). */
+  private async sessionById(id: string, userId: string, ctx: CallContext): Promise<{ head: SessionHead | null; entry?: CacheEntry }> {
+    const sessionId = requireSessionId(id);
+    const entry = this.cache.get(userId, sessionId);
+    if (entry) {
+      if (ctx.trace) this.spans.mark("session read", ctx.trace, { "token_service.cache": "hit" });
+      return { head: entry.head, entry };
+    }
+    return this.spans.run("session read", ctx.trace, this.readById, () => this.readSession(sessionId, userId));
+  }
+
+  /**
+   * GetToken at an enterprise-managed provider, which has no sessions of its
+   * own: the user's session at the enterprise IdP (the one `session_id`
+   * names, else the newest) and its ID token give an ID-JAG, which the
+   * provider's authorization server redeems (see createIdJagGrant). The token
+   * is kept as a derived audience token of that IdP session, whose id the
+   * answer carries. A caller needs the enterprise-managed provider (and its
+   * resource) in its scopes, not the IdP.
+   */
+  private async enterpriseToken(userId: string, provider: ProviderClient, resource: string | undefined, input: GetTokenInput, ctx: CallContext): Promise<TokenAnswer> {
+    requireProviderAllowed(ctx, provider.id);
+    const target = provider.config.defaultResource ?? "";
+    if (input.kind === "id") throw new InvalidArgumentError("kind", "an enterprise_managed provider hands out access tokens only");
+    if (resource !== undefined && resource !== target) throw new InvalidArgumentError("resource", `must be empty or ${target} for provider ${provider.id}`);
+    requireResourceAllowed(ctx, target);
+    const idpId = provider.config.enterpriseIdp ?? "";
+    const idp = this.providers.get(idpId);
+    if (!idp) throw new ProviderUnavailableError("provider_not_configured", idpId);
+    let head: SessionHead | null;
+    let entry: CacheEntry | undefined;
+    if (input.sessionId !== "") {
+      ({ head, entry } = await this.sessionById(input.sessionId, userId, ctx));
+      if (!head || head.provider !== idpId) throw new SessionNotFoundError();
+    } else {
+      head = await this.spans.run("session read", ctx.trace, this.readNewest, () => this.reader.findNewest(userId, idpId));
+      if (!head) throw new NoIdpSessionError(provider.id, idpId);
+    }
+    if (head.status !== "active") throw new ReauthRequiredError(head.reauthReason ?? "reauth_required", head.provider);
+    if (head.idCt === null) throw new NoIdTokenError();
+    const want = { minValidSeconds: input.minValidSeconds, marginSeconds: provider.config.refreshMarginSeconds };
+    return this.audienceToken(head, derivedTokenKey(provider.id, target), input, want, entry, ctx, () => createIdJagGrant(provider, idp));
+  }
+
   /** Waits for the shared refresh, but gives up just before the caller's deadline. */
   private awaitRefresh(row: SessionHead, ctx: CallContext): Promise<RefreshResult> {
     return this.withinDeadline(this.coordinator.refresh(row, undefined, ctx.caller, ctx.trace), ctx);
@@ -275,9 +317,11 @@ export class SessionService {
     want: AudienceWant,
     entry: CacheEntry | undefined,
     ctx: CallContext,
+    /** A derived token (ID-JAG): `resource` is its row key. */
+    derive?: () => DerivedGrant,
   ): Promise<TokenAnswer> {
     const mode = this.providers.get(head.provider)?.config.audienceTokens ?? "refresh";
-    if (mode === "refresh" && !grantedResources(head.resources).includes(resource)) throw new ResourceNotGrantedError(resource);
+    if (!derive && mode === "refresh" && !grantedResources(head.resources).includes(resource)) throw new ResourceNotGrantedError(resource);
     const held = entry?.audiences?.get(resource);
     if (held && !input.forceRefresh && audienceFresh(held, want, new Date())) {
       this.touch(head, new Date());
@@ -285,7 +329,7 @@ export class SessionService {
     }
     let token: AudienceToken;
     try {
-      token = await this.withinDeadline(this.audiences.get(head, resource, want, input.forceRefresh, ctx.caller ?? "unknown", ctx.trace), ctx);
+      token = await this.withinDeadline(this.audiences.get(head, resource, want, input.forceRefresh, ctx.caller ?? "unknown", ctx.trace, derive?.()), ctx);
     } catch (err) {
       const transient = err instanceof ProviderUnavailableError || err instanceof RefreshTimeoutError || err instanceof CallerDeadlineError;
       if (transient && held && !input.forceRefresh && secondsLeft(held.expiresAt, new Date()) > 1) {
@@ -390,6 +434,7 @@ export class SessionService {
     if (id === "") throw new InvalidArgumentError(field, "is required");
     const provider = this.providers.get(id);
     if (!provider) throw new InvalidArgumentError(field, "is not a configured provider");
+    if (provider.config.kind === "enterprise_managed") throw new InvalidArgumentError(field, "is enterprise_managed: it has no sessions of its own (its tokens come from the enterprise IdP's)");
     return provider;
   }
 }

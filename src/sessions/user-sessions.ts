@@ -1,4 +1,4 @@
-import type { AudienceTokenRepository } from "../db/audience-repository.js";
+import { derivedTokenProvider, type AudienceTokenRepository } from "../db/audience-repository.js";
 import type { AudienceTokenRow, LogoutTokenRow } from "../db/provider-entity.js";
 import { grantedResources, type SessionRow, type SessionStatus } from "../db/session-entity.js";
 import type { SessionRepository } from "../db/session-repository.js";
@@ -229,8 +229,13 @@ export class UserSessions {
    * without a revocation endpoint is not asked again.
    */
   private async revokeAudienceTokens(provider: ProviderClient, audience: AudienceTokenRow[], options: CallOptions, log: Logger): Promise<void> {
+    const noEndpoint = new Set<string>();
     for (const a of audience) {
       const alog = log.child({ resource: a.resource });
+      // A derived (ID-JAG) token is its enterprise-managed provider's: revoked at that authorization server.
+      const derived = derivedTokenProvider(a.resource);
+      const at = derived === undefined ? provider : this.providers.get(derived);
+      if (!at || noEndpoint.has(at.id)) continue;
       let access: string;
       try {
         access = this.vault.openAudience(a);
@@ -239,8 +244,8 @@ export class UserSessions {
         continue;
       }
       try {
-        if (!(await provider.revoke(access, "access_token", options))) return;
-        alog.info("audience token revoked at the provider");
+        if (!(await at.revoke(access, "access_token", options))) noEndpoint.add(at.id);
+        else alog.info({ provider: at.id }, "audience token revoked at the provider");
       } catch (err) {
         alog.warn({ code: classifyProviderError(err).code }, "revocation of an audience token at the provider failed; it lapses at its expiry");
       }

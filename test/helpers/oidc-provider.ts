@@ -1,4 +1,4 @@
-import { createHash, generateKeyPairSync, randomBytes } from "node:crypto";
+import { createHash, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
 import { once } from "node:events";
 import http from "node:http";
 import https from "node:https";
@@ -141,6 +141,14 @@ export async function startTestProvider(
     advertisePkce?: boolean;
     /** Scopes its resource servers know besides mcp:tools (granted on a resource when asked for, e.g. mcp:admin). */
     resourceScopes?: string[];
+    /** ID token lifetime in seconds (default 3600). */
+    idTokenTtl?: number;
+    /** Extra fields of its discovery document (e.g. authorization_grant_profiles_supported). */
+    discovery?: Record<string, unknown>;
+    /** Grant types the main client may use besides code, refresh and token exchange. */
+    grantTypes?: string[];
+    /** Registers further grants (or replaces the token exchange) on the provider; `signingKey` is its RS256 key (kid "test"). */
+    configure?: (provider: Provider, signingKey: KeyObject) => void;
   } = {},
 ): Promise<TestProvider> {
   let accessTtl = options.accessTokenTtl ?? 300;
@@ -164,7 +172,7 @@ export async function startTestProvider(
       {
         client_id: clientId,
         client_secret: clientSecret,
-        grant_types: ["authorization_code", "refresh_token", TOKEN_EXCHANGE],
+        grant_types: ["authorization_code", "refresh_token", TOKEN_EXCHANGE, ...(options.grantTypes ?? [])],
         response_types: ["code"],
         redirect_uris: ["https://rp.example.test/cb", redirectUri],
         token_endpoint_auth_method: "client_secret_basic",
@@ -190,10 +198,11 @@ export async function startTestProvider(
     jwks: { keys: [jwk as never] },
     findAccount: async (_ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
     rotateRefreshToken: true,
+    ...(options.discovery ? { discovery: options.discovery } : {}),
     scopes: ["openid", "offline_access", ...(options.extraScopes ?? [])],
     ttl: {
       AccessToken: () => accessTtl,
-      IdToken: 3600,
+      IdToken: options.idTokenTtl ?? 3600,
       RefreshToken: 86_400,
       Grant: 86_400,
       Interaction: 600,
@@ -268,6 +277,7 @@ export async function startTestProvider(
     },
     ["subject_token", "subject_token_type", "requested_token_type", "audience", "resource", "scope"],
   );
+  options.configure?.(provider, privateKey);
   const faults: TokenFault[] = [];
   const revocationFaults: TokenFault[] = [];
   let inflight = 0;

@@ -290,6 +290,9 @@ describe("npm run demo", () => {
     // Two audiences: each token accepted by its own MCP server and refused by the other.
     expect(stdout.match(/; the MCP server accepts it/g)).toHaveLength(2);
     expect(stdout).toMatch(/HTTP 401: it is not for that server/);
+    // Enterprise-managed (ID-JAG): a token the tool server accepts with no browser step, gone with the IdP session.
+    expect(stdout).toContain("the CRM's MCP server accepts it");
+    expect(stdout).toContain("GetToken → FAILED_PRECONDITION (NO_IDP_SESSION)");
     expect(stdout).toContain("Demo complete.");
   });
 });

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { stringify } from "yaml";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateKeySpec } from "../../src/crypto/key-ring.js";
+import { startMcpAuthorizationServer } from "../helpers/id-jag.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { spawnService } from "../helpers/process.js";
 
@@ -59,5 +60,26 @@ describe("the providers command", () => {
     expect(remove.code, remove.stderr).toBe(0);
     expect((await cli(["providers", "list"], { TOKEN_SERVICE_ENCRYPTION_KEYS: newKey })).stdout).not.toContain("cli-idp");
     for (const r of [add, list, rotate, onlyNew, bad, remove]) expect(r.stdout + r.stderr).not.toContain(provider.clientSecret);
+  });
+
+  it("adds an enterprise-managed provider (ID-JAG) whose IdP is the YAML provider, and refuses one without the IdP", async () => {
+    const as = await startMcpAuthorizationServer(provider.issuer);
+    try {
+      const sub = mkdtempSync(join(dir, "em-"));
+      writeFileSync(join(sub, "config.yaml"), stringify({ providers: [provider.configEntry()], outbound: { allow_private_networks: true, allow_insecure_http: true } }));
+      const local = { DATABASE_URL: `sqlite:${join(sub, "s.db")}`, TOKEN_SERVICE_CONFIG: join(sub, "config.yaml"), AS_SECRET: as.clientSecret };
+      const args = ["providers", "add", "--id", "crm", "--kind", "enterprise_managed", "--issuer", as.issuer, "--resource", "https://mcp.crm.example/mcp",
+        "--client-id", as.clientId, "--client-secret-env", "AS_SECRET", "--allow-insecure-http"];
+      const refused = await cli([...args, "--enterprise-idp", "nobody"], local);
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toMatch(/enterprise_idp: must name another configured provider/);
+      const add = await cli([...args, "--enterprise-idp", "corp"], local);
+      expect(add.code, add.stderr).toBe(0);
+      expect(add.stdout).toMatch(/^added crm\truntime\/static\t.*resource https:\/\/mcp\.crm\.example\/mcp\tenterprise_managed via corp$/m);
+      expect((await cli(["providers", "list"], local)).stdout).toMatch(/^crm\t.*enterprise_managed via corp$/m);
+      expect(add.stdout + add.stderr + refused.stderr).not.toContain(as.clientSecret);
+    } finally {
+      await as.close();
+    }
   });
 });

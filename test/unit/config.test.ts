@@ -357,3 +357,24 @@ describe("isLoopbackHost", () => {
     expect(isLoopbackHost(host)).toBe(expected);
   });
 });
+
+describe("loadConfig: enterprise_managed providers", () => {
+  const managed = (extra: string) =>
+    `${provider()}  - id: crm\n    kind: enterprise_managed\n    issuer: https://auth.crm.example\n    client_id: c\n    client_secret: s\n${extra}`;
+
+  it("reads the kind, the enterprise IdP and the resource", () => {
+    const crm = load(managed("    enterprise_idp: google\n    default_resource: https://mcp.crm.example/mcp\n")).providers[1]!;
+    expect(crm).toMatchObject({ id: "crm", kind: "enterprise_managed", enterpriseIdp: "google", defaultResource: "https://mcp.crm.example/mcp" });
+    expect(load(provider()).providers[0]!.kind).toBeUndefined();
+  });
+
+  it("names what is missing or wrong", () => {
+    expect(configError(() => load(managed("    default_resource: https://mcp.crm.example/mcp\n")))).toMatch(/providers\[1\]\.enterprise_idp: is required for kind enterprise_managed/);
+    expect(configError(() => load(managed("    enterprise_idp: google\n")))).toMatch(/providers\[1\]\.default_resource: is required/);
+    expect(configError(() => load(managed("    enterprise_idp: nobody\n    default_resource: https://mcp.crm.example/mcp\n")))).toMatch(
+      /providers\[1\]\.enterprise_idp: must name another provider of this file/,
+    );
+    expect(configError(() => load(managed("    enterprise_idp: crm\n    default_resource: https://mcp.crm.example/mcp\n")))).toMatch(/not an enterprise_managed one/);
+    expect(configError(() => load(provider("    enterprise_idp: google\n")))).toMatch(/providers\[0\]\.enterprise_idp: only for kind enterprise_managed/);
+  });
+});

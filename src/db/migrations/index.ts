@@ -6,12 +6,14 @@ import { Migration20261201033954 as SqliteMigration20261201033954 } from "./sqli
 import { Migration20261203064011 as SqliteMigration20261203064011 } from "./sqlite/Migration20261203064011.js";
 import { Migration20261203082001 as SqliteMigration20261203082001 } from "./sqlite/Migration20261203082001.js";
 import { Migration20261203083000_stepup as SqliteMigration20261203083000_stepup } from "./sqlite/Migration20261203083000_stepup.js";
+import { Migration20261203083000Idjag as SqliteMigration20261203083000Idjag } from "./sqlite/Migration20261203083000Idjag.js";
 import { Migration20261126170811 as PgMigration20261126170811 } from "./postgresql/Migration20261126170811.js";
 import { Migration20261201031018 as PgMigration20261201031018 } from "./postgresql/Migration20261201031018.js";
 import { Migration20261201033955 as PgMigration20261201033955 } from "./postgresql/Migration20261201033955.js";
 import { Migration20261203064013 as PgMigration20261203064013 } from "./postgresql/Migration20261203064013.js";
 import { Migration20261203082002 as PgMigration20261203082002 } from "./postgresql/Migration20261203082002.js";
 import { Migration20261203083000_stepup as PgMigration20261203083000_stepup } from "./postgresql/Migration20261203083000_stepup.js";
+import { Migration20261203083000Idjag as PgMigration20261203083000Idjag } from "./postgresql/Migration20261203083000Idjag.js";
 
 const sqlite: MigrationObject[] = [
   { name: "Migration20261126170810", class: SqliteMigration20261126170810 },
@@ -20,6 +22,7 @@ const sqlite: MigrationObject[] = [
   { name: "Migration20261203064011", class: SqliteMigration20261203064011 },
   { name: "Migration20261203082001", class: SqliteMigration20261203082001 },
   { name: "Migration20261203083000_stepup", class: SqliteMigration20261203083000_stepup },
+  { name: "Migration20261203083000Idjag", class: SqliteMigration20261203083000Idjag },
 ];
 
 const postgresql: MigrationObject[] = [
@@ -29,6 +32,7 @@ const postgresql: MigrationObject[] = [
   { name: "Migration20261203064013", class: PgMigration20261203064013 },
   { name: "Migration20261203082002", class: PgMigration20261203082002 },
   { name: "Migration20261203083000_stepup", class: PgMigration20261203083000_stepup },
+  { name: "Migration20261203083000Idjag", class: PgMigration20261203083000Idjag },
 ];
 
 /** The migrations of one dialect, oldest first. */
