@@ -39,6 +39,18 @@ export class ProviderHasSessionsError extends SessionError {
   }
 }
 
+/** DeleteProvider of an enterprise IdP that enterprise-managed providers still derive their tokens from. */
+export class ProviderInUseError extends SessionError {
+  override name = "ProviderInUseError";
+  readonly code = "PROVIDER_IN_USE";
+  constructor(
+    readonly provider: string,
+    readonly dependents: string[],
+  ) {
+    super(`provider ${provider} is the enterprise IdP of ${dependents.join(", ")}; delete those first`);
+  }
+}
+
 /** Discovery found no usable authorization server, or the server refused our registration. */
 export class ProviderSetupError extends SessionError {
   override name = "ProviderSetupError";

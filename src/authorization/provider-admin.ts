@@ -16,6 +16,7 @@ import type { UserSessions } from "../sessions/user-sessions.js";
 import {
   ProviderExistsError,
   ProviderHasSessionsError,
+  ProviderInUseError,
   ProviderNotFoundError,
   ProviderReadOnlyError,
   ProviderSetupError,
@@ -387,6 +388,10 @@ export class ProviderAdmin {
     if (this.deps.registry.isConfigured(id)) throw new ProviderReadOnlyError(id);
     const row = await this.deps.repo.find(id);
     if (!row) throw new ProviderNotFoundError(id);
+    const dependents = this.deps.registry
+      .ids()
+      .filter((other) => other !== id && this.deps.registry.get(other)?.config.enterpriseIdp === id);
+    if (dependents.length > 0) throw new ProviderInUseError(id, dependents);
     let revoked = 0;
     if (revokeSessions) {
       revoked = await this.deps.users.revokeProviderSessions(id, ctx);

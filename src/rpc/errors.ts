@@ -8,6 +8,7 @@ import {
   InvalidStateError,
   ProviderExistsError,
   ProviderHasSessionsError,
+  ProviderInUseError,
   ProviderNotFoundError,
   ProviderReadOnlyError,
   ProviderSetupError,
@@ -156,6 +157,9 @@ export function toRpcStatus(err: unknown): RpcStatus {
   if (err instanceof ProviderReadOnlyError) return info(Code.FailedPrecondition, err.message, "PROVIDER_READ_ONLY", { provider: err.provider });
   if (err instanceof ProviderHasSessionsError) {
     return info(Code.FailedPrecondition, err.message, "PROVIDER_HAS_SESSIONS", { provider: err.provider, sessions: String(err.sessions) });
+  }
+  if (err instanceof ProviderInUseError) {
+    return info(Code.FailedPrecondition, err.message, "PROVIDER_IN_USE", { provider: err.provider, dependents: err.dependents.join(",") });
   }
   if (err instanceof RegistrationRefusedError) return info(Code.FailedPrecondition, err.message, err.reason);
   if (err instanceof ProviderSetupError) return info(Code.FailedPrecondition, err.message, "PROVIDER_SETUP_FAILED", { reason: err.reason });

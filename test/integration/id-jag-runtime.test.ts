@@ -69,4 +69,17 @@ describe("RegisterProvider with kind ENTERPRISE_MANAGED", () => {
     }
     expect((await providers.listProviders({})).providers.map((p) => p.id)).toEqual(["corp", "crm"]);
   });
+  it("refuses to delete an enterprise IdP while an enterprise-managed provider derives its tokens from it", async () => {
+    await providers.registerProvider({ id: "corp-rt", issuer: idp.issuer, clientId: idp.clientId, clientSecret: idp.clientSecret, allowInsecureHttp: true });
+    await providers.registerProvider({ ...base, id: "crm3", enterpriseIdp: "corp-rt", issuer: as.issuer, resource: mcp.url, clientId: as.clientId, clientSecret: as.clientSecret });
+    expect(await failure(providers.deleteProvider({ id: "corp-rt" }))).toMatchObject({
+      code: Code.FailedPrecondition,
+      reason: "PROVIDER_IN_USE",
+      metadata: { provider: "corp-rt", dependents: "crm3" },
+    });
+    expect((await providers.listProviders({})).providers.map((p) => p.id)).toContain("corp-rt");
+    await providers.deleteProvider({ id: "crm3" });
+    await providers.deleteProvider({ id: "corp-rt" });
+    expect((await providers.listProviders({})).providers.map((p) => p.id)).toEqual(["corp", "crm"]);
+  });
 });
