@@ -3,6 +3,7 @@ import { createAuthorization } from "./authorization/wiring.js";
 import type { Config } from "./config.js";
 import { resolveKeyRing } from "./crypto/resolve-key-ring.js";
 import { createStore } from "./db/create-store.js";
+import { createForwarding } from "./forward/create-forwarding.js";
 import { createLogger } from "./logger.js";
 import { createHealth } from "./operability/create-health.js";
 import { createMetrics } from "./operability/create-metrics.js";
@@ -49,8 +50,9 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const authorization = built(await createAuthorization(config, { store, keyRing, providers, sessions, waiter: refresh.waiter, logger }));
     const health = built(createHealth({ repo: store.sessions, logger }));
     watch({ coordinator: refresh.coordinator, cache: sessions.cache, health });
-    const listeners = built(await createListeners(config, { sessions, authorization, health: health.state, metrics, logger, spans }));
-    const reloader = built(createReloader(config, { load: overrides.loadConfig, logger, providers, listeners }));
+    const forwarding = built(createForwarding(config, { sessions: sessions.service, metrics, spans }));
+    const listeners = built(await createListeners(config, { sessions, authorization, health: health.state, metrics, logger, spans, forward: forwarding.route }));
+    const reloader = built(createReloader(config, { load: overrides.loadConfig, logger, providers, listeners, forwarding }));
     for (const part of [health, refresh, authorization]) part.start();
     logStartup(logger, config, { store, keyRing, registry, coordinator: refresh.coordinator, listeners });
 

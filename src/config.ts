@@ -4,6 +4,7 @@ import { dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { fileSchema, LOG_LEVELS, type FileConfig } from "./config/schema.js";
+import { toForwardConfig, type ForwardConfig } from "./forward/config.js";
 import { checkExposure, toCallers, toTls, toUserAssertion, type CallerConfig, type TlsConfig, type UserAssertionConfig } from "./config/security.js";
 
 export type { CallerConfig, RpcName, TlsConfig, UserAssertionConfig, UserBindingMode } from "./config/security.js";
@@ -164,6 +165,8 @@ export interface Config {
   publicUrl: string | undefined;
   /** The service's client ID metadata document (served with an https public_url). */
   clientMetadata: ClientMetadataConfig;
+  /** The forwarding proxy: its targets (YAML only) and settings. */
+  forward: ForwardConfig;
 }
 
 /** The `client_metadata:` settings. */
@@ -410,6 +413,13 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     throw new ConfigError((err as Error).message);
   }
 
+  let forwarding: ReturnType<typeof toForwardConfig>;
+  try {
+    forwarding = toForwardConfig(file.forward, file.forward_settings, { baseDir, providers: new Set(providers.map((p) => p.id)), isLoopback: isLoopbackHost });
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+
   const logLevel = env.TOKEN_SERVICE_LOG_LEVEL ?? file.log_level;
   if (!LOG_LEVELS.includes(logLevel as (typeof LOG_LEVELS)[number])) {
     throw new ConfigError(`TOKEN_SERVICE_LOG_LEVEL: must be one of ${LOG_LEVELS.join(", ")}`);
@@ -427,6 +437,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
       ...[file.tls?.cert_file, file.tls?.key_file, file.tls?.client_ca_file].flatMap((f) => (f ? [resolve(baseDir, f)] : [])),
       ...file.providers.flatMap((p) => (p.client_secret_file ? [resolve(baseDir, p.client_secret_file)] : [])),
       ...(file.user_assertion?.jwks_file ? [resolve(baseDir, file.user_assertion.jwks_file)] : []),
+      ...forwarding.files,
     ],
     providers,
     refresh,
@@ -458,5 +469,6 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
       redirectUris: file.client_metadata.redirect_uris ?? [],
       authMethod: file.client_metadata.token_endpoint_auth_method,
     },
+    forward: forwarding.forward,
   };
 }

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { forwardSettingsSchema, forwardTargetSchema } from "../forward/config.js";
 import { callerSchema, tlsSchema, userAssertionSchema } from "./security.js";
 
 /** The shape of the YAML file (snake_case, as written), with its defaults. loadConfig turns it into Config. */
@@ -137,6 +138,9 @@ export const fileSchema = z
       })
       .strict()
       .prefault({}),
+    // The forwarding proxy's targets (docs/forwarding.md): /forward/{id}/… on the HTTP listener.
+    forward: z.array(forwardTargetSchema).default([]),
+    forward_settings: forwardSettingsSchema,
   })
   .strict();
 

@@ -16,6 +16,8 @@ export const RPC_NAMES = [
   "RegisterProvider",
   "ListProviders",
   "DeleteProvider",
+  // Not a gRPC method: /forward/{target}/… on the HTTP listener (docs/forwarding.md); a caller with it may forward without taking tokens out.
+  "Forward",
 ] as const;
 export type RpcName = (typeof RPC_NAMES)[number];
 

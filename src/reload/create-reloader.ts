@@ -1,4 +1,5 @@
 import type { Config } from "../config.js";
+import type { Forwarding } from "../forward/create-forwarding.js";
 import type { Logger } from "../logger.js";
 import type { Providers } from "../providers/create-providers.js";
 import type { Listeners } from "../rpc/create-listeners.js";
@@ -12,7 +13,7 @@ import { ConfigReloader } from "./reloader.js";
  */
 export function createReloader(
   config: Config,
-  deps: { load: (() => Config) | undefined; logger: Logger; providers: Providers; listeners: Listeners },
+  deps: { load: (() => Config) | undefined; logger: Logger; providers: Providers; listeners: Listeners; forwarding?: Forwarding },
 ): ConfigReloader {
   const { providers, listeners } = deps;
   return new ConfigReloader(config, deps.load, {
@@ -23,5 +24,6 @@ export function createReloader(
     outbound: providers.outbound,
     certificates: listeners.grpc.certificates,
     http: listeners.http,
+    forward: deps.forwarding,
   });
 }

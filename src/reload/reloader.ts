@@ -1,6 +1,7 @@
 import { createSecureContext } from "node:tls";
 import { isDeepStrictEqual } from "node:util";
 import { ConfigError, type Config, type ProviderConfig } from "../config.js";
+import type { ForwardConfig } from "../forward/config.js";
 import { errSummary, type Logger } from "../logger.js";
 import type { OutboundPolicy } from "../providers/outbound-policy.js";
 import type { ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
@@ -24,6 +25,8 @@ export interface ReloadTargets {
   /** The gRPC listener's certificate material, when it speaks TLS. */
   certificates: CertificateSource | undefined;
   http: HttpListener | undefined;
+  /** The forwarding proxy: a reload applies config.forward. */
+  forward?: { update(config: ForwardConfig): void };
 }
 
 /** How one reload went. */
@@ -145,6 +148,7 @@ export class ConfigReloader {
     }
     this.applyProviders(next.providers);
     if (plan.outbound) this.t.outbound.update(plan.config.outbound);
+    this.t.forward?.update(plan.config.forward);
     this.t.chain.setCallers(new CallerDirectory(plan.config.callers, plan.config.userAssertion));
     this.current = plan.config;
     if (this.watcher) {
@@ -188,6 +192,7 @@ export class ConfigReloader {
       providerCount: plan.config.providers.length,
       logLevel: plan.logLevel ? `${plan.logLevel.from} -> ${plan.logLevel.to}` : undefined,
       outbound: plan.outbound ? plan.config.outbound : undefined,
+      forward: some(plan.forward),
       certificate: plan.tls?.certificate,
       clientCa: plan.tls?.clientCaChanged ? "replaced" : undefined,
       needsRestart: plan.needsRestart.length > 0 ? plan.needsRestart : undefined,

@@ -29,11 +29,13 @@ export function connectErrorOf(status: RpcStatus): ConnectError {
   return new ConnectError(status.message, status.code, undefined, info ? [{ desc: ErrorInfoSchema, value: info }] : []);
 }
 
-function peerOf(socket: Socket | undefined): string {
+/** "address:port" of a connection, for log lines. */
+export function peerOf(socket: Socket | undefined): string {
   return socket?.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort ?? 0}` : "unknown";
 }
 
-function verifiedNames(socket: Socket | undefined): string[] {
+/** Names of the client certificate the TLS layer verified on a connection (none in clear text). */
+export function verifiedNames(socket: Socket | undefined): string[] {
   const tls = socket as TLSSocket | undefined;
   if (!tls?.encrypted || !tls.authorized) return [];
   return certificateNames(tls.getPeerCertificate());

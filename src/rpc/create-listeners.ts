@@ -13,7 +13,7 @@ import { RpcChain } from "./chain.js";
 import type { GrpcListener } from "./grpc-server.js";
 import type { HealthState } from "./health.js";
 import type { HttpListener } from "./http-server.js";
-import { startListeners } from "./listeners.js";
+import { startListeners, type HttpRequest, type HttpResponse } from "./listeners.js";
 import { createProviderServiceHandlers } from "./provider-service.js";
 import { createTokenServiceHandlers } from "./token-service.js";
 
@@ -50,7 +50,16 @@ export function urlOf(l: { tls: boolean; host: string; port: number }): string {
 /** Starts the RPC listeners over the domain and then, when on, the admin listener. On failure, what was started is closed. */
 export async function createListeners(
   config: Config,
-  deps: { sessions: Sessions; authorization: Authorization; health: HealthState; metrics: Metrics; logger: Logger; spans: Spans },
+  deps: {
+    sessions: Sessions;
+    authorization: Authorization;
+    health: HealthState;
+    metrics: Metrics;
+    logger: Logger;
+    spans: Spans;
+    /** The forwarding proxy's route (/forward/…), given the chain that admits its requests. */
+    forward?: (chain: RpcChain) => (req: HttpRequest, res: HttpResponse) => boolean;
+  },
 ): Promise<Listeners> {
   const { sessions, authorization, health, metrics, logger } = deps;
   const chain = new RpcChain(new CallerDirectory(config.callers, config.userAssertion), logger, (e) => metrics.rpc(e.method, e.code, e.ms), deps.spans);
@@ -63,6 +72,7 @@ export async function createListeners(
     httpRoute: anyOf(
       createClientMetadataRoute(authorization.clientDocument, () => authorization.signingKeys?.published()),
       createBackchannelRoute(authorization.logout, logger),
+      ...(deps.forward ? [deps.forward(chain)] : []),
     ),
   });
   let admin: AdminServer | undefined;

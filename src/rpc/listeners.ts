@@ -17,8 +17,8 @@ import { createHealthService, type HealthState } from "./health.js";
 import { startHttpServer, type HttpListener } from "./http-server.js";
 import { createReflection } from "./reflection.js";
 
-type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
-type HttpResponse = http.ServerResponse | http2.Http2ServerResponse;
+export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
+export type HttpResponse = http.ServerResponse | http2.Http2ServerResponse;
 
 export interface ListenerOptions {
   config: Config;
