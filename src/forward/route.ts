@@ -269,7 +269,7 @@ export function createForwardRoute(deps: {
             res.destroy();
           } else {
             outcome.status = codeToHttpStatus(status.code);
-            json(res, outcome.status, { error: codeName(status.code).toLowerCase(), code: codeName(status.code), reason: status.reason ?? codeName(status.code), message: status.message });
+            json(res, outcome.status, { code: codeName(status.code), reason: status.reason ?? codeName(status.code).toUpperCase(), message: status.message });
           }
         } else {
           res.destroy();

@@ -1,0 +1,312 @@
+import { createHash } from "node:crypto";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Client as McpClient } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { InMemorySpanExporter } from "@opentelemetry/sdk-trace-base";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
+import { tracingFromEnv } from "../../src/tracing/setup.js";
+import { startMcpServer, type TestMcpServer } from "../helpers/mcp-server.js";
+import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
+import { sseEvents, startOpenAiStandIn, type OpenAiStandIn } from "../helpers/openai-stand-in.js";
+import { startService, type TestService } from "../helpers/service.js";
+
+/**
+ * The forwarding proxy (/forward/{target}/…) against real parts: a real
+ * oidc-provider, a real OpenAI-compatible stand-in that checks the bearer,
+ * a real MCP server (Streamable HTTP) that verifies audience tokens, and the
+ * service's real HTTP listener.
+ */
+
+const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
+const SECRETS = { gateway: "gateway-secret-9f3a", getter: "getter-secret-1c2d", narrow: "narrow-secret-77aa", narrowResource: "narrow-resource-secret-5e5e" };
+const FALLBACK_KEY = "sk-fallback-static-key-0123456789";
+
+/** One request with exactly these headers (node:http sends Connection as given). */
+function rawRequest(url: string, options: { method: string; headers: Record<string, string>; body: string }): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: options.method, headers: options.headers }, (res) => {
+      let body = "";
+      res.setEncoding("utf8").on("data", (d: string) => (body += d));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on("error", reject);
+    req.end(options.body);
+  });
+}
+
+function bearer(credential: string): Interceptor {
+  return (next) => (req) => {
+    req.header.set("authorization", `Bearer ${credential}`);
+    return next(req);
+  };
+}
+
+describe("forwarding proxy", () => {
+  let provider: TestProvider;
+  let standIn: OpenAiStandIn;
+  let mcp: TestMcpServer;
+  let svc: TestService;
+  let tokens: Client<typeof TokenService>;
+  const exporter = new InMemorySpanExporter();
+  /** Every user token seen in this file, for the leak checks. */
+  const userTokens = new Set<string>();
+  const rejected = new Set<string>();
+
+  beforeAll(async () => {
+    provider = await startTestProvider();
+    standIn = await startOpenAiStandIn();
+    mcp = await startMcpServer(provider.issuer, "tools");
+    const dir = mkdtempSync(join(tmpdir(), "forward-test-"));
+    const keyFile = join(dir, "llm-key");
+    writeFileSync(keyFile, `${FALLBACK_KEY}\n`);
+    const tracing = tracingFromEnv({ OTEL_BSP_SCHEDULE_DELAY: "20" }, { db: { "db.system.name": "sqlite" }, exporters: [exporter] });
+    svc = await startService({
+      dialect: "sqlite",
+      provider,
+      yaml: {
+        providers: [provider.configEntry("corp"), provider.configEntry("other")],
+        callers: [
+          { name: "gateway", token_sha256: sha256(SECRETS.gateway), rpcs: ["StoreSession", "GetToken", "Forward"] },
+          { name: "getter", token_sha256: sha256(SECRETS.getter), rpcs: ["GetToken"] },
+          { name: "narrow", token_sha256: sha256(SECRETS.narrow), rpcs: ["Forward"], providers: ["other"] },
+          { name: "narrow-resource", token_sha256: sha256(SECRETS.narrowResource), rpcs: ["Forward"], resources: ["https://elsewhere.example"] },
+        ],
+        forward: [
+          { id: "models", url: `${standIn.url}/v1`, provider: "corp", fallback_key_file: keyFile, allow_insecure_http: true },
+          { id: "models-strict", url: `${standIn.url}/v1`, provider: "corp", allow_insecure_http: true },
+          { id: "models-key", url: `${standIn.url}/v1`, provider: "corp", header: "api-key", allow_insecure_http: true },
+          { id: "tools", url: mcp.url, provider: "corp", resource: mcp.url, allow_insecure_http: true },
+        ],
+      },
+      overrides: { tracing },
+    });
+    tokens = createClient(TokenService, createGrpcTransport({ baseUrl: svc.url, interceptors: [bearer(SECRETS.gateway)] }));
+    // The stand-in takes what the provider says is active, except tokens a test marked rejected.
+    standIn.accept = async (token) => token === FALLBACK_KEY || (!rejected.has(token) && (await provider.introspect(token)).active);
+  });
+  afterAll(async () => {
+    await svc?.close();
+    await Promise.all([standIn?.close(), mcp?.close()]);
+    await provider?.close();
+  });
+  beforeEach(() => {
+    standIn.requests.length = 0;
+    standIn.events.length = 0;
+    standIn.gate = () => Promise.resolve();
+  });
+
+  async function login(user: string, resources: string[] = []) {
+    const set = await provider.login(user, resources.length ? { resources } : {});
+    userTokens.add(set.access_token).add(set.refresh_token).add(set.id_token);
+    const stored = await tokens.storeSession({
+      userId: user,
+      provider: "corp",
+      tokens: { accessToken: set.access_token, refreshToken: set.refresh_token, idToken: set.id_token, expiresIn: BigInt(set.expires_in) },
+      resources,
+    });
+    return { ...stored, set };
+  }
+
+  function forward(path: string, init: RequestInit & { user?: string; credential?: string } = {}) {
+    const headers = new Headers(init.headers);
+    headers.set("authorization", `Bearer ${init.credential ?? SECRETS.gateway}`);
+    if (init.user) headers.set("x-token-service-user", init.user);
+    return fetch(`${svc.httpUrl}/forward/${path}`, { ...init, headers });
+  }
+
+  const chat = (stream: boolean) => JSON.stringify({ model: "m", stream, messages: [{ role: "user", content: "hi" }] });
+
+  it("streams a chat completion event by event: each event reaches the caller before the next is sent", async () => {
+    const { set } = await login("alice");
+    const released: Array<() => void> = [];
+    standIn.gate = (n) => new Promise<void>((resolve) => (released[n] = resolve));
+    const res = await forward("models/chat/completions", { method: "POST", user: "alice", body: chat(true), headers: { "content-type": "application/json" } });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toBe("text/event-stream");
+    const parts: string[] = [];
+    let n = 0;
+    for await (const data of sseEvents(res.body!)) {
+      if (data === "[DONE]") break;
+      standIn.events.push(`received ${n}`);
+      parts.push((JSON.parse(data) as { choices: Array<{ delta: { content: string } }> }).choices[0]!.delta.content);
+      // The next event is sent only once this one is here: a proxy that buffered would hang the stream.
+      released[n]?.();
+      n++;
+    }
+    expect(parts.join("")).toBe("Hello, world");
+    expect(standIn.events).toEqual(["sent 0", "received 0", "sent 1", "received 1", "sent 2", "received 2", "sent 3", "received 3", "sent 4", "received 4"]);
+    // The stand-in got the user's token, and nothing of the caller's.
+    const seen = standIn.requests[0]!;
+    expect(seen.path).toBe("/v1/chat/completions");
+    expect(seen.headers.authorization).toBe(`Bearer ${set.access_token}`);
+  });
+
+  it("never forwards the caller's Authorization, cookies, x-token-service-* or hop-by-hop headers, and keeps the query", async () => {
+    const { set, sessionId } = await login("dora");
+    // node:http, not fetch: fetch refuses to send Connection and its options.
+    const res = await rawRequest(`${svc.httpUrl}/forward/models-key/chat/completions?api-version=2024-10-01`, {
+      method: "POST",
+      body: chat(false),
+      headers: {
+        authorization: `Bearer ${SECRETS.gateway}`,
+        "x-token-service-user": "dora",
+        "x-token-service-session": sessionId,
+        cookie: "session=caller-cookie",
+        connection: "keep-alive, x-hop",
+        "x-hop": "drop me",
+        "x-end-to-end": "keep me",
+        "content-type": "application/json",
+      },
+    });
+    expect(res.status).toBe(200);
+    const seen = standIn.requests[0]!;
+    expect(seen.path).toBe("/v1/chat/completions?api-version=2024-10-01");
+    // This target takes its token in api-key: the token alone there, and no Authorization at all.
+    expect(seen.headers["api-key"]).toBe(set.access_token);
+    expect(seen.headers.authorization).toBeUndefined();
+    expect(JSON.stringify(seen.headers)).not.toContain(SECRETS.gateway);
+    expect(seen.headers.cookie).toBeUndefined();
+    expect(seen.headers["x-hop"]).toBeUndefined();
+    expect(Object.keys(seen.headers).filter((h) => h.startsWith("x-token-service-"))).toEqual([]);
+    expect(seen.headers["x-end-to-end"]).toBe("keep me");
+    // And back: the upstream's cookies and its own hop-by-hop fields stay with the proxy.
+    expect(res.headers["set-cookie"]).toBeUndefined();
+    expect(res.headers["x-upstream-hop"]).toBeUndefined();
+    expect(JSON.parse(res.body)).toMatchObject({ object: "chat.completion" });
+  });
+
+  it("uses the fallback key for a user without a session", async () => {
+    const res = await forward("models/chat/completions", { method: "POST", user: "bob", body: chat(false) });
+    expect(res.status).toBe(200);
+    expect(standIn.requests[0]!.headers.authorization).toBe(`Bearer ${FALLBACK_KEY}`);
+    await res.text();
+  });
+
+  it("answers 401 with the reason and how to start an authorization when there is no session and no fallback", async () => {
+    const res = await forward("models-strict/chat/completions", { method: "POST", user: "bob", body: chat(false) });
+    expect(res.status).toBe(401);
+    const body = (await res.json()) as Record<string, unknown>;
+    expect(body).toMatchObject({
+      reason: "SESSION_NOT_FOUND",
+      target: "models-strict",
+      provider: "corp",
+      start_authorization: { rpc: "tokenservice.v1.TokenService/StartAuthorization", provider: "corp" },
+    });
+    expect(standIn.requests).toEqual([]);
+  });
+
+  it("refuses callers outside their scopes before any upstream request", async () => {
+    await login("erin");
+    const byProvider = await forward("models/chat/completions", { method: "POST", user: "erin", body: chat(false), credential: SECRETS.narrow });
+    expect(byProvider.status).toBe(403);
+    expect(await byProvider.json()).toMatchObject({ code: "permission_denied", reason: "PROVIDER_NOT_ALLOWED" });
+    const byResource = await forward("tools", { method: "POST", user: "erin", body: "{}", credential: SECRETS.narrowResource });
+    expect(byResource.status).toBe(403);
+    expect(await byResource.json()).toMatchObject({ code: "permission_denied", reason: "RESOURCE_NOT_ALLOWED" });
+    const byRpc = await forward("models/chat/completions", { method: "POST", user: "erin", body: chat(false), credential: SECRETS.getter });
+    expect(byRpc.status).toBe(403);
+    expect(await byRpc.json()).toMatchObject({ reason: "RPC_NOT_ALLOWED" });
+    const anonymous = await fetch(`${svc.httpUrl}/forward/models/chat/completions`, { method: "POST", body: chat(false), headers: { "x-token-service-user": "erin" } });
+    expect(anonymous.status).toBe(401);
+    await anonymous.text();
+    expect(standIn.requests).toEqual([]);
+    expect(mcp.refused).toEqual({});
+    const denied = svc.logs.lines().filter((l) => l.audit === true && l.event === "denied" && l.rpc === "tokenservice.v1.TokenService/Forward");
+    expect(denied.map((l) => l.reason).sort()).toEqual(["no_credential", "provider_not_allowed", "resource_not_allowed", "rpc_not_allowed"]);
+  });
+
+  it("calls a real MCP server through the proxy with an audience token", async () => {
+    await login("frank", [mcp.url]);
+    const transport = new StreamableHTTPClientTransport(new URL(`${svc.httpUrl}/forward/tools`), {
+      requestInit: { headers: { authorization: `Bearer ${SECRETS.gateway}`, "x-token-service-user": "frank" } },
+    });
+    const client = new McpClient({ name: "test", version: "1.0.0" });
+    await client.connect(transport);
+    const result = (await client.callTool({ name: "whoami", arguments: {} })) as { content: Array<{ text: string }> };
+    await client.close();
+    const who = JSON.parse(result.content[0]!.text) as { sub: string; aud: string };
+    expect(who).toMatchObject({ sub: "frank", aud: mcp.url });
+    userTokens.add((await tokens.getToken({ userId: "frank", provider: "corp", resource: mcp.url })).token);
+    const line = svc.logs.lines().find((l) => l.rpc === "tokenservice.v1.TokenService/Forward" && l.target === "tools" && l.status === "200");
+    expect(line).toMatchObject({ caller: "gateway", token_source: "audience" });
+  });
+
+  it("after a 401 invalid_token, 100 concurrent callers share one refresh and each retries once", async () => {
+    await login("carol");
+    const before = await tokens.getToken({ userId: "carol", provider: "corp" });
+    rejected.add(before.token);
+    provider.resetStats();
+    const answers = await Promise.all(
+      Array.from({ length: 100 }, () => forward("models/chat/completions", { method: "POST", user: "carol", body: chat(false) }).then(async (r) => ({ status: r.status, body: await r.text() }))),
+    );
+    expect(answers.map((a) => a.status)).toEqual(Array.from({ length: 100 }, () => 200));
+    expect(provider.stats.refreshes).toBe(1);
+    const after = await tokens.getToken({ userId: "carol", provider: "corp" });
+    userTokens.add(after.token);
+    expect(after.token).not.toBe(before.token);
+    const sent = standIn.requests.map((r) => r.headers.authorization);
+    expect(sent.filter((a) => a === `Bearer ${before.token}`).length).toBeLessThanOrEqual(100);
+    expect(sent.filter((a) => a === `Bearer ${after.token}`).length).toBe(100);
+    const retried = svc.logs.lines().filter((l) => l.rpc === "tokenservice.v1.TokenService/Forward" && l.retried === "true");
+    expect(retried.length).toBe(sent.length - 100);
+  });
+
+  it("passes a 403 insufficient_scope on with its WWW-Authenticate", async () => {
+    await login("gina");
+    const res = await forward("models/scoped", { method: "POST", user: "gina", body: "{}" });
+    expect(res.status).toBe(403);
+    expect(res.headers.get("www-authenticate")).toBe('Bearer error="insufficient_scope", scope="models:write"');
+    await res.text();
+  });
+
+  it("aborts the upstream request when the caller disconnects", async () => {
+    await login("hank");
+    const controller = new AbortController();
+    const res = await forward("models/hang", { user: "hank", signal: controller.signal });
+    expect(res.status).toBe(200);
+    await standIn.hangArrived;
+    controller.abort();
+    // Resolves only when the stand-in saw its request closed before it answered.
+    await standIn.hangAborted;
+    await expect.poll(() => svc.logs.lines().some((l) => l.rpc === "tokenservice.v1.TokenService/Forward" && l.code === "canceled" && l.target === "models")).toBe(true);
+  });
+
+  it("puts no token, key or credential in any log line, metric, span or error body, and sends its CLIENT span's traceparent on", async () => {
+    await login("ivan");
+    const ok = await forward("models/chat/completions", { method: "POST", user: "ivan", body: chat(false) });
+    expect(ok.status).toBe(200);
+    await ok.text();
+    const traceparent = String(standIn.requests[0]!.headers.traceparent);
+    await expect.poll(() => exporter.getFinishedSpans().some((s) => traceparent.includes(s.spanContext().spanId))).toBe(true);
+    const client = exporter.getFinishedSpans().find((s) => traceparent.includes(s.spanContext().spanId))!;
+    expect(client.kind).toBe(2); // SpanKind.CLIENT
+    expect(client.attributes).toMatchObject({ "http.request.method": "POST", "http.response.status_code": 200, "token_service.forward.target": "models", "token_service.token_source": "session" });
+    const errorBodies = [
+      await (await forward("models-strict/chat/completions", { method: "POST", user: "nobody", body: chat(false) })).text(),
+      await (await forward("models/chat/completions", { method: "POST", user: "ivan", body: chat(false), credential: SECRETS.narrow })).text(),
+      await (await forward("nope/x", { user: "ivan" })).text(),
+    ];
+    expect(errorBodies[2]).toContain("TARGET_NOT_FOUND");
+    const metrics = await svc.app.metrics.registry.metrics();
+    expect(metrics).toMatch(/token_service_forward_requests_total\{target="models",status_class="2xx",token_source="session"\} \d+/);
+    expect(metrics).toMatch(/token_service_forward_requests_total\{target="models",status_class="2xx",token_source="fallback"\} 1/);
+    expect(metrics).toMatch(/token_service_forward_requests_total\{target="models-strict",status_class="4xx",token_source="none"\} 2/);
+    expect(metrics).toMatch(/token_service_forward_requests_total\{target="unknown",status_class="4xx",token_source="none"\} 1/);
+    expect(metrics).toContain("token_service_forward_first_byte_seconds_bucket");
+    expect(metrics).toContain("token_service_forward_duration_seconds_bucket");
+    const spans = JSON.stringify(exporter.getFinishedSpans().map((s) => ({ name: s.name, attributes: s.attributes, events: s.events, status: s.status })));
+    const logs = svc.logs.text();
+    const secrets = [...userTokens, FALLBACK_KEY, ...Object.values(SECRETS)];
+    for (const secret of secrets) {
+      for (const [where, text] of [["logs", logs], ["metrics", metrics], ["spans", spans], ["error bodies", errorBodies.join("\n")]] as const) {
+        expect(text.includes(secret), `${where} hold a secret`).toBe(false);
+      }
+    }
+  });
+});
