@@ -28,8 +28,10 @@ export interface ReloadPlan {
   logLevel: { from: string; to: string } | undefined;
   /** Whether the outbound policy changed. */
   outbound: boolean;
-  /** Forwarding targets added, removed and changed (a change of forward_settings counts as a change of every target). */
+  /** Forwarding targets added, removed and changed. */
   forward: NameChanges;
+  /** Whether anything of forwarding changed: its targets or forward_settings. */
+  forwardChanged: boolean;
   /** The listener's new TLS material, when it changed. */
   tls: { material: TlsConfig; certificate: CertificateSummary; clientCaChanged: boolean } | undefined;
   /** Settings that differ in the new configuration but only take effect on a restart; they keep their running values. */
@@ -124,7 +126,7 @@ export function planReload(current: Config, next: Config): ReloadPlan {
   const tlsChanged = tls !== undefined && !isDeepStrictEqual(tls, current.tls);
   const outbound = !isDeepStrictEqual(current.outbound, next.outbound);
   const forward = namedChanges(current.forward.targets, next.forward.targets, (t) => t.id);
-  if (current.forward.replayMaxBytes !== next.forward.replayMaxBytes) forward.changed = [...new Set([...forward.changed, ...next.forward.targets.map((t) => t.id)])];
+  const forwardChanged = !isEmpty(forward) || current.forward.replayMaxBytes !== next.forward.replayMaxBytes;
   // Kept with the callers it was validated against: running callers bound by assertion keep their issuer.
   const userAssertion = nextCallers === next.callers ? next.userAssertion : current.userAssertion;
   const assertionChanged = !isDeepStrictEqual(userAssertion, current.userAssertion);
@@ -146,10 +148,11 @@ export function planReload(current: Config, next: Config): ReloadPlan {
     logLevel,
     outbound,
     forward,
+    forwardChanged,
     tls: tlsChanged
       ? { material: tls, certificate: summarizeCertificate(tls.cert), clientCaChanged: !isDeepStrictEqual(tls.clientCa, current.tls?.clientCa) }
       : undefined,
     needsRestart,
-    changed: !isEmpty(callers) || assertionChanged || !isEmpty(providers) || logLevel !== undefined || tlsChanged || outbound || !isEmpty(forward),
+    changed: !isEmpty(callers) || assertionChanged || !isEmpty(providers) || logLevel !== undefined || tlsChanged || outbound || forwardChanged,
   };
 }

@@ -148,7 +148,7 @@ export class ConfigReloader {
     }
     this.applyProviders(next.providers);
     if (plan.outbound) this.t.outbound.update(plan.config.outbound);
-    this.t.forward?.update(plan.config.forward);
+    if (plan.forwardChanged) this.t.forward?.update(plan.config.forward);
     this.t.chain.setCallers(new CallerDirectory(plan.config.callers, plan.config.userAssertion));
     this.current = plan.config;
     if (this.watcher) {
@@ -193,6 +193,7 @@ export class ConfigReloader {
       logLevel: plan.logLevel ? `${plan.logLevel.from} -> ${plan.logLevel.to}` : undefined,
       outbound: plan.outbound ? plan.config.outbound : undefined,
       forward: some(plan.forward),
+      replayMaxBytes: plan.forwardChanged ? plan.config.forward.replayMaxBytes : undefined,
       certificate: plan.tls?.certificate,
       clientCa: plan.tls?.clientCaChanged ? "replaced" : undefined,
       needsRestart: plan.needsRestart.length > 0 ? plan.needsRestart : undefined,
