@@ -24,7 +24,7 @@ const HOP_BY_HOP = new Set([
 ]);
 
 /** What the caller sends that the upstream never sees: its own credentials and cookies, and what the proxy sets itself. */
-const REQUEST_DROPPED = new Set(["authorization", "cookie", "host", "content-length", "expect", "traceparent", "tracestate", "x-user-assertion"]);
+const REQUEST_DROPPED = new Set(["authorization", "cookie", "host", "content-length", "expect", "x-user-assertion"]);
 /** What the upstream sends that the caller never sees (the proxy frames the body itself). */
 const RESPONSE_DROPPED = new Set(["set-cookie"]);
 

@@ -22,6 +22,7 @@ export interface SeenRequest {
  * - `POST /v1/upload` reads the body and answers its size and SHA-256.
  * - `GET /v1/hang` answers nothing until the client goes away; `hangArrived`
  *   and `hangAborted` resolve when the request came and when it was aborted.
+ * - `GET /v1/silent` never answers.
  * - `POST /v1/scoped` answers 403 with an `insufficient_scope` challenge.
  */
 export interface OpenAiStandIn {
@@ -79,6 +80,10 @@ export async function startOpenAiStandIn(): Promise<OpenAiStandIn> {
         });
         res.writeHead(200, { "content-type": "text/event-stream" });
         res.write(": waiting\n\n");
+        return;
+      }
+      if (path === "/v1/silent") {
+        // Never answers: the client's first-byte timeout ends it.
         return;
       }
       if (path === "/v1/upload") {

@@ -1,7 +1,10 @@
+import { execFile as execFileCb } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { join } from "node:path";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -26,6 +29,7 @@ import { startService, type TestService } from "../helpers/service.js";
  * service's real HTTP listener.
  */
 
+const execFile = promisify(execFileCb);
 const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 const SECRETS = { gateway: "gateway-secret-9f3a", getter: "getter-secret-1c2d", narrow: "narrow-secret-77aa", narrowResource: "narrow-resource-secret-5e5e" };
 const FALLBACK_KEY = "sk-fallback-static-key-0123456789";
@@ -84,6 +88,7 @@ describe("forwarding proxy", () => {
         forward: [
           { id: "models", url: `${standIn.url}/v1`, provider: "corp", fallback_key_file: keyFile, allow_insecure_http: true },
           { id: "models-strict", url: `${standIn.url}/v1`, provider: "corp", allow_insecure_http: true },
+          { id: "silent", url: `${standIn.url}/v1`, provider: "corp", fallback_key_file: keyFile, first_byte_timeout_ms: 300, allow_insecure_http: true },
           { id: "models-key", url: `${standIn.url}/v1`, provider: "corp", header: "api-key", allow_insecure_http: true },
           { id: "tools", url: mcp.url, provider: "corp", resource: mcp.url, allow_insecure_http: true },
         ],
@@ -282,6 +287,12 @@ describe("forwarding proxy", () => {
     await res.text();
   });
 
+  it("answers 504 when the target sends no response headers within first_byte_timeout_ms", async () => {
+    const res = await forward("silent/silent", { user: "nobody" });
+    expect(res.status).toBe(504);
+    expect(await res.json()).toMatchObject({ reason: "UPSTREAM_TIMEOUT" });
+  });
+
   it("aborts the upstream request when the caller disconnects", async () => {
     await login("hank");
     const controller = new AbortController();
@@ -292,6 +303,19 @@ describe("forwarding proxy", () => {
     // Resolves only when the stand-in saw its request closed before it answered.
     await standIn.hangAborted;
     await expect.poll(() => svc.logs.lines().some((l) => l.rpc === "tokenservice.v1.TokenService/Forward" && l.code === "canceled" && l.target === "models")).toBe(true);
+  });
+
+  it("runs the curl command of docs/forwarding.md as written", async () => {
+    await login("alice");
+    const page = readFileSync(fileURLToPath(new URL("../../docs/forwarding.md", import.meta.url)), "utf8");
+    const start = page.indexOf("\n## Calling it\n");
+    const block = /```sh\n([\s\S]*?)```/.exec(page.slice(start))![1]!;
+    const command = block.replace(/\\\n\s*/g, "").trim().replace("http://127.0.0.1:50052", svc.httpUrl);
+    const { stdout } = await execFile("sh", ["-c", command], { env: { PATH: process.env.PATH ?? "", GATEWAY_CREDENTIAL: SECRETS.gateway } });
+    const events = stdout.split("\n").filter((l) => l.startsWith("data: "));
+    expect(events.at(-1)).toBe("data: [DONE]");
+    expect(events.length).toBe(6);
+    expect(standIn.requests[0]!.headers["x-token-service-user"]).toBeUndefined();
   });
 
   it("takes targets from the YAML file on a reload: an added one serves, a removed one is gone", async () => {
