@@ -5,6 +5,8 @@ import { sendError, type GatewayError } from "./openai-error.js";
 import { createTokenSource } from "./token-source.js";
 import { callTool, type ToolOutcome } from "./tools.js";
 import { createUpstream, type ForwardOutcome } from "./upstream.js";
+import { proxyHeaders, proxyRefusal, targetUrl, type ProxyOptions } from "./proxy.js";
+import { noSessionError } from "./token-source.js";
 
 /** One structured log line. Holds user ids, paths, status codes and error codes; never a token. */
 export type GatewayLogEntry = Record<string, string | number | boolean>;
@@ -48,6 +50,14 @@ export interface ChatGatewayOptions {
    * for all of them at login.
    */
   toolServers?: Record<string, string>;
+  /**
+   * The token service's forwarding proxy (docs/forwarding.md): with it, model
+   * calls go to its target `models` and tool calls to the target named like
+   * the tool server, and the token service adds the user's token; the
+   * gateway asks no GetToken and never holds a token. Without it, the
+   * gateway takes tokens out with GetToken and sends them on itself.
+   */
+  proxy?: ProxyOptions;
   /** Deadline of one tool call on an MCP server; default 30 000 ms. */
   toolTimeoutMs?: number;
   /** Idle timeout on the upstream socket; default 300 000 ms. */
@@ -109,7 +119,12 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
     loginUrl: options.loginUrl,
     timeoutMs: options.tokenTimeoutMs,
   });
-  const upstream = createUpstream({ baseUrl: options.upstreamUrl, idleTimeoutMs: options.upstreamIdleTimeoutMs });
+  const proxy = options.proxy;
+  const upstream = createUpstream({
+    baseUrl: proxy ? targetUrl(proxy, proxy.models) : options.upstreamUrl,
+    idleTimeoutMs: options.upstreamIdleTimeoutMs,
+    refusal: proxy ? (body) => proxyRefusal(body, options) : undefined,
+  });
   const userFrom = options.userFrom ?? userFromHeader;
   const log = options.log ?? ((entry: GatewayLogEntry) => process.stderr.write(`${JSON.stringify(entry)}\n`));
 
@@ -186,17 +201,31 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
       sendError(res, { status, type: "invalid_request_error", code: `arguments_${args}`, message: "The body must be the tool's arguments as a JSON object (at most 1 MiB)." });
       return { ...entry, status };
     }
-    const gone = new AbortController();
-    res.once("close", () => gone.abort());
-    // Every call asks for a token for this server's URL: the token service caches and refreshes it per audience.
-    const got = await tokens.tokenFor(user, gone.signal, serverUrl);
-    if (!got.ok) {
-      sendError(res, got.error);
-      return { ...entry, status: got.error.status, token_error: got.cause };
+    let outcome: ToolOutcome;
+    let sessionId: (() => Promise<string | undefined>) | undefined;
+    if (proxy) {
+      // Through the proxy: its target for this server adds the token for this server's URL.
+      outcome = await callTool(targetUrl(proxy, server), proxyHeaders(options.tokenServiceCredential, user), name, args, toolTimeoutMs);
+      sessionId = () => tokens.newestSession(user);
+      if (outcome.kind === "refused" && outcome.proxyReason) {
+        const error = noSessionError(outcome.proxyReason as Parameters<typeof noSessionError>[0], options);
+        sendError(res, error);
+        return { ...entry, status: error.status, token_error: outcome.proxyReason };
+      }
+    } else {
+      const gone = new AbortController();
+      res.once("close", () => gone.abort());
+      // Every call asks for a token for this server's URL: the token service caches and refreshes it per audience.
+      const got = await tokens.tokenFor(user, gone.signal, serverUrl);
+      if (!got.ok) {
+        sendError(res, got.error);
+        return { ...entry, status: got.error.status, token_error: got.cause };
+      }
+      outcome = await callTool(serverUrl, got.token, name, args, toolTimeoutMs);
+      sessionId = () => Promise.resolve(got.sessionId);
     }
-    const outcome = await callTool(serverUrl, got.token, name, args, toolTimeoutMs);
     if (outcome.kind === "refused" && outcome.status === 403 && outcome.challenge && callback && /insufficient_scope/.test(outcome.challenge)) {
-      return stepUp(res, user, server, got.sessionId, outcome.challenge, entry);
+      return stepUp(res, user, server, await sessionId(), outcome.challenge, entry);
     }
     const failure = toolFailure(outcome, server);
     if (failure) {
@@ -214,8 +243,8 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
    * server asked for, and the user gets the link. After the callback, the
    * same session holds the new scopes, and the retried call goes through.
    */
-  async function stepUp(res: ServerResponse, user: string, server: string, sessionId: string, challenge: string, entry: GatewayLogEntry): Promise<GatewayLogEntry> {
-    const started = await tokens.startStepUp(user, callback!.href, sessionId, challenge);
+  async function stepUp(res: ServerResponse, user: string, server: string, sessionId: string | undefined, challenge: string, entry: GatewayLogEntry): Promise<GatewayLogEntry> {
+    const started = sessionId ? await tokens.startStepUp(user, callback!.href, sessionId, challenge) : ({ ok: false, status: 502, reason: "NO_SESSION" } as const);
     if (!started.ok || !("url" in started)) {
       const reason = started.ok ? "UNKNOWN" : started.reason;
       const status = reason === "STEP_UP_LIMIT" ? 403 : started.ok ? 502 : started.status;
@@ -252,6 +281,8 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
     const user = await authenticated(req, res, entry);
     if (!user) return { ...entry, status: 401 };
 
+    // Through the proxy, the token service adds the user's token; without it, the gateway asks GetToken for it.
+    if (proxy) return { ...entry, ...describe(await upstream.forward(req, res, path, proxyHeaders(options.tokenServiceCredential, user))) };
     const gone = new AbortController();
     res.once("close", () => gone.abort());
     const got = await tokens.tokenFor(user, gone.signal);
@@ -259,7 +290,7 @@ export function createChatGateway(options: ChatGatewayOptions): ChatGateway {
       sendError(res, got.error);
       return { ...entry, status: got.error.status, token_error: got.cause };
     }
-    return { ...entry, ...describe(await upstream.forward(req, res, path, got.token)) };
+    return { ...entry, ...describe(await upstream.forward(req, res, path, { authorization: `Bearer ${got.token}` })) };
   }
 
   const server = http.createServer((req, res) => {

@@ -33,9 +33,12 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
   process.exit(2);
 }
 
+// With the token service's HTTP listener, model and tool calls go through its forwarding proxy (docs/forwarding.md).
+const proxyUrl = process.env.TOKEN_SERVICE_HTTP_URL || undefined;
 const gateway = createChatGateway({
   tokenServiceUrl: required("TOKEN_SERVICE_URL"),
-  upstreamUrl: required("UPSTREAM_URL"),
+  upstreamUrl: proxyUrl ? "" : required("UPSTREAM_URL"),
+  proxy: proxyUrl ? { url: proxyUrl, models: process.env.MODELS_TARGET ?? "models" } : undefined,
   provider: process.env.PROVIDER ?? "corp",
   tokenServiceCredential: process.env.TOKEN_SERVICE_CREDENTIAL || undefined,
   loginUrl: process.env.LOGIN_URL || undefined,

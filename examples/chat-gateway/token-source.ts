@@ -1,7 +1,7 @@
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
-import { TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
+import { SessionStatus, TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
 import type { GatewayError } from "./openai-error.js";
 
 /** Where the gateway gets users' tokens from. */
@@ -43,6 +43,8 @@ export interface TokenSource {
    * send the browser so that the session gets the scopes the server asked for.
    */
   startStepUp(userId: string, redirectUri: string, sessionId: string, challenge: string): Promise<ConnectResult>;
+  /** The id of the user's newest active session at the provider (ListSessions: no token leaves the service), for a step-up. */
+  newestSession(userId: string): Promise<string | undefined>;
   /** CompleteAuthorization with the whole URL the browser came back to. */
   finishConnect(userId: string, callbackUrl: string): Promise<ConnectResult>;
   close(): void;
@@ -99,6 +101,16 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
         return connectFailure(err);
       }
     },
+    async newestSession(userId) {
+      try {
+        const { sessions } = await client.listSessions({ userId, provider: options.provider }, { timeoutMs });
+        const active = sessions.filter((x) => x.status === SessionStatus.ACTIVE);
+        active.sort((a, b) => Number((b.createdAt?.seconds ?? 0n) - (a.createdAt?.seconds ?? 0n)));
+        return active[0]?.sessionId;
+      } catch {
+        return undefined;
+      }
+    },
     async finishConnect(userId, callbackUrl) {
       try {
         const res = await client.completeAuthorization({ userId, callbackUrl }, { timeoutMs });
@@ -121,6 +133,29 @@ const TOKEN_SERVICE_ERROR: GatewayError = {
   message: "The token service could not provide a token.",
 };
 
+/**
+ * The answer for a user without a usable session, by the token service's
+ * reason (GetToken's ErrorInfo, or the forwarding proxy's 401 body).
+ */
+export function noSessionError(reason: "REAUTH_REQUIRED" | "RESOURCE_NOT_GRANTED" | "SESSION_NOT_FOUND", options: Pick<TokenSourceOptions, "loginUrl" | "provider">): GatewayError {
+  const login = options.loginUrl;
+  const where = login ? { loginUrl: login } : {};
+  switch (reason) {
+    case "REAUTH_REQUIRED":
+      return { status: 401, type: "reauth_required", code: "reauth_required", message: `Your sign-in at ${options.provider} has expired or was revoked; log in again${login ? ` at ${login}` : ""}.`, ...where };
+    case "RESOURCE_NOT_GRANTED":
+      return {
+        status: 403,
+        type: "permission_error",
+        code: "tool_server_not_connected",
+        message: `Your sign-in at ${options.provider} does not cover this tool server; connect it${login ? ` at ${login}` : ""}.`,
+        ...where,
+      };
+    case "SESSION_NOT_FOUND":
+      return { status: 401, type: "authentication_error", code: "no_session", message: `No session at ${options.provider}, log in${login ? ` at ${login}` : ""}.`, ...where };
+  }
+}
+
 /** Turns a failed GetToken into the answer for the client. Never copies the error message. */
 export function mapTokenError(err: unknown, options: Pick<TokenSourceOptions, "loginUrl" | "provider">): TokenResult {
   // Not ConnectError.from(err): nothing of an unknown error (its message could hold anything) is used.
@@ -128,36 +163,12 @@ export function mapTokenError(err: unknown, options: Pick<TokenSourceOptions, "l
   const ce = err;
   const reason = ce.findDetails(ErrorInfoSchema)[0]?.reason ?? "";
   const cause = `${Code[ce.code]}${reason ? `/${reason}` : ""}`;
-  const login = options.loginUrl;
   const fail = (error: GatewayError): TokenResult => ({ ok: false, error, cause });
 
-  if (ce.code === Code.FailedPrecondition && reason === "REAUTH_REQUIRED") {
-    return fail({
-      status: 401,
-      type: "reauth_required",
-      code: "reauth_required",
-      message: `Your sign-in at ${options.provider} has expired or was revoked; log in again${login ? ` at ${login}` : ""}.`,
-      ...(login ? { loginUrl: login } : {}),
-    });
-  }
-  if (ce.code === Code.FailedPrecondition && reason === "RESOURCE_NOT_GRANTED") {
-    return fail({
-      status: 403,
-      type: "permission_error",
-      code: "tool_server_not_connected",
-      message: `Your sign-in at ${options.provider} does not cover this tool server; connect it${login ? ` at ${login}` : ""}.`,
-      ...(login ? { loginUrl: login } : {}),
-    });
-  }
+  if (ce.code === Code.FailedPrecondition && (reason === "REAUTH_REQUIRED" || reason === "RESOURCE_NOT_GRANTED")) return fail(noSessionError(reason, options));
   switch (ce.code) {
     case Code.NotFound:
-      return fail({
-        status: 401,
-        type: "authentication_error",
-        code: "no_session",
-        message: `No session at ${options.provider}, log in${login ? ` at ${login}` : ""}.`,
-        ...(login ? { loginUrl: login } : {}),
-      });
+      return fail(noSessionError("SESSION_NOT_FOUND", options));
     case Code.Unavailable:
     case Code.DeadlineExceeded:
     case Code.Canceled:

@@ -1,6 +1,6 @@
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
-import { sendError } from "./openai-error.js";
+import { sendError, type GatewayError } from "./openai-error.js";
 
 /**
  * Request headers copied to the upstream. An allowlist rather than a denylist:
@@ -23,10 +23,11 @@ export type ForwardOutcome =
 export interface Upstream {
   /**
    * Sends `req` (body streamed, not buffered) to the same path at the
-   * upstream with `Authorization: Bearer <token>`, and streams the answer
+   * upstream with `auth` added (`Authorization: Bearer <token>`, or the
+   * proxy's headers naming the gateway and the user), and streams the answer
    * back into `res` chunk by chunk as it arrives (server-sent events included).
    */
-  forward(req: IncomingMessage, res: ServerResponse, path: string, token: string): Promise<ForwardOutcome>;
+  forward(req: IncomingMessage, res: ServerResponse, path: string, auth: Record<string, string>): Promise<ForwardOutcome>;
   close(): void;
 }
 
@@ -35,6 +36,25 @@ export interface UpstreamOptions {
   baseUrl: string;
   /** Idle time on the upstream socket before giving up with 504; default 300 000 ms (models can be slow). */
   idleTimeoutMs?: number;
+  /** For a JSON 401: the answer to send instead (the proxy's "no usable session"), or undefined to pass it on. */
+  refusal?: (body: unknown) => GatewayError | undefined;
+}
+
+/** Reads a small JSON body (at most 64 KiB); undefined when it is not one. */
+async function smallJson(res: IncomingMessage): Promise<{ text: Buffer; json: unknown }> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of res) {
+    size += (chunk as Buffer).length;
+    if (size > 64 * 1024) break;
+    chunks.push(chunk as Buffer);
+  }
+  const text = Buffer.concat(chunks);
+  try {
+    return { text, json: JSON.parse(text.toString("utf8")) as unknown };
+  } catch {
+    return { text, json: undefined };
+  }
 }
 
 export function createUpstream(options: UpstreamOptions): Upstream {
@@ -45,13 +65,13 @@ export function createUpstream(options: UpstreamOptions): Upstream {
   const idleTimeoutMs = options.idleTimeoutMs ?? 300_000;
 
   return {
-    forward(req, res, path, token) {
+    forward(req, res, path, auth) {
       const target = new URL(base);
       const incoming = new URL(req.url ?? "/", "http://gateway.invalid");
       target.pathname = `${basePath}${path}`;
       target.search = incoming.search;
 
-      const headers: Record<string, string> = { authorization: `Bearer ${token}` };
+      const headers: Record<string, string> = { ...auth };
       for (const name of REQUEST_HEADERS) {
         const value = req.headers[name];
         if (typeof value === "string") headers[name] = value;
@@ -76,6 +96,15 @@ export function createUpstream(options: UpstreamOptions): Upstream {
         });
 
         upReq.on("response", (upRes) => {
+          if (upRes.statusCode === 401 && options.refusal && /json/.test(upRes.headers["content-type"] ?? "")) {
+            void smallJson(upRes).then(({ text, json }) => {
+              const error = options.refusal!(json);
+              if (error) sendError(res, error);
+              else res.writeHead(401, { "content-type": upRes.headers["content-type"] ?? "application/json" }).end(text);
+              done({ kind: "response", status: error?.status ?? 401 });
+            });
+            return;
+          }
           const out: Record<string, string> = {};
           for (const name of RESPONSE_HEADERS) {
             const value = upRes.headers[name];

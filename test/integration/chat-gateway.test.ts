@@ -2,16 +2,27 @@ import { once } from "node:events";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { createHash } from "node:crypto";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { createChatGateway, type ChatGateway, type GatewayLogEntry } from "../../examples/chat-gateway/gateway.js";
 import { startMcpServer, type TestMcpServer } from "../helpers/mcp-server.js";
 import { startTestProvider, type TestProvider, type TestTokenSet } from "../helpers/oidc-provider.js";
 import { startService, type TestService } from "../helpers/service.js";
 
 const LOGIN_URL = "https://login.example.test/start";
+const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
+
+function bearer(credential: string): Interceptor {
+  return (next) => (req) => {
+    req.header.set("authorization", `Bearer ${credential}`);
+    return next(req);
+  };
+}
 const SSE_EVENTS = ["Hel", "lo", ", world"].map((content, i) =>
   JSON.stringify({ id: "chatcmpl-1", object: "chat.completion.chunk", choices: [{ index: 0, delta: { content }, finish_reason: i === 2 ? "stop" : null }] }),
 );
@@ -405,5 +416,108 @@ describe("chat gateway: a tool call refused for a scope becomes a step-up link (
     // Still the one session, under the same id.
     expect((await svc.client.listSessions({ userId: "uma" })).sessions.map((s) => s.sessionId)).toEqual([session!.sessionId]);
     expect(logs.some((l) => l.tool_error === "insufficient_scope" && l.status === 403)).toBe(true);
+  });
+});
+
+describe("chat gateway through the token service's forwarding proxy: the gateway never holds a token", () => {
+  const GATEWAY_SECRET = "chat-gateway-forward-secret";
+  const SETUP_SECRET = "chat-gateway-setup-secret";
+  let provider: TestProvider;
+  let svc: TestService;
+  let upstream: Awaited<ReturnType<typeof startUpstream>>;
+  let mcp: TestMcpServer;
+  let gateway: ChatGateway;
+  let base: string;
+  const logs: GatewayLogEntry[] = [];
+  const setup = () => createClient(TokenService, createGrpcTransport({ baseUrl: svc.url, interceptors: [bearer(SETUP_SECRET)] }));
+
+  beforeAll(async () => {
+    provider = await startTestProvider();
+    upstream = await startUpstream();
+    mcp = await startMcpServer(provider.issuer, "search");
+    svc = await startService({
+      dialect: "sqlite",
+      provider,
+      yaml: {
+        callers: [
+          // The gateway may forward (and connect accounts), but not take tokens out: no GetToken.
+          { name: "chat-gateway", token_sha256: sha256(GATEWAY_SECRET), rpcs: ["Forward", "ListSessions", "StartAuthorization", "CompleteAuthorization"] },
+          { name: "setup", token_sha256: sha256(SETUP_SECRET), rpcs: ["*"] },
+        ],
+        forward: [
+          { id: "models", url: upstream.url, provider: "corp", allow_insecure_http: true },
+          { id: "search", url: mcp.url, provider: "corp", resource: mcp.url, allow_insecure_http: true },
+        ],
+      },
+    });
+    gateway = createChatGateway({
+      tokenServiceUrl: svc.url,
+      upstreamUrl: "",
+      proxy: { url: svc.httpUrl, models: "models" },
+      provider: "corp",
+      tokenServiceCredential: GATEWAY_SECRET,
+      loginUrl: LOGIN_URL,
+      toolServers: { search: mcp.url },
+      log: (entry) => logs.push(entry),
+    });
+    base = await gateway.listen(0, "127.0.0.1");
+  });
+  afterAll(async () => {
+    await gateway?.close();
+    await Promise.all([upstream?.close(), mcp?.close()]);
+    await svc?.close();
+    await provider?.close();
+  });
+
+  async function login(user: string, resources: string[] = []) {
+    const set = await provider.login(user, resources.length ? { resources } : {});
+    await setup().storeSession({
+      userId: user,
+      provider: "corp",
+      tokens: { accessToken: set.access_token, refreshToken: set.refresh_token, idToken: set.id_token, expiresIn: BigInt(set.expires_in) },
+      resources,
+    });
+    return set;
+  }
+
+  it("streams a chat completion through the proxy with the user's token, which the gateway could not have fetched", async () => {
+    const set = await login("vera");
+    const res = await fetch(`${base}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-user-id": "vera", authorization: "Bearer sk-client-placeholder" },
+      body: JSON.stringify({ model: "test-model", stream: true, messages: [] }),
+    });
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    expect(text.split("\n\n").filter((e) => e.startsWith("data: ")).length).toBe(SSE_EVENTS.length + 1);
+    const seen = upstream.seen.at(-1)!;
+    expect(seen.authorization).toBe(`Bearer ${set.access_token}`);
+    expect(seen.headers["x-token-service-user"]).toBeUndefined();
+    // The gateway's own credential cannot take the token out.
+    const gatewayClient = createClient(TokenService, createGrpcTransport({ baseUrl: svc.url, interceptors: [bearer(GATEWAY_SECRET)] }));
+    const refused = await gatewayClient.getToken({ userId: "vera", provider: "corp" }).catch((err: unknown) => err);
+    expect(refused).toBeInstanceOf(ConnectError);
+    expect((refused as ConnectError).code).toBe(Code.PermissionDenied);
+  });
+
+  it("answers no_session with the login URL for a user without a session", async () => {
+    const res = await fetch(`${base}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-user-id": "walt" },
+      body: JSON.stringify({ model: "test-model", messages: [] }),
+    });
+    expect(res.status).toBe(401);
+    expect(((await res.json()) as OpenAiError).error).toMatchObject({ code: "no_session", login_url: LOGIN_URL });
+  });
+
+  it("calls a tool through the proxy, which sends the MCP server a token for that server only", async () => {
+    await login("xena", [mcp.url]);
+    const res = await fetch(`${base}/v1/tools/search/whoami`, { method: "POST", headers: { "x-user-id": "xena", "content-type": "application/json" }, body: "{}" });
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as { result: { content: Array<{ text: string }> } };
+    expect(JSON.parse(body.result.content[0]!.text)).toMatchObject({ server: "search", sub: "xena", aud: mcp.url });
+    const notConnected = await fetch(`${base}/v1/tools/search/whoami`, { method: "POST", headers: { "x-user-id": "vera", "content-type": "application/json" }, body: "{}" });
+    expect(notConnected.status).toBe(403);
+    expect(((await notConnected.json()) as OpenAiError).error.code).toBe("tool_server_not_connected");
   });
 });
