@@ -26,6 +26,7 @@ import { benchPostgres, type BenchPostgres } from "./database.js";
 import type { LoadResult, LoadSpec } from "./loadgen.js";
 import { runRefreshStorm } from "./refresh-storm.js";
 import { runTracingBench } from "./tracing.js";
+import { runForwardBench } from "./forward.js";
 import { fmt, machine, median, writeSection } from "./report.js";
 import { grpcFrame, runLoadProcess } from "./run-load.js";
 import {
@@ -414,6 +415,8 @@ async function main(): Promise<void> {
 
     // What tracing costs the hot path: its own section (also `npm run bench:tracing`).
     writeSection("tracing", await runTracingBench({ provider, serverUrl, rounds: HOT_ROUNDS, log: console.log }));
+    // What the forwarding proxy costs against calling the upstream directly: its own section (also `npm run bench:forward`).
+    writeSection("forward", await runForwardBench({ provider, log: console.log }));
 
     // The NOT_FOUND timing, on a PostgreSQL service with the cache on and 1,000 sessions.
     const nfSvc = await startBenchService(provider, "not-found", await createTestDatabase(serverUrl));

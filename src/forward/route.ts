@@ -253,7 +253,8 @@ export function createForwardRoute(deps: {
       .run(call, async (ctx) => {
         try {
           if (!split) throw new LocalAnswer(400, { error: "invalid_request", reason: "BAD_PATH", message: "the path must not hold dot segments" });
-          await forward(req, res, split.target, split.rest, ctx, outcome, arrived, AbortSignal.any([controller.signal, ctx.signal!]));
+          // The call's signal aborts when the caller goes away (onCancel above) and when shutdown cuts calls off.
+          await forward(req, res, split.target, split.rest, ctx, outcome, arrived, ctx.signal!);
         } catch (err) {
           if (!(err instanceof LocalAnswer)) throw err;
           outcome.status = err.status;
