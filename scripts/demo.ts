@@ -6,7 +6,9 @@
  * a third whose tool calls on two MCP servers each get a token for that
  * server only; then a fourth whose session is stepped up in place when a
  * tool server asks for more scopes, and a fifth whose enterprise IdP login
- * reaches a tool server with no browser step (ID-JAG).
+ * reaches a tool server with no browser step (ID-JAG); then a streamed chat
+ * completion through the forwarding proxy, with the user's token and then
+ * with the fallback key (scripts/demo-forward.ts).
  * Prints each step and exits 0, or 1 at the first surprise.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -27,6 +29,7 @@ import { connectGrpcClient } from "../test/helpers/clients.js";
 import { startEnterpriseIdp, startMcpAuthorizationServer } from "../test/helpers/id-jag.js";
 import { type TestProvider } from "../test/helpers/oidc-provider.js";
 import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
+import { prepareForwardingDemo } from "./demo-forward.js";
 
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 let step = 0;
@@ -41,6 +44,7 @@ function check(ok: boolean, what: string): void {
 const dir = mkdtempSync(join(tmpdir(), "token-service-demo-"));
 let provider: TestProvider | undefined;
 let service: ServiceProcess | undefined;
+let forwarding: Awaited<ReturnType<typeof prepareForwardingDemo>> | undefined;
 try {
   say("Start a local OpenID Connect provider (oidc-provider, refresh-token rotation on; it also issues ID-JAGs)");
   provider = await startEnterpriseIdp({ clientIdAt: () => "mcp-client", resourceScopes: ["mcp:admin"] });
@@ -48,6 +52,8 @@ try {
 
   say("Start the token service on the embedded default (SQLite, generated key file)");
   const config = join(dir, "config.yaml");
+  // The forwarding proxy's model server stand-in and its targets (scripts/demo-forward.ts).
+  forwarding = await prepareForwardingDemo(dir, "demo");
   writeFileSync(
     config,
     stringify({
@@ -61,6 +67,7 @@ try {
       // which the outbound policy refuses for runtime providers unless the operator allows it (docs/security.md).
       outbound: { allow_private_networks: true, allow_insecure_http: true },
       log_level: "warn",
+      ...forwarding.yaml,
     }),
   );
   service = await spawnService({ TOKEN_SERVICE_CONFIG: config, TOKEN_SERVICE_LOG_LEVEL: "info" }, { cwd: dir });
@@ -265,6 +272,8 @@ try {
     await Promise.all([crm.close(), crmAs.close()]);
   }
 
+  await forwarding.run({ httpUrl: service.httpUrl!, client, provider }, { say, info, check, peek });
+
   say("Stop the service: SIGTERM drains in-flight calls, then it exits");
   service.kill("SIGTERM");
   const code = await service.exited;
@@ -277,6 +286,7 @@ try {
   process.exitCode = 1;
 } finally {
   service?.kill("SIGKILL");
+  await forwarding?.close();
   await provider?.close();
   rmSync(dir, { recursive: true, force: true });
 }
