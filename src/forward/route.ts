@@ -184,7 +184,7 @@ export function createForwardRoute(deps: {
       }
     }
 
-    const body = new ReplayableBody(req.method === "GET" || req.method === "HEAD" ? undefined : (req as Readable), upstreams.replayMaxBytes);
+    const body = new ReplayableBody(hasBody(req) ? (req as Readable) : undefined, upstreams.replayMaxBytes);
     const path = `${up.basePath}${rest}` || "/";
     const sendOnce = async (value: string | undefined, payload: Readable | Buffer | null | undefined) => {
       try {
@@ -288,6 +288,13 @@ function upstreamFailure(err: unknown): LocalAnswer {
   const code = errSummary(err).code ?? errSummary(err).name;
   if (TIMEOUTS.has(code)) return new LocalAnswer(504, { error: "upstream_timeout", reason: "UPSTREAM_TIMEOUT", message: "the target did not answer in time", detail: code });
   return new LocalAnswer(502, { error: "upstream_unreachable", reason: "UPSTREAM_UNREACHABLE", message: "the target could not be reached", detail: code });
+}
+
+/** Whether the request has a body to send on: framed as one in HTTP/1.1, or an HTTP/2 stream not ended with its headers. */
+function hasBody(req: Request): boolean {
+  if (req.httpVersionMajor >= 2) return (req as http2.Http2ServerRequest).stream.endAfterHeaders === false;
+  const length = req.headers["content-length"];
+  return req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
 }
 
 function header(req: Request, name: string): string | undefined {
