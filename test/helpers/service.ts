@@ -81,6 +81,8 @@ export interface TestService {
   /** Stock @grpc/grpc-js. */
   grpcJs: GrpcJsTokenClient;
   dir: string;
+  /** The environment the configuration was loaded from: `loadConfig(svc.env)` reads it again, as a reload does. */
+  env: NodeJS.ProcessEnv;
   close(): Promise<void>;
 }
 
@@ -111,7 +113,7 @@ export async function startService(options: StartOptions): Promise<TestService> 
       ? options.databaseUrl
       : `sqlite:${options.sqlitePath ?? join(dir, "sessions.db")}`;
   if (!databaseUrl) throw new Error("databaseUrl is required for postgresql");
-  const config = loadConfig({
+  const env: NodeJS.ProcessEnv = {
     TOKEN_SERVICE_ADDR: "127.0.0.1:0",
     TOKEN_SERVICE_ADMIN_ADDR: "127.0.0.1:0",
     TOKEN_SERVICE_HTTP_ADDR: "127.0.0.1:0",
@@ -120,7 +122,8 @@ export async function startService(options: StartOptions): Promise<TestService> 
     TOKEN_SERVICE_LOG_LEVEL: "debug",
     ...(keys ? { TOKEN_SERVICE_ENCRYPTION_KEYS: keys } : {}),
     ...options.env,
-  });
+  };
+  const config = loadConfig(env);
   const logs = new LogSink();
   const app = await createApp(config, { logger: createLogger(config.logLevel, logs), ...options.overrides });
   const grpcJs = grpcJsClient(app.url);
@@ -134,6 +137,7 @@ export async function startService(options: StartOptions): Promise<TestService> 
     jsonClient: connectJsonClient(app.httpUrl ?? "http://127.0.0.1:1"),
     grpcJs,
     dir,
+    env,
     async close() {
       grpcJs.close();
       await app.close();

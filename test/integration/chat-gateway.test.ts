@@ -13,6 +13,7 @@ import { createChatGateway, type ChatGateway, type GatewayLogEntry } from "../..
 import { startMcpServer, type TestMcpServer } from "../helpers/mcp-server.js";
 import { startTestProvider, type TestProvider, type TestTokenSet } from "../helpers/oidc-provider.js";
 import { startService, type TestService } from "../helpers/service.js";
+import { loginAndStore } from "../helpers/session-login.js";
 
 const LOGIN_URL = "https://login.example.test/start";
 const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
@@ -469,16 +470,7 @@ describe("chat gateway through the token service's forwarding proxy: the gateway
     await provider?.close();
   });
 
-  async function login(user: string, resources: string[] = []) {
-    const set = await provider.login(user, resources.length ? { resources } : {});
-    await setup().storeSession({
-      userId: user,
-      provider: "corp",
-      tokens: { accessToken: set.access_token, refreshToken: set.refresh_token, idToken: set.id_token, expiresIn: BigInt(set.expires_in) },
-      resources,
-    });
-    return set;
-  }
+  const login = async (user: string, resources: string[] = []) => (await loginAndStore(provider, setup(), user, resources)).set;
 
   it("streams a chat completion through the proxy with the user's token, which the gateway could not have fetched", async () => {
     const set = await login("vera");

@@ -15,12 +15,12 @@ import { parse, stringify } from "yaml";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { loadConfig } from "../../src/config.js";
-import { generateKeySpec } from "../../src/crypto/key-ring.js";
 import { tracingFromEnv } from "../../src/tracing/setup.js";
 import { startMcpServer, type TestMcpServer } from "../helpers/mcp-server.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { sseEvents, startOpenAiStandIn, type OpenAiStandIn } from "../helpers/openai-stand-in.js";
 import { startService, type TestService } from "../helpers/service.js";
+import { loginAndStore } from "../helpers/session-login.js";
 
 /**
  * The forwarding proxy (/forward/{target}/…) against real parts: a real
@@ -73,12 +73,12 @@ describe("forwarding proxy", () => {
     const keyFile = join(dir, "llm-key");
     writeFileSync(keyFile, `${FALLBACK_KEY}\n`);
     const tracing = tracingFromEnv({ OTEL_BSP_SCHEDULE_DELAY: "20" }, { db: { "db.system.name": "sqlite" }, exporters: [exporter] });
-    const keys = generateKeySpec("forward");
     svc = await startService({
       dialect: "sqlite",
       provider,
       yaml: {
-        providers: [provider.configEntry("corp"), provider.configEntry("other")],
+        // "other" only to scope a caller away from "corp".
+        providers: ["corp", "other"].map((id) => provider.configEntry(id)),
         callers: [
           { name: "gateway", token_sha256: sha256(SECRETS.gateway), rpcs: ["StoreSession", "GetToken", "Forward"] },
           { name: "getter", token_sha256: sha256(SECRETS.getter), rpcs: ["GetToken"] },
@@ -93,19 +93,10 @@ describe("forwarding proxy", () => {
           { id: "tools", url: mcp.url, provider: "corp", resource: mcp.url, allow_insecure_http: true },
         ],
       },
-      keys,
       overrides: {
         tracing,
-        loadConfig: () =>
-          loadConfig({
-            TOKEN_SERVICE_ADDR: "127.0.0.1:0",
-            TOKEN_SERVICE_ADMIN_ADDR: "127.0.0.1:0",
-            TOKEN_SERVICE_HTTP_ADDR: "127.0.0.1:0",
-            DATABASE_URL: `sqlite:${svc.dir}/sessions.db`,
-            TOKEN_SERVICE_CONFIG: `${svc.dir}/config.yaml`,
-            TOKEN_SERVICE_LOG_LEVEL: "debug",
-            TOKEN_SERVICE_ENCRYPTION_KEYS: keys,
-          }),
+        // A reload reads the same file and environment as start-up did.
+        loadConfig: () => loadConfig(svc.env),
       },
     });
     tokens = createClient(TokenService, createGrpcTransport({ baseUrl: svc.url, interceptors: [bearer(SECRETS.gateway)] }));
@@ -124,15 +115,9 @@ describe("forwarding proxy", () => {
   });
 
   async function login(user: string, resources: string[] = []) {
-    const set = await provider.login(user, resources.length ? { resources } : {});
-    userTokens.add(set.access_token).add(set.refresh_token).add(set.id_token);
-    const stored = await tokens.storeSession({
-      userId: user,
-      provider: "corp",
-      tokens: { accessToken: set.access_token, refreshToken: set.refresh_token, idToken: set.id_token, expiresIn: BigInt(set.expires_in) },
-      resources,
-    });
-    return { ...stored, set };
+    const stored = await loginAndStore(provider, tokens, user, resources);
+    userTokens.add(stored.set.access_token).add(stored.set.refresh_token).add(stored.set.id_token);
+    return stored;
   }
 
   function forward(path: string, init: RequestInit & { user?: string; credential?: string } = {}) {
