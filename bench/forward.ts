@@ -37,6 +37,12 @@ const SSE_BODY = JSON.stringify({ model: "bench", stream: true, messages: [{ rol
 
 const loadavg = () => readFileSync("/proc/loadavg", "utf8").trim();
 
+/** CPU time (user + system) a process has used, in ms (Linux: /proc/PID/stat, 100 ticks a second). */
+function cpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
 /** One way to reach the stand-in: its origin, the path prefix, and the headers to add. */
 interface Route {
   name: "direct" | "proxy";
@@ -128,12 +134,16 @@ export async function runForwardBench(o: { provider: TestProvider; log: (line: s
     const p99 = { direct: [] as number[], proxy: [] as number[] };
     const rps = { direct: [] as number[], proxy: [] as number[] };
     const ttfb = { direct: [] as number[], proxy: [] as number[] };
+    /** The service's CPU time per forwarded request in the throughput phase, in µs: what load elsewhere does not change much. */
+    const cpuPerRequest: number[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       for (const r of round % 2 ? [proxy, direct] : [direct, proxy]) {
         const lat = await sequential(r, SEQUENTIAL, JSON_BODY, "ms");
         p50[r.name].push(median(lat));
         p99[r.name].push(percentile(lat, 99));
+        const cpuBefore = r.name === "proxy" ? cpuMs(svc.child.pid!) : 0;
         rps[r.name].push(await throughput(r, CONCURRENT_TOTAL, IN_FLIGHT));
+        if (r.name === "proxy") cpuPerRequest.push(((cpuMs(svc.child.pid!) - cpuBefore) * 1000) / CONCURRENT_TOTAL);
         ttfb[r.name].push(median(await sequential(r, SSE_REQUESTS, SSE_BODY, "firstByteMs")));
       }
       o.log(`  round ${round + 1}/${ROUNDS}: p50 ${fmt(p50.direct.at(-1)!, 3)} / ${fmt(p50.proxy.at(-1)!, 3)} ms, ${fmt(rps.direct.at(-1)!, 0)} / ${fmt(rps.proxy.at(-1)!, 0)} req/s, SSE TTFB ${fmt(ttfb.direct.at(-1)!, 3)} / ${fmt(ttfb.proxy.at(-1)!, 3)} ms (direct / proxy)`);
@@ -160,6 +170,11 @@ Load average (/proc/loadavg) before: \`${before}\`, after: \`${after}\` (the mac
 | small JSON, p99 latency (one at a time) | ${fmt(m(p99.direct), 3)} ms | ${fmt(m(p99.proxy), 3)} ms | +${fmt(m(p99.proxy) - m(p99.direct), 3)} ms | |
 | small JSON, throughput at ${IN_FLIGHT} in flight | ${fmt(m(rps.direct), 0)} req/s | ${fmt(m(rps.proxy), 0)} req/s | ${fmt(ratio, 2)}× | ≥ 0.6×: ${verdict(ratio >= 0.6)} |
 | SSE, time to first event (p50) | ${fmt(m(ttfb.direct), 3)} ms | ${fmt(m(ttfb.proxy), 3)} ms | +${fmt(ttfbDelta, 3)} ms | within 2 ms: ${verdict(ttfbDelta <= 2)} |
+
+The service used ${fmt(m(cpuPerRequest), 0)} µs of CPU per forwarded request in the throughput phase (user + system,
+/proc/PID/stat; median of the rounds), one log line, the metrics and the session lookup included: about
+${fmt(1e6 / m(cpuPerRequest), 0)} requests per second per core it gets. On a shared machine the throughput ratio
+mostly says how much of a core the service got.
 `;
   } finally {
     await Promise.all(pools.map((p) => p.close().catch(() => undefined)));

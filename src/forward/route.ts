@@ -105,17 +105,20 @@ export function createForwardRoute(deps: {
     source: TokenSource,
   ): Promise<Dispatcher.ResponseData> {
     const headers = upstreamHeaders(req.headers, up.target.header, token);
-    const url = new URL(up.origin);
-    const started = spans.begin(req.method ?? "GET", ctx.trace, {
-      kind: SpanKind.CLIENT,
-      attributes: {
-        "http.request.method": req.method ?? "GET",
-        "server.address": url.hostname,
-        "server.port": Number(url.port || (url.protocol === "https:" ? 443 : 80)),
-        "token_service.forward.target": up.target.id,
-        "token_service.token_source": source,
-      },
-    });
+    const method = req.method ?? "GET";
+    // Untraced calls (tracing off, or not sampled) build no attributes.
+    const started = ctx.trace
+      ? spans.begin(method, ctx.trace, {
+          kind: SpanKind.CLIENT,
+          attributes: {
+            "http.request.method": method,
+            "server.address": up.host,
+            "server.port": up.port,
+            "token_service.forward.target": up.target.id,
+            "token_service.token_source": source,
+          },
+        })
+      : undefined;
     if (started) {
       delete headers.traceparent;
       delete headers.tracestate;
@@ -124,7 +127,7 @@ export function createForwardRoute(deps: {
       Object.assign(headers, carrier);
     }
     try {
-      const answer = await send(up, { method: req.method ?? "GET", path, headers, body, signal });
+      const answer = await send(up, { method, path, headers, body, signal });
       started?.span.setAttribute("http.response.status_code", answer.statusCode);
       if (answer.statusCode >= 500) started?.span.setStatus({ code: SpanStatusCode.ERROR, message: String(answer.statusCode) });
       answer.body.once("close", () => started?.span.end());

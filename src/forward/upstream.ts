@@ -9,6 +9,9 @@ const KEEP_ALIVE_MS = 30_000;
 export interface Upstream {
   readonly target: ForwardTarget;
   readonly origin: string;
+  /** Host name and port, for span attributes. */
+  readonly host: string;
+  readonly port: number;
   /** The base URL's path without a trailing slash ("" for the root). */
   readonly basePath: string;
   readonly pool: Pool;
@@ -23,7 +26,8 @@ function upstreamOf(target: ForwardTarget): Upstream {
     // Idle streams (SSE, MCP) are allowed: no timeout between body chunks.
     bodyTimeout: 0,
   });
-  return { target, origin: url.origin, basePath: url.pathname.replace(/\/+$/, ""), pool };
+  const port = Number(url.port || (url.protocol === "https:" ? 443 : 80));
+  return { target, origin: url.origin, host: url.hostname, port, basePath: url.pathname.replace(/\/+$/, ""), pool };
 }
 
 /** Two targets that need the same pool (the same URL, timeouts and CA). */
