@@ -213,7 +213,8 @@ export function createForwardRoute(deps: {
     metrics.firstByteAfter(t.id, (performance.now() - arrived) / 1000);
     outcome.status = upstream.statusCode;
     res.writeHead(upstream.statusCode, callerHeaders(upstream.headers));
-    if ("flushHeaders" in res) res.flushHeaders();
+    // A stream (no length: SSE, MCP) gets its headers now, before its first event; a body of known length goes out with them.
+    if (upstream.headers["content-length"] === undefined && "flushHeaders" in res) res.flushHeaders();
     try {
       await pipeline(upstream.body, res);
     } catch (err) {

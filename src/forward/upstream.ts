@@ -1,4 +1,4 @@
-import { Readable } from "node:stream";
+import { Transform, type Readable } from "node:stream";
 import { Pool, type Dispatcher } from "undici";
 import type { ForwardConfig, ForwardTarget } from "./config.js";
 
@@ -88,24 +88,24 @@ export class ReplayableBody {
   /** The body for the first attempt: the caller's, streamed with back-pressure, copied aside while it fits. */
   first(): Readable | undefined {
     if (!this.source) return undefined;
-    const source = this.source;
-    const keep = (chunk: Buffer) => {
-      if (!this.chunks) return;
-      this.size += chunk.length;
-      if (this.size > this.limit) this.chunks = undefined;
-      else this.chunks.push(chunk);
-    };
-    const done = () => (this.complete = true);
-    return Readable.from(
-      (async function* () {
-        for await (const chunk of source as AsyncIterable<Buffer>) {
-          keep(chunk);
-          yield chunk;
+    const tap = new Transform({
+      transform: (chunk: Buffer, _encoding, callback) => {
+        if (this.chunks) {
+          this.size += chunk.length;
+          if (this.size > this.limit) this.chunks = undefined;
+          else this.chunks.push(chunk);
         }
-        done();
-      })(),
-      { objectMode: false },
-    );
+        callback(null, chunk);
+      },
+      flush: (callback) => {
+        this.complete = true;
+        callback();
+      },
+    });
+    // pipe() carries back-pressure; an error or an abort of the caller's body ends the copy too.
+    this.source.once("error", (err) => tap.destroy(err));
+    this.source.once("aborted", () => tap.destroy(new Error("the caller's request was aborted")));
+    return this.source.pipe(tap);
   }
 
   /** The whole body again, for a retry; undefined when it was not all read or did not fit. */
