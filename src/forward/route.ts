@@ -14,6 +14,7 @@ import { codeName } from "../rpc/errors.js";
 import { requireProviderAllowed, requireResourceAllowed, type CallContext } from "../sessions/scope.js";
 import type { TokenAnswer } from "../sessions/session-service.js";
 import type { Spans } from "../tracing/spans.js";
+import type { ForwardTarget } from "./config.js";
 import { callerHeaders, SESSION_HEADER, upstreamHeaders, USER_HEADER } from "./headers.js";
 import type { ForwardMetrics } from "./metrics.js";
 import { noSessionOf, type ForwardTokens, type ForwardUser, type NoSession, type TokenSource } from "./tokens.js";
@@ -153,6 +154,23 @@ export function createForwardRoute(deps: {
     });
   }
 
+  /** The token for the one retry: the refreshed one, or the fallback key when the refresh showed the session unusable. */
+  async function retryToken(t: ForwardTarget, user: ForwardUser, rejected: TokenAnswer, ctx: CallContext, outcome: Outcome): Promise<string> {
+    try {
+      return (await tokens.afterRejection(t, user, rejected, ctx)).token;
+    } catch (err) {
+      const why = noSessionOf(err, t);
+      if (!why) throw err;
+      ctx.logFields = { ...ctx.logFields, session: why.reason };
+      if (t.fallbackKey === undefined) {
+        outcome.source = "none";
+        throw noSessionAnswer(t.id, t.resource, why);
+      }
+      outcome.source = "fallback";
+      return t.fallbackKey;
+    }
+  }
+
   async function forward(req: Request, res: Response, target: string, rest: string, ctx: CallContext, outcome: Outcome, arrived: number, aborted: AbortSignal): Promise<void> {
     const up = upstreams.get(target);
     if (!up) throw new LocalAnswer(404, { error: "not_found", reason: "TARGET_NOT_FOUND", message: "no forward target has this id" });
@@ -203,9 +221,8 @@ export function createForwardRoute(deps: {
       const replay = body.again();
       if (replay !== undefined) {
         await upstream.body.dump().catch(() => undefined);
-        const fresh = await tokens.afterRejection(t, user!, answer, ctx);
         outcome.retried = true;
-        upstream = await sendOnce(fresh.token, replay);
+        upstream = await sendOnce(await retryToken(t, user!, answer, ctx, outcome), replay);
       }
     }
     // The caller went away: the upstream request is aborted, and the chain logs the call as cancelled.

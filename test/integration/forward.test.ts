@@ -298,6 +298,25 @@ describe("forwarding proxy", () => {
     expect(retried.length).toBe(sent.length - 100);
   });
 
+  it("when the refresh after a 401 invalid_token shows the session needs a new login: the fallback key, else 401 REAUTH_REQUIRED", async () => {
+    const bodyOf = { kind: "status" as const, status: 400, body: JSON.stringify({ error: "invalid_grant", error_description: "grant revoked" }), headers: { "content-type": "application/json" } };
+    for (const user of ["kate", "leo"]) {
+      await login(user);
+      rejected.add((await tokens.getToken({ userId: user, provider: "corp" })).token);
+    }
+    provider.faults.push(bodyOf, bodyOf);
+    const strict = await forward("models-strict/chat/completions", { method: "POST", user: "kate", body: chat(false) });
+    expect(strict.status).toBe(401);
+    expect(await strict.json()).toMatchObject({ reason: "REAUTH_REQUIRED", provider: "corp" });
+    expect(standIn.requests.length).toBe(1);
+    const withKey = await forward("models/chat/completions", { method: "POST", user: "leo", body: chat(false) });
+    expect(withKey.status).toBe(200);
+    await withKey.text();
+    expect(standIn.requests.map((r) => r.headers.authorization).at(-1)).toBe(`Bearer ${FALLBACK_KEY}`);
+    const line = svc.logs.lines().findLast((l) => l.rpc === "tokenservice.v1.TokenService/Forward" && l.retried === "true");
+    expect(line).toMatchObject({ token_source: "fallback", session: "REAUTH_REQUIRED", status: "200" });
+  });
+
   it("passes a 403 insufficient_scope on with its WWW-Authenticate", async () => {
     await login("gina");
     const res = await forward("models/scoped", { method: "POST", user: "gina", body: "{}" });
@@ -371,7 +390,7 @@ describe("forwarding proxy", () => {
     expect(errorBodies[2]).toContain("TARGET_NOT_FOUND");
     const metrics = await svc.app.metrics.registry.metrics();
     expect(metrics).toMatch(/token_service_forward_requests_total\{target="models",status_class="2xx",token_source="session"\} \d+/);
-    expect(metrics).toMatch(/token_service_forward_requests_total\{target="models",status_class="2xx",token_source="fallback"\} 1/);
+    expect(metrics).toMatch(/token_service_forward_requests_total\{target="models",status_class="2xx",token_source="fallback"\} \d+/);
     expect(metrics).toMatch(/token_service_forward_requests_total\{target="models-strict",status_class="4xx",token_source="none"\} \d+/);
     expect(metrics).toMatch(/token_service_forward_requests_total\{target="unknown",status_class="4xx",token_source="none"\} \d+/);
     expect(metrics).toContain("token_service_forward_first_byte_seconds_bucket");
