@@ -187,8 +187,7 @@ export function createForwardRoute(deps: {
     if (user && ctx.userBinding) await ctx.userBinding.check(user.userId, sessionId !== "" ? "session" : "lookup");
 
     let answer: TokenAnswer | undefined;
-    let token = t.fallbackKey;
-    outcome.source = "fallback";
+    let token: string | undefined;
     if (user) {
       try {
         answer = await tokens.get(t, user, ctx);
@@ -198,11 +197,13 @@ export function createForwardRoute(deps: {
         const why = noSessionOf(err, t);
         if (!why) throw err;
         ctx.logFields = { ...ctx.logFields, session: why.reason };
-        if (t.fallbackKey === undefined) {
-          outcome.source = "none";
-          throw noSessionAnswer(t.id, t.resource, why);
-        }
+        if (t.fallbackKey === undefined) throw noSessionAnswer(t.id, t.resource, why);
       }
+    }
+    if (token === undefined) {
+      // No user named (the check above saw a fallback key), or no usable session.
+      token = t.fallbackKey;
+      outcome.source = "fallback";
     }
 
     const body = new ReplayableBody(hasBody(req) ? (req as Readable) : undefined, upstreams.replayMaxBytes);
