@@ -18,41 +18,13 @@ import type { ForwardTarget } from "./config.js";
 import { callerHeaders, SESSION_HEADER, upstreamHeaders, USER_HEADER } from "./headers.js";
 import type { ForwardMetrics } from "./metrics.js";
 import { noSessionOf, type ForwardTokens, type ForwardUser, type NoSession, type TokenSource } from "./tokens.js";
+import { FORWARD_PATH, hasBody, header, invalidToken, splitForwardUrl } from "./request.js";
 import { ReplayableBody, send, type Upstream, type Upstreams } from "./upstream.js";
 
 type Request = http.IncomingMessage | http2.Http2ServerRequest;
 type Response = http.ServerResponse | http2.Http2ServerResponse;
 
-export const FORWARD_PATH = "/forward/";
 const TOKEN_SERVICE = "tokenservice.v1.TokenService";
-
-/** `/forward/{target}{/path…}{?query}` split; undefined when the path holds dot segments (which could climb out of the target's base path). */
-export function splitForwardUrl(url: string): { target: string; rest: string } | undefined {
-  const tail = url.slice(FORWARD_PATH.length);
-  const end = tail.search(/[/?]/);
-  const target = end === -1 ? tail : tail.slice(0, end);
-  let rest = end === -1 ? "" : tail.slice(end);
-  if (rest.startsWith("?")) rest = `/${rest}`;
-  const path = rest.split("?")[0]!;
-  for (const segment of path.split("/")) {
-    let decoded: string;
-    try {
-      decoded = decodeURIComponent(segment);
-    } catch {
-      return undefined;
-    }
-    if (decoded === "." || decoded === ".." || decoded.includes("/") || decoded.includes("\\")) return undefined;
-  }
-  return { target, rest };
-}
-
-/** A 401 invalid_token challenge (RFC 6750 §3.1): the token itself was refused, a new one may pass. */
-function invalidToken(answer: Dispatcher.ResponseData): boolean {
-  if (answer.statusCode !== 401) return false;
-  const challenge = answer.headers["www-authenticate"];
-  const text = Array.isArray(challenge) ? challenge.join(", ") : (challenge ?? "");
-  return /^\s*Bearer\b/i.test(text) && /\berror\s*=\s*"?invalid_token"?/i.test(text);
-}
 
 function json(res: Response, status: number, body: Record<string, unknown>): void {
   const text = JSON.stringify(body);
@@ -312,14 +284,3 @@ function upstreamFailure(err: unknown): LocalAnswer {
   return new LocalAnswer(502, { error: "upstream_unreachable", reason: "UPSTREAM_UNREACHABLE", message: "the target could not be reached", detail: code });
 }
 
-/** Whether the request has a body to send on: framed as one in HTTP/1.1, or an HTTP/2 stream not ended with its headers. */
-function hasBody(req: Request): boolean {
-  if (req.httpVersionMajor >= 2) return (req as http2.Http2ServerRequest).stream.endAfterHeaders === false;
-  const length = req.headers["content-length"];
-  return req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
-}
-
-function header(req: Request, name: string): string | undefined {
-  const value = req.headers[name];
-  return Array.isArray(value) ? value[0] : value;
-}

@@ -6,7 +6,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config.js";
 import { planReload } from "../../src/reload/plan.js";
 import { callerHeaders, upstreamHeaders } from "../../src/forward/headers.js";
-import { splitForwardUrl } from "../../src/forward/route.js";
+import { splitForwardUrl } from "../../src/forward/request.js";
 
 /** `forward:` and `forward_settings:` as loadConfig checks them, the header rules, and the route's path rule. */
 
