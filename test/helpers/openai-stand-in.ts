@@ -22,7 +22,8 @@ export interface SeenRequest {
  * - `POST /v1/upload` reads the body and answers its size and SHA-256.
  * - `GET /v1/hang` answers nothing until the client goes away; `hangArrived`
  *   and `hangAborted` resolve when the request came and when it was aborted.
- * - `GET /v1/silent` never answers.
+ * - `GET /v1/silent` never answers; `GET /v1/idle` sends its headers and a
+ *   comment, then its last event once `idle` resolves.
  * - `POST /v1/scoped` answers 403 with an `insufficient_scope` challenge.
  */
 export interface OpenAiStandIn {
@@ -36,6 +37,8 @@ export interface OpenAiStandIn {
   /** Called before SSE event n+1 is sent; resolves when it may be sent (default: at once). */
   gate: (n: number) => Promise<void>;
   readonly hangArrived: Promise<void>;
+  /** What `GET /v1/idle` waits for after its first comment. */
+  idle: Promise<void>;
   readonly hangAborted: Promise<void>;
   close(): Promise<void>;
 }
@@ -67,6 +70,7 @@ export async function startOpenAiStandIn(): Promise<OpenAiStandIn> {
     gate: () => Promise.resolve(),
     hangArrived,
     hangAborted,
+    idle: Promise.resolve(),
     close: () => Promise.resolve(),
   };
   const server = http.createServer((req, res) => {
@@ -80,6 +84,14 @@ export async function startOpenAiStandIn(): Promise<OpenAiStandIn> {
         });
         res.writeHead(200, { "content-type": "text/event-stream" });
         res.write(": waiting\n\n");
+        return;
+      }
+      if (path === "/v1/idle") {
+        // Headers and a comment at once, then nothing until the test says so.
+        res.writeHead(200, { "content-type": "text/event-stream" });
+        res.write(": open\n\n");
+        await state.idle;
+        res.end("data: late\n\n");
         return;
       }
       if (path === "/v1/silent") {

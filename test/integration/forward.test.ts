@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
+import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { join } from "node:path";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
@@ -329,6 +330,22 @@ describe("forwarding proxy", () => {
     const res = await forward("silent/silent", { user: "nobody" });
     expect(res.status).toBe(504);
     expect(await res.json()).toMatchObject({ reason: "UPSTREAM_TIMEOUT" });
+  });
+
+  it("keeps an idle stream open past first_byte_timeout_ms once the headers came (no timeout between events)", async () => {
+    let release!: () => void;
+    standIn.idle = new Promise<void>((resolve) => (release = resolve));
+    const res = await forward("silent/idle", { user: "nobody" });
+    expect(res.status).toBe(200);
+    const reader = res.body!.getReader();
+    expect(new TextDecoder().decode((await reader.read()).value)).toBe(": open\n\n");
+    // Idle for well past the target's first_byte_timeout_ms (300 ms): a timeout between events would cut the stream
+    // here. (undici checks such timers about once a second: with a 300 ms body timeout, 600 ms idle still passed.)
+    await sleep(2000);
+    release();
+    let rest = "";
+    for (let part = await reader.read(); !part.done; part = await reader.read()) rest += new TextDecoder().decode(part.value);
+    expect(rest).toBe("data: late\n\n");
   });
 
   it("aborts the upstream request when the caller disconnects", async () => {
