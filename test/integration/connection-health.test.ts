@@ -1,4 +1,6 @@
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { createHash } from "node:crypto";
 import { toJsonString } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -189,9 +191,11 @@ describe("connection health: status, events and WatchEvents", () => {
   });
 
   it("curl can watch over HTTP/1.1, as the docs show", async () => {
-    const url = `${svc.httpUrl}/tokenservice.v1.EventService/WatchEvents`;
-    // As in docs/connection-health.md#watching-events, with this test's address and credential.
-    const command = `printf '\\0\\0\\0\\0\\023{"fromOldest":true}' | curl -sN --http1.1 -H "authorization: Bearer $TOKEN" -H 'content-type: application/connect+json' --data-binary @- ${url}`;
+    // The command of docs/connection-health.md#watching-events, as written, with this test's address.
+    const page = readFileSync(fileURLToPath(new URL("../../docs/connection-health.md", import.meta.url)), "utf8");
+    const documented = page.split("\n").find((l) => l.startsWith("printf ") && l.includes("WatchEvents"));
+    expect(documented).toBeDefined();
+    const command = documented!.replace("http://127.0.0.1:50052", svc.httpUrl);
     const child = spawn("bash", ["-c", command], { env: { ...process.env, TOKEN: CREDS.admin } });
     let out = "";
     await new Promise<void>((resolve, reject) => {
