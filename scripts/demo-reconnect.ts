@@ -2,7 +2,7 @@
  * The demo's connection-health step (docs/connection-health.md): a gateway
  * watches events, learns from session.reauth_required that Erin's session
  * died, and prompts her to reconnect before any tool call fails; she does,
- * in place, and the gateway hears session.stepped_up (reconnected).
+ * in place, and the gateway hears session.reconnected.
  */
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ConnectError, createClient } from "@connectrpc/connect";
@@ -38,7 +38,7 @@ export async function reconnectPromptStep(d: ReconnectDemo): Promise<void> {
 
   // The gateway's watcher: one stream, Erin's events only.
   const gateway = (async () => {
-    const stream = events.watchEvents({ userId: "erin", kinds: ["session.reauth_required", "session.stepped_up"] }, { signal: abort.signal });
+    const stream = events.watchEvents({ userId: "erin", kinds: ["session.reauth_required", "session.reconnected"] }, { signal: abort.signal });
     for await (const m of stream) {
       if (!m.event) {
         ready?.();
@@ -51,8 +51,8 @@ export async function reconnectPromptStep(d: ReconnectDemo): Promise<void> {
         info(`gateway sees ${e.kind} (${e.reason}, cursor ${e.cursor}) and tells Erin:`);
         info(`  → "reconnect your ${e.provider} account: ${start.authorizationUrl.slice(0, 72)}…"`);
         prompted?.(start.authorizationUrl);
-      } else if (e.kind === "session.stepped_up") {
-        info(`gateway sees ${e.kind} (${e.reason}): the prompt can go`);
+      } else if (e.kind === "session.reconnected") {
+        info(`gateway sees ${e.kind}: the prompt can go`);
         reconnected?.();
       }
     }
@@ -61,8 +61,9 @@ export async function reconnectPromptStep(d: ReconnectDemo): Promise<void> {
   });
 
   try {
-    await watching;
-    info("the gateway watches WatchEvents (Connect over HTTP/1.1) for Erin's session.reauth_required and session.stepped_up");
+    // The stream's first message, or its error if it ends first.
+    await Promise.race([watching, gateway.then(() => Promise.reject(new Error("the event stream ended before it started")))]);
+    info("the gateway watches WatchEvents (Connect over HTTP/1.1) for Erin's session.reauth_required and session.reconnected");
     const erin = await provider.login("erin");
     const stored = await client.storeSession({
       userId: "erin",
@@ -83,7 +84,7 @@ export async function reconnectPromptStep(d: ReconnectDemo): Promise<void> {
     const token = await client.getToken({ userId: "erin", sessionId: stored.sessionId });
     check(token.token.length > 0, "the reconnected session should serve a token");
     info(`Erin follows the link; CompleteAuthorization reconnects session ${done.sessionId.slice(0, 8)}… in place; GetToken works again`);
-    check(seen.map((e) => e.kind).join() === "session.reauth_required,session.stepped_up", `the gateway should see two events, saw ${seen.map((e) => e.kind).join()}`);
+    check(seen.map((e) => e.kind).join() === "session.reauth_required,session.reconnected", `the gateway should see two events, saw ${seen.map((e) => e.kind).join()}`);
   } finally {
     abort.abort();
     await gateway;

@@ -109,6 +109,16 @@ describe("connection health: status, events and WatchEvents", () => {
     const reauth = (await statusOf("bob", bob))!;
     expect(reauth).toMatchObject({ status: SessionStatus.REAUTH_REQUIRED, reauthReason: "invalid_grant" });
     expect(reauth.reauthAt).toBeDefined();
+    // Bob reconnects in place (StartAuthorization with his session id), then steps the live session up.
+    const again = async () => {
+      const start = await tokens.startAuthorization({ userId: "bob", provider: "corp", sessionId: bob, redirectUri: provider.redirectUri });
+      const done = await tokens.completeAuthorization({ userId: "bob", callbackUrl: await provider.authorize(start.authorizationUrl, "bob") });
+      expect(done).toMatchObject({ steppedUp: true, sessionId: bob });
+    };
+    await again();
+    expect((await statusOf("bob", bob))!).toMatchObject({ status: SessionStatus.ACTIVE, reauthReason: "" });
+    expect(timestampDate((await statusOf("bob", bob))!.accessExpiresAt!).getTime()).toBeGreaterThan(Date.now());
+    await again();
 
     // Back-channel logout.
     const tara = await store("tara", await login("tara"));
@@ -141,6 +151,8 @@ describe("connection health: status, events and WatchEvents", () => {
       ["session.recovered", "ann", ""],
       ["session.created", "bob", ""],
       ["session.reauth_required", "bob", "invalid_grant"],
+      ["session.reconnected", "bob", ""],
+      ["session.stepped_up", "bob", ""],
       ["session.created", "tara", ""],
       ["session.logged_out", "tara", "backchannel_logout"],
       ["session.revoked", "ann", "revoke_session"],
@@ -220,7 +232,7 @@ describe("connection health: status, events and WatchEvents", () => {
     })).events()[0]!;
     // The sweeper, run as if the retention (7 days) had passed.
     const swept = await svc.app.sweeper.sweep(new Date(Date.now() + 8 * 86_400_000));
-    expect(swept.events).toBeGreaterThanOrEqual(13);
+    expect(swept.events).toBeGreaterThanOrEqual(15);
     expect(swept.endedSessions).toBeGreaterThanOrEqual(3);
     const stale = watch(watchGrpcJs(svc.url, { resumeCursor: first.cursor }, { bearer: CREDS.admin }));
     expect(await stale.ended).toMatchObject({ code: Code.OutOfRange, reason: "CURSOR_EXPIRED" });

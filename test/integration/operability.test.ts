@@ -295,7 +295,7 @@ describe("npm run demo", () => {
     expect(stdout).toContain("GetToken → FAILED_PRECONDITION (NO_IDP_SESSION)");
     // Connection health: the reconnect prompt comes from a WatchEvents event, and the reconnect is heard too.
     expect(stdout).toMatch(/gateway sees session\.reauth_required \(invalid_grant, cursor \d+\) and tells Erin:\n\s+→ "reconnect your demo account: http/);
-    expect(stdout).toContain("gateway sees session.stepped_up (reconnected)");
+    expect(stdout).toContain("gateway sees session.reconnected: the prompt can go");
     expect(stdout).toContain("Demo complete.");
   });
 });

@@ -1194,8 +1194,8 @@ export type WatchEventsRequest = Message<"tokenservice.v1.WatchEventsRequest"> &
   /**
    * Only these kinds (session.created, session.refresh_failing,
    * session.recovered, session.reauth_required, session.revoked,
-   * session.logged_out, session.stepped_up, provider.registered,
-   * provider.deleted); all kinds when empty.
+   * session.logged_out, session.stepped_up, session.reconnected,
+   * provider.registered, provider.deleted); all kinds when empty.
    *
    * @generated from field: repeated string kinds = 1;
    */
