@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createHash } from "node:crypto";
 import { toJsonString } from "@bufbuild/protobuf";
@@ -7,13 +8,20 @@ import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parse, stringify } from "yaml";
 import { EventSchema, ProviderService, SessionStatus, TokenService, type Event } from "../../gen/tokenservice/v1/token_service_pb.js";
+import { loadConfig } from "../../src/config.js";
 import { failure } from "../helpers/failure.js";
 import { startTestProvider, type TestProvider, type TestTokenSet } from "../helpers/oidc-provider.js";
 import { startService, type TestService } from "../helpers/service.js";
 import { watchConnect, watchGrpcJs, type Watch } from "../helpers/watch.js";
 
-const CREDS = { admin: "admin-credential-0123456789abcdef", gateway: "gateway-credential-0123456789abcdef", bound: "bound-credential-0123456789abcdef" };
+const CREDS = {
+  admin: "admin-credential-0123456789abcdef",
+  gateway: "gateway-credential-0123456789abcdef",
+  bound: "bound-credential-0123456789abcdef",
+  watcher: "watcher-credential-0123456789abcdef",
+};
 const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 
 /**
@@ -69,7 +77,20 @@ describe("connection health: status, events and WatchEvents", () => {
           { name: "admin", token_sha256: sha256(CREDS.admin), rpcs: ["*"] },
           { name: "gateway", token_sha256: sha256(CREDS.gateway), rpcs: ["*"], providers: ["corp"] },
           { name: "bound", token_sha256: sha256(CREDS.bound), rpcs: ["*"], user_binding: "session_id" },
+          { name: "watcher", token_sha256: sha256(CREDS.watcher), rpcs: ["WatchEvents"] },
         ],
+      },
+      // App.reload() reads the YAML file again, as start-up did.
+      overrides: {
+        loadConfig: () =>
+          loadConfig({
+            TOKEN_SERVICE_ADDR: "127.0.0.1:0",
+            TOKEN_SERVICE_HTTP_ADDR: "127.0.0.1:0",
+            TOKEN_SERVICE_ADMIN_ADDR: "127.0.0.1:0",
+            DATABASE_URL: `sqlite:${join(svc.dir, "sessions.db")}`,
+            TOKEN_SERVICE_CONFIG: join(svc.dir, "config.yaml"),
+            TOKEN_SERVICE_ENCRYPTION_KEYS: svc.keys!,
+          }),
       },
     });
     const transport = createGrpcTransport({ baseUrl: svc.url, interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${CREDS.admin}`), next(req))] });
@@ -225,6 +246,28 @@ describe("connection health: status, events and WatchEvents", () => {
     expect(out).toMatch(/"cursor":"\d+"/);
   });
 
+  it("a reload re-admits open streams: a removed caller's ends, a changed scope reconnects, an unchanged one goes on", async () => {
+    const removed = watch(watchConnect(svc.httpUrl, {}, { bearer: CREDS.gateway }));
+    const changed = watch(watchGrpcJs(svc.url, {}, { bearer: CREDS.admin }));
+    const unchanged = watch(watchGrpcJs(svc.url, {}, { bearer: CREDS.watcher }));
+    await Promise.all([removed, changed, unchanged].map((w) => w.started()));
+    const file = join(svc.dir, "config.yaml");
+    const before = readFileSync(file, "utf8");
+    const yaml = parse(before) as { callers: Array<{ name: string; providers?: string[] }> };
+    yaml.callers = yaml.callers.filter((c) => c.name !== "gateway").map((c) => (c.name === "admin" ? { ...c, providers: ["corp"] } : c));
+    writeFileSync(file, stringify(yaml));
+    try {
+      expect(await svc.app.reload()).toMatchObject({ ok: true, changed: true });
+      expect(await removed.ended).toMatchObject({ code: Code.Unauthenticated });
+      expect(await changed.ended).toMatchObject({ code: Code.Unavailable, reason: "CALLER_CHANGED" });
+      await store("uma", await login("uma"));
+      expect((await unchanged.until((ev) => ev.some((e) => e.userId === "uma"))).length).toBeGreaterThan(0);
+    } finally {
+      writeFileSync(file, before);
+      expect((await svc.app.reload()).ok).toBe(true);
+    }
+  });
+
   it("a cursor older than the retention gets OUT_OF_RANGE, not a silent gap", async () => {
     const first = (await new Promise<Watch>((resolve) => {
       const w = watch(watchConnect(svc.httpUrl, { fromOldest: true }, { bearer: CREDS.admin }));
@@ -232,7 +275,7 @@ describe("connection health: status, events and WatchEvents", () => {
     })).events()[0]!;
     // The sweeper, run as if the retention (7 days) had passed.
     const swept = await svc.app.sweeper.sweep(new Date(Date.now() + 8 * 86_400_000));
-    expect(swept.events).toBeGreaterThanOrEqual(15);
+    expect(swept.events).toBeGreaterThanOrEqual(16);
     expect(swept.endedSessions).toBeGreaterThanOrEqual(3);
     const stale = watch(watchGrpcJs(svc.url, { resumeCursor: first.cursor }, { bearer: CREDS.admin }));
     expect(await stale.ended).toMatchObject({ code: Code.OutOfRange, reason: "CURSOR_EXPIRED" });
