@@ -49,8 +49,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const sessions = createSessions(config, { store, vault, registry, refresh, logger, spans });
     const authorization = built(await createAuthorization(config, { store, keyRing, providers, sessions, waiter: refresh.waiter, logger }));
     const health = built(createHealth({ repo: store.sessions, logger }));
-    watch({ coordinator: refresh.coordinator, cache: sessions.cache, health });
     const watchers = new EventWatchers(store.events, store.eventWake, config.events);
+    watch({ coordinator: refresh.coordinator, cache: sessions.cache, health, watchers });
     const listeners = built(await createListeners(config, { sessions, authorization, watchers, health: health.state, metrics, logger, spans }));
     const reloader = built(createReloader(config, { load: overrides.loadConfig, logger, providers, listeners }));
     for (const part of [health, refresh, authorization]) part.start();
