@@ -55,25 +55,25 @@ export async function prepareForwardingDemo(dir: string, provider: string) {
   return {
     yaml,
     async run(o: { httpUrl: string; client: ReturnType<typeof connectGrpcClient>; provider: TestProvider }, io: DemoIo): Promise<void> {
-      io.say("Erin's chat completion streams through the forwarding proxy: her token never leaves the service");
-      const erin = await o.provider.login("erin");
-      await o.client.storeSession({ userId: "erin", provider, tokens: { accessToken: erin.access_token, refreshToken: erin.refresh_token, expiresIn: BigInt(erin.expires_in) } });
-      // The model server takes Erin's token (the provider says it is active) or the fallback key.
+      io.say("Mia's chat completion streams through the forwarding proxy: her token never leaves the service");
+      const mia = await o.provider.login("mia");
+      await o.client.storeSession({ userId: "mia", provider, tokens: { accessToken: mia.access_token, refreshToken: mia.refresh_token, expiresIn: BigInt(mia.expires_in) } });
+      // The model server takes Mia's token (the provider says it is active) or the fallback key.
       model.accept = async (token) => token === FALLBACK_KEY || (await o.provider.introspect(token)).active;
       // Each event leaves the model server a little after the one before: the proxy passes each on as it comes.
       model.gate = () => new Promise((resolve) => setTimeout(resolve, 150));
-      io.info(`POST ${o.httpUrl}/forward/models/chat/completions, x-token-service-user: erin, "stream": true, no token from the caller`);
-      const text = await chat(o.httpUrl, "models", "erin", io);
+      io.info(`POST ${o.httpUrl}/forward/models/chat/completions, x-token-service-user: mia, "stream": true, no token from the caller`);
+      const text = await chat(o.httpUrl, "models", "mia", io);
       io.check(text === "Hello, world", "the completion should stream through");
       const sent = model.requests.at(-1)!.headers.authorization;
-      io.check(sent === `Bearer ${erin.access_token}`, "the model server should get Erin's token");
-      io.info(`the model server got Authorization: Bearer ${io.peek(erin.access_token)}, Erin's access token, from the service`);
+      io.check(sent === `Bearer ${mia.access_token}`, "the model server should get Mia's token");
+      io.info(`the model server got Authorization: Bearer ${io.peek(mia.access_token)}, Mia's access token, from the service`);
 
-      io.say("Frank has no session: the same request goes with the operator's fallback key");
-      const fallback = await chat(o.httpUrl, "models", "frank", io);
+      io.say("Noah has no session: the same request goes with the operator's fallback key");
+      const fallback = await chat(o.httpUrl, "models", "noah", io);
       io.check(fallback === "Hello, world" && model.requests.at(-1)!.headers.authorization === `Bearer ${FALLBACK_KEY}`, "the fallback key should go");
       io.info(`the model server got the static key from forward[].fallback_key_file (${io.peek(FALLBACK_KEY)})`);
-      const strict = await chat(o.httpUrl, "models-strict", "frank", io);
+      const strict = await chat(o.httpUrl, "models-strict", "noah", io);
       io.check(strict instanceof Response && strict.status === 401, "a target without a fallback key should answer 401");
       const body = (await (strict as Response).json()) as { reason: string; start_authorization: { rpc: string } };
       io.info(`a target without a fallback key → HTTP 401, reason ${body.reason}, and how to start an authorization (${body.start_authorization.rpc})`);

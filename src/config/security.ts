@@ -16,6 +16,7 @@ export const RPC_NAMES = [
   "RegisterProvider",
   "ListProviders",
   "DeleteProvider",
+  "WatchEvents",
   // Not a gRPC method: /forward/{target}/… on the HTTP listener (docs/forwarding.md); a caller with it may forward without taking tokens out.
   "Forward",
 ] as const;

@@ -14,6 +14,8 @@ import type { GrpcListener } from "./grpc-server.js";
 import type { HealthState } from "./health.js";
 import type { HttpListener } from "./http-server.js";
 import { startListeners, type HttpRequest, type HttpResponse } from "./listeners.js";
+import type { EventWatchers } from "../events/watchers.js";
+import { createEventServiceHandlers } from "./event-service.js";
 import { createProviderServiceHandlers } from "./provider-service.js";
 import { createTokenServiceHandlers } from "./token-service.js";
 
@@ -53,6 +55,7 @@ export async function createListeners(
   deps: {
     sessions: Sessions;
     authorization: Authorization;
+    watchers: EventWatchers;
     health: HealthState;
     metrics: Metrics;
     logger: Logger;
@@ -69,6 +72,7 @@ export async function createListeners(
     health,
     tokenService: createTokenServiceHandlers(sessions.service, sessions.users, authorization.codeFlow),
     providerService: createProviderServiceHandlers(authorization.admin),
+    eventService: createEventServiceHandlers(deps.watchers),
     httpRoute: anyOf(
       createClientMetadataRoute(authorization.clientDocument, () => authorization.signingKeys?.published()),
       createBackchannelRoute(authorization.logout, logger),
@@ -93,6 +97,8 @@ export async function createListeners(
       logger.info({ inflight: chain.inflightCount, graceMs: config.shutdownGraceMs }, "shutting down: draining calls");
       // Watchers have been told NOT_SERVING; their streams end so that they do not hold the drain up.
       grpc.endStreams();
+      // WatchEvents streams end with UNAVAILABLE (SHUTTING_DOWN): their callers resume elsewhere with their cursor.
+      deps.watchers.close();
       // No new connections; GOAWAY on the open ones. Calls in flight go on until they finish or the grace ends.
       const closed = Promise.all([grpc.shutdown(), http?.shutdown()]);
       const deadline = Date.now() + config.shutdownGraceMs;
