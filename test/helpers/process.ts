@@ -88,7 +88,14 @@ export async function spawnService(
   let httpUrl: string | undefined;
   let adminUrl: string | undefined;
   if (options.expectListening !== false) {
-    const line = await waitForLine((l) => l.msg === "token service listening");
+    let line: Record<string, unknown>;
+    try {
+      line = await waitForLine((l) => l.msg === "token service listening");
+    } catch (e) {
+      // The caller gets no handle to stop it: stop it here, so no process outlives a failed start.
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      throw e;
+    }
     url = `http://${String(line.addr)}`;
     if (typeof line.httpAddr === "string" && line.httpAddr !== "off") httpUrl = `http://${line.httpAddr}`;
     if (typeof line.admin === "string" && line.admin !== "off") adminUrl = `http://${line.admin}`;
