@@ -16,6 +16,8 @@ export const RPC_NAMES = [
   "RegisterProvider",
   "ListProviders",
   "DeleteProvider",
+  "ListWebhookDeliveries",
+  "RetryWebhookDelivery",
 ] as const;
 export type RpcName = (typeof RPC_NAMES)[number];
 

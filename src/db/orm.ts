@@ -5,6 +5,7 @@ import { migrationsFor } from "./migrations/index.js";
 import { AudienceTokenSchema, AuthorizationStateSchema, LogoutTokenSchema, ProviderSchema } from "./provider-entity.js";
 import { SessionSchema } from "./session-entity.js";
 import { SigningKeySchema } from "./signing-key-repository.js";
+import { WebhookCursorSchema, WebhookDeliverySchema } from "./webhook-entity.js";
 
 /** Bounds that make a dead database fail fast instead of hanging callers. */
 export interface DatabaseTimeouts {
@@ -27,7 +28,7 @@ export function describeDatabase(db: DatabaseConfig): string {
 
 function baseOptions(db: DatabaseConfig): Partial<Options> {
   return {
-    entities: [SessionSchema, ProviderSchema, AuthorizationStateSchema, LogoutTokenSchema, AudienceTokenSchema, SigningKeySchema],
+    entities: [SessionSchema, ProviderSchema, AuthorizationStateSchema, LogoutTokenSchema, AudienceTokenSchema, SigningKeySchema, WebhookDeliverySchema, WebhookCursorSchema],
     extensions: [Migrator],
     migrations: {
       tableName: "mikro_orm_migrations",

@@ -2,7 +2,7 @@ import type { Config } from "../config.js";
 import type { Logger } from "../logger.js";
 import type { Providers } from "../providers/create-providers.js";
 import type { Listeners } from "../rpc/create-listeners.js";
-import { ConfigReloader } from "./reloader.js";
+import { ConfigReloader, type ReloadTargets } from "./reloader.js";
 
 /**
  * The reloader of what can change while serving (callers and rate limits,
@@ -12,7 +12,7 @@ import { ConfigReloader } from "./reloader.js";
  */
 export function createReloader(
   config: Config,
-  deps: { load: (() => Config) | undefined; logger: Logger; providers: Providers; listeners: Listeners },
+  deps: { load: (() => Config) | undefined; logger: Logger; providers: Providers; listeners: Listeners; webhooks?: ReloadTargets["webhooks"] },
 ): ConfigReloader {
   const { providers, listeners } = deps;
   return new ConfigReloader(config, deps.load, {
@@ -23,5 +23,6 @@ export function createReloader(
     outbound: providers.outbound,
     certificates: listeners.grpc.certificates,
     http: listeners.http,
+    webhooks: deps.webhooks,
   });
 }

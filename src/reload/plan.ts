@@ -28,6 +28,8 @@ export interface ReloadPlan {
   logLevel: { from: string; to: string } | undefined;
   /** Whether the outbound policy changed. */
   outbound: boolean;
+  /** The webhooks added, removed and changed, and whether a setting of `webhooks:` (not a list entry) changed. */
+  webhooks: NameChanges & { settings: boolean };
   /** The listener's new TLS material, when it changed. */
   tls: { material: TlsConfig; certificate: CertificateSummary; clientCaChanged: boolean } | undefined;
   /** Settings that differ in the new configuration but only take effect on a restart; they keep their running values. */
@@ -37,7 +39,7 @@ export interface ReloadPlan {
 }
 
 /** Config fields a reload applies; every other field needs a restart. */
-const RELOADABLE: ReadonlySet<string> = new Set(["callers", "userAssertion", "providers", "tls", "logLevel", "files", "outbound"]);
+const RELOADABLE: ReadonlySet<string> = new Set(["callers", "userAssertion", "providers", "tls", "logLevel", "files", "outbound", "webhooks"]);
 
 /** How operators know the settings that need a restart (environment variables or YAML keys). */
 const SETTING_NAMES: Readonly<Record<string, string>> = {
@@ -121,6 +123,11 @@ export function planReload(current: Config, next: Config): ReloadPlan {
   const logLevel = current.logLevel === next.logLevel ? undefined : { from: current.logLevel, to: next.logLevel };
   const tlsChanged = tls !== undefined && !isDeepStrictEqual(tls, current.tls);
   const outbound = !isDeepStrictEqual(current.outbound, next.outbound);
+  const webhooks = {
+    ...namedChanges(current.webhooks.endpoints, next.webhooks.endpoints, (w) => w.id),
+    settings: !isDeepStrictEqual({ ...current.webhooks, endpoints: [] }, { ...next.webhooks, endpoints: [] }),
+  };
+  const webhooksChanged = !isEmpty(webhooks) || webhooks.settings;
   // Kept with the callers it was validated against: running callers bound by assertion keep their issuer.
   const userAssertion = nextCallers === next.callers ? next.userAssertion : current.userAssertion;
   const assertionChanged = !isDeepStrictEqual(userAssertion, current.userAssertion);
@@ -134,16 +141,18 @@ export function planReload(current: Config, next: Config): ReloadPlan {
       tls,
       files: next.files,
       outbound: next.outbound,
+      webhooks: next.webhooks,
     },
     callers,
     userAssertion: assertionChanged,
     providers,
     logLevel,
     outbound,
+    webhooks,
     tls: tlsChanged
       ? { material: tls, certificate: summarizeCertificate(tls.cert), clientCaChanged: !isDeepStrictEqual(tls.clientCa, current.tls?.clientCa) }
       : undefined,
     needsRestart,
-    changed: !isEmpty(callers) || assertionChanged || !isEmpty(providers) || logLevel !== undefined || tlsChanged || outbound,
+    changed: !isEmpty(callers) || assertionChanged || !isEmpty(providers) || logLevel !== undefined || tlsChanged || outbound || webhooksChanged,
   };
 }

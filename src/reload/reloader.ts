@@ -1,6 +1,6 @@
 import { createSecureContext } from "node:tls";
 import { isDeepStrictEqual } from "node:util";
-import { ConfigError, type Config, type ProviderConfig } from "../config.js";
+import { ConfigError, type Config, type ProviderConfig, type WebhooksConfig } from "../config.js";
 import { errSummary, type Logger } from "../logger.js";
 import type { OutboundPolicy } from "../providers/outbound-policy.js";
 import type { ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
@@ -24,6 +24,8 @@ export interface ReloadTargets {
   /** The gRPC listener's certificate material, when it speaks TLS. */
   certificates: CertificateSource | undefined;
   http: HttpListener | undefined;
+  /** The webhook dispatcher: a reload applies config.webhooks. */
+  webhooks?: { update(config: WebhooksConfig): void };
 }
 
 /** How one reload went. */
@@ -145,6 +147,7 @@ export class ConfigReloader {
     }
     this.applyProviders(next.providers);
     if (plan.outbound) this.t.outbound.update(plan.config.outbound);
+    this.t.webhooks?.update(plan.config.webhooks);
     this.t.chain.setCallers(new CallerDirectory(plan.config.callers, plan.config.userAssertion));
     this.current = plan.config;
     if (this.watcher) {
@@ -188,6 +191,8 @@ export class ConfigReloader {
       providerCount: plan.config.providers.length,
       logLevel: plan.logLevel ? `${plan.logLevel.from} -> ${plan.logLevel.to}` : undefined,
       outbound: plan.outbound ? plan.config.outbound : undefined,
+      // Names only: a webhook's secret never reaches the log.
+      webhooks: some(plan.webhooks) ?? (plan.webhooks.settings ? "settings changed" : undefined),
       certificate: plan.tls?.certificate,
       clientCa: plan.tls?.clientCaChanged ? "replaced" : undefined,
       needsRestart: plan.needsRestart.length > 0 ? plan.needsRestart : undefined,

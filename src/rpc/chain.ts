@@ -11,7 +11,7 @@ import { NO_SPANS, type Spans, type TraceContext } from "../tracing/spans.js";
 
 const TOKEN_SERVICE = "tokenservice.v1.TokenService";
 /** Services whose RPCs a caller's `rpcs` list names. */
-const SCOPED_SERVICES = new Set([TOKEN_SERVICE, "tokenservice.v1.ProviderService"]);
+const SCOPED_SERVICES = new Set([TOKEN_SERVICE, "tokenservice.v1.ProviderService", "tokenservice.v1.WebhookService"]);
 /** Probes must work without credentials. */
 const OPEN_SERVICES = new Set(["grpc.health.v1.Health"]);
 

@@ -16,6 +16,8 @@ import type { HttpListener } from "./http-server.js";
 import { startListeners } from "./listeners.js";
 import { createProviderServiceHandlers } from "./provider-service.js";
 import { createTokenServiceHandlers } from "./token-service.js";
+import { createWebhookServiceHandlers } from "./webhook-service.js";
+import type { WebhookDeliveries } from "../webhooks/deliveries.js";
 
 /** The listening service: gRPC, Connect and gRPC-Web over one chain, and the admin listener. */
 export interface Listeners {
@@ -50,7 +52,7 @@ export function urlOf(l: { tls: boolean; host: string; port: number }): string {
 /** Starts the RPC listeners over the domain and then, when on, the admin listener. On failure, what was started is closed. */
 export async function createListeners(
   config: Config,
-  deps: { sessions: Sessions; authorization: Authorization; health: HealthState; metrics: Metrics; logger: Logger; spans: Spans },
+  deps: { sessions: Sessions; authorization: Authorization; deliveries: WebhookDeliveries; health: HealthState; metrics: Metrics; logger: Logger; spans: Spans },
 ): Promise<Listeners> {
   const { sessions, authorization, health, metrics, logger } = deps;
   const chain = new RpcChain(new CallerDirectory(config.callers, config.userAssertion), logger, (e) => metrics.rpc(e.method, e.code, e.ms), deps.spans);
@@ -60,6 +62,7 @@ export async function createListeners(
     health,
     tokenService: createTokenServiceHandlers(sessions.service, sessions.users, authorization.codeFlow),
     providerService: createProviderServiceHandlers(authorization.admin),
+    webhookService: createWebhookServiceHandlers(deps.deliveries),
     httpRoute: anyOf(
       createClientMetadataRoute(authorization.clientDocument, () => authorization.signingKeys?.published()),
       createBackchannelRoute(authorization.logout, logger),

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokenservice/v1/token_service.proto.
  */
 export const file_tokenservice_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("CiN0b2tlbnNlcnZpY2UvdjEvdG9rZW5fc2VydmljZS5wcm90bxIPdG9rZW5zZXJ2aWNlLnYxIugBCghUb2tlblNldBIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRIQCghpZF90b2tlbhgDIAEoCRISCgp0b2tlbl90eXBlGAQgASgJEhIKCmV4cGlyZXNfaW4YBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc2NvcGUYByABKAkSNgoScmVmcmVzaF9leHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ2ChNTdG9yZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSKQoGdG9rZW5zGAMgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlRva2VuU2V0EhEKCXJlc291cmNlcxgEIAMoCSJaChRTdG9yZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrYBCg9HZXRUb2tlblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEigKBGtpbmQYBCABKA4yGi50b2tlbnNlcnZpY2UudjEuVG9rZW5LaW5kEhkKEW1pbl92YWxpZF9zZWNvbmRzGAUgASgNEhUKDWZvcmNlX3JlZnJlc2gYBiABKAgSEAoIcmVzb3VyY2UYByABKAkiiAEKEEdldFRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVzY29wZRgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJIjsKFFJldm9rZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIXChVSZXZva2VTZXNzaW9uUmVzcG9uc2UiiAMKC1Nlc3Npb25JbmZvEhIKCnNlc3Npb25faWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFhY2Nlc3NfZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoGc3RhdHVzGAYgASgOMh4udG9rZW5zZXJ2aWNlLnYxLlNlc3Npb25TdGF0dXMSDgoGa2V5X2lkGAcgASgJEhMKC3JlZnJlc2hhYmxlGAggASgIEhUKDXJlYXV0aF9yZWFzb24YCSABKAkSEQoJcmVzb3VyY2VzGAogAygJEjsKD2F1ZGllbmNlX3Rva2VucxgLIAMoCzIiLnRva2Vuc2VydmljZS52MS5BdWRpZW5jZVRva2VuSW5mbyJVChFBdWRpZW5jZVRva2VuSW5mbxIQCghyZXNvdXJjZRgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI4ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkiRgoUTGlzdFNlc3Npb25zUmVzcG9uc2USLgoIc2Vzc2lvbnMYASADKAsyHC50b2tlbnNlcnZpY2UudjEuU2Vzc2lvbkluZm8iPgoZUmV2b2tlVXNlclNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJIi0KGlJldm9rZVVzZXJTZXNzaW9uc1Jlc3BvbnNlEg8KB3Jldm9rZWQYASABKA0ipQIKGVN0YXJ0QXV0aG9yaXphdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIUCgxyZWRpcmVjdF91cmkYAyABKAkSDgoGc2NvcGVzGAQgAygJEhEKCXJlc291cmNlcxgFIAMoCRJRCgxleHRyYV9wYXJhbXMYBiADKAsyOy50b2tlbnNlcnZpY2UudjEuU3RhcnRBdXRob3JpemF0aW9uUmVxdWVzdC5FeHRyYVBhcmFtc0VudHJ5EhEKCWNoYWxsZW5nZRgHIAEoCRISCgpzZXNzaW9uX2lkGAggASgJGjIKEEV4dHJhUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKGAQoaU3RhcnRBdXRob3JpemF0aW9uUmVzcG9uc2USGQoRYXV0aG9yaXphdGlvbl91cmwYASABKAkSDQoFc3RhdGUYAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc2NvcGVzGAQgAygJIkUKHENvbXBsZXRlQXV0aG9yaXphdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIUCgxjYWxsYmFja191cmwYAiABKAkiiQEKHUNvbXBsZXRlQXV0aG9yaXphdGlvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcHJvdmlkZXIYAyABKAkSEgoKc3RlcHBlZF91cBgEIAEoCCKZAQoRUHJvdmlkZXJFbmRwb2ludHMSHgoWYXV0aG9yaXphdGlvbl9lbmRwb2ludBgBIAEoCRIWCg50b2tlbl9lbmRwb2ludBgCIAEoCRIbChNyZXZvY2F0aW9uX2VuZHBvaW50GAMgASgJEh0KFXJlZ2lzdHJhdGlvbl9lbmRwb2ludBgEIAEoCRIQCghqd2tzX3VyaRgFIAEoCSL8BAoIUHJvdmlkZXISCgoCaWQYASABKAkSDgoGaXNzdWVyGAIgASgJEhQKDHJlc291cmNlX3VybBgDIAEoCRIRCgljbGllbnRfaWQYBCABKAkSGgoSY2xpZW50X2F1dGhfbWV0aG9kGAUgASgJEi8KBnNvdXJjZRgGIAEoDjIfLnRva2Vuc2VydmljZS52MS5Qcm92aWRlclNvdXJjZRI7CgxyZWdpc3RyYXRpb24YByABKA4yJS50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXJSZWdpc3RyYXRpb24SNQoJZW5kcG9pbnRzGAggASgLMiIudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyRW5kcG9pbnRzEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEGRlZmF1bHRfcmVzb3VyY2UYCiABKAkSDgoGc2NvcGVzGAsgAygJEhUKDXJlZGlyZWN0X3VyaXMYDCADKAkSGwoTYWxsb3dfaW5zZWN1cmVfaHR0cBgNIAEoCBIOCgZvcGVuaWQYDiABKAgSOwoPYXVkaWVuY2VfdG9rZW5zGA8gASgOMiIudG9rZW5zZXJ2aWNlLnYxLkF1ZGllbmNlVG9rZW5Nb2RlEhYKDnJlZnJlc2hfc2NvcGVzGBAgAygJEhgKEGNoYWxsZW5nZV9zY29wZXMYEyADKAkSGAoQc2NvcGVzX3N1cHBvcnRlZBgUIAMoCRIrCgRraW5kGBUgASgOMh0udG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyS2luZBIWCg5lbnRlcnByaXNlX2lkcBgWIAEoCSKiBAoXUmVnaXN0ZXJQcm92aWRlclJlcXVlc3QSCgoCaWQYASABKAkSDgoGaXNzdWVyGAIgASgJEhQKDHJlc291cmNlX3VybBgDIAEoCRIRCgljbGllbnRfaWQYBCABKAkSFQoNY2xpZW50X3NlY3JldBgFIAEoCRIaChJjbGllbnRfYXV0aF9tZXRob2QYBiABKAkSHAoUZHluYW1pY19yZWdpc3RyYXRpb24YByABKAgSFQoNcmVkaXJlY3RfdXJpcxgIIAMoCRIOCgZzY29wZXMYCSADKAkSGwoTYWxsb3dfaW5zZWN1cmVfaHR0cBgKIAEoCBISCgpwdWJsaWNfdXJsGAsgASgJEjsKD2F1ZGllbmNlX3Rva2VucxgMIAEoDjIiLnRva2Vuc2VydmljZS52MS5BdWRpZW5jZVRva2VuTW9kZRIXCg9leGNoYW5nZV90YXJnZXQYDSABKAkSFgoOcmVmcmVzaF9zY29wZXMYDiADKAkSPwoMcmVnaXN0cmF0aW9uGA8gASgOMikudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyUmVnaXN0cmF0aW9uTW9kZRITCgthc3N1bWVfcGtjZRgQIAEoCBIrCgRraW5kGBEgASgOMh0udG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyS2luZBIWCg5lbnRlcnByaXNlX2lkcBgSIAEoCRIQCghyZXNvdXJjZRgTIAEoCSJHChhSZWdpc3RlclByb3ZpZGVyUmVzcG9uc2USKwoIcHJvdmlkZXIYASABKAsyGS50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXIiFgoUTGlzdFByb3ZpZGVyc1JlcXVlc3QiRQoVTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEiwKCXByb3ZpZGVycxgBIAMoCzIZLnRva2Vuc2VydmljZS52MS5Qcm92aWRlciI8ChVEZWxldGVQcm92aWRlclJlcXVlc3QSCgoCaWQYASABKAkSFwoPcmV2b2tlX3Nlc3Npb25zGAIgASgIIjIKFkRlbGV0ZVByb3ZpZGVyUmVzcG9uc2USGAoQc2Vzc2lvbnNfcmV2b2tlZBgBIAEoDSpRCglUb2tlbktpbmQSGgoWVE9LRU5fS0lORF9VTlNQRUNJRklFRBAAEhUKEVRPS0VOX0tJTkRfQUNDRVNTEAESEQoNVE9LRU5fS0lORF9JRBACKm4KDVNlc3Npb25TdGF0dXMSHgoaU0VTU0lPTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIZChVTRVNTSU9OX1NUQVRVU19BQ1RJVkUQARIiCh5TRVNTSU9OX1NUQVRVU19SRUFVVEhfUkVRVUlSRUQQAipqCg5Qcm92aWRlclNvdXJjZRIfChtQUk9WSURFUl9TT1VSQ0VfVU5TUEVDSUZJRUQQABIaChZQUk9WSURFUl9TT1VSQ0VfQ09ORklHEAESGwoXUFJPVklERVJfU09VUkNFX1JVTlRJTUUQAiqiAQoUUHJvdmlkZXJSZWdpc3RyYXRpb24SJQohUFJPVklERVJfUkVHSVNUUkFUSU9OX1VOU1BFQ0lGSUVEEAASIAocUFJPVklERVJfUkVHSVNUUkFUSU9OX1NUQVRJQxABEiEKHVBST1ZJREVSX1JFR0lTVFJBVElPTl9EWU5BTUlDEAISHgoaUFJPVklERVJfUkVHSVNUUkFUSU9OX0NJTUQQAyrfAQoYUHJvdmlkZXJSZWdpc3RyYXRpb25Nb2RlEioKJlBST1ZJREVSX1JFR0lTVFJBVElPTl9NT0RFX1VOU1BFQ0lGSUVEEAASIwofUFJPVklERVJfUkVHSVNUUkFUSU9OX01PREVfQVVUTxABEiUKIVBST1ZJREVSX1JFR0lTVFJBVElPTl9NT0RFX1NUQVRJQxACEiMKH1BST1ZJREVSX1JFR0lTVFJBVElPTl9NT0RFX0NJTUQQAxImCiJQUk9WSURFUl9SRUdJU1RSQVRJT05fTU9ERV9EWU5BTUlDEAQqbAoMUHJvdmlkZXJLaW5kEh0KGVBST1ZJREVSX0tJTkRfVU5TUEVDSUZJRUQQABIXChNQUk9WSURFUl9LSU5EX09BVVRIEAESJAogUFJPVklERVJfS0lORF9FTlRFUlBSSVNFX01BTkFHRUQQAip7ChFBdWRpZW5jZVRva2VuTW9kZRIjCh9BVURJRU5DRV9UT0tFTl9NT0RFX1VOU1BFQ0lGSUVEEAASHwobQVVESUVOQ0VfVE9LRU5fTU9ERV9SRUZSRVNIEAESIAocQVVESUVOQ0VfVE9LRU5fTU9ERV9FWENIQU5HRRACMs8FCgxUb2tlblNlcnZpY2USWwoMU3RvcmVTZXNzaW9uEiQudG9rZW5zZXJ2aWNlLnYxLlN0b3JlU2Vzc2lvblJlcXVlc3QaJS50b2tlbnNlcnZpY2UudjEuU3RvcmVTZXNzaW9uUmVzcG9uc2USTwoIR2V0VG9rZW4SIC50b2tlbnNlcnZpY2UudjEuR2V0VG9rZW5SZXF1ZXN0GiEudG9rZW5zZXJ2aWNlLnYxLkdldFRva2VuUmVzcG9uc2USXgoNUmV2b2tlU2Vzc2lvbhIlLnRva2Vuc2VydmljZS52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBomLnRva2Vuc2VydmljZS52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2USWwoMTGlzdFNlc3Npb25zEiQudG9rZW5zZXJ2aWNlLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJS50b2tlbnNlcnZpY2UudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USbQoSUmV2b2tlVXNlclNlc3Npb25zEioudG9rZW5zZXJ2aWNlLnYxLlJldm9rZVVzZXJTZXNzaW9uc1JlcXVlc3QaKy50b2tlbnNlcnZpY2UudjEuUmV2b2tlVXNlclNlc3Npb25zUmVzcG9uc2USbQoSU3RhcnRBdXRob3JpemF0aW9uEioudG9rZW5zZXJ2aWNlLnYxLlN0YXJ0QXV0aG9yaXphdGlvblJlcXVlc3QaKy50b2tlbnNlcnZpY2UudjEuU3RhcnRBdXRob3JpemF0aW9uUmVzcG9uc2USdgoVQ29tcGxldGVBdXRob3JpemF0aW9uEi0udG9rZW5zZXJ2aWNlLnYxLkNvbXBsZXRlQXV0aG9yaXphdGlvblJlcXVlc3QaLi50b2tlbnNlcnZpY2UudjEuQ29tcGxldGVBdXRob3JpemF0aW9uUmVzcG9uc2UyvQIKD1Byb3ZpZGVyU2VydmljZRJnChBSZWdpc3RlclByb3ZpZGVyEigudG9rZW5zZXJ2aWNlLnYxLlJlZ2lzdGVyUHJvdmlkZXJSZXF1ZXN0GikudG9rZW5zZXJ2aWNlLnYxLlJlZ2lzdGVyUHJvdmlkZXJSZXNwb25zZRJeCg1MaXN0UHJvdmlkZXJzEiUudG9rZW5zZXJ2aWNlLnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiYudG9rZW5zZXJ2aWNlLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJhCg5EZWxldGVQcm92aWRlchImLnRva2Vuc2VydmljZS52MS5EZWxldGVQcm92aWRlclJlcXVlc3QaJy50b2tlbnNlcnZpY2UudjEuRGVsZXRlUHJvdmlkZXJSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiN0b2tlbnNlcnZpY2UvdjEvdG9rZW5fc2VydmljZS5wcm90bxIPdG9rZW5zZXJ2aWNlLnYxIugBCghUb2tlblNldBIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRIQCghpZF90b2tlbhgDIAEoCRISCgp0b2tlbl90eXBlGAQgASgJEhIKCmV4cGlyZXNfaW4YBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc2NvcGUYByABKAkSNgoScmVmcmVzaF9leHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ2ChNTdG9yZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSKQoGdG9rZW5zGAMgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlRva2VuU2V0EhEKCXJlc291cmNlcxgEIAMoCSJaChRTdG9yZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrYBCg9HZXRUb2tlblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEigKBGtpbmQYBCABKA4yGi50b2tlbnNlcnZpY2UudjEuVG9rZW5LaW5kEhkKEW1pbl92YWxpZF9zZWNvbmRzGAUgASgNEhUKDWZvcmNlX3JlZnJlc2gYBiABKAgSEAoIcmVzb3VyY2UYByABKAkiiAEKEEdldFRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVzY29wZRgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJIjsKFFJldm9rZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIXChVSZXZva2VTZXNzaW9uUmVzcG9uc2UiiAMKC1Nlc3Npb25JbmZvEhIKCnNlc3Npb25faWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFhY2Nlc3NfZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoGc3RhdHVzGAYgASgOMh4udG9rZW5zZXJ2aWNlLnYxLlNlc3Npb25TdGF0dXMSDgoGa2V5X2lkGAcgASgJEhMKC3JlZnJlc2hhYmxlGAggASgIEhUKDXJlYXV0aF9yZWFzb24YCSABKAkSEQoJcmVzb3VyY2VzGAogAygJEjsKD2F1ZGllbmNlX3Rva2VucxgLIAMoCzIiLnRva2Vuc2VydmljZS52MS5BdWRpZW5jZVRva2VuSW5mbyJVChFBdWRpZW5jZVRva2VuSW5mbxIQCghyZXNvdXJjZRgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI4ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkiRgoUTGlzdFNlc3Npb25zUmVzcG9uc2USLgoIc2Vzc2lvbnMYASADKAsyHC50b2tlbnNlcnZpY2UudjEuU2Vzc2lvbkluZm8iPgoZUmV2b2tlVXNlclNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJIi0KGlJldm9rZVVzZXJTZXNzaW9uc1Jlc3BvbnNlEg8KB3Jldm9rZWQYASABKA0ipQIKGVN0YXJ0QXV0aG9yaXphdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIUCgxyZWRpcmVjdF91cmkYAyABKAkSDgoGc2NvcGVzGAQgAygJEhEKCXJlc291cmNlcxgFIAMoCRJRCgxleHRyYV9wYXJhbXMYBiADKAsyOy50b2tlbnNlcnZpY2UudjEuU3RhcnRBdXRob3JpemF0aW9uUmVxdWVzdC5FeHRyYVBhcmFtc0VudHJ5EhEKCWNoYWxsZW5nZRgHIAEoCRISCgpzZXNzaW9uX2lkGAggASgJGjIKEEV4dHJhUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKGAQoaU3RhcnRBdXRob3JpemF0aW9uUmVzcG9uc2USGQoRYXV0aG9yaXphdGlvbl91cmwYASABKAkSDQoFc3RhdGUYAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc2NvcGVzGAQgAygJIkUKHENvbXBsZXRlQXV0aG9yaXphdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIUCgxjYWxsYmFja191cmwYAiABKAkiiQEKHUNvbXBsZXRlQXV0aG9yaXphdGlvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcHJvdmlkZXIYAyABKAkSEgoKc3RlcHBlZF91cBgEIAEoCCKZAQoRUHJvdmlkZXJFbmRwb2ludHMSHgoWYXV0aG9yaXphdGlvbl9lbmRwb2ludBgBIAEoCRIWCg50b2tlbl9lbmRwb2ludBgCIAEoCRIbChNyZXZvY2F0aW9uX2VuZHBvaW50GAMgASgJEh0KFXJlZ2lzdHJhdGlvbl9lbmRwb2ludBgEIAEoCRIQCghqd2tzX3VyaRgFIAEoCSL8BAoIUHJvdmlkZXISCgoCaWQYASABKAkSDgoGaXNzdWVyGAIgASgJEhQKDHJlc291cmNlX3VybBgDIAEoCRIRCgljbGllbnRfaWQYBCABKAkSGgoSY2xpZW50X2F1dGhfbWV0aG9kGAUgASgJEi8KBnNvdXJjZRgGIAEoDjIfLnRva2Vuc2VydmljZS52MS5Qcm92aWRlclNvdXJjZRI7CgxyZWdpc3RyYXRpb24YByABKA4yJS50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXJSZWdpc3RyYXRpb24SNQoJZW5kcG9pbnRzGAggASgLMiIudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyRW5kcG9pbnRzEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEGRlZmF1bHRfcmVzb3VyY2UYCiABKAkSDgoGc2NvcGVzGAsgAygJEhUKDXJlZGlyZWN0X3VyaXMYDCADKAkSGwoTYWxsb3dfaW5zZWN1cmVfaHR0cBgNIAEoCBIOCgZvcGVuaWQYDiABKAgSOwoPYXVkaWVuY2VfdG9rZW5zGA8gASgOMiIudG9rZW5zZXJ2aWNlLnYxLkF1ZGllbmNlVG9rZW5Nb2RlEhYKDnJlZnJlc2hfc2NvcGVzGBAgAygJEhgKEGNoYWxsZW5nZV9zY29wZXMYEyADKAkSGAoQc2NvcGVzX3N1cHBvcnRlZBgUIAMoCRIrCgRraW5kGBUgASgOMh0udG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyS2luZBIWCg5lbnRlcnByaXNlX2lkcBgWIAEoCSKiBAoXUmVnaXN0ZXJQcm92aWRlclJlcXVlc3QSCgoCaWQYASABKAkSDgoGaXNzdWVyGAIgASgJEhQKDHJlc291cmNlX3VybBgDIAEoCRIRCgljbGllbnRfaWQYBCABKAkSFQoNY2xpZW50X3NlY3JldBgFIAEoCRIaChJjbGllbnRfYXV0aF9tZXRob2QYBiABKAkSHAoUZHluYW1pY19yZWdpc3RyYXRpb24YByABKAgSFQoNcmVkaXJlY3RfdXJpcxgIIAMoCRIOCgZzY29wZXMYCSADKAkSGwoTYWxsb3dfaW5zZWN1cmVfaHR0cBgKIAEoCBISCgpwdWJsaWNfdXJsGAsgASgJEjsKD2F1ZGllbmNlX3Rva2VucxgMIAEoDjIiLnRva2Vuc2VydmljZS52MS5BdWRpZW5jZVRva2VuTW9kZRIXCg9leGNoYW5nZV90YXJnZXQYDSABKAkSFgoOcmVmcmVzaF9zY29wZXMYDiADKAkSPwoMcmVnaXN0cmF0aW9uGA8gASgOMikudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyUmVnaXN0cmF0aW9uTW9kZRITCgthc3N1bWVfcGtjZRgQIAEoCBIrCgRraW5kGBEgASgOMh0udG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyS2luZBIWCg5lbnRlcnByaXNlX2lkcBgSIAEoCRIQCghyZXNvdXJjZRgTIAEoCSJHChhSZWdpc3RlclByb3ZpZGVyUmVzcG9uc2USKwoIcHJvdmlkZXIYASABKAsyGS50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXIiFgoUTGlzdFByb3ZpZGVyc1JlcXVlc3QiRQoVTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEiwKCXByb3ZpZGVycxgBIAMoCzIZLnRva2Vuc2VydmljZS52MS5Qcm92aWRlciI8ChVEZWxldGVQcm92aWRlclJlcXVlc3QSCgoCaWQYASABKAkSFwoPcmV2b2tlX3Nlc3Npb25zGAIgASgIIjIKFkRlbGV0ZVByb3ZpZGVyUmVzcG9uc2USGAoQc2Vzc2lvbnNfcmV2b2tlZBgBIAEoDSKeAwoPV2ViaG9va0RlbGl2ZXJ5EgoKAmlkGAEgASgJEhIKCndlYmhvb2tfaWQYAiABKAkSEgoKZXZlbnRfdHlwZRgDIAEoCRIQCghldmVudF9pZBgEIAEoCRIQCghwcm92aWRlchgFIAEoCRI0CgVzdGF0ZRgGIAEoDjIlLnRva2Vuc2VydmljZS52MS5XZWJob29rRGVsaXZlcnlTdGF0ZRIQCghhdHRlbXB0cxgHIAEoDRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9uZXh0X2F0dGVtcHRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2xhc3Rfc3RhdHVzGAogASgNEhIKCmxhc3RfZXJyb3IYCyABKAkSMAoMZGVsaXZlcmVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdkZWFkX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ3ChxMaXN0V2ViaG9va0RlbGl2ZXJpZXNSZXF1ZXN0EhIKCndlYmhvb2tfaWQYASABKAkSNAoFc3RhdGUYAiABKA4yJS50b2tlbnNlcnZpY2UudjEuV2ViaG9va0RlbGl2ZXJ5U3RhdGUSDQoFbGltaXQYAyABKA0iVQodTGlzdFdlYmhvb2tEZWxpdmVyaWVzUmVzcG9uc2USNAoKZGVsaXZlcmllcxgBIAMoCzIgLnRva2Vuc2VydmljZS52MS5XZWJob29rRGVsaXZlcnkiKQobUmV0cnlXZWJob29rRGVsaXZlcnlSZXF1ZXN0EgoKAmlkGAEgASgJIlIKHFJldHJ5V2ViaG9va0RlbGl2ZXJ5UmVzcG9uc2USMgoIZGVsaXZlcnkYASABKAsyIC50b2tlbnNlcnZpY2UudjEuV2ViaG9va0RlbGl2ZXJ5KlEKCVRva2VuS2luZBIaChZUT0tFTl9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRVE9LRU5fS0lORF9BQ0NFU1MQARIRCg1UT0tFTl9LSU5EX0lEEAIqbgoNU2Vzc2lvblN0YXR1cxIeChpTRVNTSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEhkKFVNFU1NJT05fU1RBVFVTX0FDVElWRRABEiIKHlNFU1NJT05fU1RBVFVTX1JFQVVUSF9SRVFVSVJFRBACKmoKDlByb3ZpZGVyU291cmNlEh8KG1BST1ZJREVSX1NPVVJDRV9VTlNQRUNJRklFRBAAEhoKFlBST1ZJREVSX1NPVVJDRV9DT05GSUcQARIbChdQUk9WSURFUl9TT1VSQ0VfUlVOVElNRRACKqIBChRQcm92aWRlclJlZ2lzdHJhdGlvbhIlCiFQUk9WSURFUl9SRUdJU1RSQVRJT05fVU5TUEVDSUZJRUQQABIgChxQUk9WSURFUl9SRUdJU1RSQVRJT05fU1RBVElDEAESIQodUFJPVklERVJfUkVHSVNUUkFUSU9OX0RZTkFNSUMQAhIeChpQUk9WSURFUl9SRUdJU1RSQVRJT05fQ0lNRBADKt8BChhQcm92aWRlclJlZ2lzdHJhdGlvbk1vZGUSKgomUFJPVklERVJfUkVHSVNUUkFUSU9OX01PREVfVU5TUEVDSUZJRUQQABIjCh9QUk9WSURFUl9SRUdJU1RSQVRJT05fTU9ERV9BVVRPEAESJQohUFJPVklERVJfUkVHSVNUUkFUSU9OX01PREVfU1RBVElDEAISIwofUFJPVklERVJfUkVHSVNUUkFUSU9OX01PREVfQ0lNRBADEiYKIlBST1ZJREVSX1JFR0lTVFJBVElPTl9NT0RFX0RZTkFNSUMQBCpsCgxQcm92aWRlcktpbmQSHQoZUFJPVklERVJfS0lORF9VTlNQRUNJRklFRBAAEhcKE1BST1ZJREVSX0tJTkRfT0FVVEgQARIkCiBQUk9WSURFUl9LSU5EX0VOVEVSUFJJU0VfTUFOQUdFRBACKnsKEUF1ZGllbmNlVG9rZW5Nb2RlEiMKH0FVRElFTkNFX1RPS0VOX01PREVfVU5TUEVDSUZJRUQQABIfChtBVURJRU5DRV9UT0tFTl9NT0RFX1JFRlJFU0gQARIgChxBVURJRU5DRV9UT0tFTl9NT0RFX0VYQ0hBTkdFEAIqqQEKFFdlYmhvb2tEZWxpdmVyeVN0YXRlEiYKIldFQkhPT0tfREVMSVZFUllfU1RBVEVfVU5TUEVDSUZJRUQQABIiCh5XRUJIT09LX0RFTElWRVJZX1NUQVRFX1BFTkRJTkcQARIkCiBXRUJIT09LX0RFTElWRVJZX1NUQVRFX0RFTElWRVJFRBACEh8KG1dFQkhPT0tfREVMSVZFUllfU1RBVEVfREVBRBADMs8FCgxUb2tlblNlcnZpY2USWwoMU3RvcmVTZXNzaW9uEiQudG9rZW5zZXJ2aWNlLnYxLlN0b3JlU2Vzc2lvblJlcXVlc3QaJS50b2tlbnNlcnZpY2UudjEuU3RvcmVTZXNzaW9uUmVzcG9uc2USTwoIR2V0VG9rZW4SIC50b2tlbnNlcnZpY2UudjEuR2V0VG9rZW5SZXF1ZXN0GiEudG9rZW5zZXJ2aWNlLnYxLkdldFRva2VuUmVzcG9uc2USXgoNUmV2b2tlU2Vzc2lvbhIlLnRva2Vuc2VydmljZS52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBomLnRva2Vuc2VydmljZS52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2USWwoMTGlzdFNlc3Npb25zEiQudG9rZW5zZXJ2aWNlLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJS50b2tlbnNlcnZpY2UudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USbQoSUmV2b2tlVXNlclNlc3Npb25zEioudG9rZW5zZXJ2aWNlLnYxLlJldm9rZVVzZXJTZXNzaW9uc1JlcXVlc3QaKy50b2tlbnNlcnZpY2UudjEuUmV2b2tlVXNlclNlc3Npb25zUmVzcG9uc2USbQoSU3RhcnRBdXRob3JpemF0aW9uEioudG9rZW5zZXJ2aWNlLnYxLlN0YXJ0QXV0aG9yaXphdGlvblJlcXVlc3QaKy50b2tlbnNlcnZpY2UudjEuU3RhcnRBdXRob3JpemF0aW9uUmVzcG9uc2USdgoVQ29tcGxldGVBdXRob3JpemF0aW9uEi0udG9rZW5zZXJ2aWNlLnYxLkNvbXBsZXRlQXV0aG9yaXphdGlvblJlcXVlc3QaLi50b2tlbnNlcnZpY2UudjEuQ29tcGxldGVBdXRob3JpemF0aW9uUmVzcG9uc2UyvQIKD1Byb3ZpZGVyU2VydmljZRJnChBSZWdpc3RlclByb3ZpZGVyEigudG9rZW5zZXJ2aWNlLnYxLlJlZ2lzdGVyUHJvdmlkZXJSZXF1ZXN0GikudG9rZW5zZXJ2aWNlLnYxLlJlZ2lzdGVyUHJvdmlkZXJSZXNwb25zZRJeCg1MaXN0UHJvdmlkZXJzEiUudG9rZW5zZXJ2aWNlLnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiYudG9rZW5zZXJ2aWNlLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJhCg5EZWxldGVQcm92aWRlchImLnRva2Vuc2VydmljZS52MS5EZWxldGVQcm92aWRlclJlcXVlc3QaJy50b2tlbnNlcnZpY2UudjEuRGVsZXRlUHJvdmlkZXJSZXNwb25zZTL9AQoOV2ViaG9va1NlcnZpY2USdgoVTGlzdFdlYmhvb2tEZWxpdmVyaWVzEi0udG9rZW5zZXJ2aWNlLnYxLkxpc3RXZWJob29rRGVsaXZlcmllc1JlcXVlc3QaLi50b2tlbnNlcnZpY2UudjEuTGlzdFdlYmhvb2tEZWxpdmVyaWVzUmVzcG9uc2UScwoUUmV0cnlXZWJob29rRGVsaXZlcnkSLC50b2tlbnNlcnZpY2UudjEuUmV0cnlXZWJob29rRGVsaXZlcnlSZXF1ZXN0Gi0udG9rZW5zZXJ2aWNlLnYxLlJldHJ5V2ViaG9va0RlbGl2ZXJ5UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * TokenSet is a token endpoint response as the auth gateway received it.
@@ -1131,6 +1131,190 @@ export const DeleteProviderResponseSchema: GenMessage<DeleteProviderResponse> = 
   messageDesc(file_tokenservice_v1_token_service, 24);
 
 /**
+ * One event sent (or to be sent) to one webhook.
+ *
+ * @generated from message tokenservice.v1.WebhookDelivery
+ */
+export type WebhookDelivery = Message<"tokenservice.v1.WebhookDelivery"> & {
+  /**
+   * The webhook-id header of every attempt ("msg_…").
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The webhook's id in the YAML file.
+   *
+   * @generated from field: string webhook_id = 2;
+   */
+  webhookId: string;
+
+  /**
+   * The event's kind (the payload's type), such as session.refresh_failing.
+   *
+   * @generated from field: string event_type = 3;
+   */
+  eventType: string;
+
+  /**
+   * The event's cursor in the outbox.
+   *
+   * @generated from field: string event_id = 4;
+   */
+  eventId: string;
+
+  /**
+   * The provider the event is about.
+   *
+   * @generated from field: string provider = 5;
+   */
+  provider: string;
+
+  /**
+   * @generated from field: tokenservice.v1.WebhookDeliveryState state = 6;
+   */
+  state: WebhookDeliveryState;
+
+  /**
+   * Attempts made so far.
+   *
+   * @generated from field: uint32 attempts = 7;
+   */
+  attempts: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 8;
+   */
+  createdAt?: Timestamp;
+
+  /**
+   * When the next attempt is due (pending only).
+   *
+   * @generated from field: google.protobuf.Timestamp next_attempt_at = 9;
+   */
+  nextAttemptAt?: Timestamp;
+
+  /**
+   * The last attempt's HTTP status; 0: no answer.
+   *
+   * @generated from field: uint32 last_status = 10;
+   */
+  lastStatus: number;
+
+  /**
+   * Why the last attempt failed: http_<status>, timeout, connection,
+   * destination_not_allowed, response_too_large; empty when none failed.
+   *
+   * @generated from field: string last_error = 11;
+   */
+  lastError: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp delivered_at = 12;
+   */
+  deliveredAt?: Timestamp;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp dead_at = 13;
+   */
+  deadAt?: Timestamp;
+};
+
+/**
+ * Describes the message tokenservice.v1.WebhookDelivery.
+ * Use `create(WebhookDeliverySchema)` to create a new message.
+ */
+export const WebhookDeliverySchema: GenMessage<WebhookDelivery> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 25);
+
+/**
+ * @generated from message tokenservice.v1.ListWebhookDeliveriesRequest
+ */
+export type ListWebhookDeliveriesRequest = Message<"tokenservice.v1.ListWebhookDeliveriesRequest"> & {
+  /**
+   * Only this webhook's deliveries; empty: every webhook.
+   *
+   * @generated from field: string webhook_id = 1;
+   */
+  webhookId: string;
+
+  /**
+   * Only deliveries in this state; UNSPECIFIED: any.
+   *
+   * @generated from field: tokenservice.v1.WebhookDeliveryState state = 2;
+   */
+  state: WebhookDeliveryState;
+
+  /**
+   * At most this many (default and maximum 500).
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message tokenservice.v1.ListWebhookDeliveriesRequest.
+ * Use `create(ListWebhookDeliveriesRequestSchema)` to create a new message.
+ */
+export const ListWebhookDeliveriesRequestSchema: GenMessage<ListWebhookDeliveriesRequest> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 26);
+
+/**
+ * @generated from message tokenservice.v1.ListWebhookDeliveriesResponse
+ */
+export type ListWebhookDeliveriesResponse = Message<"tokenservice.v1.ListWebhookDeliveriesResponse"> & {
+  /**
+   * @generated from field: repeated tokenservice.v1.WebhookDelivery deliveries = 1;
+   */
+  deliveries: WebhookDelivery[];
+};
+
+/**
+ * Describes the message tokenservice.v1.ListWebhookDeliveriesResponse.
+ * Use `create(ListWebhookDeliveriesResponseSchema)` to create a new message.
+ */
+export const ListWebhookDeliveriesResponseSchema: GenMessage<ListWebhookDeliveriesResponse> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 27);
+
+/**
+ * @generated from message tokenservice.v1.RetryWebhookDeliveryRequest
+ */
+export type RetryWebhookDeliveryRequest = Message<"tokenservice.v1.RetryWebhookDeliveryRequest"> & {
+  /**
+   * The delivery's id (its webhook-id).
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message tokenservice.v1.RetryWebhookDeliveryRequest.
+ * Use `create(RetryWebhookDeliveryRequestSchema)` to create a new message.
+ */
+export const RetryWebhookDeliveryRequestSchema: GenMessage<RetryWebhookDeliveryRequest> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 28);
+
+/**
+ * @generated from message tokenservice.v1.RetryWebhookDeliveryResponse
+ */
+export type RetryWebhookDeliveryResponse = Message<"tokenservice.v1.RetryWebhookDeliveryResponse"> & {
+  /**
+   * @generated from field: tokenservice.v1.WebhookDelivery delivery = 1;
+   */
+  delivery?: WebhookDelivery;
+};
+
+/**
+ * Describes the message tokenservice.v1.RetryWebhookDeliveryResponse.
+ * Use `create(RetryWebhookDeliveryResponseSchema)` to create a new message.
+ */
+export const RetryWebhookDeliveryResponseSchema: GenMessage<RetryWebhookDeliveryResponse> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 29);
+
+/**
  * TokenKind selects which token GetToken returns.
  *
  * @generated from enum tokenservice.v1.TokenKind
@@ -1392,6 +1576,45 @@ export const AudienceTokenModeSchema: GenEnum<AudienceTokenMode> = /*@__PURE__*/
   enumDesc(file_tokenservice_v1_token_service, 6);
 
 /**
+ * Where a delivery is.
+ *
+ * @generated from enum tokenservice.v1.WebhookDeliveryState
+ */
+export enum WebhookDeliveryState {
+  /**
+   * @generated from enum value: WEBHOOK_DELIVERY_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Not yet answered with a 2xx: waiting for its next attempt.
+   *
+   * @generated from enum value: WEBHOOK_DELIVERY_STATE_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * Answered with a 2xx.
+   *
+   * @generated from enum value: WEBHOOK_DELIVERY_STATE_DELIVERED = 2;
+   */
+  DELIVERED = 2,
+
+  /**
+   * Given up: no 2xx within webhooks.max_age_seconds, or a 410 Gone.
+   *
+   * @generated from enum value: WEBHOOK_DELIVERY_STATE_DEAD = 3;
+   */
+  DEAD = 3,
+}
+
+/**
+ * Describes the enum tokenservice.v1.WebhookDeliveryState.
+ */
+export const WebhookDeliveryStateSchema: GenEnum<WebhookDeliveryState> = /*@__PURE__*/
+  enumDesc(file_tokenservice_v1_token_service, 7);
+
+/**
  * TokenService holds users' OAuth/OIDC token sets server-side and hands out
  * bearer tokens that are valid right now.
  *
@@ -1533,4 +1756,39 @@ export const ProviderService: GenService<{
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tokenservice_v1_token_service, 1);
+
+/**
+ * WebhookService shows the deliveries of the YAML file's webhooks
+ * (docs/connection-health.md#webhooks) and sends a delivery again by hand.
+ * A caller restricted to some providers sees and retries only deliveries
+ * of those providers' events.
+ *
+ * @generated from service tokenservice.v1.WebhookService
+ */
+export const WebhookService: GenService<{
+  /**
+   * ListWebhookDeliveries lists deliveries, newest first: pending ones,
+   * delivered ones and dead letters (retried for webhooks.max_age_seconds
+   * without a 2xx answer). Never holds a payload or a secret.
+   *
+   * @generated from rpc tokenservice.v1.WebhookService.ListWebhookDeliveries
+   */
+  listWebhookDeliveries: {
+    methodKind: "unary";
+    input: typeof ListWebhookDeliveriesRequestSchema;
+    output: typeof ListWebhookDeliveriesResponseSchema;
+  },
+  /**
+   * RetryWebhookDelivery sends a delivery again now, with the same
+   * webhook-id and body, and gives it a new webhooks.max_age_seconds.
+   *
+   * @generated from rpc tokenservice.v1.WebhookService.RetryWebhookDelivery
+   */
+  retryWebhookDelivery: {
+    methodKind: "unary";
+    input: typeof RetryWebhookDeliveryRequestSchema;
+    output: typeof RetryWebhookDeliveryResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_tokenservice_v1_token_service, 2);
 
