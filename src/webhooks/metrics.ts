@@ -69,9 +69,14 @@ export class WebhookMetrics {
     });
   }
 
-  /** The configured webhooks: each has its gauges, at 0 while nothing is pending or dead. */
+  /** The configured webhooks: each has its series from the start (counters at 0), so rules and panels see them before any event. */
   configured(ids: string[]): void {
     this.known = new Set(ids);
+    for (const webhook of ids) {
+      this.attempts.inc({ webhook, result: "success" }, 0);
+      for (const result of ["delivered", "dead"]) this.deliveries.inc({ webhook, result }, 0);
+      this.lag.zero({ webhook });
+    }
   }
 
   observeStats(stats: DeliveryStats): void {
