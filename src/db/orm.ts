@@ -3,6 +3,7 @@ import { Migrator } from "@mikro-orm/migrations";
 import type { DatabaseConfig } from "../config.js";
 import { migrationsFor } from "./migrations/index.js";
 import { AudienceTokenSchema, AuthorizationStateSchema, LogoutTokenSchema, ProviderSchema } from "./provider-entity.js";
+import { EndedSessionSchema, EventHorizonSchema, EventSchema } from "./event-entity.js";
 import { SessionSchema } from "./session-entity.js";
 import { SigningKeySchema } from "./signing-key-repository.js";
 import { WebhookCursorSchema, WebhookDeliverySchema } from "./webhook-entity.js";
@@ -28,7 +29,7 @@ export function describeDatabase(db: DatabaseConfig): string {
 
 function baseOptions(db: DatabaseConfig): Partial<Options> {
   return {
-    entities: [SessionSchema, ProviderSchema, AuthorizationStateSchema, LogoutTokenSchema, AudienceTokenSchema, SigningKeySchema, WebhookDeliverySchema, WebhookCursorSchema],
+    entities: [SessionSchema, ProviderSchema, AuthorizationStateSchema, LogoutTokenSchema, AudienceTokenSchema, SigningKeySchema, EventSchema, EventHorizonSchema, EndedSessionSchema, WebhookDeliverySchema, WebhookCursorSchema],
     extensions: [Migrator],
     migrations: {
       tableName: "mikro_orm_migrations",
