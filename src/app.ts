@@ -17,6 +17,7 @@ import { logStartup } from "./startup-log.js";
 import { createTracing } from "./tracing/create-tracing.js";
 import { closeInReverse, type Closeable } from "./util/close-in-reverse.js";
 import { createWebhooks } from "./webhooks/create-webhooks.js";
+import { eventsOutbox } from "./webhooks/outbox.js";
 
 export type { App, AppOverrides } from "./app-types.js";
 export { resolveKeyRing } from "./crypto/resolve-key-ring.js";
@@ -48,7 +49,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const refresh = built(createRefresh(config, { store, vault, registry, metrics, logger, replicaId: overrides.replicaId, spans }));
     const sessions = createSessions(config, { store, vault, registry, refresh, logger, spans });
     const authorization = built(await createAuthorization(config, { store, keyRing, providers, sessions, waiter: refresh.waiter, logger }));
-    const webhooks = built(createWebhooks(config, { store, outbound: providers.outbound, outbox: undefined, metrics, logger, replicaId: refresh.coordinator.replicaId }));
+    const webhooks = built(createWebhooks(config, { store, outbound: providers.outbound, outbox: eventsOutbox(store.events, store.eventWake), metrics, logger, replicaId: refresh.coordinator.replicaId }));
     const health = built(createHealth({ repo: store.sessions, logger }));
     watch({ coordinator: refresh.coordinator, cache: sessions.cache, health });
     const listeners = built(await createListeners(config, { sessions, authorization, deliveries: webhooks.deliveries, health: health.state, metrics, logger, spans }));

@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { EVENT_KINDS, isEventKind } from "../events/types.js";
 import type { FileConfig } from "./schema.js";
 
 /** One webhook endpoint: where events go, which kinds, and its Standard Webhooks secret. */
@@ -76,6 +77,8 @@ export function toWebhooks(file: FileConfig, baseDir: string, isLoopback: Loopba
     const where = `webhooks.endpoints[${i}]`;
     if (seen.has(e.id)) throw new Error(`${where}.id: duplicate webhook id "${e.id}"`);
     seen.add(e.id);
+    const unknown = e.events.find((k) => k !== "*" && !isEventKind(k));
+    if (unknown !== undefined) throw new Error(`${where}.events: "${unknown}" is not an event kind (${EVENT_KINDS.join(", ")}, or "*")`);
     const url = new URL(e.url);
     if (url.username !== "" || url.password !== "" || url.hash !== "") throw new Error(`${where}.url: must not hold credentials or a fragment`);
     if (url.protocol === "http:") {

@@ -11,9 +11,6 @@ export type AttemptOutcome =
   | { state: "pending"; status: number | null; error: string; nextAttemptAt: Date }
   | { state: "dead"; status: number | null; error: string; at: Date };
 
-/** A read of the outbox inside the fan-out's transaction: events after `position`, oldest first, and the position after them. */
-export type OutboxRead<E> = (em: EntityManager, position: string) => Promise<{ events: E[]; position: string }>;
-
 /** Another replica moved the cursor first: this fan-out's transaction is rolled back. */
 class CursorMoved extends Error {
   override name = "CursorMoved";
@@ -38,40 +35,36 @@ export class WebhookRepository {
     return runOn(this.orm, fn);
   }
 
+  /** Where a webhook's cursor is over the outbox; undefined before its first fan-out. */
+  async cursorOf(webhookId: string): Promise<string | undefined> {
+    return this.run(async (em) => (await em.findOne(WebhookCursorSchema, { webhookId }, { disableIdentityMap: true }))?.position);
+  }
+
+  /** Sets a new webhook's cursor (unless another replica did first): it gets the events after `position`. */
+  async startCursor(webhookId: string, position: string, now: Date): Promise<void> {
+    await this.run((em) =>
+      (em as SqlEntityManager).createQueryBuilder(WebhookCursorSchema).insert({ webhookId, position, updatedAt: now }).onConflict("webhookId").ignore().execute(),
+    );
+  }
+
   /**
-   * One step of a webhook's fan-out: the events after its cursor become
-   * deliveries (those `toRow` keeps), and the cursor moves past them, in one
-   * transaction. A webhook without a cursor starts at `head()`: it gets the
-   * events from now on. Returns the deliveries made; 0 when another replica
-   * moved the cursor first.
+   * One step of a webhook's fan-out: inserts the deliveries made of the
+   * events between `from` and `to`, and moves the cursor from `from` to `to`,
+   * in one transaction; a compare-and-set on `from`, so when another replica
+   * moved it first, nothing is inserted. Returns whether it moved.
    */
-  async fanOut<E>(
-    webhookId: string,
-    head: (em: EntityManager) => Promise<string>,
-    read: OutboxRead<E>,
-    toRow: (event: E) => WebhookDeliveryRow | undefined,
-    now: Date,
-  ): Promise<number> {
+  async advance(webhookId: string, from: string, to: string, rows: WebhookDeliveryRow[], now: Date): Promise<boolean> {
     try {
       return await this.run((em) =>
         em.transactional(async (tx) => {
-          const cursor = await tx.findOne(WebhookCursorSchema, { webhookId }, { disableIdentityMap: true });
-          if (!cursor) {
-            const position = await head(tx);
-            await (tx as SqlEntityManager).createQueryBuilder(WebhookCursorSchema).insert({ webhookId, position, updatedAt: now }).onConflict("webhookId").ignore().execute();
-            return 0;
-          }
-          const { events, position } = await read(tx, cursor.position);
-          if (position === cursor.position) return 0;
-          const rows = events.flatMap((e) => toRow(e) ?? []);
-          if (rows.length > 0) await tx.insertMany(WebhookDeliverySchema, rows);
-          const moved = await tx.nativeUpdate(WebhookCursorSchema, { webhookId, position: cursor.position }, { position, updatedAt: now });
+          const moved = await tx.nativeUpdate(WebhookCursorSchema, { webhookId, position: from }, { position: to, updatedAt: now });
           if (moved !== 1) throw new CursorMoved();
-          return rows.length;
+          if (rows.length > 0) await tx.insertMany(WebhookDeliverySchema, rows);
+          return true;
         }),
       );
     } catch (err) {
-      if (err instanceof CursorMoved) return 0;
+      if (err instanceof CursorMoved) return false;
       throw err;
     }
   }

@@ -1,5 +1,4 @@
 import { randomBytes } from "node:crypto";
-import type { EntityManager } from "@mikro-orm/core";
 import type { WebhookEndpoint, WebhooksConfig } from "../config.js";
 import type { WebhookDeliveryRow, WebhookRepository } from "../db/webhook-repository.js";
 import { errSummary, type Logger } from "../logger.js";
@@ -20,12 +19,18 @@ export interface WebhookEvent {
   data: Record<string, unknown>;
 }
 
-/** The outbox as the fan-out reads it, inside the transaction that moves a webhook's cursor. */
+/** The outbox as the fan-out reads it. */
 export interface WebhookOutbox {
-  /** The cursor of the newest event now: where a new webhook starts. */
-  head(em: EntityManager): Promise<string>;
-  /** Up to `limit` events after `cursor`, oldest first, and the cursor after the last of them (`cursor` when none). */
-  read(em: EntityManager, cursor: string, limit: number): Promise<{ events: WebhookEvent[]; cursor: string }>;
+  /** The cursor of the newest committed event now: where a new webhook starts. */
+  head(): Promise<string>;
+  /**
+   * Up to `limit` events after `cursor`, in commit order, and the cursor to
+   * read after next (`cursor` when nothing is new). `expired`: the cursor was
+   * older than the events' retention, and reading went on from the oldest kept.
+   */
+  read(cursor: string, limit: number): Promise<{ events: WebhookEvent[]; cursor: string; expired?: boolean }>;
+  /** Calls `listener` when events may have been appended (a hint); returns the unsubscribe. */
+  subscribe?(listener: () => void): () => void;
 }
 
 /** Events read per webhook per fan-out step. */
@@ -65,6 +70,9 @@ export class WebhookDispatcher {
   private readonly inflight = new Set<Promise<void>>();
   private lastStats = 0;
   private lastSweep = 0;
+  /** Woken by new events while a turn runs: another turn follows at once. */
+  private again = false;
+  private unsubscribe: (() => void) | undefined;
 
   constructor(
     config: WebhooksConfig,
@@ -100,6 +108,18 @@ export class WebhookDispatcher {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
+    this.unsubscribe = this.deps.outbox?.subscribe?.(() => this.wake());
+    this.schedule(0);
+  }
+
+  /** New events may exist: the next turn starts now (or right after the one running). */
+  private wake(): void {
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    if (this.timer) clearTimeout(this.timer);
     this.schedule(0);
   }
 
@@ -108,7 +128,9 @@ export class WebhookDispatcher {
     this.timer = setTimeout(() => {
       this.running = this.turn().finally(() => {
         this.running = undefined;
-        this.schedule(this.config.intervalMs * (1 + Math.random() * 0.1));
+        const again = this.again;
+        this.again = false;
+        this.schedule(again ? 0 : this.config.intervalMs * (1 + Math.random() * 0.1));
       });
     }, delayMs);
     this.timer.unref();
@@ -163,22 +185,25 @@ export class WebhookDispatcher {
 
   /** Moves one webhook's cursor over the outbox until it is at the head (bounded per turn). */
   private async fanOut(endpoint: WebhookEndpoint, outbox: WebhookOutbox): Promise<void> {
+    const { repo, logger } = this.deps;
+    let from = await repo.cursorOf(endpoint.id);
+    if (from === undefined) {
+      await repo.startCursor(endpoint.id, await outbox.head(), this.now());
+      return;
+    }
     for (let i = 0; i < 10; i++) {
-      let read = 0;
+      const page = await outbox.read(from, FAN_OUT_BATCH);
+      if (page.expired) {
+        logger.error({ webhook: endpoint.id, from, to: page.cursor }, "webhook fell behind the events retention (events.retention_seconds): the events in between are not delivered");
+      }
+      if (page.cursor === from) return;
       const now = this.now();
-      const made = await this.deps.repo.fanOut<WebhookEvent>(
-        endpoint.id,
-        (em) => outbox.head(em),
-        async (em, position) => {
-          const r = await outbox.read(em, position, FAN_OUT_BATCH);
-          read = r.events.length;
-          return { events: r.events, position: r.cursor };
-        },
-        (e) => (wants(endpoint, e.type) ? this.deliveryOf(endpoint, e, now) : undefined),
-        now,
-      );
-      if (made > 0) this.deps.logger.debug({ webhook: endpoint.id, deliveries: made }, "webhook deliveries made");
-      if (read < FAN_OUT_BATCH) return;
+      const rows = page.events.filter((e) => wants(endpoint, e.type)).map((e) => this.deliveryOf(endpoint, e, now));
+      // Another replica moved it first: it made these deliveries; this turn is done with this webhook.
+      if (!(await repo.advance(endpoint.id, from, page.cursor, rows, now))) return;
+      if (rows.length > 0) logger.debug({ webhook: endpoint.id, deliveries: rows.length }, "webhook deliveries made");
+      if (page.events.length < FAN_OUT_BATCH) return;
+      from = page.cursor;
     }
   }
 
@@ -242,6 +267,7 @@ export class WebhookDispatcher {
   /** Stops the turns and waits for the attempts in flight (each bounded by webhooks.timeout_seconds). */
   async close(): Promise<void> {
     this.stopped = true;
+    this.unsubscribe?.();
     if (this.timer) clearTimeout(this.timer);
     await this.running;
     await Promise.allSettled([...this.inflight]);
