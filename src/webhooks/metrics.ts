@@ -1,5 +1,8 @@
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 
+/** What an attempt's result label can be: a 2xx, the other answers by class, or no answer. */
+export const ATTEMPT_RESULTS = ["success", "http_3xx", "http_4xx", "http_5xx", "timeout", "connection", "destination_not_allowed"] as const;
+
 /** Where the cluster-wide gauges come from: the dispatcher's last read of the deliveries table. */
 export interface DeliveryStats {
   /** Per webhook, the event time of its oldest pending delivery. */
@@ -24,7 +27,7 @@ export class WebhookMetrics {
     const registers = [registry];
     this.attempts = new Counter({
       name: "token_service_webhook_attempts_total",
-      help: "Webhook delivery attempts by this replica, by webhook and result (success, http_4xx, http_5xx, timeout, connection, destination_not_allowed).",
+      help: "Webhook delivery attempts by this replica, by webhook and result (success, http_3xx, http_4xx, http_5xx, timeout, connection, destination_not_allowed).",
       labelNames: ["webhook", "result"],
       registers,
     });
@@ -73,7 +76,7 @@ export class WebhookMetrics {
   configured(ids: string[]): void {
     this.known = new Set(ids);
     for (const webhook of ids) {
-      this.attempts.inc({ webhook, result: "success" }, 0);
+      for (const result of ATTEMPT_RESULTS) this.attempts.inc({ webhook, result }, 0);
       for (const result of ["delivered", "dead"]) this.deliveries.inc({ webhook, result }, 0);
       this.lag.zero({ webhook });
     }
