@@ -76,3 +76,32 @@ export class WebhookReceiver {
     await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 }
+
+/** Polls `check` until it returns something (not undefined or false), or fails naming `what`. */
+export async function until<T>(check: () => T | undefined | false | Promise<T | undefined | false>, what: string, timeoutMs = 60_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Where a test's sessions come from, and what it must never see again: their tokens and session ids. */
+export interface SessionSource {
+  provider: { login(user: string): Promise<{ access_token: string; refresh_token?: string }> };
+  secrets: string[];
+}
+
+/** Logs a user in at the test provider and stores the session (session.created) through `client`; returns its id. */
+export async function storeLoggedIn(
+  source: SessionSource,
+  client: { storeSession(req: { userId: string; provider: string; tokens: { accessToken: string; refreshToken?: string; expiresIn: bigint } }): Promise<{ sessionId: string }> },
+  user: string,
+): Promise<string> {
+  const set = await source.provider.login(user);
+  const { sessionId } = await client.storeSession({ userId: user, provider: "corp", tokens: { accessToken: set.access_token, refreshToken: set.refresh_token, expiresIn: 3600n } });
+  source.secrets.push(set.access_token, ...(set.refresh_token ? [set.refresh_token] : []), sessionId);
+  return sessionId;
+}
