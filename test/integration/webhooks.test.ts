@@ -1,12 +1,14 @@
 import { execFile as execFileCb, spawnSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { Webhook } from "standardwebhooks";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { WebhookDeliveryState, WebhookService } from "../../gen/tokenservice/v1/token_service_pb.js";
+import { TokenService, WebhookDeliveryState, WebhookService } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { sessionRef } from "../../src/logger.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { startService, type TestService } from "../helpers/service.js";
@@ -60,7 +62,7 @@ describe("webhooks (one service, SQLite)", () => {
     [provider, receiver, flaky] = await Promise.all([startTestProvider(), WebhookReceiver.start(), WebhookReceiver.start()]);
     secret = makeSecret();
     // startService writes its config into a directory of its own: the secret file goes beside it, named relative to it.
-    const dir = (await import("node:fs")).mkdtempSync(join((await import("node:os")).tmpdir(), "webhook-secret-"));
+    const dir = mkdtempSync(join(tmpdir(), "webhook-secret-"));
     writeFileSync(join(dir, "crm.secret"), `${secret}\n`);
     svc = await startService({
       dialect: "sqlite",
@@ -188,7 +190,7 @@ describe("webhooks: dead letters, the manual retry and the outbound policy", () 
 
   beforeAll(async () => {
     [provider, receiver] = await Promise.all([startTestProvider(), WebhookReceiver.start()]);
-    const dir = (await import("node:fs")).mkdtempSync(join((await import("node:os")).tmpdir(), "webhook-secret-"));
+    const dir = mkdtempSync(join(tmpdir(), "webhook-secret-"));
     secretFile = join(dir, "s.secret");
     writeFileSync(secretFile, makeSecret());
     receiver.fallback = 500;
@@ -255,5 +257,61 @@ describe("webhooks: dead letters, the manual retry and the outbound policy", () 
     // The RPC retries a dead letter too.
     const rpc = await webhooks.retryWebhookDelivery({ id: blocked.id });
     expect(rpc.delivery?.state).toBe(WebhookDeliveryState.PENDING);
+  });
+});
+
+describe("WebhookService and callers' scopes", () => {
+  let provider: TestProvider;
+  let svc: TestService;
+  let receiver: WebhookReceiver;
+  const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
+  const client = (bearer: string) =>
+    createClient(
+      WebhookService,
+      createGrpcTransport({
+        baseUrl: svc.url,
+        interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${bearer}`), next(req))],
+      }),
+    );
+
+  beforeAll(async () => {
+    [provider, receiver] = await Promise.all([startTestProvider(), WebhookReceiver.start()]);
+    const dir = mkdtempSync(join(tmpdir(), "webhook-secret-"));
+    writeFileSync(join(dir, "s.secret"), makeSecret());
+    svc = await startService({
+      dialect: "sqlite",
+      provider,
+      yaml: {
+        providers: [provider.configEntry(), provider.configEntry("other")],
+        callers: [
+          { name: "admin", token_sha256: sha256("admin-credential-0123456789"), rpcs: ["*"] },
+          { name: "other-only", token_sha256: sha256("other-credential-0123456789"), rpcs: ["ListWebhookDeliveries", "RetryWebhookDelivery"], providers: ["other"] },
+          { name: "store-only", token_sha256: sha256("store-credential-0123456789"), rpcs: ["StoreSession"] },
+        ],
+        outbound: { allow_private_networks: true, allow_insecure_http: true },
+        webhooks: { ...FAST, endpoints: [{ id: "crm", url: receiver.url, events: ["*"], secret_file: join(dir, "s.secret") }] },
+      },
+    });
+  });
+  afterAll(async () => {
+    await svc?.close();
+    await Promise.all([provider?.close(), receiver?.stop()]);
+  });
+
+  it("shows a caller only its providers' deliveries, and refuses callers without the RPCs", async () => {
+    const set = await provider.login("wh-scope-user");
+    const admin = createClient(
+      TokenService,
+      createGrpcTransport({ baseUrl: svc.url, interceptors: [(next) => (req) => (req.header.set("authorization", "Bearer admin-credential-0123456789"), next(req))] }),
+    );
+    await admin.storeSession({ userId: "wh-scope-user", provider: "corp", tokens: { accessToken: set.access_token, refreshToken: set.refresh_token, expiresIn: 3600n } });
+    const mine = await until(async () => (await client("admin-credential-0123456789").listWebhookDeliveries({})).deliveries[0], "the delivery");
+    expect(mine.provider).toBe("corp");
+    expect((await client("other-credential-0123456789").listWebhookDeliveries({})).deliveries).toEqual([]);
+    const hidden = await client("other-credential-0123456789").retryWebhookDelivery({ id: mine.id }).catch((e: unknown) => ConnectError.from(e));
+    expect((hidden as ConnectError).code).toBe(Code.NotFound);
+    const refused = await client("store-credential-0123456789").listWebhookDeliveries({}).catch((e: unknown) => ConnectError.from(e));
+    expect((refused as ConnectError).code).toBe(Code.PermissionDenied);
+    expect((await client("admin-credential-0123456789").retryWebhookDelivery({ id: mine.id })).delivery?.id).toBe(mine.id);
   });
 });
