@@ -175,6 +175,8 @@ export class WebhookDispatcher {
     if (t - this.lastSweep >= SWEEP_EVERY_MS) {
       this.lastSweep = t;
       const swept = await repo.sweep(new Date(t - this.config.deliveredRetentionMs), new Date(t - this.config.deadRetentionMs));
+      // A webhook removed from the configuration forgets where it was: added again, it starts with the events from then on.
+      await repo.dropCursors(endpoints.map((e) => e.id));
       if (swept > 0) this.deps.logger.info({ deliveries: swept }, "swept webhook deliveries");
     }
   }
