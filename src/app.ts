@@ -8,6 +8,7 @@ import { createHealth } from "./operability/create-health.js";
 import { createMetrics } from "./operability/create-metrics.js";
 import { createProviders } from "./providers/create-providers.js";
 import { createRefresh } from "./refresh/create-refresh.js";
+import { EventWatchers } from "./events/watchers.js";
 import { createReloader } from "./reload/create-reloader.js";
 import { createListeners, urlOf } from "./rpc/create-listeners.js";
 import { useNodeUtf8Encoder } from "./rpc/utf8.js";
@@ -52,7 +53,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const webhooks = built(createWebhooks(config, { store, outbound: providers.outbound, outbox: eventsOutbox(store.events, store.eventWake), metrics, logger, replicaId: refresh.coordinator.replicaId }));
     const health = built(createHealth({ repo: store.sessions, logger }));
     watch({ coordinator: refresh.coordinator, cache: sessions.cache, health });
-    const listeners = built(await createListeners(config, { sessions, authorization, deliveries: webhooks.deliveries, health: health.state, metrics, logger, spans }));
+    const watchers = new EventWatchers(store.events, store.eventWake, config.events);
+    const listeners = built(await createListeners(config, { sessions, authorization, watchers, deliveries: webhooks.deliveries, health: health.state, metrics, logger, spans }));
     const reloader = built(createReloader(config, { load: overrides.loadConfig, logger, providers, listeners, webhooks: webhooks.dispatcher }));
     for (const part of [health, refresh, authorization, webhooks]) part.start();
     logStartup(logger, config, { store, keyRing, registry, coordinator: refresh.coordinator, listeners });
@@ -76,6 +78,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       coordinator: refresh.coordinator,
       background: refresh.background,
       sweeper: refresh.sweeper,
+      events: store.events,
+      watchers,
       keyRing,
       cache: sessions.cache,
       health: health.state,

@@ -16,6 +16,7 @@ export const RPC_NAMES = [
   "RegisterProvider",
   "ListProviders",
   "DeleteProvider",
+  "WatchEvents",
   "ListWebhookDeliveries",
   "RetryWebhookDelivery",
 ] as const;

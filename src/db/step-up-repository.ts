@@ -51,8 +51,8 @@ export class StepUpRepository {
    * The session is active afterwards (a REAUTH_REQUIRED one is revived) and
    * its version moves, so a refresh that leased it before cannot store.
    * Returns the audience tokens deleted, or null when the row moved. The
-   * same transaction appends session.stepped_up (reason "reconnected" when a
-   * session that needed a new login was revived in place).
+   * same transaction appends session.stepped_up, or session.reconnected when
+   * a session that needed a new login was revived in place.
    */
   async replace(id: string, userId: string, version: number, fields: ReplacedFields, now: Date): Promise<AudienceTokenRow[] | null> {
     return this.events.transactional(async (tx) => {
@@ -62,10 +62,11 @@ export class StepUpRepository {
       if (!before || (await tx.nativeUpdate(SessionSchema, where, set)) !== 1) return { result: null, events: [] };
       const audience = await tx.find(AudienceTokenSchema, { sessionId: id }, { disableIdentityMap: true });
       if (audience.length > 0) await tx.nativeDelete(AudienceTokenSchema, { sessionId: id });
-      const reason = before.status === "active" ? "step_up" : "reconnected";
+      // A session that needed a new login and got one in place is reconnected; an active one is stepped up.
+      const kind = before.status === "active" ? "session.stepped_up" : "session.reconnected";
       return {
         result: audience.map((a) => ({ ...a, accessCt: asBuffer(a.accessCt) as Buffer })),
-        events: [sessionEvent("session.stepped_up", before, reason)],
+        events: [sessionEvent(kind, before, null)],
       };
     });
   }

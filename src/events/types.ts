@@ -12,6 +12,7 @@ export const EVENT_KINDS = [
   "session.revoked",
   "session.logged_out",
   "session.stepped_up",
+  "session.reconnected",
   "provider.registered",
   "provider.deleted",
 ] as const;
