@@ -161,14 +161,19 @@ export class WebhookDispatcher {
       new Date(now.getTime() + this.config.leaseMs),
       free,
     );
+    // Every free slot filled: more may be due, so a slot that frees up starts the next turn at once.
+    const backlog = claimed.length > 0 && claimed.length === free;
     for (const row of claimed) {
       const p: Promise<void> = this.attempt(row)
         .catch((err: unknown) => this.deps.logger.warn({ webhook: row.webhookId, delivery: row.id, err: errSummary(err) }, "webhook attempt could not be recorded; the lease will lapse"))
-        .finally(() => this.inflight.delete(p));
+        .finally(() => {
+          this.inflight.delete(p);
+          if (backlog) this.wake();
+        });
       this.inflight.add(p);
     }
     const t = now.getTime();
-    if (t - this.lastStats >= STATS_EVERY_MS) {
+    if (endpoints.length > 0 && t - this.lastStats >= STATS_EVERY_MS) {
       this.lastStats = t;
       this.deps.metrics.observeStats(await repo.stats());
     }
