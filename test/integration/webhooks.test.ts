@@ -157,6 +157,20 @@ print("verified")
     expect(metrics).toMatch(/token_service_webhook_deliveries_total\{webhook="flaky",result="delivered"\} [1-9]/);
   });
 
+  it("dead-letters a delivery at once when the receiver answers 410 Gone", async () => {
+    const sessionId = await store("wh-user-gone");
+    flaky.answers.push(410);
+    const before = flaky.received.length;
+    await svc.client.revokeSession({ userId: "wh-user-gone", sessionId });
+    const got = await until(() => flaky.received.slice(before).find((r) => r.body.includes("wh-user-gone")), "the attempt");
+    const dead = await until(async () => {
+      const { deliveries } = await webhooks.listWebhookDeliveries({ webhookId: "flaky", state: WebhookDeliveryState.DEAD });
+      return deliveries.find((d) => d.id === got.headers["webhook-id"]);
+    }, "the dead letter");
+    expect(dead).toMatchObject({ attempts: 1, lastStatus: 410, lastError: "http_410" });
+    expect(flaky.received.slice(before).filter((r) => r.body.includes("wh-user-gone"))).toHaveLength(1);
+  });
+
   it("lists deliveries over Connect JSON too, and refuses an unknown delivery and a malformed id", async () => {
     const { deliveries } = await webhooksJson.listWebhookDeliveries({ webhookId: "crm", state: WebhookDeliveryState.DELIVERED });
     expect(deliveries.length).toBeGreaterThan(0);
