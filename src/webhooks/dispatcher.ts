@@ -28,7 +28,7 @@ export interface WebhookOutbox {
    * read after next (`cursor` when nothing is new). `expired`: the cursor was
    * older than the events' retention, and reading went on from the oldest kept.
    */
-  read(cursor: string, limit: number): Promise<{ events: WebhookEvent[]; cursor: string; expired?: boolean }>;
+  read(cursor: string, limit: number, kinds: readonly string[] | undefined): Promise<{ events: WebhookEvent[]; cursor: string; expired?: boolean }>;
   /** Calls `listener` when events may have been appended (a hint); returns the unsubscribe. */
   subscribe?(listener: () => void): () => void;
 }
@@ -199,7 +199,8 @@ export class WebhookDispatcher {
       return;
     }
     for (let i = 0; i < 10; i++) {
-      const page = await outbox.read(from, FAN_OUT_BATCH);
+      // Only the kinds it takes are read; the cursor moves past the others too.
+      const page = await outbox.read(from, FAN_OUT_BATCH, endpoint.events.includes("*") ? undefined : endpoint.events);
       if (page.expired) {
         logger.error({ webhook: endpoint.id, from, to: page.cursor }, "webhook fell behind the events retention (events.retention_seconds): the events in between are not delivered");
       }

@@ -1,5 +1,5 @@
 import { EventCursorExpiredError, type EventRepository } from "../db/event-repository.js";
-import type { StoredEvent } from "../events/types.js";
+import { isEventKind, type EventKind, type StoredEvent } from "../events/types.js";
 import type { EventWake } from "../events/wake.js";
 import { sessionRef } from "../logger.js";
 import type { WebhookEvent, WebhookOutbox } from "./dispatcher.js";
@@ -32,9 +32,9 @@ export function webhookEventOf(e: StoredEvent): WebhookEvent {
 export function eventsOutbox(events: EventRepository, wake: EventWake | undefined): WebhookOutbox {
   return {
     head: async () => String(await events.latest()),
-    async read(cursor, limit) {
+    async read(cursor, limit, kinds) {
       try {
-        const page = await events.readAfter(Number(cursor), {}, limit);
+        const page = await events.readAfter(Number(cursor), kinds ? { kinds: kinds.filter((k): k is EventKind => isEventKind(k)) } : {}, limit);
         return { events: page.events.map(webhookEventOf), cursor: String(page.next) };
       } catch (err) {
         if (!(err instanceof EventCursorExpiredError)) throw err;
