@@ -52,8 +52,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const authorization = built(await createAuthorization(config, { store, keyRing, providers, sessions, waiter: refresh.waiter, logger }));
     const webhooks = built(createWebhooks(config, { store, outbound: providers.outbound, outbox: eventsOutbox(store.events, store.eventWake), metrics, logger, replicaId: refresh.coordinator.replicaId }));
     const health = built(createHealth({ repo: store.sessions, logger }));
-    watch({ coordinator: refresh.coordinator, cache: sessions.cache, health });
     const watchers = new EventWatchers(store.events, store.eventWake, config.events);
+    watch({ coordinator: refresh.coordinator, cache: sessions.cache, health, watchers });
     const listeners = built(await createListeners(config, { sessions, authorization, watchers, deliveries: webhooks.deliveries, health: health.state, metrics, logger, spans }));
     const reloader = built(createReloader(config, { load: overrides.loadConfig, logger, providers, listeners, webhooks: webhooks.dispatcher }));
     for (const part of [health, refresh, authorization, webhooks]) part.start();

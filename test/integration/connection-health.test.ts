@@ -109,6 +109,7 @@ describe("connection health: status, events and WatchEvents", () => {
     const gateway = watch(watchGrpcJs(svc.url, {}, { bearer: CREDS.gateway }));
     const reauthOnly = watch(watchConnect(svc.httpUrl, { kinds: ["session.reauth_required"], userId: "bob" }, { bearer: CREDS.admin }));
     await Promise.all([all.started(), gateway.started(), reauthOnly.started()]);
+    expect(await svc.app.metrics.registry.getSingleMetricAsString("token_service_event_watchers")).toMatch(/^token_service_event_watchers 3$/m);
 
     // A provider that answers 500 (both attempts), then recovers.
     const ann = await store("ann", await login("ann"), { expired: true });

@@ -1,7 +1,8 @@
 import { Code, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
+import { toJsonString } from "@bufbuild/protobuf";
+import { EventSchema, TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { generateKeySpec } from "../../src/crypto/key-ring.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { createTestDatabase, startService, type TestService } from "../helpers/service.js";
@@ -14,13 +15,21 @@ import { watchConnect, watchGrpcJs, type Watch } from "../helpers/watch.js";
 describe("events across three replicas on PostgreSQL", () => {
   let provider: TestProvider;
   const replicas: TestService[] = [];
+  /** Every replica started, also one closed since: their logs are read at the end. */
+  const started: TestService[] = [];
   const clients: Array<Client<typeof TokenService>> = [];
   const watches: Watch[] = [];
   const watch = (w: Watch) => (watches.push(w), w);
 
+  const secrets: string[] = [];
+  const sessionIds: string[] = [];
+
   async function store(via: number, user: string): Promise<string> {
     const set = await provider.login(user);
-    return (await clients[via]!.storeSession({ userId: user, provider: "corp", tokens: { accessToken: set.access_token, refreshToken: set.refresh_token, expiresIn: 300n } })).sessionId;
+    secrets.push(set.access_token, set.refresh_token);
+    const { sessionId } = await clients[via]!.storeSession({ userId: user, provider: "corp", tokens: { accessToken: set.access_token, refreshToken: set.refresh_token, expiresIn: 300n } });
+    sessionIds.push(sessionId);
+    return sessionId;
   }
 
   beforeAll(async () => {
@@ -30,6 +39,7 @@ describe("events across three replicas on PostgreSQL", () => {
     for (const id of ["r1", "r2", "r3"]) {
       const svc = await startService({ dialect: "postgresql", databaseUrl, keys, provider, overrides: { replicaId: id }, yaml: { events: { poll_interval_seconds: 3600 }, shutdown_grace_seconds: 1 } });
       replicas.push(svc);
+      started.push(svc);
       clients.push(createClient(TokenService, createGrpcTransport({ baseUrl: svc.url })));
     }
   });
@@ -91,5 +101,19 @@ describe("events across three replicas on PostgreSQL", () => {
     await store(1, "after-shutdown");
     const resumed = watch(watchConnect(replicas[0]!.httpUrl, { kinds: ["session.created"], resumeCursor: cursor }));
     expect((await resumed.until((ev) => ev.length >= 1)).map((e) => e.userId)).toEqual(["after-shutdown"]);
+  });
+
+  it("no token in any event or any replica's log line, and no full session id in a log line", async () => {
+    const all = watch(watchGrpcJs(replicas[0]!.url, { fromOldest: true }));
+    const events = await all.until((ev) => ev.length >= sessionIds.length);
+    const eventText = events.map((e) => toJsonString(EventSchema, e)).join("\n");
+    const logText = started.map((r) => r.logs.text()).join("\n");
+    expect(logText.length).toBeGreaterThan(0);
+    for (const s of [...secrets, provider.clientSecret]) {
+      expect(eventText).not.toContain(s);
+      expect(logText).not.toContain(s);
+    }
+    for (const id of sessionIds) expect(logText).not.toContain(id);
+    expect(events.map((e) => e.sessionId).sort()).toEqual([...sessionIds].sort());
   });
 });
