@@ -1,13 +1,13 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
 import { Webhook } from "standardwebhooks";
 import { stringify } from "yaml";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { generateKeySpec } from "../../src/crypto/key-ring.js";
 import { connectGrpcClient, type ConnectTokenClient } from "../helpers/clients.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
+import { queryOnce } from "../helpers/postgres.js";
 import { spawnService, type ServiceProcess } from "../helpers/process.js";
 import { createTestDatabase } from "../helpers/service.js";
 import { storeLoggedIn, until, WebhookReceiver } from "../helpers/webhook-receiver.js";
@@ -38,15 +38,7 @@ describe("webhooks from three replicas on one PostgreSQL", () => {
   /** Tokens and session ids of the sessions stored: never in a body or a log line. */
   const secrets: string[] = [];
 
-  async function query(sql: string, params: unknown[] = []): Promise<Array<Record<string, unknown>>> {
-    const client = new pg.Client({ connectionString: databaseUrl });
-    await client.connect();
-    try {
-      return (await client.query(sql, params)).rows;
-    } finally {
-      await client.end();
-    }
-  }
+  const query = (sql: string, params: unknown[] = []) => queryOnce(databaseUrl, sql, params);
 
   const store = (user: string, via: number) => storeLoggedIn({ provider, secrets }, replicas[via % replicas.length]!.client, user);
 
