@@ -9,8 +9,12 @@ export interface WebhookEndpoint {
   url: string;
   /** Event kinds sent; "*" sends every kind. */
   events: string[];
-  /** The HMAC-SHA256 key (the bytes after `whsec_`, base64-decoded); never logged. */
-  secret: Buffer;
+  /**
+   * The HMAC-SHA256 keys (the bytes after `whsec_`, base64-decoded), one per
+   * line of the secret file: every attempt is signed with each (a rotation
+   * keeps the old one on a second line for a while); never logged.
+   */
+  secrets: Buffer[];
 }
 
 /** The `webhooks:` settings, durations in milliseconds. */
@@ -31,6 +35,8 @@ export interface WebhooksConfig {
 export const SECRET_MIN_BYTES = 24;
 export const SECRET_MAX_BYTES = 64;
 const PREFIX = "whsec_";
+/** Secrets per file: the current one and, during rotations, older ones. */
+const MAX_SECRETS = 4;
 
 /**
  * The key of a `whsec_…` secret. Throws an Error naming what is wrong,
@@ -95,13 +101,17 @@ export function toWebhooks(file: FileConfig, baseDir: string, isLoopback: Loopba
     } catch (err) {
       throw new Error(`${where}.secret_file: cannot read ${e.secret_file} (${(err as NodeJS.ErrnoException).code ?? "error"})`);
     }
-    let secret: Buffer;
-    try {
-      secret = parseWebhookSecret(text);
-    } catch (err) {
-      throw new Error(`${where}.secret_file: the secret ${(err as Error).message}`);
-    }
-    return { id: e.id, url: url.href, events: [...new Set(e.events)], secret };
+    const lines = text.split("\n").map((l) => l.trim()).filter((l) => l !== "");
+    if (lines.length === 0) throw new Error(`${where}.secret_file: the file is empty`);
+    if (lines.length > MAX_SECRETS) throw new Error(`${where}.secret_file: at most ${MAX_SECRETS} secrets (one per line)`);
+    const secrets = lines.map((line, n) => {
+      try {
+        return parseWebhookSecret(line);
+      } catch (err) {
+        throw new Error(`${where}.secret_file: the secret on line ${n + 1} ${(err as Error).message}`);
+      }
+    });
+    return { id: e.id, url: url.href, events: [...new Set(e.events)], secrets };
   });
   if (w.lease_seconds < w.timeout_seconds + 1) {
     throw new Error("webhooks.lease_seconds: must exceed webhooks.timeout_seconds by at least 1 s, so a lease outlives an attempt");

@@ -245,7 +245,7 @@ export class WebhookDispatcher {
     const endpoint = this.config.endpoints.find((e) => e.id === row.webhookId);
     if (!endpoint) return; // removed by a reload since the claim: its lease lapses, and nothing picks it up until it is configured again
     const started = this.now();
-    const result = await this.deps.send(endpoint, signWebhook(endpoint.secret, row.id, started, row.payload), row.payload);
+    const result = await this.deps.send(endpoint, signWebhook(endpoint.secrets, row.id, started, row.payload), row.payload);
     const attempts = row.attempts + 1;
     const at = this.now();
     metrics.attempt(endpoint.id, resultLabel(result.status, result.error));

@@ -9,13 +9,14 @@ export interface SignedHeaders {
 
 /**
  * The headers of one attempt, by the Standard Webhooks specification:
- * `v1,` and the base64 HMAC-SHA256, under the secret's key, of
- * `{id}.{timestamp}.{body}`, the timestamp in whole seconds of the attempt.
+ * `v1,` and the base64 HMAC-SHA256, under a secret's key, of
+ * `{id}.{timestamp}.{body}`, the timestamp in whole seconds of the attempt;
+ * one signature per key, space-delimited (a secret rotation without downtime).
  */
-export function signWebhook(key: Buffer, id: string, attemptAt: Date, body: string): SignedHeaders {
+export function signWebhook(keys: readonly Buffer[], id: string, attemptAt: Date, body: string): SignedHeaders {
   const timestamp = String(Math.floor(attemptAt.getTime() / 1000));
-  const mac = createHmac("sha256", key).update(`${id}.${timestamp}.`).update(body).digest("base64");
-  return { "webhook-id": id, "webhook-timestamp": timestamp, "webhook-signature": `v1,${mac}` };
+  const signatures = keys.map((key) => `v1,${createHmac("sha256", key).update(`${id}.${timestamp}.`).update(body).digest("base64")}`);
+  return { "webhook-id": id, "webhook-timestamp": timestamp, "webhook-signature": signatures.join(" ") };
 }
 
 /** A new delivery id: `msg_` and 26 url-safe characters, never a `.` (the signed content is dot-delimited). */

@@ -25,7 +25,7 @@ const yamlOf = (endpoints: unknown[], extra = "") => `webhooks: ${JSON.stringify
 describe("webhooks configuration", () => {
   it("takes the short list form and the block form, with the defaults", () => {
     const a = load(yamlOf([hook()]));
-    expect(a.webhooks.endpoints).toEqual([{ id: "crm", url: "https://crm.example.com/hooks", events: ["*"], secret: Buffer.alloc(32, 9) }]);
+    expect(a.webhooks.endpoints).toEqual([{ id: "crm", url: "https://crm.example.com/hooks", events: ["*"], secrets: [Buffer.alloc(32, 9)] }]);
     expect(a.webhooks.maxAgeMs).toBe(86_400_000);
     const b = load(`webhooks:\n  max_age_seconds: 60\n  endpoints: ${JSON.stringify([hook()])}\n`);
     expect(b.webhooks.maxAgeMs).toBe(60_000);
@@ -50,6 +50,7 @@ describe("webhooks configuration", () => {
       ["whsec_not*base64!", /standard base64/],
       [`whsec_${Buffer.alloc(16, 1).toString("base64")}`, /24 to 64 bytes \(it encodes 16\)/],
       [`whsec_${Buffer.alloc(65, 1).toString("base64")}`, /24 to 64 bytes \(it encodes 65\)/],
+      [`${GOOD}\nwhsec_short`, /line 2 must be whsec_ followed by standard base64/],
     ];
     for (const [value, message] of cases) {
       writeFileSync(join(dir, "bad.secret"), value);
@@ -80,9 +81,21 @@ describe("the signer and the retry schedule", () => {
   it("signs id.timestamp.body as the standardwebhooks package verifies", () => {
     const at = new Date();
     const body = JSON.stringify({ type: "session.revoked", timestamp: at.toISOString(), data: { user_id: "u" } });
-    const headers = signWebhook(Buffer.alloc(32, 9), "msg_abc", at, body);
+    const headers = signWebhook([Buffer.alloc(32, 9)], "msg_abc", at, body);
     expect(headers["webhook-timestamp"]).toBe(String(Math.floor(at.getTime() / 1000)));
     expect(new Webhook(GOOD).verify(body, { ...headers })).toEqual(JSON.parse(body));
+  });
+
+  it("signs with every secret of the file during a rotation, so receivers with the old or the new one verify", () => {
+    const next = `whsec_${Buffer.alloc(48, 5).toString("base64")}`;
+    writeFileSync(join(dir, "rotating.secret"), `${next}\n${GOOD}\n`);
+    const [endpoint] = load(yamlOf([hook({ secret_file: "rotating.secret" })])).webhooks.endpoints;
+    expect(endpoint!.secrets).toEqual([Buffer.alloc(48, 5), Buffer.alloc(32, 9)]);
+    const at = new Date();
+    const headers = signWebhook(endpoint!.secrets, "msg_rot", at, "{}");
+    expect(headers["webhook-signature"].split(" ")).toHaveLength(2);
+    for (const secret of [next, GOOD]) expect(new Webhook(secret).verify("{}", { ...headers })).toEqual({});
+    expect(() => new Webhook(`whsec_${Buffer.alloc(32, 1).toString("base64")}`).verify("{}", { ...headers })).toThrow();
   });
 
   it("backs off exponentially with jitter, capped, and reads Retry-After", () => {
