@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Webhook } from "standardwebhooks";
@@ -147,7 +147,10 @@ describe("webhooks from three replicas on one PostgreSQL", () => {
 
   it("applies a webhook added by a reload on every replica, from then on", async () => {
     const marks = replicas.map((r) => r.proc.lines().length);
-    writeFileSync(configFile, config(true));
+    // Written whole (a rename), then SIGHUP: whichever of the file watch and the signal comes first reloads.
+    writeFileSync(`${configFile}.new`, config(true));
+    renameSync(`${configFile}.new`, configFile);
+    for (const r of replicas) r.proc.kill("SIGHUP");
     await until(
       () => replicas.every((r, i) => r.proc.lines().slice(marks[i]).some((l) => l.msg === "configuration reloaded" && JSON.stringify(l.webhooks ?? "").includes("ops"))),
       "every replica reloaded",
