@@ -31,7 +31,7 @@ export function createSender(deps: { policy: OutboundPolicy; logger: Logger; tim
   const fetcherOf = (id: string) => {
     let f = fetchers.get(id);
     if (!f) {
-      f = createGuardedFetch({ policy: deps.policy, inner, provider: `webhook:${id}`, exempt: false, insecureAllowed: true, logger: deps.logger });
+      f = createGuardedFetch({ policy: deps.policy, inner, provider: `webhook:${id}`, exempt: false, insecureAllowed: true, logger: deps.logger, originOnly: true });
       fetchers.set(id, f);
     }
     return f;

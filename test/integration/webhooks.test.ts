@@ -219,7 +219,8 @@ describe("webhooks: dead letters, the manual retry and the outbound policy", () 
           max_age_seconds: 2,
           endpoints: [
             { id: "down", url: receiver.url, events: ["session.created"], secret_file: secretFile },
-            { id: "blocked", url: `http://127.0.0.1:1/hooks`, events: ["session.created"], secret_file: secretFile },
+            // Its path is a credential of the receiver's (as some chat services' webhook URLs are): never logged.
+            { id: "blocked", url: `http://127.0.0.1:1/hooks/T0001/receiver-path-credential`, events: ["session.created"], secret_file: secretFile },
           ],
         },
       },
@@ -245,7 +246,8 @@ describe("webhooks: dead letters, the manual retry and the outbound policy", () 
     // The policy refused the other webhook's address before connecting: dead too, with the reason.
     const blocked = await until(async () => (await webhooks.listWebhookDeliveries({ webhookId: "blocked", state: WebhookDeliveryState.DEAD })).deliveries[0], "the blocked dead letter", 20_000);
     expect(blocked.lastError).toBe("destination_not_allowed");
-    expect(svc.logs.lines().some((l) => l.msg === "outbound request refused by the outbound policy" && l.provider === "webhook:blocked")).toBe(true);
+    expect(svc.logs.lines().some((l) => l.msg === "outbound request refused by the outbound policy" && l.provider === "webhook:blocked" && l.url === "http://127.0.0.1:1")).toBe(true);
+    expect(svc.logs.text()).not.toContain("receiver-path-credential");
     const metrics = await until(async () => {
       const text = await (await fetch(`http://127.0.0.1:${svc.app.adminPort}/metrics`)).text();
       return /token_service_webhook_dead_letters\{webhook="down"\} 1/.test(text) ? text : undefined;
