@@ -18,6 +18,8 @@ import { TokenVault } from "./sessions/token-vault.js";
 import { logStartup } from "./startup-log.js";
 import { createTracing } from "./tracing/create-tracing.js";
 import { closeInReverse, type Closeable } from "./util/close-in-reverse.js";
+import { createWebhooks } from "./webhooks/create-webhooks.js";
+import { eventsOutbox } from "./webhooks/outbox.js";
 
 export type { App, AppOverrides } from "./app-types.js";
 export { resolveKeyRing } from "./crypto/resolve-key-ring.js";
@@ -49,13 +51,16 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const refresh = built(createRefresh(config, { store, vault, registry, metrics, logger, replicaId: overrides.replicaId, spans }));
     const sessions = createSessions(config, { store, vault, registry, refresh, logger, spans });
     const authorization = built(await createAuthorization(config, { store, keyRing, providers, sessions, waiter: refresh.waiter, logger }));
+    const webhooks = built(createWebhooks(config, { store, outbound: providers.outbound, outbox: eventsOutbox(store.events, store.eventWake), metrics, logger, replicaId: refresh.coordinator.replicaId }));
     const health = built(createHealth({ repo: store.sessions, logger }));
     const watchers = new EventWatchers(store.events, store.eventWake, config.events);
     watch({ coordinator: refresh.coordinator, cache: sessions.cache, health, watchers });
     const forwarding = built(createForwarding(config, { sessions: sessions.service, metrics, spans }));
-    const listeners = built(await createListeners(config, { sessions, authorization, watchers, health: health.state, metrics, logger, spans, forward: forwarding.route }));
-    const reloader = built(createReloader(config, { load: overrides.loadConfig, logger, providers, listeners, forwarding }));
-    for (const part of [health, refresh, authorization]) part.start();
+    const listeners = built(
+      await createListeners(config, { sessions, authorization, watchers, deliveries: webhooks.deliveries, health: health.state, metrics, logger, spans, forward: forwarding.route }),
+    );
+    const reloader = built(createReloader(config, { load: overrides.loadConfig, logger, providers, listeners, forwarding, webhooks: webhooks.dispatcher }));
+    for (const part of [health, refresh, authorization, webhooks]) part.start();
     logStartup(logger, config, { store, keyRing, registry, coordinator: refresh.coordinator, listeners });
 
     const { grpc, http } = listeners;

@@ -8,6 +8,7 @@ import { keysCommand } from "./cli/keys.js";
 import { migrateCommand } from "./cli/migrate.js";
 import { providersCommand } from "./cli/providers.js";
 import { sessionsCommand } from "./cli/sessions.js";
+import { webhooksCommand } from "./cli/webhooks.js";
 
 /** What the CLI may touch of the process; main.ts supplies the real ones. */
 export interface CliIo {
@@ -44,6 +45,10 @@ Commands:
                         enterprise_managed: tokens by ID-JAG from ID's sessions
   providers remove --id ID [--revoke-sessions]
                         delete a registered provider
+  webhooks deliveries [--webhook ID] [--dead | --pending | --delivered] [--limit N]
+                        webhook deliveries, newest first (no payloads)
+  webhooks retry --id MSG_ID
+                        send a delivery (a dead letter) again now, same webhook-id
   doctor                check config, database, keys, providers, clocks, TLS
   help                  show this text
 
@@ -110,6 +115,8 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv, io: CliIo):
         return await keysCommand(rest, env, io.stdout);
       case "providers":
         return await providersCommand(rest, env, io.stdout);
+      case "webhooks":
+        return await webhooksCommand(rest, env, io.stdout);
       case "help":
       case "--help":
       case "-h":

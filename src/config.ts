@@ -6,8 +6,10 @@ import { z } from "zod";
 import { fileSchema, LOG_LEVELS, type FileConfig } from "./config/schema.js";
 import { toForwardConfig, type ForwardConfig } from "./forward/config.js";
 import { checkExposure, toCallers, toTls, toUserAssertion, type CallerConfig, type TlsConfig, type UserAssertionConfig } from "./config/security.js";
+import { normalizeWebhooks, toWebhooks, webhookFiles, type WebhooksConfig } from "./config/webhooks.js";
 
 export type { CallerConfig, RpcName, TlsConfig, UserAssertionConfig, UserBindingMode } from "./config/security.js";
+export type { WebhookEndpoint, WebhooksConfig } from "./config/webhooks.js";
 
 /** A provider the service refreshes and revokes tokens at. */
 export interface ProviderConfig {
@@ -180,6 +182,8 @@ export interface Config {
   clientMetadata: ClientMetadataConfig;
   /** The forwarding proxy: its targets (YAML only) and settings. */
   forward: ForwardConfig;
+  /** Signed webhooks fed from the events outbox; a reload applies them. */
+  webhooks: WebhooksConfig;
 }
 
 /** The `client_metadata:` settings. */
@@ -346,7 +350,7 @@ export function parseConfigFile(text: string, source: string): FileConfig {
   } catch (err) {
     throw new ConfigError(`invalid configuration in ${source}: not valid YAML (${(err as Error).message.split("\n")[0]})`);
   }
-  const parsed = fileSchema.safeParse(raw);
+  const parsed = fileSchema.safeParse(normalizeWebhooks(raw));
   if (!parsed.success) throw new ConfigError(formatIssues(source, parsed.error));
   return parsed.data;
 }
@@ -423,7 +427,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
   let tls: TlsConfig | undefined;
   let callers: CallerConfig[];
   let userAssertion: UserAssertionConfig | undefined;
+  let webhooks: WebhooksConfig;
   try {
+    webhooks = toWebhooks(file, baseDir, (h) => isLoopbackHost(h) || h === "[::1]");
     tls = toTls(file.tls, baseDir);
     userAssertion = toUserAssertion(file.user_assertion, baseDir);
     callers = toCallers(file.callers, tls, new Set(providers.map((p) => p.id)), userAssertion);
@@ -459,6 +465,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
       ...file.providers.flatMap((p) => (p.client_secret_file ? [resolve(baseDir, p.client_secret_file)] : [])),
       ...(file.user_assertion?.jwks_file ? [resolve(baseDir, file.user_assertion.jwks_file)] : []),
       ...forwarding.files,
+      ...webhookFiles(file, baseDir),
     ],
     providers,
     refresh,
@@ -492,5 +499,6 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
       authMethod: file.client_metadata.token_endpoint_auth_method,
     },
     forward: forwarding.forward,
+    webhooks,
   };
 }

@@ -34,6 +34,8 @@ export function logStartup(
       reflection: config.reflection,
       admin: admin ? `${config.admin!.host}:${admin.port}` : "off",
       sweeper: config.sweeper.enabled,
+      // Ids only: a webhook's URL may carry a token of the receiver's, and its secret never leaves the config.
+      webhooks: config.webhooks.endpoints.map((w) => w.id),
     },
     "token service listening",
   );

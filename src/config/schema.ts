@@ -49,6 +49,20 @@ const providerSchema = z
   })
   .strict();
 
+/** One webhook of the YAML file: where events go, which kinds, and the file of its Standard Webhooks secret. */
+const webhookSchema = z
+  .object({
+    id: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/, "must be 1-64 letters, digits, '_' or '-'"),
+    url: httpUrl,
+    // Event kinds (session.refresh_failing, …), or "*" for every kind.
+    events: z.array(z.string().regex(/^(?:\*|[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+)$/, "must be an event kind such as session.revoked, or \"*\"")).min(1),
+    // A file holding whsec_ and the base64 of 24 to 64 random bytes (the Standard Webhooks form).
+    secret_file: z.string().min(1),
+  })
+  .strict();
+
 export const fileSchema = z
   .object({
     providers: z.array(providerSchema).default([]),
@@ -146,6 +160,29 @@ export const fileSchema = z
         client_name: z.string().min(1).max(200).optional(),
         redirect_uris: z.array(httpUrl).optional(),
         token_endpoint_auth_method: z.enum(["none", "private_key_jwt"]).default("none"),
+      })
+      .strict()
+      .prefault({}),
+    // Signed webhooks fed from the events outbox (docs/connection-health.md#webhooks). `webhooks: [...]` is short for `webhooks: {endpoints: [...]}`.
+    webhooks: z
+      .object({
+        endpoints: z.array(webhookSchema).default([]),
+        // Retries go on for this long after the event (or a manual retry); then the delivery is a dead letter.
+        max_age_seconds: z.number().int().min(1).max(30 * 86_400).default(86_400),
+        // One attempt: connecting, sending and reading the answer.
+        timeout_seconds: z.number().min(0.1).max(120).default(15),
+        // How long a replica owns a delivery's attempt; must exceed timeout_seconds by 1 s.
+        lease_seconds: z.number().min(1).max(600).default(30),
+        // Attempts in flight per replica.
+        concurrency: z.number().int().min(1).max(256).default(8),
+        // How often each replica looks for new events and due deliveries.
+        interval_seconds: z.number().min(0.05).max(60).default(1),
+        // The first retry's delay; it doubles per attempt (full jitter), up to retry_max_delay_seconds.
+        retry_base_delay_seconds: z.number().min(0.01).max(3600).default(5),
+        retry_max_delay_seconds: z.number().min(0.01).max(86_400).default(3600),
+        // Delivered deliveries are kept this long, dead letters this long after they died; then deleted.
+        delivered_retention_seconds: z.number().int().min(0).max(90 * 86_400).default(86_400),
+        dead_retention_seconds: z.number().int().min(0).max(365 * 86_400).default(7 * 86_400),
       })
       .strict()
       .prefault({}),

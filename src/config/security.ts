@@ -19,6 +19,8 @@ export const RPC_NAMES = [
   "WatchEvents",
   // Not a gRPC method: /forward/{target}/… on the HTTP listener (docs/forwarding.md); a caller with it may forward without taking tokens out.
   "Forward",
+  "ListWebhookDeliveries",
+  "RetryWebhookDelivery",
 ] as const;
 export type RpcName = (typeof RPC_NAMES)[number];
 

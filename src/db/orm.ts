@@ -6,6 +6,7 @@ import { AudienceTokenSchema, AuthorizationStateSchema, LogoutTokenSchema, Provi
 import { EndedSessionSchema, EventHorizonSchema, EventSchema } from "./event-entity.js";
 import { SessionSchema } from "./session-entity.js";
 import { SigningKeySchema } from "./signing-key-repository.js";
+import { WebhookCursorSchema, WebhookDeliverySchema } from "./webhook-entity.js";
 
 /** Bounds that make a dead database fail fast instead of hanging callers. */
 export interface DatabaseTimeouts {
@@ -28,7 +29,7 @@ export function describeDatabase(db: DatabaseConfig): string {
 
 function baseOptions(db: DatabaseConfig): Partial<Options> {
   return {
-    entities: [SessionSchema, ProviderSchema, AuthorizationStateSchema, LogoutTokenSchema, AudienceTokenSchema, SigningKeySchema, EventSchema, EventHorizonSchema, EndedSessionSchema],
+    entities: [SessionSchema, ProviderSchema, AuthorizationStateSchema, LogoutTokenSchema, AudienceTokenSchema, SigningKeySchema, EventSchema, EventHorizonSchema, EndedSessionSchema, WebhookDeliverySchema, WebhookCursorSchema],
     extensions: [Migrator],
     migrations: {
       tableName: "mikro_orm_migrations",

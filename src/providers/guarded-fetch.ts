@@ -23,6 +23,8 @@ export interface GuardedFetchOptions {
   /** Whether this provider was registered with allow_insecure_http (still needs outbound.allow_insecure_http). */
   insecureAllowed: boolean;
   logger: Logger;
+  /** Logs show the URL's origin only (a webhook URL's path may be a credential of the receiver's). */
+  originOnly?: boolean;
 }
 
 const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
@@ -60,14 +62,14 @@ export function capBody(response: Response, limit: number, onCut: () => void): R
   return capped;
 }
 
-/** A URL as logs show it: no query, no user-info. */
-function shown(url: URL): string {
-  return `${url.origin}${url.pathname}`;
+/** A URL as logs show it: no query, no user-info (and no path, for `originOnly`). */
+function shown(url: URL, originOnly = false): string {
+  return originOnly ? url.origin : `${url.origin}${url.pathname}`;
 }
 
 /** The log line of a destination the outbound policy refused: the provider, the URL (no query), the rule and the range. */
-export function logRefusal(logger: Logger, provider: string, url: URL, refusal: DestinationNotAllowedError): void {
-  logger.warn({ provider, url: shown(url), rule: refusal.rule, range: refusal.range }, "outbound request refused by the outbound policy");
+export function logRefusal(logger: Logger, provider: string, url: URL, refusal: DestinationNotAllowedError, originOnly = false): void {
+  logger.warn({ provider, url: shown(url, originOnly), rule: refusal.rule, range: refusal.range }, "outbound request refused by the outbound policy");
 }
 
 /**
@@ -84,7 +86,7 @@ export function createGuardedFetch(options: GuardedFetchOptions): FetchLike {
     const rethrow = (err: unknown): never => {
       const refusal = findRefusal(err);
       if (!refusal) throw err;
-      logRefusal(logger, provider, target, refusal);
+      logRefusal(logger, provider, target, refusal, options.originOnly);
       throw refusal;
     };
     let response: Response;
@@ -96,7 +98,7 @@ export function createGuardedFetch(options: GuardedFetchOptions): FetchLike {
     }
     const limit = policy.settings.maxResponseBytes;
     return capBody(response, limit, () =>
-      logger.warn({ provider, url: shown(target), maxResponseBytes: limit }, "provider response body larger than outbound.max_response_bytes; reading stopped"),
+      logger.warn({ provider, url: shown(target, options.originOnly), maxResponseBytes: limit }, "provider response body larger than outbound.max_response_bytes; reading stopped"),
     );
   };
 }

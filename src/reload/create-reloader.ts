@@ -3,7 +3,7 @@ import type { Forwarding } from "../forward/create-forwarding.js";
 import type { Logger } from "../logger.js";
 import type { Providers } from "../providers/create-providers.js";
 import type { Listeners } from "../rpc/create-listeners.js";
-import { ConfigReloader } from "./reloader.js";
+import { ConfigReloader, type ReloadTargets } from "./reloader.js";
 
 /**
  * The reloader of what can change while serving (callers and rate limits,
@@ -13,7 +13,14 @@ import { ConfigReloader } from "./reloader.js";
  */
 export function createReloader(
   config: Config,
-  deps: { load: (() => Config) | undefined; logger: Logger; providers: Providers; listeners: Listeners; forwarding?: Forwarding },
+  deps: {
+    load: (() => Config) | undefined;
+    logger: Logger;
+    providers: Providers;
+    listeners: Listeners;
+    forwarding?: Forwarding;
+    webhooks?: ReloadTargets["webhooks"];
+  },
 ): ConfigReloader {
   const { providers, listeners } = deps;
   return new ConfigReloader(config, deps.load, {
@@ -25,5 +32,6 @@ export function createReloader(
     certificates: listeners.grpc.certificates,
     http: listeners.http,
     forward: deps.forwarding,
+    webhooks: deps.webhooks,
   });
 }

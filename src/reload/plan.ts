@@ -32,6 +32,8 @@ export interface ReloadPlan {
   forward: NameChanges;
   /** Whether anything of forwarding changed: its targets or forward_settings. */
   forwardChanged: boolean;
+  /** The webhooks added, removed and changed, and whether a setting of `webhooks:` (not a list entry) changed. */
+  webhooks: NameChanges & { settings: boolean };
   /** The listener's new TLS material, when it changed. */
   tls: { material: TlsConfig; certificate: CertificateSummary; clientCaChanged: boolean } | undefined;
   /** Settings that differ in the new configuration but only take effect on a restart; they keep their running values. */
@@ -41,7 +43,7 @@ export interface ReloadPlan {
 }
 
 /** Config fields a reload applies; every other field needs a restart. */
-const RELOADABLE: ReadonlySet<string> = new Set(["callers", "userAssertion", "providers", "tls", "logLevel", "files", "outbound", "forward"]);
+const RELOADABLE: ReadonlySet<string> = new Set(["callers", "userAssertion", "providers", "tls", "logLevel", "files", "outbound", "forward", "webhooks"]);
 
 /** How operators know the settings that need a restart (environment variables or YAML keys). */
 const SETTING_NAMES: Readonly<Record<string, string>> = {
@@ -127,6 +129,11 @@ export function planReload(current: Config, next: Config): ReloadPlan {
   const outbound = !isDeepStrictEqual(current.outbound, next.outbound);
   const forward = namedChanges(current.forward.targets, next.forward.targets, (t) => t.id);
   const forwardChanged = !isEmpty(forward) || current.forward.replayMaxBytes !== next.forward.replayMaxBytes;
+  const webhooks = {
+    ...namedChanges(current.webhooks.endpoints, next.webhooks.endpoints, (w) => w.id),
+    settings: !isDeepStrictEqual({ ...current.webhooks, endpoints: [] }, { ...next.webhooks, endpoints: [] }),
+  };
+  const webhooksChanged = !isEmpty(webhooks) || webhooks.settings;
   // Kept with the callers it was validated against: running callers bound by assertion keep their issuer.
   const userAssertion = nextCallers === next.callers ? next.userAssertion : current.userAssertion;
   const assertionChanged = !isDeepStrictEqual(userAssertion, current.userAssertion);
@@ -141,6 +148,7 @@ export function planReload(current: Config, next: Config): ReloadPlan {
       files: next.files,
       outbound: next.outbound,
       forward: next.forward,
+      webhooks: next.webhooks,
     },
     callers,
     userAssertion: assertionChanged,
@@ -149,10 +157,12 @@ export function planReload(current: Config, next: Config): ReloadPlan {
     outbound,
     forward,
     forwardChanged,
+    webhooks,
     tls: tlsChanged
       ? { material: tls, certificate: summarizeCertificate(tls.cert), clientCaChanged: !isDeepStrictEqual(tls.clientCa, current.tls?.clientCa) }
       : undefined,
     needsRestart,
-    changed: !isEmpty(callers) || assertionChanged || !isEmpty(providers) || logLevel !== undefined || tlsChanged || outbound || forwardChanged,
+    changed:
+      !isEmpty(callers) || assertionChanged || !isEmpty(providers) || logLevel !== undefined || tlsChanged || outbound || forwardChanged || webhooksChanged,
   };
 }

@@ -1,6 +1,6 @@
 import { createSecureContext } from "node:tls";
 import { isDeepStrictEqual } from "node:util";
-import { ConfigError, type Config, type ProviderConfig } from "../config.js";
+import { ConfigError, type Config, type ProviderConfig, type WebhooksConfig } from "../config.js";
 import type { ForwardConfig } from "../forward/config.js";
 import { errSummary, type Logger } from "../logger.js";
 import type { OutboundPolicy } from "../providers/outbound-policy.js";
@@ -27,6 +27,8 @@ export interface ReloadTargets {
   http: HttpListener | undefined;
   /** The forwarding proxy: a reload applies config.forward. */
   forward?: { update(config: ForwardConfig): void };
+  /** The webhook dispatcher: a reload applies config.webhooks. */
+  webhooks?: { update(config: WebhooksConfig): void };
 }
 
 /** How one reload went. */
@@ -149,6 +151,7 @@ export class ConfigReloader {
     this.applyProviders(next.providers);
     if (plan.outbound) this.t.outbound.update(plan.config.outbound);
     if (plan.forwardChanged) this.t.forward?.update(plan.config.forward);
+    this.t.webhooks?.update(plan.config.webhooks);
     this.t.chain.setCallers(new CallerDirectory(plan.config.callers, plan.config.userAssertion));
     this.current = plan.config;
     if (this.watcher) {
@@ -194,6 +197,8 @@ export class ConfigReloader {
       outbound: plan.outbound ? plan.config.outbound : undefined,
       forward: some(plan.forward),
       replayMaxBytes: plan.forwardChanged ? plan.config.forward.replayMaxBytes : undefined,
+      // Names only: a webhook's secret never reaches the log.
+      webhooks: some(plan.webhooks) ?? (plan.webhooks.settings ? "settings changed" : undefined),
       certificate: plan.tls?.certificate,
       clientCa: plan.tls?.clientCaChanged ? "replaced" : undefined,
       needsRestart: plan.needsRestart.length > 0 ? plan.needsRestart : undefined,

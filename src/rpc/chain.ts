@@ -11,7 +11,7 @@ import { NO_SPANS, type Spans, type TraceContext } from "../tracing/spans.js";
 
 const TOKEN_SERVICE = "tokenservice.v1.TokenService";
 /** Services whose RPCs a caller's `rpcs` list names. */
-const SCOPED_SERVICES = new Set([TOKEN_SERVICE, "tokenservice.v1.ProviderService", "tokenservice.v1.EventService"]);
+const SCOPED_SERVICES = new Set([TOKEN_SERVICE, "tokenservice.v1.ProviderService", "tokenservice.v1.EventService", "tokenservice.v1.WebhookService"]);
 /** Services whose calls stay open (server streaming): re-admitted when the caller list changes. */
 const STREAMING_SERVICES = new Set(["tokenservice.v1.EventService"]);
 /** Probes must work without credentials. */

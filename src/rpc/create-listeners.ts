@@ -18,6 +18,8 @@ import type { EventWatchers } from "../events/watchers.js";
 import { createEventServiceHandlers } from "./event-service.js";
 import { createProviderServiceHandlers } from "./provider-service.js";
 import { createTokenServiceHandlers } from "./token-service.js";
+import { createWebhookServiceHandlers } from "./webhook-service.js";
+import type { WebhookDeliveries } from "../webhooks/deliveries.js";
 
 /** The listening service: gRPC, Connect and gRPC-Web over one chain, and the admin listener. */
 export interface Listeners {
@@ -56,6 +58,7 @@ export async function createListeners(
     sessions: Sessions;
     authorization: Authorization;
     watchers: EventWatchers;
+    deliveries: WebhookDeliveries;
     health: HealthState;
     metrics: Metrics;
     logger: Logger;
@@ -73,6 +76,7 @@ export async function createListeners(
     tokenService: createTokenServiceHandlers(sessions.service, sessions.users, authorization.codeFlow),
     providerService: createProviderServiceHandlers(authorization.admin),
     eventService: createEventServiceHandlers(deps.watchers),
+    webhookService: createWebhookServiceHandlers(deps.deliveries),
     httpRoute: anyOf(
       createClientMetadataRoute(authorization.clientDocument, () => authorization.signingKeys?.published()),
       createBackchannelRoute(authorization.logout, logger),

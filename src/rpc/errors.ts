@@ -36,6 +36,7 @@ import {
 } from "../sessions/errors.js";
 import { CursorOutOfRangeError, TooManyWatchersError, WatchClosingError } from "../events/errors.js";
 import { AssertionRejectedError, IdJagNotSupportedError, IdJagRefusedError, NoIdpSessionError } from "../sessions/id-jag-errors.js";
+import { WebhookDeliveryNotFoundError } from "../webhooks/deliveries.js";
 
 export { Code } from "@connectrpc/connect";
 
@@ -165,6 +166,7 @@ export function toRpcStatus(err: unknown): RpcStatus {
   if (err instanceof RegistrationRefusedError) return info(Code.FailedPrecondition, err.message, err.reason);
   if (err instanceof ProviderSetupError) return info(Code.FailedPrecondition, err.message, "PROVIDER_SETUP_FAILED", { reason: err.reason });
   if (err instanceof StepUpLimitError) return info(Code.FailedPrecondition, err.message, "STEP_UP_LIMIT", { max_per_hour: String(err.max) });
+  if (err instanceof WebhookDeliveryNotFoundError) return info(Code.NotFound, err.message, "WEBHOOK_DELIVERY_NOT_FOUND");
   if (err instanceof CallRefusedError) {
     return err.reason === undefined
       ? { code: err.status, message: err.message, known: true }

@@ -144,3 +144,15 @@ export async function startPostgres(options: { binaries?: PostgresBinaries } = {
     },
   };
 }
+
+/** One query on a connection of its own (opened and closed around it): for tests that read what replicas wrote. */
+export async function queryOnce(databaseUrl: string, sql: string, params: unknown[] = []): Promise<Array<Record<string, unknown>>> {
+  const { default: pg } = await import("pg");
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    return (await client.query(sql, params)).rows as Array<Record<string, unknown>>;
+  } finally {
+    await client.end();
+  }
+}

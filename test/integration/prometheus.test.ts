@@ -16,6 +16,7 @@ import { startPostgres, type TestPostgres } from "../helpers/postgres.js";
 import { expressionUse, metricFamilies, type ExpressionUse } from "../helpers/promql.js";
 import { createTestDatabase, startService, type TestService } from "../helpers/service.js";
 import { command, requireTools } from "../helpers/tools.js";
+import { WebhookReceiver } from "../helpers/webhook-receiver.js";
 
 /**
  * The alert rules and the dashboard against the real thing: Debian's
@@ -246,6 +247,9 @@ describe.skipIf(NEEDS.skip)(`alert rules and dashboard on a real Prometheus${NEE
   let provider: TestProvider;
   let svc: TestService;
   let prom: TestPrometheus;
+  /** A webhook receiver, so the webhook series exist (a configured webhook has them from the start). */
+  let receiver: WebhookReceiver;
+  let webhookDir: string;
   /** /metrics as first scraped, before any call or refresh. */
   let firstMetrics = "";
   let stopped = false;
@@ -255,20 +259,30 @@ describe.skipIf(NEEDS.skip)(`alert rules and dashboard on a real Prometheus${NEE
 
   beforeAll(async () => {
     provider = await startTestProvider();
+    receiver = await WebhookReceiver.start();
+    webhookDir = mkdtempSync(join(tmpdir(), "prometheus-webhook-"));
+    const webhookSecret = `whsec_${Buffer.from(Array.from({ length: 32 }, (_, i) => (i * 53 + 7) % 256)).toString("base64")}`;
+    writeFileSync(join(webhookDir, "crm.secret"), webhookSecret);
     svc = await startService({
       dialect: "sqlite",
       provider,
       // One attempt per refresh: a 500 from the token endpoint is at once a failed refresh.
-      yaml: { refresh: { max_attempts: 1, retry_base_delay_ms: 1, background: { interval_seconds: 0.5 } } },
+      yaml: {
+        refresh: { max_attempts: 1, retry_base_delay_ms: 1, background: { interval_seconds: 0.5 } },
+        outbound: { allow_insecure_http: true, allow_private_networks: true },
+        webhooks: [{ id: "crm", url: receiver.url, events: ["*"], secret_file: join(webhookDir, "crm.secret") }],
+      },
     });
     firstMetrics = await (await fetch(`http://127.0.0.1:${svc.app.adminPort}/metrics`)).text();
     prom = await TestPrometheus.start(`127.0.0.1:${svc.app.adminPort}`);
-    secrets.push(provider.clientSecret);
+    secrets.push(provider.clientSecret, webhookSecret.slice("whsec_".length));
   });
   afterAll(async () => {
     await prom?.close();
     if (!stopped) await svc?.close();
     await provider?.close();
+    await receiver?.stop();
+    rmSync(webhookDir, { recursive: true, force: true });
   });
 
   it("finds the metrics it reads in the rules and the dashboard", () => {
