@@ -28,7 +28,8 @@ export function keepAliveFraction(sessionId: string): number {
  */
 export class RefreshSchedule {
   constructor(
-    private readonly providers: ProviderRegistry,
+    /** Where each provider's refresh margin comes from. */
+    private readonly providers: Pick<ProviderRegistry, "get">,
     private readonly config: RefreshConfig,
   ) {}
 
