@@ -125,17 +125,6 @@ export class RefreshCoordinator {
   }
 
   /**
-   * Background refresh: refreshes when this replica gets the lease, and gives
-   * up at once (undefined) when a refresh of this session is already under way
-   * here or elsewhere. Never waits on another replica.
-   */
-  refreshIfIdle(row: SessionHead, trace?: TraceContext): Promise<RefreshResult> | undefined {
-    if (this.inflight.has(row.id)) return undefined;
-    const work = (ctx: TraceContext) => this.register(row, false, "background", ctx);
-    return trace ? this.traced(row, false, trace, work) : work(undefined);
-  }
-
-  /**
    * Background refresh of a row this replica already leased (a batch claim,
    * `owner` until `until`). Undefined, with the lease given back, when a
    * refresh of the session is under way here already.
@@ -145,7 +134,8 @@ export class RefreshCoordinator {
       void this.repo.releaseLeaseClean(row.id, owner).catch(() => undefined);
       return undefined;
     }
-    const p = this.refreshHolding(row, owner, until, "background", trace).finally(() => this.inflight.delete(row.id));
+    const work = (ctx: TraceContext) => this.refreshHolding(row, owner, until, "background", ctx);
+    const p = (trace ? this.traced(headOf(row), false, trace, work) : work(undefined)).finally(() => this.inflight.delete(row.id));
     this.inflight.set(row.id, p);
     return p;
   }
