@@ -8,7 +8,13 @@ import { lifetimeSeconds, refreshMarginSeconds } from "../sessions/expiry.js";
 export type RefreshDue = Pick<SessionRow, "refreshAt" | "keepAliveAt">;
 
 /** What the due times are computed from. */
-export type ScheduledFields = Pick<SessionRow, "id" | "provider" | "accessIssuedAt" | "accessExpiresAt" | "refreshExpiresAt" | "createdAt">;
+export type ScheduledFields = Pick<
+  SessionRow,
+  "id" | "provider" | "accessIssuedAt" | "accessExpiresAt" | "refreshExpiresAt" | "createdAt" | "lastUsedAt"
+>;
+
+/** refresh_at of a session that is not refreshed for being used: later than any due time. */
+const NEVER = new Date("9999-12-31T00:00:00Z");
 
 /**
  * Where in the keep-alive period a session falls, in [0, 1): the same for a
@@ -45,9 +51,18 @@ export class RefreshSchedule {
     return marginSeconds + (2 * this.config.background.intervalMs) / 1000 + 1;
   }
 
-  /** The due times of a session whose tokens are written at `now`. */
+  /**
+   * The due times of a session whose tokens are written at `now`. One not
+   * used within the recent window is refreshed only to keep it alive: its
+   * refresh_at is its keep-alive time (or never), so that the sessions
+   * nobody uses do not pile up among those due for being used. A GetToken
+   * that finds its token expired refreshes it, and schedules it again.
+   */
   dueTimes(row: ScheduledFields, now: Date): RefreshDue {
-    return { refreshAt: new Date(row.accessExpiresAt.getTime() - this.aheadSeconds(row) * 1000), keepAliveAt: this.keepAliveAt(row, now) };
+    const keepAliveAt = this.keepAliveAt(row, now);
+    const used = row.lastUsedAt.getTime() >= now.getTime() - this.config.background.recentWindowMs;
+    const refreshAt = used ? new Date(row.accessExpiresAt.getTime() - this.aheadSeconds(row) * 1000) : (keepAliveAt ?? NEVER);
+    return { refreshAt, keepAliveAt };
   }
 
   private keepAliveAt(row: ScheduledFields, now: Date): Date | null {

@@ -15,19 +15,25 @@ const config = (keepAliveMs: number, absoluteLifetimeMs = 90 * DAY): RefreshConf
 /** No provider configured: the default 60 s margin. */
 const noProviders = { get: () => undefined };
 const now = new Date("2026-12-03T12:00:00Z");
-const row = (id: string, extra: { refreshExpiresAt?: Date | null; createdAt?: Date } = {}) => ({
+const row = (id: string, extra: { refreshExpiresAt?: Date | null; createdAt?: Date; lastUsedAt?: Date } = {}) => ({
   id,
   provider: "corp",
   accessIssuedAt: now,
   accessExpiresAt: new Date(now.getTime() + 300_000),
   refreshExpiresAt: extra.refreshExpiresAt ?? null,
   createdAt: extra.createdAt ?? now,
+  lastUsedAt: extra.lastUsedAt ?? now,
 });
 
 describe("refresh schedule", () => {
   it("refreshes a used session its lead before expiry: the margin plus two scan intervals and a second", () => {
     const due = new RefreshSchedule(noProviders, config(DAY)).dueTimes(row("a"), now);
     expect(due.refreshAt!.getTime()).toBe(now.getTime() + 300_000 - 65_000);
+    // Not used within the recent window: refreshed only when due for keep-alive.
+    const idle = new RefreshSchedule(noProviders, config(DAY)).dueTimes(row("a", { lastUsedAt: new Date(now.getTime() - DAY - 1) }), now);
+    expect(idle.refreshAt).toEqual(idle.keepAliveAt);
+    const off = new RefreshSchedule(noProviders, config(0)).dueTimes(row("a", { lastUsedAt: new Date(now.getTime() - DAY - 1) }), now);
+    expect(off.refreshAt!.getTime()).toBeGreaterThan(now.getTime() + 365 * DAY);
   });
 
   it("keeps each session alive within 70 to 95 % of the period, spread evenly over sessions", () => {
