@@ -58,6 +58,10 @@ export interface ScaleResult extends ScaleOptions {
   callsPerToken: number;
   reused: number;
   meanConcurrent: number;
+  /** Live refresh leases of the provider, sampled every second: how full the cluster cap was. */
+  meanLeases: number;
+  /** How long a lease lasts per refresh (mean leases / refresh rate), against the provider's latency. */
+  leaseMsPerRefresh: number;
   maxConcurrent: number;
   dbCpuCores: number;
   dbXactsPerS: number;
@@ -108,18 +112,28 @@ async function seed(databaseUrl: string, keys: string, provider: StandInProvider
   }
 }
 
-/** Which limit binds: the one nearest to saturation, and whether the load was met. */
+/**
+ * Which limit binds. The cap binds when its leases are full and each lease
+ * lasts about the provider's latency; when they are full but each lasts much
+ * longer, what stretches them (the CPU, or the database) binds; otherwise the
+ * resource nearest saturation. When the load is met, nothing binds yet.
+ */
 function bindingLimit(r: Omit<ScaleResult, "binding">): string {
-  const limits = [
-    { name: `the provider concurrency cap (cluster_max_inflight_per_provider ${CLUSTER_CAP}: mean ${fmt(r.meanConcurrent)} in flight)`, use: r.meanConcurrent / CLUSTER_CAP },
-    { name: `the database (PostgreSQL at ${fmt(r.dbCpuCores, 2)} of ${CORES} cores)`, use: r.dbCpuCores / CORES },
-    { name: `the CPU (machine at ${fmt(r.machineBusyCores, 2)} of ${CORES} cores busy, all processes)`, use: r.machineBusyCores / CORES },
-  ].sort((a, b) => b.use - a.use);
-  const top = limits[0]!;
+  const capUse = r.meanLeases / CLUSTER_CAP;
+  const cap = `the provider concurrency cap (cluster_max_inflight_per_provider ${CLUSTER_CAP}: ${fmt(r.meanLeases)} leases live on average, ${fmt(r.meanConcurrent)} requests at the provider)`;
+  const db = { name: `the database (PostgreSQL at ${fmt(r.dbCpuCores, 2)} of ${CORES} cores)`, use: r.dbCpuCores / CORES };
+  const cpu = { name: `the CPU (the machine at ${fmt(r.machineBusyCores, 2)} of ${CORES} cores busy, all processes; load ${r.loadAfter})`, use: r.machineBusyCores / CORES };
+  const [top] = [db, cpu].sort((a, b) => b.use - a.use);
   const met = r.refreshedAfterExpiry === 0 && r.expiredAtEnd === 0 && r.refreshesPerS >= 0.95 * r.demandPerS;
-  return met
-    ? `none binds yet (the load is met); nearest: ${top.name}, ${fmt(top.use * 100, 0)} % used`
-    : `${top.name}, ${fmt(top.use * 100, 0)} % used`;
+  if (met) {
+    const nearest = capUse > top!.use ? { name: cap, use: capUse } : top!;
+    return `none binds yet (the load is met); nearest: ${nearest.name}, ${fmt(nearest.use * 100, 0)} % used`;
+  }
+  if (capUse >= 0.9) {
+    if (r.leaseMsPerRefresh <= 1.5 * r.latencyMs) return `${cap}, full`;
+    return `${top!.name}: the cap's leases are full, but each lasts ${fmt(r.leaseMsPerRefresh, 0)} ms for a ${r.latencyMs} ms provider call, the rest waiting for CPU time`;
+  }
+  return `${top!.name}, ${fmt(top!.use * 100, 0)} % used`;
 }
 
 /** One run: a fresh database, seeded, R replicas for `minutes`, then the figures. */
@@ -148,7 +162,11 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     console.log(`  seeding ${o.sessions} sessions`);
     await seed(databaseUrl, keys, provider, o.sessions, t0);
     const env = { DATABASE_URL: databaseUrl, TOKEN_SERVICE_ENCRYPTION_KEYS: keys, TOKEN_SERVICE_CONFIG: configFile };
-    procs.push(...(await Promise.all(Array.from({ length: o.replicas }, () => spawnService(env)))));
+    // Every replica that started is stopped in `finally`, even when another failed to start.
+    const started = await Promise.allSettled(Array.from({ length: o.replicas }, () => spawnService(env)));
+    for (const p of started) if (p.status === "fulfilled") procs.push(p.value);
+    const failed = started.find((p) => p.status === "rejected");
+    if (failed) throw failed.reason;
 
     const db = new pg.Client({ connectionString: databaseUrl });
     await db.connect();
@@ -169,6 +187,15 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     provider.resetStats();
     const loadBefore = loadavg();
     const a = await sample();
+    // Live leases of the provider, once a second, on a connection of its own.
+    const leases: number[] = [];
+    const sampler = new pg.Client({ connectionString: databaseUrl });
+    await sampler.connect();
+    const timer = setInterval(() => {
+      void sampler
+        .query<{ n: string }>("select count(*) as n from sessions where provider = 'corp' and lease_until > now()")
+        .then((q) => leases.push(Number(q.rows[0]!.n)), () => undefined);
+    }, 1000);
     const end = a.at + o.minutes * 60_000;
     while (Date.now() < end) {
       await sleep(Math.min(15_000, end - Date.now()));
@@ -178,8 +205,10 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
         `  ${Math.round((Date.now() - a.at) / 1000)} s: ${s.refreshes} refreshes, ${late} after expiry, ${s.reused} reused, in flight max ${s.maxConcurrent}, load ${loadavg()}`,
       );
     }
+    clearInterval(timer);
     const b = await sample();
     const loadAfter = loadavg();
+    await sampler.end();
     const expiredAtEnd = Number((await db.query<{ n: string }>("select count(*) as n from sessions where access_expires_at < now()")).rows[0]!.n);
     await db.end();
     const windowS = (b.at - a.at) / 1000;
@@ -196,6 +225,8 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       callsPerToken: (s.refreshes + s.reused) / Math.max(1, s.refreshes),
       reused: s.reused,
       meanConcurrent: s.concurrentMs / (windowS * 1000),
+      meanLeases: leases.reduce((x, y) => x + y, 0) / Math.max(1, leases.length),
+      leaseMsPerRefresh: (1000 * leases.reduce((x, y) => x + y, 0)) / Math.max(1, leases.length) / Math.max(1e-9, s.refreshes / windowS),
       maxConcurrent: s.maxConcurrent,
       dbCpuCores: (b.db - a.db) / windowS,
       dbXactsPerS: (b.xacts - a.xacts) / windowS,
@@ -220,7 +251,7 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
 export function scaleMarkdown(results: ScaleResult[]): string {
   const r0 = results[0]!;
   const row = (r: ScaleResult) =>
-    `| ${r.sessions.toLocaleString("en-US")} | ${fmt(r.demandPerS)} | **${fmt(r.refreshesPerS)}** | ${fmt(r.leadP50S)} s | ${fmt(r.leadP99S)} s | **${r.refreshedAfterExpiry + r.expiredAtEnd}** | ${fmt(r.callsPerToken, 3)} | ${fmt(r.meanConcurrent)} (max ${r.maxConcurrent}) | ${fmt(r.dbCpuCores * 100, 0)} % | ${fmt(r.dbXactsPerS, 0)} | ${fmt(r.replicaCpuCores * 100, 0)} % | ${fmt(r.benchCpuCores * 100, 0)} % | ${fmt(r.machineBusyCores, 2)} of ${CORES} | ${r.loadBefore} → ${r.loadAfter} |`;
+    `| ${r.sessions.toLocaleString("en-US")} | ${fmt(r.demandPerS)} | **${fmt(r.refreshesPerS)}** | ${fmt(r.leadP50S)} s | ${fmt(r.leadP99S)} s | **${r.refreshedAfterExpiry + r.expiredAtEnd}** | ${fmt(r.callsPerToken, 3)} | ${fmt(r.meanConcurrent)} (max ${r.maxConcurrent}) | ${fmt(r.meanLeases)} of ${CLUSTER_CAP}, ${fmt(r.leaseMsPerRefresh, 0)} ms each | ${fmt(r.dbCpuCores * 100, 0)} % | ${fmt(r.dbXactsPerS, 0)} | ${fmt(r.replicaCpuCores * 100, 0)} % | ${fmt(r.benchCpuCores * 100, 0)} % | ${fmt(r.machineBusyCores, 2)} of ${CORES} | ${r.loadBefore} → ${r.loadAfter} |`;
   return `## Background refresh at scale (\`npm run bench:refresh\`)
 
 ${machine()}. ${r0.replicas} replicas (separate processes, the defaults: a pass every 2 s, at most ${REPLICA_CAP} refreshes
@@ -232,8 +263,8 @@ token: oidc-provider itself would take a core at these rates on a machine that h
 The machine is shared: the load averages before and after each run are given, and figures from a quiet machine
 may differ.
 
-| sessions | refreshes/s needed | refreshes/s | before expiry, p50 | before expiry, p99 | tokens expired unrefreshed | provider calls per token | in flight at the provider | PostgreSQL CPU (of one core) | PostgreSQL transactions/s | replicas' CPU (of one core) | stand-in provider's CPU | machine busy (cores, all processes) | load average before → after |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| sessions | refreshes/s needed | refreshes/s | before expiry, p50 | before expiry, p99 | tokens expired unrefreshed | provider calls per token | in flight at the provider, mean (max) | live leases (mean), time per refresh | PostgreSQL CPU (of one core) | PostgreSQL transactions/s | replicas' CPU (of one core) | stand-in provider's CPU | machine busy (cores, all processes) | load average before → after |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 ${results.map(row).join("\n")}
 
 "Before expiry" is how long the replaced access token still had when its refresh reached the provider (the lead is
@@ -241,7 +272,9 @@ ${LEAD_S} s: the 60 s margin plus two scan intervals and a second); "p99" is the
 refreshed at least that long before they expired.
 "Tokens expired unrefreshed" counts refreshes that came after the token's expiry plus sessions whose token was
 expired at the end. "Provider calls per token" is calls over tokens refreshed (1.000: no token refreshed twice; a
-second call with a rotated refresh token would count, and be refused).
+second call with a rotated refresh token would count, and be refused). "Live leases" is how full the cluster cap was
+(sampled every second): a lease lasts from the claim to the new tokens stored, so "time per refresh" beyond the
+provider's ${r0.latencyMs} ms is the replicas' own work and their wait for CPU time and the database.
 
 Which limit binds:
 ${results.map((r) => `- ${r.sessions.toLocaleString("en-US")} sessions: ${r.binding}.`).join("\n")}

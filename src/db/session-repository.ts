@@ -347,15 +347,17 @@ export class SessionRepository {
    * replicas never exceed `clusterLimit`: on PostgreSQL claims of a provider
    * take turns under a transaction-scoped advisory lock, count the live
    * leases, and skip rows another transaction has locked (SKIP LOCKED).
+   * `more`: the claim took all it was allowed (or the cluster bound allowed
+   * none), so more sessions may be due.
    */
-  async claimDue(q: ClaimQuery): Promise<SessionRow[]> {
+  async claimDue(q: ClaimQuery): Promise<{ rows: SessionRow[]; more: boolean }> {
     const pg = this.dialect === "postgresql";
     return this.run((em) =>
       em.transactional(async (tx) => {
         if (pg) await (tx as SqlEntityManager).execute("select pg_advisory_xact_lock(hashtextextended(?, 0))", [`token-service:refresh:${q.provider}`]);
         const busy = await tx.count(SessionSchema, { provider: q.provider, leaseUntil: { $gt: q.now } });
         const n = Math.min(q.limit, q.clusterLimit - busy);
-        if (n <= 0) return [];
+        if (n <= 0) return { rows: [], more: true };
         const due: FilterQuery<SessionRow>[] = [
           { lastUsedAt: { $gte: q.usedSince }, $or: [{ refreshAt: { $lte: q.now } }, { refreshAt: null, accessExpiresAt: { $lt: q.horizon } }] },
         ];
@@ -381,7 +383,7 @@ export class SessionRepository {
           .where({ id: { $in: ids.getKnexQuery() } })
           .returning("*")
           .execute<SessionRow[]>("all", true);
-        return rows.map((r) => normalize(r) as SessionRow);
+        return { rows: rows.map((r) => normalize(r) as SessionRow), more: rows.length === n };
       }),
     );
   }

@@ -12,7 +12,7 @@ import { NO_SPANS, sessionAttributes, type Spans } from "../tracing/spans.js";
 const ERROR_BACKOFF_MS = 10_000;
 
 /** After refreshes finish while more sessions were due, claim again this soon: one claim for several finished. */
-const REFILL_DELAY_MS = 20;
+const REFILL_DELAY_MS = 100;
 
 /** Counters for metrics and tests. */
 export interface BackgroundStats {
@@ -103,7 +103,7 @@ export class BackgroundRefresher {
     const margin = this.providers.get(provider)?.config.refreshMarginSeconds ?? 60;
     const { keepAliveMs, absoluteLifetimeMs } = this.config;
     this.stats.claims++;
-    const rows = await this.repo.claimDue({
+    const { rows, more } = await this.repo.claimDue({
       provider,
       now,
       owner,
@@ -116,9 +116,9 @@ export class BackgroundRefresher {
       keepAliveIssuedBefore: keepAliveMs > 0 ? new Date(now.getTime() - keepAliveMs) : null,
       createdAfter: absoluteLifetimeMs > 0 ? new Date(now.getTime() - absoluteLifetimeMs) : null,
     });
-    // A claim that found sessions due may have left more (a full batch, or one cut short by the cluster
-    // bound): claim again as soon as some finish. One that found none waits for the next pass.
-    if (rows.length > 0) this.backlog.add(provider);
+    // A claim that took all it was allowed may have left sessions due: claim again as soon as some
+    // finish. One that found fewer waits for the next pass.
+    if (more) this.backlog.add(provider);
     else this.backlog.delete(provider);
     for (const row of rows) this.begin(row, owner, until, now);
   }

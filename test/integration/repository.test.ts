@@ -126,6 +126,9 @@ describe.each<Dialect>(["sqlite", "postgresql"])("session repository races on %s
     ...extra,
   });
 
+  /** The rows a claim took. */
+  const claim = async (q: ReturnType<typeof claimQuery>) => (await repo.claimDue(q)).rows;
+
   it("a batch claim takes the leases of the sessions due, and skips those that just failed, are leased or not due", async () => {
     const now = new Date();
     const past = new Date(now.getTime() - 1000);
@@ -142,17 +145,17 @@ describe.each<Dialect>(["sqlite", "postgresql"])("session repository races on %s
     await insert({ provider: "claim-a", refreshAt: past, refreshCt: null });
     await insert({ provider: "claim-a", lastUsedAt: idle, keepAliveAt: past, createdAt: new Date(now.getTime() - 2 * 86_400_000) }); // past its lifetime
     await insert({ provider: "claim-b", refreshAt: past });
-    const claimed = await repo.claimDue(claimQuery("claim-a", now));
+    const claimed = await claim(claimQuery("claim-a", now));
     expect(claimed.map((r) => r.id).sort()).toEqual([used.id, legacy.id, kept.id, unscheduled.id].sort());
     for (const r of claimed) {
       expect(r.leaseOwner).toBe("replica-a:1");
       expect(await repo.findById(r.id)).toMatchObject({ leaseOwner: "replica-a:1", version: 1 });
     }
     // Leased now: a second claim finds nothing; without keep-alive the idle ones would not have been due.
-    expect(await repo.claimDue(claimQuery("claim-a", now))).toEqual([]);
+    expect(await repo.claimDue(claimQuery("claim-a", now))).toEqual({ rows: [], more: false });
     const idleOnly = await insert({ provider: "claim-c", lastUsedAt: idle, refreshAt: past, keepAliveAt: past });
-    expect(await repo.claimDue(claimQuery("claim-c", now, { keepAliveIssuedBefore: null }))).toEqual([]);
-    expect((await repo.claimDue(claimQuery("claim-c", now))).map((r) => r.id)).toEqual([idleOnly.id]);
+    expect(await claim(claimQuery("claim-c", now, { keepAliveIssuedBefore: null }))).toEqual([]);
+    expect((await claim(claimQuery("claim-c", now))).map((r) => r.id)).toEqual([idleOnly.id]);
   });
 
   it("claims keep a provider's live leases within the cluster limit, also when replicas claim at once", async () => {
@@ -163,12 +166,13 @@ describe.each<Dialect>(["sqlite", "postgresql"])("session repository races on %s
     // A lapsed lease neither counts nor keeps its row from being claimed.
     const lapsed = await insert({ provider: "claim-limit", refreshAt: past, leaseOwner: "dead", leaseUntil: past, accessExpiresAt: new Date(now.getTime() + 1000) });
     const claims = await Promise.all(
-      [1, 2, 3, 4].map((i) => repo.claimDue(claimQuery("claim-limit", now, { owner: `replica-${i}:1`, limit: 3, clusterLimit: 9 }))),
+      [1, 2, 3, 4].map((i) => claim(claimQuery("claim-limit", now, { owner: `replica-${i}:1`, limit: 3, clusterLimit: 9 }))),
     );
     const ids = claims.flat().map((r) => r.id);
     expect(ids.length).toBe(7); // 9 live leases at most, 2 held already
     expect(new Set(ids).size).toBe(ids.length);
     expect(ids).toContain(lapsed.id); // soonest expiry first
-    expect(await repo.claimDue(claimQuery("claim-limit", now, { clusterLimit: 9 }))).toEqual([]);
+    // The cap is full: nothing taken, but sessions may still be due.
+    expect(await repo.claimDue(claimQuery("claim-limit", now, { clusterLimit: 9 }))).toEqual({ rows: [], more: true });
   });
 });
