@@ -247,11 +247,16 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
   }
 }
 
+/** CPU milliseconds the replicas and PostgreSQL spent per refresh. */
+function cpuMsPerRefresh(r: ScaleResult): number {
+  return ((r.replicaCpuCores + r.dbCpuCores) * 1000) / Math.max(1e-9, r.refreshesPerS);
+}
+
 /** The BENCHMARKS.md section for these runs. */
 export function scaleMarkdown(results: ScaleResult[]): string {
   const r0 = results[0]!;
   const row = (r: ScaleResult) =>
-    `| ${r.sessions.toLocaleString("en-US")} | ${fmt(r.demandPerS)} | **${fmt(r.refreshesPerS)}** | ${fmt(r.leadP50S)} s | ${fmt(r.leadP99S)} s | **${r.refreshedAfterExpiry + r.expiredAtEnd}** | ${fmt(r.callsPerToken, 3)} | ${fmt(r.meanConcurrent)} (max ${r.maxConcurrent}) | ${fmt(r.meanLeases)} of ${CLUSTER_CAP}, ${fmt(r.leaseMsPerRefresh, 0)} ms each | ${fmt(r.dbCpuCores * 100, 0)} % | ${fmt(r.dbXactsPerS, 0)} | ${fmt(r.replicaCpuCores * 100, 0)} % | ${fmt(r.benchCpuCores * 100, 0)} % | ${fmt(r.machineBusyCores, 2)} of ${CORES} | ${r.loadBefore} → ${r.loadAfter} |`;
+    `| ${r.sessions.toLocaleString("en-US")} | ${fmt(r.demandPerS)} | **${fmt(r.refreshesPerS)}** | ${fmt(r.leadP50S)} s | ${fmt(r.leadP99S)} s | **${r.refreshedAfterExpiry + r.expiredAtEnd}** | ${fmt(r.callsPerToken, 3)} | ${fmt(r.meanConcurrent)} (max ${r.maxConcurrent}) | ${fmt(r.meanLeases)} of ${CLUSTER_CAP}, ${fmt(r.leaseMsPerRefresh, 0)} ms each | ${fmt(r.dbCpuCores * 100, 0)} % | ${fmt(r.dbXactsPerS, 0)} | ${fmt(r.replicaCpuCores * 100, 0)} % | ${fmt(r.benchCpuCores * 100, 0)} % | ${fmt(cpuMsPerRefresh(r), 1)} ms, ${fmt((cpuMsPerRefresh(r) * r.demandPerS) / 1000, 2)} cores | ${fmt(r.machineBusyCores, 2)} of ${CORES} | ${r.loadBefore} → ${r.loadAfter} |`;
   return `## Background refresh at scale (\`npm run bench:refresh\`)
 
 ${machine()}. ${r0.replicas} replicas (separate processes, the defaults: a pass every 2 s, at most ${REPLICA_CAP} refreshes
@@ -263,8 +268,8 @@ token: oidc-provider itself would take a core at these rates on a machine that h
 The machine is shared: the load averages before and after each run are given, and figures from a quiet machine
 may differ.
 
-| sessions | refreshes/s needed | refreshes/s | before expiry, p50 | before expiry, p99 | tokens expired unrefreshed | provider calls per token | in flight at the provider, mean (max) | live leases (mean), time per refresh | PostgreSQL CPU (of one core) | PostgreSQL transactions/s | replicas' CPU (of one core) | stand-in provider's CPU | machine busy (cores, all processes) | load average before → after |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| sessions | refreshes/s needed | refreshes/s | before expiry, p50 | before expiry, p99 | tokens expired unrefreshed | provider calls per token | in flight at the provider, mean (max) | live leases (mean), time per refresh | PostgreSQL CPU (of one core) | PostgreSQL transactions/s | replicas' CPU (of one core) | stand-in provider's CPU | CPU per refresh (replicas + PostgreSQL), and for the rate needed | machine busy (cores, all processes) | load average before → after |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 ${results.map(row).join("\n")}
 
 "Before expiry" is how long the replaced access token still had when its refresh reached the provider (the lead is
@@ -274,7 +279,9 @@ refreshed at least that long before they expired.
 expired at the end. "Provider calls per token" is calls over tokens refreshed (1.000: no token refreshed twice; a
 second call with a rotated refresh token would count, and be refused). "Live leases" is how full the cluster cap was
 (sampled every second): a lease lasts from the claim to the new tokens stored, so "time per refresh" beyond the
-provider's ${r0.latencyMs} ms is the replicas' own work and their wait for CPU time and the database.
+provider's ${r0.latencyMs} ms is the replicas' own work and their wait for CPU time and the database. "CPU per
+refresh" is what the replicas and PostgreSQL spent per refresh made, and what the rate needed would take at that
+cost: the cores a quiet machine must have free for the load to hold.
 
 Which limit binds:
 ${results.map((r) => `- ${r.sessions.toLocaleString("en-US")} sessions: ${r.binding}.`).join("\n")}
@@ -305,7 +312,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     results.push(r);
   }
   const markdown = scaleMarkdown(results);
-  console.log(`\n${markdown}`);
+  console.log(`\nresults: ${JSON.stringify(results)}\n\n${markdown}`);
   if (!values.sessions || values.write) {
     writeSection("background-refresh", markdown);
     console.log("written to BENCHMARKS.md");
