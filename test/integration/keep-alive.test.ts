@@ -14,16 +14,17 @@ import { createTestDatabase, startService, type Dialect, type TestService } from
  * keep a session alive are the keep-alive ones, and GetToken after ACCESS_S
  * needs a refresh: it works only when the refresh token is still alive.
  */
-const IDLE_S = 4;
-const ACCESS_S = 6;
+const IDLE_S = 5;
+const ACCESS_S = 7;
 
 /** Background refresh on, scanning every 0.2 s; a session counts as used for 1 s after its last read. */
 function refreshYaml(keepAliveSeconds: number) {
   return {
     refresh: {
       keep_alive_seconds: keepAliveSeconds,
-      lease_seconds: 5,
-      provider_timeout_seconds: 2,
+      // Room for a provider in this process that a loaded machine slows down: a failed refresh waits 10 s.
+      lease_seconds: 10,
+      provider_timeout_seconds: 5,
       background: { interval_seconds: 0.2, recent_window_seconds: 1 },
     },
   };
