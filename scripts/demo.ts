@@ -6,7 +6,8 @@
  * a third whose tool calls on two MCP servers each get a token for that
  * server only; then a fourth whose session is stepped up in place when a
  * tool server asks for more scopes, and a fifth whose enterprise IdP login
- * reaches a tool server with no browser step (ID-JAG).
+ * reaches a tool server with no browser step (ID-JAG), and a sixth whose
+ * gateway prompts her to reconnect because an event said her session died.
  * Prints each step and exits 0, or 1 at the first surprise.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -27,6 +28,7 @@ import { connectGrpcClient } from "../test/helpers/clients.js";
 import { startEnterpriseIdp, startMcpAuthorizationServer } from "../test/helpers/id-jag.js";
 import { type TestProvider } from "../test/helpers/oidc-provider.js";
 import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
+import { reconnectPromptStep } from "./demo-reconnect.js";
 
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 let step = 0;
@@ -264,6 +266,9 @@ try {
   } finally {
     await Promise.all([crm.close(), crmAs.close()]);
   }
+
+  say("Erin's session dies; her gateway hears it from an event and prompts her to reconnect (connection health)");
+  await reconnectPromptStep({ client, httpUrl: service.httpUrl!, provider, providerId: "demo", info, check });
 
   say("Stop the service: SIGTERM drains in-flight calls, then it exits");
   service.kill("SIGTERM");

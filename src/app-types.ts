@@ -9,6 +9,8 @@ import type { FetchLike } from "./providers/provider-client.js";
 import type { BackgroundRefresher } from "./refresh/background.js";
 import type { RefreshCoordinator } from "./refresh/coordinator.js";
 import type { Sweeper } from "./refresh/sweeper.js";
+import type { EventRepository } from "./db/event-repository.js";
+import type { EventWatchers } from "./events/watchers.js";
 import type { ReloadResult } from "./reload/reloader.js";
 import type { RpcChain } from "./rpc/chain.js";
 import type { GrpcListener } from "./rpc/grpc-server.js";
@@ -57,6 +59,10 @@ export interface App {
   readonly coordinator: RefreshCoordinator;
   readonly background: BackgroundRefresher;
   readonly sweeper: Sweeper;
+  /** The event outbox (docs/connection-health.md#events). */
+  readonly events: EventRepository;
+  /** This replica's WatchEvents streams. */
+  readonly watchers: EventWatchers;
   readonly keyRing: KeyRing;
   readonly cache: SessionCache;
   readonly health: HealthState;

@@ -8,6 +8,7 @@ import { createHealth } from "./operability/create-health.js";
 import { createMetrics } from "./operability/create-metrics.js";
 import { createProviders } from "./providers/create-providers.js";
 import { createRefresh } from "./refresh/create-refresh.js";
+import { EventWatchers } from "./events/watchers.js";
 import { createReloader } from "./reload/create-reloader.js";
 import { createListeners, urlOf } from "./rpc/create-listeners.js";
 import { useNodeUtf8Encoder } from "./rpc/utf8.js";
@@ -48,8 +49,9 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const sessions = createSessions(config, { store, vault, registry, refresh, logger, spans });
     const authorization = built(await createAuthorization(config, { store, keyRing, providers, sessions, waiter: refresh.waiter, logger }));
     const health = built(createHealth({ repo: store.sessions, logger }));
-    watch({ coordinator: refresh.coordinator, cache: sessions.cache, health });
-    const listeners = built(await createListeners(config, { sessions, authorization, health: health.state, metrics, logger, spans }));
+    const watchers = new EventWatchers(store.events, store.eventWake, config.events);
+    watch({ coordinator: refresh.coordinator, cache: sessions.cache, health, watchers });
+    const listeners = built(await createListeners(config, { sessions, authorization, watchers, health: health.state, metrics, logger, spans }));
     const reloader = built(createReloader(config, { load: overrides.loadConfig, logger, providers, listeners }));
     for (const part of [health, refresh, authorization]) part.start();
     logStartup(logger, config, { store, keyRing, registry, coordinator: refresh.coordinator, listeners });
@@ -73,6 +75,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       coordinator: refresh.coordinator,
       background: refresh.background,
       sweeper: refresh.sweeper,
+      events: store.events,
+      watchers,
       keyRing,
       cache: sessions.cache,
       health: health.state,

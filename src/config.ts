@@ -114,6 +114,18 @@ export interface SweeperConfig {
   absoluteLifetimeMs: number;
   /** REAUTH_REQUIRED sessions are kept this long (for ListSessions and support), then deleted. */
   reauthRetentionMs: number;
+  /** Revoked and logged-out sessions (metadata only) are kept this long (`sessions.ended_retention_seconds`). */
+  endedRetentionMs: number;
+  /** Events are kept this long (`events.retention_seconds`). */
+  eventRetentionMs: number;
+  batchSize: number;
+}
+
+/** The `events:` settings: the outbox and WatchEvents. */
+export interface EventsConfig {
+  retentionMs: number;
+  pollMs: number;
+  maxWatchers: number;
   batchSize: number;
 }
 
@@ -144,6 +156,7 @@ export interface Config {
   providers: ProviderConfig[];
   refresh: RefreshConfig;
   sweeper: SweeperConfig;
+  events: EventsConfig;
   cache: CacheConfig;
   logLevel: string;
   /** Largest request message accepted, in bytes. */
@@ -397,7 +410,15 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     intervalMs: Math.round(file.sweeper.interval_seconds * 1000),
     absoluteLifetimeMs: Math.round(file.sweeper.absolute_lifetime_days * 86_400_000),
     reauthRetentionMs: Math.round(file.sweeper.reauth_retention_hours * 3_600_000),
+    endedRetentionMs: file.sessions.ended_retention_seconds * 1000,
+    eventRetentionMs: file.events.retention_seconds * 1000,
     batchSize: file.sweeper.batch_size,
+  };
+  const events: EventsConfig = {
+    retentionMs: file.events.retention_seconds * 1000,
+    pollMs: Math.round(file.events.poll_interval_seconds * 1000),
+    maxWatchers: file.events.max_watchers,
+    batchSize: file.events.batch_size,
   };
   if (refresh.leaseMs < refresh.providerTimeoutMs + 1000) {
     throw new ConfigError(
@@ -440,6 +461,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     providers,
     refresh,
     sweeper,
+    events,
     cache: {
       enabled: file.cache.enabled,
       maxEntries: file.cache.max_entries,

@@ -16,6 +16,8 @@ export interface MetricSources {
   /** Whether the database answered the service's last probe (see token_service_database_up). */
   databaseUp(): boolean;
   pools(): Record<"write" | "read", PoolStats>;
+  /** WatchEvents streams open on this replica. */
+  eventWatchers(): number;
 }
 
 /**
@@ -142,6 +144,14 @@ export class Metrics {
         this.reset();
         this.inc({ result: "hit" }, sources.cacheHits());
         this.inc({ result: "miss" }, sources.cacheMisses());
+      },
+    });
+    new Gauge({
+      name: "token_service_event_watchers",
+      help: "WatchEvents streams open on this replica (at most events.max_watchers).",
+      registers,
+      collect() {
+        this.set(sources.eventWatchers());
       },
     });
     new Gauge({

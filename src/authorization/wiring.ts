@@ -55,7 +55,7 @@ export async function createAuthorization(
   // The first key is made when private_key_jwt is first configured.
   await signingKeys?.ensure();
   const admin = new ProviderAdmin({
-    repo: new ProviderRepository(store.orm),
+    repo: new ProviderRepository(store.orm, store.events),
     sessions: store.sessions,
     registry: providers.registry,
     vault,
@@ -94,7 +94,7 @@ export async function createAuthorization(
       sessions: deps.sessions.service,
       stepUps: new StepUps({
         sessions: store.sessions,
-        stepUps: new StepUpRepository(store.orm),
+        stepUps: new StepUpRepository(store.orm, store.events),
         vault: new TokenVault(deps.keyRing),
         waiter: deps.waiter,
         users,

@@ -92,6 +92,26 @@ export const fileSchema = z
       })
       .strict()
       .prefault({}),
+    sessions: z
+      .object({
+        // Revoked and logged-out sessions are kept this long as metadata without tokens (ListSessions include_ended), then swept.
+        ended_retention_seconds: z.number().int().min(0).max(315_360_000).default(604_800),
+      })
+      .strict()
+      .prefault({}),
+    events: z
+      .object({
+        // How long the outbox keeps events (a WatchEvents cursor older than that is refused with OUT_OF_RANGE).
+        retention_seconds: z.number().int().min(60).max(315_360_000).default(604_800),
+        // The safety-net poll of the outbox, besides the in-process and NOTIFY wake-ups.
+        poll_interval_seconds: z.number().min(0.1).max(3600).default(5),
+        // WatchEvents streams open at once on one replica; more are refused with RESOURCE_EXHAUSTED.
+        max_watchers: z.number().int().min(1).max(100_000).default(100),
+        // Events read from the outbox per round trip, per watcher.
+        batch_size: z.number().int().min(1).max(10_000).default(100),
+      })
+      .strict()
+      .prefault({}),
     limits: z
       .object({
         max_message_bytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(256 * 1024),

@@ -16,6 +16,7 @@ export const RPC_NAMES = [
   "RegisterProvider",
   "ListProviders",
   "DeleteProvider",
+  "WatchEvents",
 ] as const;
 export type RpcName = (typeof RPC_NAMES)[number];
 

@@ -2,7 +2,9 @@ import type { MikroORM } from "@mikro-orm/core";
 import type { Config } from "../config.js";
 import type { Logger } from "../logger.js";
 import { closeInReverse, type Closeable } from "../util/close-in-reverse.js";
+import { EventWake } from "../events/wake.js";
 import { AudienceTokenRepository } from "./audience-repository.js";
+import { EventRepository } from "./event-repository.js";
 import { describeDatabase, migrateUp, openOrm } from "./orm.js";
 import { PgChannel } from "./pg-channel.js";
 import { ormPoolStats, type PoolStats } from "./pool-stats.js";
@@ -16,6 +18,10 @@ export interface Store {
   readonly sessions: SessionRepository;
   readonly authorizations: AuthorizationRepository;
   readonly audiences: AudienceTokenRepository;
+  /** The event outbox (docs/connection-health.md#events). */
+  readonly events: EventRepository;
+  /** Wakes outbox readers: commits here, NOTIFY from other replicas, and a slow poll. */
+  readonly eventWake: EventWake;
   /** Prepared statements for session reads, on a connection pool of their own. */
   readonly reader: SessionReader;
   /** LISTEN/NOTIFY between replicas; none on SQLite. */
@@ -42,13 +48,16 @@ export async function createStore(config: Config, logger: Logger): Promise<Store
       throw new Error(`cannot reach the database (${describeDatabase(config.database)}): ${check.reason.split("\n")[0]}`);
     }
     const migrationsApplied = await migrateUp(orm, config.database);
-    const sessions = new SessionRepository(orm, config.database.kind);
+    const events = new EventRepository(orm, config.database.kind);
+    const sessions = new SessionRepository(orm, config.database.kind, events);
     let channel: PgChannel | undefined;
     if (config.database.kind === "postgresql") {
       channel = new PgChannel(config.database.url, logger, (channelName, message) => sessions.notify(channelName, message));
       opened.push(channel);
       await channel.start();
     }
+    const eventWake = new EventWake(events, channel, config.events.pollMs);
+    opened.push({ close: async () => eventWake.close() });
     const reader = await openSessionReader(config.database);
     opened.push(reader);
     return {
@@ -56,6 +65,8 @@ export async function createStore(config: Config, logger: Logger): Promise<Store
       sessions,
       authorizations: new AuthorizationRepository(orm),
       audiences: new AudienceTokenRepository(orm),
+      events,
+      eventWake,
       reader,
       channel,
       migrationsApplied,

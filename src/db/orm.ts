@@ -3,6 +3,7 @@ import { Migrator } from "@mikro-orm/migrations";
 import type { DatabaseConfig } from "../config.js";
 import { migrationsFor } from "./migrations/index.js";
 import { AudienceTokenSchema, AuthorizationStateSchema, LogoutTokenSchema, ProviderSchema } from "./provider-entity.js";
+import { EndedSessionSchema, EventHorizonSchema, EventSchema } from "./event-entity.js";
 import { SessionSchema } from "./session-entity.js";
 import { SigningKeySchema } from "./signing-key-repository.js";
 
@@ -27,7 +28,7 @@ export function describeDatabase(db: DatabaseConfig): string {
 
 function baseOptions(db: DatabaseConfig): Partial<Options> {
   return {
-    entities: [SessionSchema, ProviderSchema, AuthorizationStateSchema, LogoutTokenSchema, AudienceTokenSchema, SigningKeySchema],
+    entities: [SessionSchema, ProviderSchema, AuthorizationStateSchema, LogoutTokenSchema, AudienceTokenSchema, SigningKeySchema, EventSchema, EventHorizonSchema, EndedSessionSchema],
     extensions: [Migrator],
     migrations: {
       tableName: "mikro_orm_migrations",

@@ -1,4 +1,5 @@
 import type { MikroORM } from "@mikro-orm/core";
+import type { NewEvent } from "../events/types.js";
 import {
   AuthorizationStateSchema,
   LogoutTokenSchema,
@@ -6,6 +7,7 @@ import {
   type AuthorizationStateRow,
   type ProviderRow,
 } from "./provider-entity.js";
+import { EventRepository } from "./event-repository.js";
 import { asBuffer } from "./session-entity.js";
 import { isUniqueViolation, runOn } from "./session-repository.js";
 
@@ -15,6 +17,10 @@ export class DuplicateKeyError extends Error {
   constructor(cause: unknown) {
     super("duplicate key", { cause });
   }
+}
+
+function providerEvent(kind: "provider.registered" | "provider.deleted", id: string, reason: string | null): NewEvent {
+  return { kind, provider: id, userId: null, sessionId: null, reason };
 }
 
 function provider(row: ProviderRow | null): ProviderRow | null {
@@ -27,12 +33,19 @@ function provider(row: ProviderRow | null): ProviderRow | null {
 
 /** Runtime providers (RegisterProvider) in the database. */
 export class ProviderRepository {
-  constructor(private readonly orm: MikroORM) {}
+  constructor(
+    private readonly orm: MikroORM,
+    /** provider.registered and provider.deleted are appended in the same transaction as the row's change. */
+    private readonly events: EventRepository = new EventRepository(orm),
+  ) {}
 
-  /** Inserts a provider; DuplicateKeyError when the id is taken. */
+  /** Inserts a provider (and its provider.registered event); DuplicateKeyError when the id is taken. */
   async insert(row: ProviderRow): Promise<void> {
     try {
-      await runOn(this.orm, (em) => em.insert(ProviderSchema, row));
+      await this.events.transactional(async (tx) => {
+        await tx.insert(ProviderSchema, row);
+        return { result: undefined, events: [providerEvent("provider.registered", row.id, row.registration)] };
+      });
     } catch (err) {
       if (isUniqueViolation(err)) throw new DuplicateKeyError(err);
       throw err;
@@ -49,9 +62,12 @@ export class ProviderRepository {
     return runOn(this.orm, async (em) => provider(await em.findOne(ProviderSchema, { id }, { disableIdentityMap: true })));
   }
 
-  /** Deletes a provider; false when there was none. */
+  /** Deletes a provider (and appends provider.deleted); false when there was none. */
   async delete(id: string): Promise<boolean> {
-    return runOn(this.orm, async (em) => (await em.nativeDelete(ProviderSchema, { id })) === 1);
+    return this.events.transactional(async (tx) => {
+      const deleted = (await tx.nativeDelete(ProviderSchema, { id })) === 1;
+      return { result: deleted, events: deleted ? [providerEvent("provider.deleted", id, null)] : [] };
+    });
   }
 
   /** Providers with ciphertexts under another key than `keyId` (for key rotation). */

@@ -38,6 +38,12 @@ export interface SessionRow {
   lastErrorAt: Date | null;
   /** The provider's error code that made this session need a new login. */
   reauthReason: string | null;
+  /** When it started to need a new login. */
+  reauthAt?: Date | null;
+  /** Transient refresh failures in a row (0: none since the last success); > 0 shows as REFRESH_FAILING. */
+  refreshFailures?: number;
+  /** When the current run of failures began. */
+  failingSince?: Date | null;
   /** The ID token's `sub` and `sid` (OpenID Connect), for back-channel logout. */
   subject: string | null;
   sid: string | null;
@@ -86,6 +92,9 @@ export const SessionSchema = new EntitySchema<SessionRow>({
     lastErrorCode: { type: "string", length: 64, nullable: true },
     lastErrorAt: { type: "datetime", length: 3, nullable: true },
     reauthReason: { type: "string", length: 64, nullable: true },
+    reauthAt: { type: "datetime", length: 3, nullable: true },
+    refreshFailures: { type: "integer", default: 0 },
+    failingSince: { type: "datetime", length: 3, nullable: true },
     subject: { type: "string", length: 255, nullable: true },
     sid: { type: "string", length: 255, nullable: true },
     resources: { type: "text", nullable: true },

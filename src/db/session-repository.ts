@@ -1,5 +1,8 @@
-import { LockMode, type EntityManager, type FilterQuery, type MikroORM } from "@mikro-orm/core";
+import { LockMode, raw, type EntityManager, type FilterQuery, type MikroORM } from "@mikro-orm/core";
 import type { SqlEntityManager } from "@mikro-orm/knex";
+import type { NewEvent } from "../events/types.js";
+import { EndedSessionSchema, type EndedSessionRow, type EndedStatus } from "./event-entity.js";
+import { EventRepository } from "./event-repository.js";
 import { LogoutTokenSchema, type LogoutTokenRow } from "./provider-entity.js";
 import { asBuffer, SessionSchema, type SessionRow } from "./session-entity.js";
 
@@ -97,6 +100,8 @@ export async function runOn<T>(orm: MikroORM, fn: (em: EntityManager) => Promise
   }
 }
 
+const LOGGED_OUT: Ending = { status: "logged_out", reason: "backchannel_logout" };
+
 /** Whether an error is a primary-key or unique-constraint violation. */
 export function isUniqueViolation(err: unknown): boolean {
   for (let e: unknown = err, depth = 0; e && depth < 5; depth++) {
@@ -110,7 +115,56 @@ export function isUniqueViolation(err: unknown): boolean {
 
 /** What every write of new tokens sets besides them: the next version, and the lease and last failure cleared. */
 export function tokensWritten(version: number, now: Date) {
-  return { version: version + 1, updatedAt: now, leaseOwner: null, leaseUntil: null, lastErrorCode: null, lastErrorAt: null };
+  return {
+    version: version + 1,
+    updatedAt: now,
+    leaseOwner: null,
+    leaseUntil: null,
+    lastErrorCode: null,
+    lastErrorAt: null,
+    refreshFailures: 0,
+    failingSince: null,
+  };
+}
+
+/** An event about a session (never a token: only ids, the provider, the user, a reason code). */
+export function sessionEvent(
+  kind: NewEvent["kind"],
+  row: Pick<SessionRow, "id" | "userId" | "provider">,
+  reason: string | null = null,
+  detail: NewEvent["detail"] = null,
+): NewEvent {
+  return { kind, provider: row.provider, userId: row.userId, sessionId: row.id, reason, detail };
+}
+
+/** What ended a session, as its ended_sessions row and its event say. */
+export interface Ending {
+  status: EndedStatus;
+  /** revoke_session, revoke_user_sessions, provider_deleted or backchannel_logout. */
+  reason: string;
+}
+
+/**
+ * Deletes `row` if it is still at its version and, in the same transaction
+ * `tx`, keeps its metadata (no token) in ended_sessions; returns the event
+ * to append, or null when the row had moved.
+ */
+async function endOn(tx: EntityManager, row: SessionRow, ending: Ending, now: Date): Promise<NewEvent | null> {
+  if ((await tx.nativeDelete(SessionSchema, { id: row.id, version: row.version })) !== 1) return null;
+  const ended: EndedSessionRow = {
+    id: row.id,
+    userId: row.userId,
+    provider: row.provider,
+    status: ending.status,
+    reason: ending.reason,
+    scope: row.scope,
+    resources: row.resources,
+    createdAt: row.createdAt,
+    lastUsedAt: row.lastUsedAt,
+    endedAt: now,
+  };
+  await tx.insert(EndedSessionSchema, ended);
+  return sessionEvent(ending.status === "logged_out" ? "session.logged_out" : "session.revoked", row, ending.reason);
 }
 
 /** Rows leave here with Buffers, whatever the driver returned (see asBuffer). */
@@ -122,15 +176,20 @@ function normalize(row: SessionRow | null): SessionRow | null {
   return row;
 }
 
-/** Deletes the matching rows, each as it was when deleted (a compare-and-set on its version, as deleteForUser). */
-async function deleteAllOn(em: EntityManager, where: FilterQuery<SessionRow>): Promise<SessionRow[]> {
+/**
+ * Ends the matching rows, each as it was when deleted (a compare-and-set on
+ * its version, as deleteForUser). `end` ends one row and says whether it won.
+ */
+async function endAllOn(
+  em: EntityManager,
+  where: FilterQuery<SessionRow>,
+  end: (row: SessionRow) => Promise<boolean>,
+): Promise<SessionRow[]> {
   const deleted: SessionRow[] = [];
   for (;;) {
     const rows = (await em.find(SessionSchema, where, { disableIdentityMap: true })).map((r) => normalize(r) as SessionRow);
     if (rows.length === 0) return deleted;
-    for (const row of rows) {
-      if ((await em.nativeDelete(SessionSchema, { id: row.id, version: row.version })) === 1) deleted.push(row);
-    }
+    for (const row of rows) if (await end(row)) deleted.push(row);
   }
 }
 
@@ -143,15 +202,35 @@ export class SessionRepository {
   constructor(
     private readonly orm: MikroORM,
     private readonly dialect: "sqlite" | "postgresql" = "sqlite",
+    /** The outbox that status changes append to, in their own transaction. */
+    readonly events: EventRepository = new EventRepository(orm),
   ) {}
 
   private run<T>(fn: (em: EntityManager) => Promise<T>): Promise<T> {
     return runOn(this.orm, fn);
   }
 
-  /** Inserts a new session. */
+  /** Inserts a new session (and its session.created event). */
   async insert(row: SessionRow): Promise<void> {
-    await this.run((em) => em.insert(SessionSchema, row));
+    await this.events.transactional(async (tx) => {
+      await tx.insert(SessionSchema, row);
+      return { result: undefined, events: [sessionEvent("session.created", row)] };
+    });
+  }
+
+  /**
+   * Writes new tokens where `where` holds. A session that was not failing
+   * takes one statement; one that was failing takes a transaction that also
+   * appends session.recovered.
+   */
+  private async writeTokens(where: FilterQuery<SessionRow>, set: Partial<SessionRow>): Promise<boolean> {
+    const plain = await this.run((em) => em.nativeUpdate(SessionSchema, { $and: [where, { refreshFailures: 0 }] }, set));
+    if (plain === 1) return true;
+    return this.events.transactional(async (tx) => {
+      const row = await tx.findOne(SessionSchema, where, { fields: ["id", "userId", "provider", "refreshFailures"], disableIdentityMap: true });
+      if (!row || (await tx.nativeUpdate(SessionSchema, where, set)) !== 1) return { result: false, events: [] };
+      return { result: true, events: [sessionEvent("session.recovered", row, null, { failures: row.refreshFailures ?? 0 })] };
+    });
   }
 
   async findById(id: string): Promise<SessionRow | null> {
@@ -184,14 +263,7 @@ export class SessionRepository {
 
   /** Writes refreshed tokens if this owner still holds the lease on `version`. */
   async completeRefresh(id: string, owner: string, version: number, fields: RefreshedFields, now: Date): Promise<boolean> {
-    return this.run(
-      async (em) =>
-        (await em.nativeUpdate(
-          SessionSchema,
-          { id, version, leaseOwner: owner },
-          { ...fields, ...tokensWritten(version, now) },
-        )) === 1,
-    );
+    return this.writeTokens({ id, version, leaseOwner: owner }, { ...fields, ...tokensWritten(version, now) });
   }
 
   /**
@@ -206,14 +278,7 @@ export class SessionRepository {
     sealed: Pick<SessionRow, "keyId" | "accessCt" | "refreshCt" | "idCt" | "refreshExpiresAt" | "keepAliveAt">,
     now: Date,
   ): Promise<boolean> {
-    return this.run(
-      async (em) =>
-        (await em.nativeUpdate(
-          SessionSchema,
-          { id, version, leaseOwner: owner },
-          { ...sealed, ...tokensWritten(version, now) },
-        )) === 1,
-    );
+    return this.writeTokens({ id, version, leaseOwner: owner }, { ...sealed, ...tokensWritten(version, now) });
   }
 
   /** Gives a lease back after work that changed nothing on the session (an audience token was refreshed). */
@@ -221,16 +286,30 @@ export class SessionRepository {
     return this.run(async (em) => (await em.nativeUpdate(SessionSchema, { id, leaseOwner: owner }, { leaseOwner: null, leaseUntil: null })) === 1);
   }
 
-  /** Gives the lease back after a failed attempt, recording the failure for waiters. */
+  /**
+   * Gives the lease back after a failed attempt, recording the failure for
+   * waiters and counting it. The first failure of a run (the session starts
+   * REFRESH_FAILING) appends session.refresh_failing in the same transaction;
+   * later ones take one statement.
+   */
   async releaseLease(id: string, owner: string, errorCode: string, now: Date): Promise<boolean> {
-    return this.run(
-      async (em) =>
-        (await em.nativeUpdate(
-          SessionSchema,
-          { id, leaseOwner: owner },
-          { leaseOwner: null, leaseUntil: null, lastErrorCode: errorCode, lastErrorAt: now },
-        )) === 1,
+    const released = { leaseOwner: null, leaseUntil: null, lastErrorCode: errorCode, lastErrorAt: now };
+    const more = await this.run((em) =>
+      em.nativeUpdate(
+        SessionSchema,
+        { id, leaseOwner: owner, refreshFailures: { $gt: 0 } },
+        { ...released, refreshFailures: raw("refresh_failures + 1") as unknown as number },
+      ),
     );
+    if (more === 1) return true;
+    return this.events.transactional(async (tx) => {
+      const row = await tx.findOne(SessionSchema, { id, leaseOwner: owner }, { fields: ["id", "userId", "provider"], disableIdentityMap: true });
+      const where: FilterQuery<SessionRow> = { id, leaseOwner: owner, refreshFailures: 0 };
+      if (!row || (await tx.nativeUpdate(SessionSchema, where, { ...released, refreshFailures: 1, failingSince: now })) !== 1) {
+        return { result: false, events: [] };
+      }
+      return { result: true, events: [sessionEvent("session.refresh_failing", row, errorCode, { failures: 1 })] };
+    });
   }
 
   /**
@@ -239,18 +318,24 @@ export class SessionRepository {
    */
   async markReauth(id: string, version: number, owner: string | null, reason: string, now: Date): Promise<boolean> {
     const where: FilterQuery<SessionRow> = owner === null ? { id, version } : { id, version, leaseOwner: owner };
-    return this.run(
-      async (em) =>
-        (await em.nativeUpdate(SessionSchema, where, {
+    return this.events.transactional(async (tx) => {
+      const row = await tx.findOne(SessionSchema, where, { fields: ["id", "userId", "provider"], disableIdentityMap: true });
+      const changed =
+        row &&
+        (await tx.nativeUpdate(SessionSchema, where, {
           status: "reauth_required",
           reauthReason: reason,
+          reauthAt: now,
           refreshCt: null,
           version: version + 1,
           updatedAt: now,
           leaseOwner: null,
           leaseUntil: null,
-        })) === 1,
-    );
+          refreshFailures: 0,
+          failingSince: null,
+        })) === 1;
+      return changed ? { result: true, events: [sessionEvent("session.reauth_required", row, reason)] } : { result: false, events: [] };
+    });
   }
 
   /** Records a read, for the background refresher's "recently used" window. */
@@ -269,14 +354,39 @@ export class SessionRepository {
     id: string,
     userId: string,
     check: (row: SessionRow) => void | Promise<void> = () => undefined,
+    ending: Ending = { status: "revoked", reason: "revoke_session" },
   ): Promise<SessionRow | null> {
+    for (;;) {
+      const row = await this.run(async (em) => normalize(await em.findOne(SessionSchema, { id, userId }, { disableIdentityMap: true })));
+      if (!row) return null;
+      await check(row);
+      if (await this.end(row, ending)) return row;
+    }
+  }
+
+  /**
+   * Ends one session (see endOn) in a transaction of its own, with its event;
+   * false when the row had moved.
+   */
+  private end(row: SessionRow, ending: Ending): Promise<boolean> {
+    return this.events.transactional(async (tx) => {
+      const event = await endOn(tx, row, ending, new Date());
+      return { result: event !== null, events: event ? [event] : [] };
+    });
+  }
+
+  /** A user's ended (revoked, logged-out) sessions still retained, newest first, optionally at some providers only. */
+  async listEndedForUser(userId: string, providers: readonly string[] | undefined, limit: number): Promise<EndedSessionRow[]> {
+    const where: FilterQuery<EndedSessionRow> = providers ? { userId, provider: { $in: [...providers] } } : { userId };
+    return this.run((em) => em.find(EndedSessionSchema, where, { orderBy: { endedAt: "desc" }, limit, disableIdentityMap: true }));
+  }
+
+  /** Ended sessions that ended before `endedBefore` (their retention); returns how many were deleted. */
+  async deleteEndedBefore(endedBefore: Date, limit: number): Promise<number> {
     return this.run(async (em) => {
-      for (;;) {
-        const row = normalize(await em.findOne(SessionSchema, { id, userId }, { disableIdentityMap: true }));
-        if (!row) return null;
-        await check(row);
-        if ((await em.nativeDelete(SessionSchema, { id, userId, version: row.version })) === 1) return row;
-      }
+      const rows = await em.find(EndedSessionSchema, { endedAt: { $lt: endedBefore } }, { fields: ["id"], limit, disableIdentityMap: true });
+      if (rows.length === 0) return 0;
+      return em.nativeDelete(EndedSessionSchema, { id: { $in: rows.map((r) => r.id) } });
     });
   }
 
@@ -295,7 +405,7 @@ export class SessionRepository {
    * returns the rows deleted, each as it was when deleted (see deleteForUser).
    */
   async deleteAllForUser(userId: string, providers: readonly string[] | undefined): Promise<SessionRow[]> {
-    return this.deleteAll(providers ? { userId, provider: { $in: [...providers] } } : { userId });
+    return this.endAll(providers ? { userId, provider: { $in: [...providers] } } : { userId }, { status: "revoked", reason: "revoke_user_sessions" });
   }
 
   /**
@@ -303,7 +413,7 @@ export class SessionRepository {
    * else this `sub` (back-channel logout); returns the rows deleted.
    */
   async deleteForLogout(provider: string, by: { sid: string } | { subject: string }): Promise<SessionRow[]> {
-    return this.deleteAll({ provider, ...by });
+    return this.endAll({ provider, ...by }, LOGGED_OUT);
   }
 
   /**
@@ -313,12 +423,17 @@ export class SessionRepository {
    */
   async deleteForLogoutOnce(provider: string, by: { sid: string } | { subject: string }, seen: LogoutTokenRow): Promise<SessionRow[] | "replayed"> {
     try {
-      return await this.run((em) =>
-        em.transactional(async (tx) => {
-          await tx.insert(LogoutTokenSchema, seen);
-          return deleteAllOn(tx, { provider, ...by });
-        }),
-      );
+      return await this.events.transactional(async (tx) => {
+        await tx.insert(LogoutTokenSchema, seen);
+        const events: NewEvent[] = [];
+        const now = new Date();
+        const rows = await endAllOn(tx, { provider, ...by }, async (row) => {
+          const event = await endOn(tx, row, LOGGED_OUT, now);
+          if (event) events.push(event);
+          return event !== null;
+        });
+        return { result: rows, events };
+      });
     } catch (err) {
       if (isUniqueViolation(err)) return "replayed";
       throw err;
@@ -327,7 +442,7 @@ export class SessionRepository {
 
   /** Deletes every session of a provider; returns the rows deleted. */
   async deleteAllForProvider(provider: string): Promise<SessionRow[]> {
-    return this.deleteAll({ provider });
+    return this.endAll({ provider }, { status: "revoked", reason: "provider_deleted" });
   }
 
   /** How many sessions a provider has. */
@@ -335,9 +450,9 @@ export class SessionRepository {
     return this.run((em) => em.count(SessionSchema, { provider }));
   }
 
-  /** deleteAllOn on a fresh EntityManager. */
-  private async deleteAll(where: FilterQuery<SessionRow>): Promise<SessionRow[]> {
-    return this.run((em) => deleteAllOn(em, where));
+  /** Ends every matching session, each in a transaction of its own with its event. */
+  private async endAll(where: FilterQuery<SessionRow>, ending: Ending): Promise<SessionRow[]> {
+    return this.run((em) => endAllOn(em, where, (row) => this.end(row, ending)));
   }
 
   /**

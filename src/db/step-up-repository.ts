@@ -1,7 +1,9 @@
 import type { FilterQuery, MikroORM } from "@mikro-orm/core";
 import { AudienceTokenSchema, type AudienceTokenRow } from "./provider-entity.js";
 import { asBuffer, SessionSchema, type SessionRow } from "./session-entity.js";
-import { runOn, tokensWritten, type RefreshedFields } from "./session-repository.js";
+import { runOn } from "./session-repository.js";
+import { EventRepository } from "./event-repository.js";
+import { sessionEvent, tokensWritten, type RefreshedFields } from "./session-repository.js";
 
 /** What a step-up writes over a session: the new token set, as a refresh writes it, and who the ID token names. */
 export type ReplacedFields = RefreshedFields & Pick<SessionRow, "subject" | "sid" | "resources">;
@@ -15,7 +17,11 @@ const COUNT_TRIES = 5;
  * tokens in place.
  */
 export class StepUpRepository {
-  constructor(private readonly orm: MikroORM) {}
+  constructor(
+    private readonly orm: MikroORM,
+    /** session.stepped_up is appended in the step-up's transaction. */
+    private readonly events: EventRepository = new EventRepository(orm),
+  ) {}
 
   /**
    * Counts a step-up of the session at `now` unless `max` were counted in
@@ -44,19 +50,25 @@ export class StepUpRepository {
    * is still at `version` and no replica holds a live refresh lease on it.
    * The session is active afterwards (a REAUTH_REQUIRED one is revived) and
    * its version moves, so a refresh that leased it before cannot store.
-   * Returns the audience tokens deleted, or null when the row moved.
+   * Returns the audience tokens deleted, or null when the row moved. The
+   * same transaction appends session.stepped_up, or session.reconnected when
+   * a session that needed a new login was revived in place.
    */
   async replace(id: string, userId: string, version: number, fields: ReplacedFields, now: Date): Promise<AudienceTokenRow[] | null> {
-    return runOn(this.orm, (em) =>
-      em.transactional(async (tx) => {
-        const where: FilterQuery<SessionRow> = { id, userId, version, $or: [{ leaseUntil: null }, { leaseUntil: { $lt: now } }] };
-        const changed = await tx.nativeUpdate(SessionSchema, where, { ...fields, status: "active", reauthReason: null, ...tokensWritten(version, now) });
-        if (changed !== 1) return null;
-        const audience = await tx.find(AudienceTokenSchema, { sessionId: id }, { disableIdentityMap: true });
-        if (audience.length > 0) await tx.nativeDelete(AudienceTokenSchema, { sessionId: id });
-        return audience.map((a) => ({ ...a, accessCt: asBuffer(a.accessCt) as Buffer }));
-      }),
-    );
+    return this.events.transactional(async (tx) => {
+      const where: FilterQuery<SessionRow> = { id, userId, version, $or: [{ leaseUntil: null }, { leaseUntil: { $lt: now } }] };
+      const before = await tx.findOne(SessionSchema, where, { fields: ["id", "userId", "provider", "status"], disableIdentityMap: true });
+      const set = { ...fields, status: "active" as const, reauthReason: null, reauthAt: null, ...tokensWritten(version, now) };
+      if (!before || (await tx.nativeUpdate(SessionSchema, where, set)) !== 1) return { result: null, events: [] };
+      const audience = await tx.find(AudienceTokenSchema, { sessionId: id }, { disableIdentityMap: true });
+      if (audience.length > 0) await tx.nativeDelete(AudienceTokenSchema, { sessionId: id });
+      // A session that needed a new login and got one in place is reconnected; an active one is stepped up.
+      const kind = before.status === "active" ? "session.stepped_up" : "session.reconnected";
+      return {
+        result: audience.map((a) => ({ ...a, accessCt: asBuffer(a.accessCt) as Buffer })),
+        events: [sessionEvent(kind, before, null)],
+      };
+    });
   }
 }
 

@@ -1,4 +1,5 @@
 import type { Store } from "../db/create-store.js";
+import type { EventWatchers } from "../events/watchers.js";
 import { Metrics } from "../metrics.js";
 import type { ProviderTelemetry } from "../providers/observed-fetch.js";
 import type { RefreshCoordinator } from "../refresh/coordinator.js";
@@ -12,6 +13,7 @@ export interface MeteredParts {
   coordinator: RefreshCoordinator;
   cache: SessionCache;
   health: Health;
+  watchers: EventWatchers;
 }
 
 /** The metrics, and what reports into them. */
@@ -40,6 +42,7 @@ export function createMetrics(deps: { store: Store; spans: Spans }): AppMetrics 
     serving: () => live?.health.state.status === ServingStatus.SERVING,
     databaseUp: () => live?.health.databaseUp() ?? false,
     pools: () => deps.store.pools(),
+    eventWatchers: () => live?.watchers.count ?? 0,
   });
   return {
     metrics,

@@ -16,6 +16,9 @@ export interface SweepResult {
   logoutTokens: number;
   /** Audience tokens whose session was deleted while a refresh was storing them. */
   audienceOrphans: number;
+  /** Revoked and logged-out sessions past `sessions.ended_retention_seconds`, and events past `events.retention_seconds`. */
+  endedSessions: number;
+  events: number;
 }
 
 /** The authorization code flow's own expiring rows. */
@@ -33,13 +36,22 @@ export interface AudienceSweeps {
  * Deletes, in batches, sessions that are past the absolute lifetime, that
  * have needed a new login for longer than the retention, or whose refresh
  * token is known to have expired; and started authorizations and seen
- * logout tokens past their lifetime, and audience tokens whose session is
- * gone. Every replica may sweep: deletes are
- * idempotent.
+ * logout tokens past their lifetime, audience tokens whose session is
+ * gone, ended sessions and events past their retention. Every replica may
+ * sweep: deletes are idempotent.
  */
 export class Sweeper {
   private readonly task: PeriodicTask;
-  readonly totals: SweepResult = { expiredLifetime: 0, reauthRetained: 0, unrefreshable: 0, authorizationStates: 0, logoutTokens: 0, audienceOrphans: 0 };
+  readonly totals: SweepResult = {
+    expiredLifetime: 0,
+    reauthRetained: 0,
+    unrefreshable: 0,
+    authorizationStates: 0,
+    logoutTokens: 0,
+    audienceOrphans: 0,
+    endedSessions: 0,
+    events: 0,
+  };
 
   constructor(
     private readonly repo: SessionRepository,
@@ -70,7 +82,7 @@ export class Sweeper {
 
   /** One pass over every category. */
   async sweep(now = new Date()): Promise<SweepResult> {
-    const { batchSize, absoluteLifetimeMs, reauthRetentionMs } = this.config;
+    const { batchSize, absoluteLifetimeMs, reauthRetentionMs, endedRetentionMs, eventRetentionMs } = this.config;
     const drain = async (batch: () => Promise<number>) => {
       let total = 0;
       for (let i = 0; i < MAX_BATCHES_PER_PASS; i++) {
@@ -91,10 +103,12 @@ export class Sweeper {
       logoutTokens: this.authorization ? await this.authorization.sweepLogoutTokens(now) : 0,
       // After the session sweeps above: their audience tokens are orphans now.
       audienceOrphans: this.audiences ? await drain(() => this.audiences!.deleteOrphans(batchSize)) : 0,
+      endedSessions: await drain(() => this.repo.deleteEndedBefore(new Date(now.getTime() - endedRetentionMs), batchSize)),
+      events: await drain(() => this.repo.events.purge(new Date(now.getTime() - eventRetentionMs), batchSize)),
     };
     for (const k of Object.keys(result) as Array<keyof SweepResult>) this.totals[k] += result[k];
     const sessions = result.expiredLifetime + result.reauthRetained + result.unrefreshable;
-    if (sessions + result.authorizationStates + result.logoutTokens + result.audienceOrphans > 0) this.logger.info({ ...result }, "swept");
+    if (Object.values(result).some((n) => n > 0)) this.logger.info({ ...result }, "swept");
     if (sessions > 0) await this.onDeleted();
     return result;
   }

@@ -11,7 +11,9 @@ import { NO_SPANS, type Spans, type TraceContext } from "../tracing/spans.js";
 
 const TOKEN_SERVICE = "tokenservice.v1.TokenService";
 /** Services whose RPCs a caller's `rpcs` list names. */
-const SCOPED_SERVICES = new Set([TOKEN_SERVICE, "tokenservice.v1.ProviderService"]);
+const SCOPED_SERVICES = new Set([TOKEN_SERVICE, "tokenservice.v1.ProviderService", "tokenservice.v1.EventService"]);
+/** Services whose calls stay open (server streaming): re-admitted when the caller list changes. */
+const STREAMING_SERVICES = new Set(["tokenservice.v1.EventService"]);
 /** Probes must work without credentials. */
 const OPEN_SERVICES = new Set(["grpc.health.v1.Health"]);
 
@@ -55,6 +57,16 @@ interface Scope {
 }
 
 const ANONYMOUS: Scope = { caller: "anonymous", providers: undefined, resources: undefined, userBinding: undefined };
+
+function sameSet(a: ReadonlySet<string> | undefined, b: ReadonlySet<string> | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return a.size === b.size && [...a].every((x) => b.has(x));
+}
+
+/** Whether two admissions grant the same: the caller, its providers and resources, and whether it is bound to users. */
+function sameScope(a: Scope, b: Scope): boolean {
+  return a.caller === b.caller && sameSet(a.providers, b.providers) && sameSet(a.resources, b.resources) && (a.userBinding === undefined) === (b.userBinding === undefined);
+}
 
 /**
  * One call in flight, and the context its handler gets. Its abort signal is
@@ -173,6 +185,29 @@ export class RpcChain {
     }
     this.directory = directory;
     this.buckets = buckets;
+    this.readmitStreams();
+  }
+
+  /**
+   * Long-lived streams (WatchEvents) were admitted under the old caller list:
+   * each is admitted again. One whose caller is gone or may no longer call it
+   * ends with that refusal; one whose scope changed ends with UNAVAILABLE
+   * (CALLER_CHANGED), so that it reconnects under the new scope.
+   */
+  private readmitStreams(): void {
+    for (const active of [...this.inflight]) {
+      if (!STREAMING_SERVICES.has(active.call.service)) continue;
+      let outcome: unknown;
+      try {
+        const scope = this.admit(active.call);
+        if (sameScope(scope, active.scope)) continue;
+        outcome = new CallRefusedError(Code.Unavailable, "CALLER_CHANGED", "the caller's configuration changed; reconnect");
+      } catch (err) {
+        outcome = err;
+      }
+      active.abort();
+      active.settle(false, outcome);
+    }
   }
 
   /** Calls in flight on either listener. */

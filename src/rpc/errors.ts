@@ -34,6 +34,7 @@ import {
   SessionNotFoundError,
   StoreUnavailableError,
 } from "../sessions/errors.js";
+import { CursorOutOfRangeError, TooManyWatchersError, WatchClosingError } from "../events/errors.js";
 import { AssertionRejectedError, IdJagNotSupportedError, IdJagRefusedError, NoIdpSessionError } from "../sessions/id-jag-errors.js";
 
 export { Code } from "@connectrpc/connect";
@@ -169,7 +170,9 @@ export function toRpcStatus(err: unknown): RpcStatus {
       ? { code: err.status, message: err.message, known: true }
       : info(err.status, err.message, err.reason);
   }
-  if (err instanceof ShuttingDownError) return info(Code.Unavailable, err.message, "SHUTTING_DOWN");
+  if (err instanceof ShuttingDownError || err instanceof WatchClosingError) return info(Code.Unavailable, err.message, "SHUTTING_DOWN");
+  if (err instanceof CursorOutOfRangeError) return info(Code.OutOfRange, err.message, err.reason, { bound: String(err.bound) });
+  if (err instanceof TooManyWatchersError) return info(Code.ResourceExhausted, err.message, "TOO_MANY_WATCHERS", { max: String(err.max) });
   if (err instanceof CallCancelledError || err instanceof LibraryStatusError) {
     return { code: err.status, message: err.message, known: true };
   }

@@ -8,7 +8,7 @@ import type { IncomingCall, RpcChain } from "./chain.js";
 import { RpcFailure } from "./chain.js";
 import { certificateNames, deadlineMs } from "./context.js";
 import { errorInfoOf, type RpcStatus } from "./errors.js";
-import type { ServiceHandlers, UnaryHandler } from "./handlers.js";
+import type { ServiceHandlers, StreamHandler, UnaryHandler } from "./handlers.js";
 
 /**
  * A request whose bytes are not a valid message of its type. grpc-js would
@@ -112,17 +112,16 @@ export function grpcHandlers<S extends DescService>(
 ): grpc.UntypedServiceImplementation {
   const implementation: grpc.UntypedServiceImplementation = {};
   for (const method of service.methods) {
-    if (method.methodKind !== "unary") throw new Error(`${service.typeName}/${method.name}: only unary methods are served`);
-    const handler = handlers[method.localName as keyof ServiceHandlers<S>] as UnaryHandler<DescMessage, DescMessage>;
+    const handler = handlers[method.localName as keyof ServiceHandlers<S>] as unknown;
+    if (method.methodKind === "server_streaming") {
+      implementation[method.localName] = streamingHandler(service, method.name, handler as StreamHandler<DescMessage, DescMessage>, chain);
+      continue;
+    }
+    if (method.methodKind !== "unary") throw new Error(`${service.typeName}/${method.name}: only unary and server-streaming methods are served`);
+    const unary = handler as UnaryHandler<DescMessage, DescMessage>;
     implementation[method.localName] = (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
       chain
-        .run(incomingGrpcCall(call, service.typeName, method.name), (ctx) => {
-          const request = call.request;
-          if (request instanceof MalformedRequest) {
-            throw new InvalidArgumentError("request", `is not a valid ${request.typeName} message`);
-          }
-          return handler(request as never, ctx);
-        })
+        .run(incomingGrpcCall(call, service.typeName, method.name), (ctx) => unary(requestOf(call.request) as never, ctx))
         .then(
           (response) => callback(null, response),
           (failure: RpcFailure) => callback(grpcStatusOf(failure.status)),
@@ -130,4 +129,49 @@ export function grpcHandlers<S extends DescService>(
     };
   }
   return implementation;
+}
+
+/** The request, or INVALID_ARGUMENT (thrown inside the chain, so after authentication) when it did not parse. */
+function requestOf(request: unknown): unknown {
+  if (request instanceof MalformedRequest) throw new InvalidArgumentError("request", `is not a valid ${request.typeName} message`);
+  return request;
+}
+
+/** The caller went away while a message waited to be written. */
+class StreamGoneError extends Error {
+  override name = "StreamGoneError";
+}
+
+/**
+ * A server-streaming method through the chain: each message is written with
+ * backpressure (send waits for "drain"); the stream ends with OK or the
+ * failure's status in the trailers.
+ */
+function streamingHandler(service: DescService, name: string, handler: StreamHandler<DescMessage, DescMessage>, chain: RpcChain) {
+  return (call: grpc.ServerWritableStream<unknown, unknown>) => {
+    const send = (message: unknown): Promise<void> => {
+      if (call.cancelled || call.destroyed) return Promise.reject(new StreamGoneError());
+      if (call.write(message)) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => {
+        const gone = () => {
+          call.off("drain", drained);
+          reject(new StreamGoneError());
+        };
+        const drained = () => {
+          call.off("cancelled", gone);
+          resolve();
+        };
+        call.once("drain", drained);
+        call.once("cancelled", gone);
+      });
+    };
+    chain
+      .run(incomingGrpcCall(call, service.typeName, name), (ctx) => handler(requestOf(call.request) as never, ctx, send as never))
+      .then(
+        () => call.end(),
+        (failure: RpcFailure) => {
+          if (!call.cancelled) call.emit("error", grpcStatusOf(failure.status));
+        },
+      );
+  };
 }

@@ -6,7 +6,7 @@ import { file_google_rpc_error_details } from "../../gen/google/rpc/error_detail
 import { ServerReflection as ServerReflectionV1 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ServerReflectionV1Alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { Health } from "../../gen/health/v1/health_pb.js";
-import { ProviderService, TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
+import { EventService, ProviderService, TokenService } from "../../gen/tokenservice/v1/token_service_pb.js";
 import type { Config } from "../config.js";
 import type { RpcChain } from "./chain.js";
 import { connectService, contextValuesFor } from "./connect-service.js";
@@ -26,6 +26,7 @@ export interface ListenerOptions {
   health: HealthState;
   tokenService: ServiceHandlers<typeof TokenService>;
   providerService: ServiceHandlers<typeof ProviderService>;
+  eventService: ServiceHandlers<typeof EventService>;
   /** Plain HTTP routes served on the HTTP listener before Connect (back-channel logout); true when handled. */
   httpRoute?: (req: HttpRequest, res: HttpResponse) => boolean;
 }
@@ -47,9 +48,10 @@ export async function startListeners(o: ListenerOptions): Promise<{ grpc: GrpcLi
     addServices(server, chained) {
       server.addService(grpcServiceDefinition(TokenService), grpcHandlers(TokenService, o.tokenService, chain));
       server.addService(grpcServiceDefinition(ProviderService), grpcHandlers(ProviderService, o.providerService, chain));
+      server.addService(grpcServiceDefinition(EventService), grpcHandlers(EventService, o.eventService, chain));
       createHealthService(o.health).addToServer(chained);
       if (config.reflection) {
-        const described = [TokenService, ProviderService, Health, ServerReflectionV1, ServerReflectionV1Alpha];
+        const described = [TokenService, ProviderService, EventService, Health, ServerReflectionV1, ServerReflectionV1Alpha];
         createReflection(described, [file_google_rpc_error_details]).addToServer(chained);
       }
     },
@@ -60,6 +62,7 @@ export async function startListeners(o: ListenerOptions): Promise<{ grpc: GrpcLi
       routes: (router: ConnectRouter) => {
         router.service(TokenService, connectService(TokenService, o.tokenService, chain));
         router.service(ProviderService, connectService(ProviderService, o.providerService, chain));
+        router.service(EventService, connectService(EventService, o.eventService, chain));
       },
       // gRPC has its own listener; this one speaks Connect and gRPC-Web.
       grpc: false,

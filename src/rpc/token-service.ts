@@ -16,7 +16,7 @@ import {
 } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { InvalidArgumentError } from "../sessions/errors.js";
 import type { SessionService } from "../sessions/session-service.js";
-import type { UserSessions } from "../sessions/user-sessions.js";
+import type { SessionHealth, UserSessions } from "../sessions/user-sessions.js";
 import type { CodeFlow } from "../authorization/code-flow.js";
 import type { ServiceHandlers } from "./handlers.js";
 
@@ -39,6 +39,15 @@ function kindOf(kind: TokenKind): "access" | "id" {
       throw new InvalidArgumentError("kind", "is not a known TokenKind");
   }
 }
+
+/** ListSessions' status of each domain status. */
+const STATUS: Record<SessionHealth, SessionStatus> = {
+  active: SessionStatus.ACTIVE,
+  refresh_failing: SessionStatus.REFRESH_FAILING,
+  reauth_required: SessionStatus.REAUTH_REQUIRED,
+  revoked: SessionStatus.REVOKED,
+  logged_out: SessionStatus.LOGGED_OUT,
+};
 
 /**
  * The TokenService RPCs, once for both listeners: proto in, domain call,
@@ -112,7 +121,7 @@ export function createTokenServiceHandlers(
 
     async listSessions(req, ctx) {
       if (ctx.userBinding) await ctx.userBinding.check(req.userId, "all_sessions");
-      const list = await users.listSessions({ userId: req.userId, provider: req.provider }, ctx);
+      const list = await users.listSessions({ userId: req.userId, provider: req.provider, includeEnded: req.includeEnded }, ctx);
       return create(ListSessionsResponseSchema, {
         sessions: list.map((s) =>
           create(SessionInfoSchema, {
@@ -120,8 +129,15 @@ export function createTokenServiceHandlers(
             provider: s.provider,
             createdAt: timestampFromDate(s.createdAt),
             lastUsedAt: timestampFromDate(s.lastUsedAt),
-            accessExpiresAt: timestampFromDate(s.accessExpiresAt),
-            status: s.status === "active" ? SessionStatus.ACTIVE : SessionStatus.REAUTH_REQUIRED,
+            accessExpiresAt: s.accessExpiresAt ? timestampFromDate(s.accessExpiresAt) : undefined,
+            status: STATUS[s.status],
+            refreshFailures: s.refreshFailures,
+            failingSince: s.failingSince ? timestampFromDate(s.failingSince) : undefined,
+            lastError: s.lastError ?? "",
+            lastErrorAt: s.lastErrorAt ? timestampFromDate(s.lastErrorAt) : undefined,
+            reauthAt: s.reauthAt ? timestampFromDate(s.reauthAt) : undefined,
+            endedAt: s.endedAt ? timestampFromDate(s.endedAt) : undefined,
+            endReason: s.endReason ?? "",
             keyId: s.keyId,
             refreshable: s.refreshable,
             reauthReason: s.reauthReason ?? "",

@@ -1,6 +1,7 @@
 import { derivedTokenProvider, type AudienceTokenRepository } from "../db/audience-repository.js";
 import type { AudienceTokenRow, LogoutTokenRow } from "../db/provider-entity.js";
-import { grantedResources, type SessionRow, type SessionStatus } from "../db/session-entity.js";
+import type { EndedSessionRow } from "../db/event-entity.js";
+import { grantedResources, type SessionRow } from "../db/session-entity.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, sessionRef, type Logger } from "../logger.js";
 import type { CallOptions, ProviderClient, ProviderRegistry } from "../providers/provider-client.js";
@@ -18,14 +19,29 @@ export const LIST_LIMIT = 1000;
 /** Provider revocations run at most this many at once during RevokeUserSessions. */
 const REVOKE_CONCURRENCY = 4;
 
+/**
+ * A session's status as ListSessions shows it (docs/connection-health.md#session-status):
+ * refresh_failing is an active session whose last refresh attempts failed;
+ * revoked and logged_out are ended sessions, kept without tokens.
+ */
+export type SessionHealth = "active" | "refresh_failing" | "reauth_required" | "revoked" | "logged_out";
+
 /** What ListSessions shows of a session: metadata only, never token material. */
 export interface SessionSummary {
   sessionId: string;
   provider: string;
   createdAt: Date;
   lastUsedAt: Date;
-  accessExpiresAt: Date;
-  status: SessionStatus;
+  /** null for an ended session. */
+  accessExpiresAt: Date | null;
+  status: SessionHealth;
+  refreshFailures: number;
+  failingSince: Date | null;
+  lastError: string | null;
+  lastErrorAt: Date | null;
+  reauthAt: Date | null;
+  endedAt: Date | null;
+  endReason: string | null;
   keyId: string;
   refreshable: boolean;
   reauthReason: string | null;
@@ -33,6 +49,30 @@ export interface SessionSummary {
   resources: string[];
   /** Audience tokens held for the session: resource and expiry only. */
   audienceTokens: Array<{ resource: string; expiresAt: Date }>;
+}
+
+/** An ended session as ListSessions shows it: what it was, when and why it ended; no token, no key. */
+function endedSummary(r: EndedSessionRow): SessionSummary {
+  return {
+    sessionId: r.id,
+    provider: r.provider,
+    createdAt: r.createdAt,
+    lastUsedAt: r.lastUsedAt,
+    accessExpiresAt: null,
+    status: r.status,
+    refreshFailures: 0,
+    failingSince: null,
+    lastError: null,
+    lastErrorAt: null,
+    reauthAt: null,
+    endedAt: r.endedAt,
+    endReason: r.reason,
+    keyId: "",
+    refreshable: false,
+    reauthReason: null,
+    resources: grantedResources(r.resources),
+    audienceTokens: [],
+  };
 }
 
 /**
@@ -50,14 +90,25 @@ export class UserSessions {
     private readonly options: { providerTimeoutMs: number },
   ) {}
 
-  /** A user's sessions (metadata only), at one provider or every provider the caller may act on. */
-  listSessions(input: { userId: string; provider: string }, ctx: CallContext = {}): Promise<SessionSummary[]> {
+  /**
+   * A user's sessions (metadata only), at one provider or every provider the
+   * caller may act on; with `includeEnded`, then its ended ones (newest first).
+   */
+  listSessions(input: { userId: string; provider: string; includeEnded?: boolean }, ctx: CallContext = {}): Promise<SessionSummary[]> {
     return this.list(input, ctx).catch(asDomainError);
   }
 
-  private async list(input: { userId: string; provider: string }, ctx: CallContext): Promise<SessionSummary[]> {
+  private async list(input: { userId: string; provider: string; includeEnded?: boolean }, ctx: CallContext): Promise<SessionSummary[]> {
     const userId = requireUserId(input.userId);
-    const rows = await this.repo.listForUser(userId, providersInScope(ctx, input.provider), LIST_LIMIT);
+    const scope = providersInScope(ctx, input.provider);
+    const rows = await this.repo.listForUser(userId, scope, LIST_LIMIT);
+    const live = await this.summarize(rows);
+    if (!input.includeEnded || live.length >= LIST_LIMIT) return live;
+    const ended = await this.repo.listEndedForUser(userId, scope, LIST_LIMIT - live.length);
+    return [...live, ...ended.map(endedSummary)];
+  }
+
+  private async summarize(rows: SessionRow[]): Promise<SessionSummary[]> {
     const held = new Map<string, Array<{ resource: string; expiresAt: Date }>>();
     for (const a of await this.audiences.listForSessions(rows.map((r) => r.id))) {
       const list = held.get(a.sessionId) ?? [];
@@ -70,7 +121,14 @@ export class UserSessions {
       createdAt: r.createdAt,
       lastUsedAt: r.lastUsedAt,
       accessExpiresAt: r.accessExpiresAt,
-      status: r.status,
+      status: r.status === "reauth_required" ? "reauth_required" : (r.refreshFailures ?? 0) > 0 ? "refresh_failing" : "active",
+      refreshFailures: r.status === "active" ? (r.refreshFailures ?? 0) : 0,
+      failingSince: r.status === "active" ? (r.failingSince ?? null) : null,
+      lastError: r.lastErrorCode,
+      lastErrorAt: r.lastErrorAt,
+      reauthAt: r.status === "reauth_required" ? (r.reauthAt ?? null) : null,
+      endedAt: null,
+      endReason: null,
       keyId: r.keyId,
       refreshable: r.refreshCt !== null,
       reauthReason: r.reauthReason,

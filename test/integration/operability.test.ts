@@ -293,6 +293,9 @@ describe("npm run demo", () => {
     // Enterprise-managed (ID-JAG): a token the tool server accepts with no browser step, gone with the IdP session.
     expect(stdout).toContain("the CRM's MCP server accepts it");
     expect(stdout).toContain("GetToken → FAILED_PRECONDITION (NO_IDP_SESSION)");
+    // Connection health: the reconnect prompt comes from a WatchEvents event, and the reconnect is heard too.
+    expect(stdout).toMatch(/gateway sees session\.reauth_required \(invalid_grant, cursor \d+\) and tells Erin:\n\s+→ "reconnect your demo account: http/);
+    expect(stdout).toContain("gateway sees session.reconnected: the prompt can go");
     expect(stdout).toContain("Demo complete.");
   });
 });

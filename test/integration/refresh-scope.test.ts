@@ -219,12 +219,14 @@ describe("refresh scope", () => {
     provider.faults.push(INVALID_SCOPE);
     expect(await failure(tokens.getToken({ userId: "gus", sessionId, forceRefresh: true }))).toMatchObject({ code: Code.Unavailable });
     expect(provider.stats.refreshes).toBe(1);
-    expect(await statusOf("gus", sessionId)).toEqual({ rpc: SessionStatus.ACTIVE, row: "active" });
+    // Kept: its status says its refreshes are failing (docs/connection-health.md#session-status), not that it needs a login.
+    expect(await statusOf("gus", sessionId)).toEqual({ rpc: SessionStatus.REFRESH_FAILING, row: "active" });
     // An audience refresh answered invalid_scope: the same.
     provider.faults.push(INVALID_SCOPE);
     expect((await failure(tokens.getToken({ userId: "gus", sessionId, resource: mcp.url, forceRefresh: true }))).code).toBe(Code.Unavailable);
-    expect(await statusOf("gus", sessionId)).toEqual({ rpc: SessionStatus.ACTIVE, row: "active" });
+    expect(await statusOf("gus", sessionId)).toEqual({ rpc: SessionStatus.REFRESH_FAILING, row: "active" });
     expect(await forceRefreshes("gus", sessionId, 1, true)).toEqual([undefined]);
+    expect(await statusOf("gus", sessionId)).toEqual({ rpc: SessionStatus.ACTIVE, row: "active" });
 
     // With a scope sent, refused twice (scoped, then unscoped): still kept.
     const down = await store("hal", "down");
@@ -232,7 +234,7 @@ describe("refresh scope", () => {
     provider.faults.push(INVALID_SCOPE, INVALID_SCOPE);
     expect((await failure(tokens.getToken({ userId: "hal", sessionId: down.sessionId, forceRefresh: true }))).code).toBe(Code.Unavailable);
     expect(provider.stats.refreshes - before).toBe(2);
-    expect(await statusOf("hal", down.sessionId)).toEqual({ rpc: SessionStatus.ACTIVE, row: "active" });
+    expect(await statusOf("hal", down.sessionId)).toEqual({ rpc: SessionStatus.REFRESH_FAILING, row: "active" });
     expect(await forceRefreshes("hal", down.sessionId, 1)).toEqual(["openid"]);
     // invalid_grant still ends it.
     provider.faults.push({ ...INVALID_SCOPE, body: '{"error":"invalid_grant"}' });

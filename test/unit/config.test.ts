@@ -73,8 +73,11 @@ describe("loadConfig: environment", () => {
       intervalMs: 60_000,
       absoluteLifetimeMs: 90 * 86_400_000,
       reauthRetentionMs: 168 * 3_600_000,
+      endedRetentionMs: 604_800_000,
+      eventRetentionMs: 604_800_000,
       batchSize: 500,
     });
+    expect(c.events).toEqual({ retentionMs: 604_800_000, pollMs: 5000, maxWatchers: 100, batchSize: 100 });
     expect(c.maxMessageBytes).toBe(256 * 1024);
     expect(c.shutdownGraceMs).toBe(10_000);
   });

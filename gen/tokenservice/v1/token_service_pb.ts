@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokenservice/v1/token_service.proto.
  */
 export const file_tokenservice_v1_token_service: GenFile = /*@__PURE__*/
-  fileDesc("CiN0b2tlbnNlcnZpY2UvdjEvdG9rZW5fc2VydmljZS5wcm90bxIPdG9rZW5zZXJ2aWNlLnYxIugBCghUb2tlblNldBIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRIQCghpZF90b2tlbhgDIAEoCRISCgp0b2tlbl90eXBlGAQgASgJEhIKCmV4cGlyZXNfaW4YBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc2NvcGUYByABKAkSNgoScmVmcmVzaF9leHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ2ChNTdG9yZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSKQoGdG9rZW5zGAMgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlRva2VuU2V0EhEKCXJlc291cmNlcxgEIAMoCSJaChRTdG9yZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrYBCg9HZXRUb2tlblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEigKBGtpbmQYBCABKA4yGi50b2tlbnNlcnZpY2UudjEuVG9rZW5LaW5kEhkKEW1pbl92YWxpZF9zZWNvbmRzGAUgASgNEhUKDWZvcmNlX3JlZnJlc2gYBiABKAgSEAoIcmVzb3VyY2UYByABKAkiiAEKEEdldFRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVzY29wZRgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJIjsKFFJldm9rZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIXChVSZXZva2VTZXNzaW9uUmVzcG9uc2UiiAMKC1Nlc3Npb25JbmZvEhIKCnNlc3Npb25faWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFhY2Nlc3NfZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoGc3RhdHVzGAYgASgOMh4udG9rZW5zZXJ2aWNlLnYxLlNlc3Npb25TdGF0dXMSDgoGa2V5X2lkGAcgASgJEhMKC3JlZnJlc2hhYmxlGAggASgIEhUKDXJlYXV0aF9yZWFzb24YCSABKAkSEQoJcmVzb3VyY2VzGAogAygJEjsKD2F1ZGllbmNlX3Rva2VucxgLIAMoCzIiLnRva2Vuc2VydmljZS52MS5BdWRpZW5jZVRva2VuSW5mbyJVChFBdWRpZW5jZVRva2VuSW5mbxIQCghyZXNvdXJjZRgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI4ChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkiRgoUTGlzdFNlc3Npb25zUmVzcG9uc2USLgoIc2Vzc2lvbnMYASADKAsyHC50b2tlbnNlcnZpY2UudjEuU2Vzc2lvbkluZm8iPgoZUmV2b2tlVXNlclNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJIi0KGlJldm9rZVVzZXJTZXNzaW9uc1Jlc3BvbnNlEg8KB3Jldm9rZWQYASABKA0ipQIKGVN0YXJ0QXV0aG9yaXphdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIUCgxyZWRpcmVjdF91cmkYAyABKAkSDgoGc2NvcGVzGAQgAygJEhEKCXJlc291cmNlcxgFIAMoCRJRCgxleHRyYV9wYXJhbXMYBiADKAsyOy50b2tlbnNlcnZpY2UudjEuU3RhcnRBdXRob3JpemF0aW9uUmVxdWVzdC5FeHRyYVBhcmFtc0VudHJ5EhEKCWNoYWxsZW5nZRgHIAEoCRISCgpzZXNzaW9uX2lkGAggASgJGjIKEEV4dHJhUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKGAQoaU3RhcnRBdXRob3JpemF0aW9uUmVzcG9uc2USGQoRYXV0aG9yaXphdGlvbl91cmwYASABKAkSDQoFc3RhdGUYAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc2NvcGVzGAQgAygJIkUKHENvbXBsZXRlQXV0aG9yaXphdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIUCgxjYWxsYmFja191cmwYAiABKAkiiQEKHUNvbXBsZXRlQXV0aG9yaXphdGlvblJlc3BvbnNlEhIKCnNlc3Npb25faWQYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcHJvdmlkZXIYAyABKAkSEgoKc3RlcHBlZF91cBgEIAEoCCKZAQoRUHJvdmlkZXJFbmRwb2ludHMSHgoWYXV0aG9yaXphdGlvbl9lbmRwb2ludBgBIAEoCRIWCg50b2tlbl9lbmRwb2ludBgCIAEoCRIbChNyZXZvY2F0aW9uX2VuZHBvaW50GAMgASgJEh0KFXJlZ2lzdHJhdGlvbl9lbmRwb2ludBgEIAEoCRIQCghqd2tzX3VyaRgFIAEoCSL8BAoIUHJvdmlkZXISCgoCaWQYASABKAkSDgoGaXNzdWVyGAIgASgJEhQKDHJlc291cmNlX3VybBgDIAEoCRIRCgljbGllbnRfaWQYBCABKAkSGgoSY2xpZW50X2F1dGhfbWV0aG9kGAUgASgJEi8KBnNvdXJjZRgGIAEoDjIfLnRva2Vuc2VydmljZS52MS5Qcm92aWRlclNvdXJjZRI7CgxyZWdpc3RyYXRpb24YByABKA4yJS50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXJSZWdpc3RyYXRpb24SNQoJZW5kcG9pbnRzGAggASgLMiIudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyRW5kcG9pbnRzEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEGRlZmF1bHRfcmVzb3VyY2UYCiABKAkSDgoGc2NvcGVzGAsgAygJEhUKDXJlZGlyZWN0X3VyaXMYDCADKAkSGwoTYWxsb3dfaW5zZWN1cmVfaHR0cBgNIAEoCBIOCgZvcGVuaWQYDiABKAgSOwoPYXVkaWVuY2VfdG9rZW5zGA8gASgOMiIudG9rZW5zZXJ2aWNlLnYxLkF1ZGllbmNlVG9rZW5Nb2RlEhYKDnJlZnJlc2hfc2NvcGVzGBAgAygJEhgKEGNoYWxsZW5nZV9zY29wZXMYEyADKAkSGAoQc2NvcGVzX3N1cHBvcnRlZBgUIAMoCRIrCgRraW5kGBUgASgOMh0udG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyS2luZBIWCg5lbnRlcnByaXNlX2lkcBgWIAEoCSKiBAoXUmVnaXN0ZXJQcm92aWRlclJlcXVlc3QSCgoCaWQYASABKAkSDgoGaXNzdWVyGAIgASgJEhQKDHJlc291cmNlX3VybBgDIAEoCRIRCgljbGllbnRfaWQYBCABKAkSFQoNY2xpZW50X3NlY3JldBgFIAEoCRIaChJjbGllbnRfYXV0aF9tZXRob2QYBiABKAkSHAoUZHluYW1pY19yZWdpc3RyYXRpb24YByABKAgSFQoNcmVkaXJlY3RfdXJpcxgIIAMoCRIOCgZzY29wZXMYCSADKAkSGwoTYWxsb3dfaW5zZWN1cmVfaHR0cBgKIAEoCBISCgpwdWJsaWNfdXJsGAsgASgJEjsKD2F1ZGllbmNlX3Rva2VucxgMIAEoDjIiLnRva2Vuc2VydmljZS52MS5BdWRpZW5jZVRva2VuTW9kZRIXCg9leGNoYW5nZV90YXJnZXQYDSABKAkSFgoOcmVmcmVzaF9zY29wZXMYDiADKAkSPwoMcmVnaXN0cmF0aW9uGA8gASgOMikudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyUmVnaXN0cmF0aW9uTW9kZRITCgthc3N1bWVfcGtjZRgQIAEoCBIrCgRraW5kGBEgASgOMh0udG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyS2luZBIWCg5lbnRlcnByaXNlX2lkcBgSIAEoCRIQCghyZXNvdXJjZRgTIAEoCSJHChhSZWdpc3RlclByb3ZpZGVyUmVzcG9uc2USKwoIcHJvdmlkZXIYASABKAsyGS50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXIiFgoUTGlzdFByb3ZpZGVyc1JlcXVlc3QiRQoVTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEiwKCXByb3ZpZGVycxgBIAMoCzIZLnRva2Vuc2VydmljZS52MS5Qcm92aWRlciI8ChVEZWxldGVQcm92aWRlclJlcXVlc3QSCgoCaWQYASABKAkSFwoPcmV2b2tlX3Nlc3Npb25zGAIgASgIIjIKFkRlbGV0ZVByb3ZpZGVyUmVzcG9uc2USGAoQc2Vzc2lvbnNfcmV2b2tlZBgBIAEoDSpRCglUb2tlbktpbmQSGgoWVE9LRU5fS0lORF9VTlNQRUNJRklFRBAAEhUKEVRPS0VOX0tJTkRfQUNDRVNTEAESEQoNVE9LRU5fS0lORF9JRBACKm4KDVNlc3Npb25TdGF0dXMSHgoaU0VTU0lPTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIZChVTRVNTSU9OX1NUQVRVU19BQ1RJVkUQARIiCh5TRVNTSU9OX1NUQVRVU19SRUFVVEhfUkVRVUlSRUQQAipqCg5Qcm92aWRlclNvdXJjZRIfChtQUk9WSURFUl9TT1VSQ0VfVU5TUEVDSUZJRUQQABIaChZQUk9WSURFUl9TT1VSQ0VfQ09ORklHEAESGwoXUFJPVklERVJfU09VUkNFX1JVTlRJTUUQAiqiAQoUUHJvdmlkZXJSZWdpc3RyYXRpb24SJQohUFJPVklERVJfUkVHSVNUUkFUSU9OX1VOU1BFQ0lGSUVEEAASIAocUFJPVklERVJfUkVHSVNUUkFUSU9OX1NUQVRJQxABEiEKHVBST1ZJREVSX1JFR0lTVFJBVElPTl9EWU5BTUlDEAISHgoaUFJPVklERVJfUkVHSVNUUkFUSU9OX0NJTUQQAyrfAQoYUHJvdmlkZXJSZWdpc3RyYXRpb25Nb2RlEioKJlBST1ZJREVSX1JFR0lTVFJBVElPTl9NT0RFX1VOU1BFQ0lGSUVEEAASIwofUFJPVklERVJfUkVHSVNUUkFUSU9OX01PREVfQVVUTxABEiUKIVBST1ZJREVSX1JFR0lTVFJBVElPTl9NT0RFX1NUQVRJQxACEiMKH1BST1ZJREVSX1JFR0lTVFJBVElPTl9NT0RFX0NJTUQQAxImCiJQUk9WSURFUl9SRUdJU1RSQVRJT05fTU9ERV9EWU5BTUlDEAQqbAoMUHJvdmlkZXJLaW5kEh0KGVBST1ZJREVSX0tJTkRfVU5TUEVDSUZJRUQQABIXChNQUk9WSURFUl9LSU5EX09BVVRIEAESJAogUFJPVklERVJfS0lORF9FTlRFUlBSSVNFX01BTkFHRUQQAip7ChFBdWRpZW5jZVRva2VuTW9kZRIjCh9BVURJRU5DRV9UT0tFTl9NT0RFX1VOU1BFQ0lGSUVEEAASHwobQVVESUVOQ0VfVE9LRU5fTU9ERV9SRUZSRVNIEAESIAocQVVESUVOQ0VfVE9LRU5fTU9ERV9FWENIQU5HRRACMs8FCgxUb2tlblNlcnZpY2USWwoMU3RvcmVTZXNzaW9uEiQudG9rZW5zZXJ2aWNlLnYxLlN0b3JlU2Vzc2lvblJlcXVlc3QaJS50b2tlbnNlcnZpY2UudjEuU3RvcmVTZXNzaW9uUmVzcG9uc2USTwoIR2V0VG9rZW4SIC50b2tlbnNlcnZpY2UudjEuR2V0VG9rZW5SZXF1ZXN0GiEudG9rZW5zZXJ2aWNlLnYxLkdldFRva2VuUmVzcG9uc2USXgoNUmV2b2tlU2Vzc2lvbhIlLnRva2Vuc2VydmljZS52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBomLnRva2Vuc2VydmljZS52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2USWwoMTGlzdFNlc3Npb25zEiQudG9rZW5zZXJ2aWNlLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJS50b2tlbnNlcnZpY2UudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USbQoSUmV2b2tlVXNlclNlc3Npb25zEioudG9rZW5zZXJ2aWNlLnYxLlJldm9rZVVzZXJTZXNzaW9uc1JlcXVlc3QaKy50b2tlbnNlcnZpY2UudjEuUmV2b2tlVXNlclNlc3Npb25zUmVzcG9uc2USbQoSU3RhcnRBdXRob3JpemF0aW9uEioudG9rZW5zZXJ2aWNlLnYxLlN0YXJ0QXV0aG9yaXphdGlvblJlcXVlc3QaKy50b2tlbnNlcnZpY2UudjEuU3RhcnRBdXRob3JpemF0aW9uUmVzcG9uc2USdgoVQ29tcGxldGVBdXRob3JpemF0aW9uEi0udG9rZW5zZXJ2aWNlLnYxLkNvbXBsZXRlQXV0aG9yaXphdGlvblJlcXVlc3QaLi50b2tlbnNlcnZpY2UudjEuQ29tcGxldGVBdXRob3JpemF0aW9uUmVzcG9uc2UyvQIKD1Byb3ZpZGVyU2VydmljZRJnChBSZWdpc3RlclByb3ZpZGVyEigudG9rZW5zZXJ2aWNlLnYxLlJlZ2lzdGVyUHJvdmlkZXJSZXF1ZXN0GikudG9rZW5zZXJ2aWNlLnYxLlJlZ2lzdGVyUHJvdmlkZXJSZXNwb25zZRJeCg1MaXN0UHJvdmlkZXJzEiUudG9rZW5zZXJ2aWNlLnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiYudG9rZW5zZXJ2aWNlLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJhCg5EZWxldGVQcm92aWRlchImLnRva2Vuc2VydmljZS52MS5EZWxldGVQcm92aWRlclJlcXVlc3QaJy50b2tlbnNlcnZpY2UudjEuRGVsZXRlUHJvdmlkZXJSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiN0b2tlbnNlcnZpY2UvdjEvdG9rZW5fc2VydmljZS5wcm90bxIPdG9rZW5zZXJ2aWNlLnYxIugBCghUb2tlblNldBIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRIQCghpZF90b2tlbhgDIAEoCRISCgp0b2tlbl90eXBlGAQgASgJEhIKCmV4cGlyZXNfaW4YBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc2NvcGUYByABKAkSNgoScmVmcmVzaF9leHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ2ChNTdG9yZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSKQoGdG9rZW5zGAMgASgLMhkudG9rZW5zZXJ2aWNlLnYxLlRva2VuU2V0EhEKCXJlc291cmNlcxgEIAMoCSJaChRTdG9yZVNlc3Npb25SZXNwb25zZRISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrYBCg9HZXRUb2tlblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEigKBGtpbmQYBCABKA4yGi50b2tlbnNlcnZpY2UudjEuVG9rZW5LaW5kEhkKEW1pbl92YWxpZF9zZWNvbmRzGAUgASgNEhUKDWZvcmNlX3JlZnJlc2gYBiABKAgSEAoIcmVzb3VyY2UYByABKAkiiAEKEEdldFRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSEgoKdG9rZW5fdHlwZRgCIAEoCRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVzY29wZRgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJIjsKFFJldm9rZVNlc3Npb25SZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCSIXChVSZXZva2VTZXNzaW9uUmVzcG9uc2UijQUKC1Nlc3Npb25JbmZvEhIKCnNlc3Npb25faWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFhY2Nlc3NfZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoGc3RhdHVzGAYgASgOMh4udG9rZW5zZXJ2aWNlLnYxLlNlc3Npb25TdGF0dXMSDgoGa2V5X2lkGAcgASgJEhMKC3JlZnJlc2hhYmxlGAggASgIEhUKDXJlYXV0aF9yZWFzb24YCSABKAkSEQoJcmVzb3VyY2VzGAogAygJEjsKD2F1ZGllbmNlX3Rva2VucxgLIAMoCzIiLnRva2Vuc2VydmljZS52MS5BdWRpZW5jZVRva2VuSW5mbxIYChByZWZyZXNoX2ZhaWx1cmVzGAwgASgNEjEKDWZhaWxpbmdfc2luY2UYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmxhc3RfZXJyb3IYDiABKAkSMQoNbGFzdF9lcnJvcl9hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJcmVhdXRoX2F0GBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKZW5kX3JlYXNvbhgSIAEoCSJVChFBdWRpZW5jZVRva2VuSW5mbxIQCghyZXNvdXJjZRgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJPChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSFQoNaW5jbHVkZV9lbmRlZBgDIAEoCCJGChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIuCghzZXNzaW9ucxgBIAMoCzIcLnRva2Vuc2VydmljZS52MS5TZXNzaW9uSW5mbyI+ChlSZXZva2VVc2VyU2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkiLQoaUmV2b2tlVXNlclNlc3Npb25zUmVzcG9uc2USDwoHcmV2b2tlZBgBIAEoDSKlAgoZU3RhcnRBdXRob3JpemF0aW9uUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJEhQKDHJlZGlyZWN0X3VyaRgDIAEoCRIOCgZzY29wZXMYBCADKAkSEQoJcmVzb3VyY2VzGAUgAygJElEKDGV4dHJhX3BhcmFtcxgGIAMoCzI7LnRva2Vuc2VydmljZS52MS5TdGFydEF1dGhvcml6YXRpb25SZXF1ZXN0LkV4dHJhUGFyYW1zRW50cnkSEQoJY2hhbGxlbmdlGAcgASgJEhIKCnNlc3Npb25faWQYCCABKAkaMgoQRXh0cmFQYXJhbXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoYBChpTdGFydEF1dGhvcml6YXRpb25SZXNwb25zZRIZChFhdXRob3JpemF0aW9uX3VybBgBIAEoCRINCgVzdGF0ZRgCIAEoCRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzY29wZXMYBCADKAkiRQocQ29tcGxldGVBdXRob3JpemF0aW9uUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhQKDGNhbGxiYWNrX3VybBgCIAEoCSKJAQodQ29tcGxldGVBdXRob3JpemF0aW9uUmVzcG9uc2USEgoKc2Vzc2lvbl9pZBgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghwcm92aWRlchgDIAEoCRISCgpzdGVwcGVkX3VwGAQgASgIIpkBChFQcm92aWRlckVuZHBvaW50cxIeChZhdXRob3JpemF0aW9uX2VuZHBvaW50GAEgASgJEhYKDnRva2VuX2VuZHBvaW50GAIgASgJEhsKE3Jldm9jYXRpb25fZW5kcG9pbnQYAyABKAkSHQoVcmVnaXN0cmF0aW9uX2VuZHBvaW50GAQgASgJEhAKCGp3a3NfdXJpGAUgASgJIvwECghQcm92aWRlchIKCgJpZBgBIAEoCRIOCgZpc3N1ZXIYAiABKAkSFAoMcmVzb3VyY2VfdXJsGAMgASgJEhEKCWNsaWVudF9pZBgEIAEoCRIaChJjbGllbnRfYXV0aF9tZXRob2QYBSABKAkSLwoGc291cmNlGAYgASgOMh8udG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyU291cmNlEjsKDHJlZ2lzdHJhdGlvbhgHIAEoDjIlLnRva2Vuc2VydmljZS52MS5Qcm92aWRlclJlZ2lzdHJhdGlvbhI1CgllbmRwb2ludHMYCCABKAsyIi50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXJFbmRwb2ludHMSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoQZGVmYXVsdF9yZXNvdXJjZRgKIAEoCRIOCgZzY29wZXMYCyADKAkSFQoNcmVkaXJlY3RfdXJpcxgMIAMoCRIbChNhbGxvd19pbnNlY3VyZV9odHRwGA0gASgIEg4KBm9wZW5pZBgOIAEoCBI7Cg9hdWRpZW5jZV90b2tlbnMYDyABKA4yIi50b2tlbnNlcnZpY2UudjEuQXVkaWVuY2VUb2tlbk1vZGUSFgoOcmVmcmVzaF9zY29wZXMYECADKAkSGAoQY2hhbGxlbmdlX3Njb3BlcxgTIAMoCRIYChBzY29wZXNfc3VwcG9ydGVkGBQgAygJEisKBGtpbmQYFSABKA4yHS50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXJLaW5kEhYKDmVudGVycHJpc2VfaWRwGBYgASgJIqIEChdSZWdpc3RlclByb3ZpZGVyUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZpc3N1ZXIYAiABKAkSFAoMcmVzb3VyY2VfdXJsGAMgASgJEhEKCWNsaWVudF9pZBgEIAEoCRIVCg1jbGllbnRfc2VjcmV0GAUgASgJEhoKEmNsaWVudF9hdXRoX21ldGhvZBgGIAEoCRIcChRkeW5hbWljX3JlZ2lzdHJhdGlvbhgHIAEoCBIVCg1yZWRpcmVjdF91cmlzGAggAygJEg4KBnNjb3BlcxgJIAMoCRIbChNhbGxvd19pbnNlY3VyZV9odHRwGAogASgIEhIKCnB1YmxpY191cmwYCyABKAkSOwoPYXVkaWVuY2VfdG9rZW5zGAwgASgOMiIudG9rZW5zZXJ2aWNlLnYxLkF1ZGllbmNlVG9rZW5Nb2RlEhcKD2V4Y2hhbmdlX3RhcmdldBgNIAEoCRIWCg5yZWZyZXNoX3Njb3BlcxgOIAMoCRI/CgxyZWdpc3RyYXRpb24YDyABKA4yKS50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXJSZWdpc3RyYXRpb25Nb2RlEhMKC2Fzc3VtZV9wa2NlGBAgASgIEisKBGtpbmQYESABKA4yHS50b2tlbnNlcnZpY2UudjEuUHJvdmlkZXJLaW5kEhYKDmVudGVycHJpc2VfaWRwGBIgASgJEhAKCHJlc291cmNlGBMgASgJIkcKGFJlZ2lzdGVyUHJvdmlkZXJSZXNwb25zZRIrCghwcm92aWRlchgBIAEoCzIZLnRva2Vuc2VydmljZS52MS5Qcm92aWRlciIWChRMaXN0UHJvdmlkZXJzUmVxdWVzdCJFChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USLAoJcHJvdmlkZXJzGAEgAygLMhkudG9rZW5zZXJ2aWNlLnYxLlByb3ZpZGVyIjwKFURlbGV0ZVByb3ZpZGVyUmVxdWVzdBIKCgJpZBgBIAEoCRIXCg9yZXZva2Vfc2Vzc2lvbnMYAiABKAgiMgoWRGVsZXRlUHJvdmlkZXJSZXNwb25zZRIYChBzZXNzaW9uc19yZXZva2VkGAEgASgNInIKEldhdGNoRXZlbnRzUmVxdWVzdBINCgVraW5kcxgBIAMoCRIQCghwcm92aWRlchgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEhUKDXJlc3VtZV9jdXJzb3IYBCABKAkSEwoLZnJvbV9vbGRlc3QYBSABKAgiTAoTV2F0Y2hFdmVudHNSZXNwb25zZRIlCgVldmVudBgBIAEoCzIWLnRva2Vuc2VydmljZS52MS5FdmVudBIOCgZjdXJzb3IYAiABKAkihQIKBUV2ZW50EgoKAmlkGAEgASgJEg4KBmN1cnNvchgCIAEoCRIMCgRraW5kGAMgASgJEhAKCHByb3ZpZGVyGAQgASgJEg8KB3VzZXJfaWQYBSABKAkSEgoKc2Vzc2lvbl9pZBgGIAEoCRIOCgZyZWFzb24YByABKAkSKAoEdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoGZGV0YWlsGAkgAygLMiIudG9rZW5zZXJ2aWNlLnYxLkV2ZW50LkRldGFpbEVudHJ5Gi0KC0RldGFpbEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEqUQoJVG9rZW5LaW5kEhoKFlRPS0VOX0tJTkRfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9LSU5EX0FDQ0VTUxABEhEKDVRPS0VOX0tJTkRfSUQQAirNAQoNU2Vzc2lvblN0YXR1cxIeChpTRVNTSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEhkKFVNFU1NJT05fU1RBVFVTX0FDVElWRRABEiIKHlNFU1NJT05fU1RBVFVTX1JFQVVUSF9SRVFVSVJFRBACEiIKHlNFU1NJT05fU1RBVFVTX1JFRlJFU0hfRkFJTElORxADEhoKFlNFU1NJT05fU1RBVFVTX1JFVk9LRUQQBBIdChlTRVNTSU9OX1NUQVRVU19MT0dHRURfT1VUEAUqagoOUHJvdmlkZXJTb3VyY2USHwobUFJPVklERVJfU09VUkNFX1VOU1BFQ0lGSUVEEAASGgoWUFJPVklERVJfU09VUkNFX0NPTkZJRxABEhsKF1BST1ZJREVSX1NPVVJDRV9SVU5USU1FEAIqogEKFFByb3ZpZGVyUmVnaXN0cmF0aW9uEiUKIVBST1ZJREVSX1JFR0lTVFJBVElPTl9VTlNQRUNJRklFRBAAEiAKHFBST1ZJREVSX1JFR0lTVFJBVElPTl9TVEFUSUMQARIhCh1QUk9WSURFUl9SRUdJU1RSQVRJT05fRFlOQU1JQxACEh4KGlBST1ZJREVSX1JFR0lTVFJBVElPTl9DSU1EEAMq3wEKGFByb3ZpZGVyUmVnaXN0cmF0aW9uTW9kZRIqCiZQUk9WSURFUl9SRUdJU1RSQVRJT05fTU9ERV9VTlNQRUNJRklFRBAAEiMKH1BST1ZJREVSX1JFR0lTVFJBVElPTl9NT0RFX0FVVE8QARIlCiFQUk9WSURFUl9SRUdJU1RSQVRJT05fTU9ERV9TVEFUSUMQAhIjCh9QUk9WSURFUl9SRUdJU1RSQVRJT05fTU9ERV9DSU1EEAMSJgoiUFJPVklERVJfUkVHSVNUUkFUSU9OX01PREVfRFlOQU1JQxAEKmwKDFByb3ZpZGVyS2luZBIdChlQUk9WSURFUl9LSU5EX1VOU1BFQ0lGSUVEEAASFwoTUFJPVklERVJfS0lORF9PQVVUSBABEiQKIFBST1ZJREVSX0tJTkRfRU5URVJQUklTRV9NQU5BR0VEEAIqewoRQXVkaWVuY2VUb2tlbk1vZGUSIwofQVVESUVOQ0VfVE9LRU5fTU9ERV9VTlNQRUNJRklFRBAAEh8KG0FVRElFTkNFX1RPS0VOX01PREVfUkVGUkVTSBABEiAKHEFVRElFTkNFX1RPS0VOX01PREVfRVhDSEFOR0UQAjLPBQoMVG9rZW5TZXJ2aWNlElsKDFN0b3JlU2Vzc2lvbhIkLnRva2Vuc2VydmljZS52MS5TdG9yZVNlc3Npb25SZXF1ZXN0GiUudG9rZW5zZXJ2aWNlLnYxLlN0b3JlU2Vzc2lvblJlc3BvbnNlEk8KCEdldFRva2VuEiAudG9rZW5zZXJ2aWNlLnYxLkdldFRva2VuUmVxdWVzdBohLnRva2Vuc2VydmljZS52MS5HZXRUb2tlblJlc3BvbnNlEl4KDVJldm9rZVNlc3Npb24SJS50b2tlbnNlcnZpY2UudjEuUmV2b2tlU2Vzc2lvblJlcXVlc3QaJi50b2tlbnNlcnZpY2UudjEuUmV2b2tlU2Vzc2lvblJlc3BvbnNlElsKDExpc3RTZXNzaW9ucxIkLnRva2Vuc2VydmljZS52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0GiUudG9rZW5zZXJ2aWNlLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEm0KElJldm9rZVVzZXJTZXNzaW9ucxIqLnRva2Vuc2VydmljZS52MS5SZXZva2VVc2VyU2Vzc2lvbnNSZXF1ZXN0GisudG9rZW5zZXJ2aWNlLnYxLlJldm9rZVVzZXJTZXNzaW9uc1Jlc3BvbnNlEm0KElN0YXJ0QXV0aG9yaXphdGlvbhIqLnRva2Vuc2VydmljZS52MS5TdGFydEF1dGhvcml6YXRpb25SZXF1ZXN0GisudG9rZW5zZXJ2aWNlLnYxLlN0YXJ0QXV0aG9yaXphdGlvblJlc3BvbnNlEnYKFUNvbXBsZXRlQXV0aG9yaXphdGlvbhItLnRva2Vuc2VydmljZS52MS5Db21wbGV0ZUF1dGhvcml6YXRpb25SZXF1ZXN0Gi4udG9rZW5zZXJ2aWNlLnYxLkNvbXBsZXRlQXV0aG9yaXphdGlvblJlc3BvbnNlMr0CCg9Qcm92aWRlclNlcnZpY2USZwoQUmVnaXN0ZXJQcm92aWRlchIoLnRva2Vuc2VydmljZS52MS5SZWdpc3RlclByb3ZpZGVyUmVxdWVzdBopLnRva2Vuc2VydmljZS52MS5SZWdpc3RlclByb3ZpZGVyUmVzcG9uc2USXgoNTGlzdFByb3ZpZGVycxIlLnRva2Vuc2VydmljZS52MS5MaXN0UHJvdmlkZXJzUmVxdWVzdBomLnRva2Vuc2VydmljZS52MS5MaXN0UHJvdmlkZXJzUmVzcG9uc2USYQoORGVsZXRlUHJvdmlkZXISJi50b2tlbnNlcnZpY2UudjEuRGVsZXRlUHJvdmlkZXJSZXF1ZXN0GicudG9rZW5zZXJ2aWNlLnYxLkRlbGV0ZVByb3ZpZGVyUmVzcG9uc2UyagoMRXZlbnRTZXJ2aWNlEloKC1dhdGNoRXZlbnRzEiMudG9rZW5zZXJ2aWNlLnYxLldhdGNoRXZlbnRzUmVxdWVzdBokLnRva2Vuc2VydmljZS52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * TokenSet is a token endpoint response as the auth gateway received it.
@@ -385,6 +385,55 @@ export type SessionInfo = Message<"tokenservice.v1.SessionInfo"> & {
    * @generated from field: repeated tokenservice.v1.AudienceTokenInfo audience_tokens = 11;
    */
   audienceTokens: AudienceTokenInfo[];
+
+  /**
+   * For SESSION_STATUS_REFRESH_FAILING: failed refresh attempts in a row.
+   *
+   * @generated from field: uint32 refresh_failures = 12;
+   */
+  refreshFailures: number;
+
+  /**
+   * For SESSION_STATUS_REFRESH_FAILING: when the first of them failed.
+   *
+   * @generated from field: google.protobuf.Timestamp failing_since = 13;
+   */
+  failingSince?: Timestamp;
+
+  /**
+   * The error class of the last failed refresh attempt (provider_unavailable,
+   * provider_timeout, …), a code and never upstream text; kept after a
+   * recovery until the next success clears it.
+   *
+   * @generated from field: string last_error = 14;
+   */
+  lastError: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_error_at = 15;
+   */
+  lastErrorAt?: Timestamp;
+
+  /**
+   * For SESSION_STATUS_REAUTH_REQUIRED: since when.
+   *
+   * @generated from field: google.protobuf.Timestamp reauth_at = 16;
+   */
+  reauthAt?: Timestamp;
+
+  /**
+   * For SESSION_STATUS_REVOKED and SESSION_STATUS_LOGGED_OUT: when, and what
+   * ended it (revoke_session, revoke_user_sessions, provider_deleted,
+   * backchannel_logout).
+   *
+   * @generated from field: google.protobuf.Timestamp ended_at = 17;
+   */
+  endedAt?: Timestamp;
+
+  /**
+   * @generated from field: string end_reason = 18;
+   */
+  endReason: string;
 };
 
 /**
@@ -435,6 +484,14 @@ export type ListSessionsRequest = Message<"tokenservice.v1.ListSessionsRequest">
    * @generated from field: string provider = 2;
    */
   provider: string;
+
+  /**
+   * Also list ended sessions (SESSION_STATUS_REVOKED, SESSION_STATUS_LOGGED_OUT)
+   * kept for sessions.ended_retention_seconds, after the live ones.
+   *
+   * @generated from field: bool include_ended = 3;
+   */
+  includeEnded: boolean;
 };
 
 /**
@@ -1131,6 +1188,156 @@ export const DeleteProviderResponseSchema: GenMessage<DeleteProviderResponse> = 
   messageDesc(file_tokenservice_v1_token_service, 24);
 
 /**
+ * @generated from message tokenservice.v1.WatchEventsRequest
+ */
+export type WatchEventsRequest = Message<"tokenservice.v1.WatchEventsRequest"> & {
+  /**
+   * Only these kinds (session.created, session.refresh_failing,
+   * session.recovered, session.reauth_required, session.revoked,
+   * session.logged_out, session.stepped_up, session.reconnected,
+   * provider.registered, provider.deleted); all kinds when empty.
+   *
+   * @generated from field: repeated string kinds = 1;
+   */
+  kinds: string[];
+
+  /**
+   * Only events of this provider; every provider the caller may act on when
+   * empty.
+   *
+   * @generated from field: string provider = 2;
+   */
+  provider: string;
+
+  /**
+   * Only events of this user (then provider.* events, which name no user,
+   * are left out). Required for a caller with a user binding.
+   *
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+
+  /**
+   * The cursor of the last event (or checkpoint) handled: resume after it.
+   * Empty: start at the newest event, that is, only new ones.
+   *
+   * @generated from field: string resume_cursor = 4;
+   */
+  resumeCursor: string;
+
+  /**
+   * Without resume_cursor: start with the oldest event still retained.
+   *
+   * @generated from field: bool from_oldest = 5;
+   */
+  fromOldest: boolean;
+};
+
+/**
+ * Describes the message tokenservice.v1.WatchEventsRequest.
+ * Use `create(WatchEventsRequestSchema)` to create a new message.
+ */
+export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 25);
+
+/**
+ * @generated from message tokenservice.v1.WatchEventsResponse
+ */
+export type WatchEventsResponse = Message<"tokenservice.v1.WatchEventsResponse"> & {
+  /**
+   * Absent on a checkpoint (sent first, and now and then while nothing
+   * matches, so that a resume point stays within retention).
+   *
+   * @generated from field: tokenservice.v1.Event event = 1;
+   */
+  event?: Event;
+
+  /**
+   * Resume after this: the event's cursor, or the checkpoint's.
+   *
+   * @generated from field: string cursor = 2;
+   */
+  cursor: string;
+};
+
+/**
+ * Describes the message tokenservice.v1.WatchEventsResponse.
+ * Use `create(WatchEventsResponseSchema)` to create a new message.
+ */
+export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 26);
+
+/**
+ * Event is one change, never carrying a token.
+ *
+ * @generated from message tokenservice.v1.Event
+ */
+export type Event = Message<"tokenservice.v1.Event"> & {
+  /**
+   * Unique and stable ("evt_…"), the same on every replica and every read.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Decimal; cursors grow in commit order. Compare them as integers.
+   *
+   * @generated from field: string cursor = 2;
+   */
+  cursor: string;
+
+  /**
+   * @generated from field: string kind = 3;
+   */
+  kind: string;
+
+  /**
+   * @generated from field: string provider = 4;
+   */
+  provider: string;
+
+  /**
+   * @generated from field: string user_id = 5;
+   */
+  userId: string;
+
+  /**
+   * The session's id, as ListSessions shows it.
+   *
+   * @generated from field: string session_id = 6;
+   */
+  sessionId: string;
+
+  /**
+   * A code: the error class, the provider's error code, or what ended the
+   * session.
+   *
+   * @generated from field: string reason = 7;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp time = 8;
+   */
+  time?: Timestamp;
+
+  /**
+   * Small facts, such as failures for session.refresh_failing.
+   *
+   * @generated from field: map<string, string> detail = 9;
+   */
+  detail: { [key: string]: string };
+};
+
+/**
+ * Describes the message tokenservice.v1.Event.
+ * Use `create(EventSchema)` to create a new message.
+ */
+export const EventSchema: GenMessage<Event> = /*@__PURE__*/
+  messageDesc(file_tokenservice_v1_token_service, 27);
+
+/**
  * TokenKind selects which token GetToken returns.
  *
  * @generated from enum tokenservice.v1.TokenKind
@@ -1189,6 +1396,31 @@ export enum SessionStatus {
    * @generated from enum value: SESSION_STATUS_REAUTH_REQUIRED = 2;
    */
   REAUTH_REQUIRED = 2,
+
+  /**
+   * Tokens are still served while valid, but the last refresh attempts failed
+   * (the provider was down, timed out, or answered an error that may pass):
+   * see refresh_failures, failing_since and last_error.
+   *
+   * @generated from enum value: SESSION_STATUS_REFRESH_FAILING = 3;
+   */
+  REFRESH_FAILING = 3,
+
+  /**
+   * Ended by RevokeSession, RevokeUserSessions or DeleteProvider with
+   * revoke_sessions; no token is kept. Listed only with include_ended.
+   *
+   * @generated from enum value: SESSION_STATUS_REVOKED = 4;
+   */
+  REVOKED = 4,
+
+  /**
+   * Ended by the provider's back-channel logout; no token is kept. Listed
+   * only with include_ended.
+   *
+   * @generated from enum value: SESSION_STATUS_LOGGED_OUT = 5;
+   */
+  LOGGED_OUT = 5,
 }
 
 /**
@@ -1533,4 +1765,27 @@ export const ProviderService: GenService<{
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tokenservice_v1_token_service, 1);
+
+/**
+ * EventService streams what happened to sessions and providers: status
+ * changes read from the outbox, cluster-wide (docs/connection-health.md).
+ *
+ * @generated from service tokenservice.v1.EventService
+ */
+export const EventService: GenService<{
+  /**
+   * Events in cursor order. With resume_cursor, first every event after it
+   * still retained (OUT_OF_RANGE, reason CURSOR_EXPIRED, when some are gone),
+   * then new ones as they commit on any replica. The first message is a
+   * checkpoint (no event) with the cursor the stream starts from.
+   *
+   * @generated from rpc tokenservice.v1.EventService.WatchEvents
+   */
+  watchEvents: {
+    methodKind: "server_streaming";
+    input: typeof WatchEventsRequestSchema;
+    output: typeof WatchEventsResponseSchema;
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_tokenservice_v1_token_service, 2);
 

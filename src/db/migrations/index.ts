@@ -7,6 +7,7 @@ import { Migration20261203064011 as SqliteMigration20261203064011 } from "./sqli
 import { Migration20261203082001 as SqliteMigration20261203082001 } from "./sqlite/Migration20261203082001.js";
 import { Migration20261203083000_stepup as SqliteMigration20261203083000_stepup } from "./sqlite/Migration20261203083000_stepup.js";
 import { Migration20261203083000Idjag as SqliteMigration20261203083000Idjag } from "./sqlite/Migration20261203083000Idjag.js";
+import { Migration20261203140000_events as SqliteMigration20261203140000_events } from "./sqlite/Migration20261203140000_events.js";
 import { Migration20261203140200_keepalive as SqliteMigration20261203140200_keepalive } from "./sqlite/Migration20261203140200_keepalive.js";
 import { Migration20261126170811 as PgMigration20261126170811 } from "./postgresql/Migration20261126170811.js";
 import { Migration20261201031018 as PgMigration20261201031018 } from "./postgresql/Migration20261201031018.js";
@@ -15,6 +16,7 @@ import { Migration20261203064013 as PgMigration20261203064013 } from "./postgres
 import { Migration20261203082002 as PgMigration20261203082002 } from "./postgresql/Migration20261203082002.js";
 import { Migration20261203083000_stepup as PgMigration20261203083000_stepup } from "./postgresql/Migration20261203083000_stepup.js";
 import { Migration20261203083000Idjag as PgMigration20261203083000Idjag } from "./postgresql/Migration20261203083000Idjag.js";
+import { Migration20261203140000_events as PgMigration20261203140000_events } from "./postgresql/Migration20261203140000_events.js";
 import { Migration20261203140200_keepalive as PgMigration20261203140200_keepalive } from "./postgresql/Migration20261203140200_keepalive.js";
 
 const sqlite: MigrationObject[] = [
@@ -25,6 +27,7 @@ const sqlite: MigrationObject[] = [
   { name: "Migration20261203082001", class: SqliteMigration20261203082001 },
   { name: "Migration20261203083000_stepup", class: SqliteMigration20261203083000_stepup },
   { name: "Migration20261203083000Idjag", class: SqliteMigration20261203083000Idjag },
+  { name: "Migration20261203140000_events", class: SqliteMigration20261203140000_events },
   { name: "Migration20261203140200_keepalive", class: SqliteMigration20261203140200_keepalive },
 ];
 
@@ -36,6 +39,7 @@ const postgresql: MigrationObject[] = [
   { name: "Migration20261203082002", class: PgMigration20261203082002 },
   { name: "Migration20261203083000_stepup", class: PgMigration20261203083000_stepup },
   { name: "Migration20261203083000Idjag", class: PgMigration20261203083000Idjag },
+  { name: "Migration20261203140000_events", class: PgMigration20261203140000_events },
   { name: "Migration20261203140200_keepalive", class: PgMigration20261203140200_keepalive },
 ];
 
