@@ -20,7 +20,7 @@ export interface BackgroundStats {
   started: number;
   /** Claims skipped because this replica's in-flight bound for the provider was reached. */
   throttled: number;
-  /** Batch claims made (each one statement on the database). */
+  /** Batch claims made (each one transaction: the live leases counted, then one UPDATE that claims). */
   claims: number;
 }
 
