@@ -508,7 +508,7 @@ ${writes.map(({ dialect, r }) => row(dialect, r).replace(/^\| [^|]+ \| (\d+)/, `
     for (const callers of [1000, 100]) {
       console.log(`\n== refresh storm: ${callers} callers over 3 replicas`);
       const storm = await runRefreshStorm({ callers, replicas: 3, runs: QUICK ? 1 : 5, providerMs: 200, profileRuns: QUICK ? 1 : 3 });
-      sections.push(storm.markdown.replace(/^## Refresh storm: (\d+) callers \(`npm run bench:refresh`\)/, "## Refresh storm: $1 callers (also `npm run bench:refresh`)"));
+      sections.push(storm.markdown.replace(/^## Refresh storm: (\d+) callers \(`npm run bench:storm`\)/, "## Refresh storm: $1 callers (also `npm run bench:storm`)"));
     }
 
     const header = `## How these figures were made

@@ -6,8 +6,8 @@
  * storm from the replicas' logs, the same burst of empty RPCs as a floor, and
  * a CPU profile of further storms (BENCH_PROFILE_RUNS, 0 for none).
  *
- *   npm run bench:refresh                   # N=1000 and N=100, R=3, 5 runs, 200 ms provider latency
- *   BENCH_CALLERS=500 BENCH_REPLICAS=2 BENCH_RUNS=3 BENCH_PROVIDER_MS=100 BENCH_PROFILE_RUNS=0 npm run bench:refresh
+ *   npm run bench:storm                   # N=1000 and N=100, R=3, 5 runs, 200 ms provider latency
+ *   BENCH_CALLERS=500 BENCH_REPLICAS=2 BENCH_RUNS=3 BENCH_PROVIDER_MS=100 BENCH_PROFILE_RUNS=0 npm run bench:storm
  */
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -278,7 +278,7 @@ Busiest functions: ${profile.functions
         .join(", ")}.
 `
     : "";
-  return `## Refresh storm: ${options.callers} callers (\`npm run bench:refresh\`)
+  return `## Refresh storm: ${options.callers} callers (\`npm run bench:storm\`)
 
 ${options.callers} concurrent GetToken calls on one expired session, spread round-robin over ${options.replicas} replicas
 (separate processes) on one PostgreSQL, sent by the load generator (\`bench/loadgen.ts\`, its own process:
@@ -290,7 +290,7 @@ ${options.providerMs} ms. Background refresh off (cold path). Right after each s
 floor for any burst of that size on this machine. ${runs.length} runs after one warm-up; medians.
 
 - Machine: ${machine()}
-- Command: \`BENCH_CALLERS=${options.callers} BENCH_REPLICAS=${options.replicas} BENCH_RUNS=${options.runs} BENCH_PROVIDER_MS=${options.providerMs} npm run bench:refresh\`
+- Command: \`BENCH_CALLERS=${options.callers} BENCH_REPLICAS=${options.replicas} BENCH_RUNS=${options.runs} BENCH_PROVIDER_MS=${options.providerMs} npm run bench:storm\`
 
 | run | provider calls | invalid_grant | provider latency (ms) | slowest caller (ms) | slowest − provider (ms) | p50 caller (ms) | empty-RPC burst, slowest (ms) | errors |
 |---|---|---|---|---|---|---|---|---|

@@ -6,7 +6,7 @@ const FILE = fileURLToPath(new URL("../BENCHMARKS.md", import.meta.url));
 
 const HEADER = `# Benchmarks
 
-Figures written by the benchmark scripts (\`npm run bench\`, \`npm run bench:refresh\`, \`npm run bench:tracing\`);
+Figures written by the benchmark scripts (\`npm run bench\`, \`npm run bench:refresh\`, \`npm run bench:storm\`, \`npm run bench:tracing\`);
 each section is replaced when its benchmark runs again. Absolute numbers depend on
 the machine; the targets are ratios measured within one run.
 `;

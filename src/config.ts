@@ -82,6 +82,10 @@ export interface RefreshConfig {
   maxAttempts: number;
   /** First retry delay; doubles per attempt, with full jitter. */
   retryBaseDelayMs: number;
+  /** Every session with a refresh token is refreshed at least this often, used or not; 0: off. */
+  keepAliveMs: number;
+  /** The sweeper's absolute lifetime (0: none): a session is not kept alive past it. */
+  absoluteLifetimeMs: number;
   background: BackgroundConfig;
 }
 
@@ -93,6 +97,8 @@ export interface BackgroundConfig {
   recentWindowMs: number;
   /** Background refreshes in flight per provider, per replica. */
   maxInflightPerProvider: number;
+  /** Background refreshes in flight per provider over all replicas (live leases, counted in the database). */
+  clusterMaxInflightPerProvider: number;
   batchSize: number;
 }
 
@@ -395,11 +401,14 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
     providerTimeoutMs: Math.round(file.refresh.provider_timeout_seconds * 1000),
     maxAttempts: file.refresh.max_attempts,
     retryBaseDelayMs: file.refresh.retry_base_delay_ms,
+    keepAliveMs: Math.round(file.refresh.keep_alive_seconds * 1000),
+    absoluteLifetimeMs: Math.round(file.sweeper.absolute_lifetime_days * 86_400_000),
     background: {
       enabled: file.refresh.background.enabled,
       intervalMs: Math.round(file.refresh.background.interval_seconds * 1000),
       recentWindowMs: Math.round(file.refresh.background.recent_window_seconds * 1000),
       maxInflightPerProvider: file.refresh.background.max_inflight_per_provider,
+      clusterMaxInflightPerProvider: file.refresh.background.cluster_max_inflight_per_provider,
       batchSize: file.refresh.background.batch_size,
     },
   };

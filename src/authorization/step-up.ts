@@ -142,6 +142,9 @@ export class StepUps {
       refreshExpiresAt: t.refreshExpiresIn ? new Date(now.getTime() + t.refreshExpiresIn * 1000) : null,
       ...(newId ? idTokenIdentity(newId) : { subject: row.subject, sid: row.sid }),
       resources: input.resources.length ? JSON.stringify(input.resources) : null,
+      // Not scheduled: the background refresher goes by the new token's expiry and issue time until its next refresh.
+      refreshAt: null,
+      keepAliveAt: null,
     };
   }
 

@@ -72,12 +72,16 @@ export const fileSchema = z
         provider_timeout_seconds: z.number().min(0.1).max(120).default(10),
         max_attempts: z.number().int().min(1).max(10).default(3),
         retry_base_delay_ms: z.number().int().min(1).max(60_000).default(200),
+        // Every session with a refresh token is refreshed at least this often, used or not (0: off).
+        keep_alive_seconds: z.number().min(0).max(365 * 86_400).default(86_400),
         background: z
           .object({
             enabled: z.boolean().default(true),
             interval_seconds: z.number().min(0.1).max(3600).default(2),
             recent_window_seconds: z.number().min(1).max(90 * 86_400).default(86_400),
-            max_inflight_per_provider: z.number().int().min(1).max(1000).default(4),
+            max_inflight_per_provider: z.number().int().min(1).max(1000).default(32),
+            // Counted in the database over every replica: what a provider sees at most from the whole cluster.
+            cluster_max_inflight_per_provider: z.number().int().min(1).max(10_000).default(64),
             batch_size: z.number().int().min(1).max(10_000).default(200),
           })
           .strict()

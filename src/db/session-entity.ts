@@ -51,6 +51,18 @@ export interface SessionRow {
   resources: string | null;
   /** When its step-ups of the last hour started (JSON array of epoch ms; the limit's count); null: none. */
   stepUps?: string | null;
+  /**
+   * When the background refresher refreshes it if it was used recently: the
+   * access token's expiry less the lead (written with each token; null: use
+   * the expiry itself).
+   */
+  refreshAt?: Date | null;
+  /**
+   * When it is refreshed even unused (keep-alive, and ahead of a known
+   * refresh-token expiry), written with each token; null: not scheduled yet
+   * (then its last token write, `accessIssuedAt`, counts).
+   */
+  keepAliveAt?: Date | null;
 }
 
 export const SessionSchema = new EntitySchema<SessionRow>({
@@ -87,12 +99,18 @@ export const SessionSchema = new EntitySchema<SessionRow>({
     sid: { type: "string", length: 255, nullable: true },
     resources: { type: "text", nullable: true },
     stepUps: { type: "text", nullable: true },
+    refreshAt: { type: "datetime", length: 3, nullable: true },
+    keepAliveAt: { type: "datetime", length: 3, nullable: true },
   },
   indexes: [
     { name: "sessions_user_provider_created_idx", properties: ["userId", "provider", "createdAt"] },
     { name: "sessions_status_access_expires_idx", properties: ["status", "accessExpiresAt"] },
     { name: "sessions_provider_sid_idx", properties: ["provider", "sid"] },
     { name: "sessions_provider_subject_idx", properties: ["provider", "subject"] },
+    // The background refresher's batch claims: sessions due, and the live leases it counts per provider.
+    { name: "sessions_status_refresh_at_idx", properties: ["status", "refreshAt"] },
+    { name: "sessions_status_keep_alive_at_idx", properties: ["status", "keepAliveAt"] },
+    { name: "sessions_provider_lease_until_idx", properties: ["provider", "leaseUntil"] },
   ],
 });
 

@@ -1,4 +1,4 @@
-import { raw, type EntityManager, type FilterQuery, type MikroORM } from "@mikro-orm/core";
+import { LockMode, raw, type EntityManager, type FilterQuery, type MikroORM } from "@mikro-orm/core";
 import type { SqlEntityManager } from "@mikro-orm/knex";
 import type { NewEvent } from "../events/types.js";
 import { EndedSessionSchema, type EndedSessionRow, type EndedStatus } from "./event-entity.js";
@@ -19,7 +19,31 @@ export type RefreshedFields = Pick<
   | "accessIssuedAt"
   | "idExpiresAt"
   | "refreshExpiresAt"
+  | "refreshAt"
+  | "keepAliveAt"
 >;
+
+/** What the background refresher claims: the due sessions of one provider, within the cluster-wide bound. */
+export interface ClaimQuery {
+  provider: string;
+  now: Date;
+  /** The lease written on every row claimed. */
+  owner: string;
+  until: Date;
+  /** Most rows to claim. */
+  limit: number;
+  /** Live leases of this provider over all replicas (claimed here or not) are kept at or below this. */
+  clusterLimit: number;
+  /** A recently used session (read since then) is due at its refresh_at (legacy rows: access expiry before `horizon`). */
+  usedSince: Date;
+  horizon: Date;
+  /** Sessions whose last refresh failed after this are left alone. */
+  failedBefore: Date;
+  /** Keep-alive on: rows not yet scheduled are due when their last token was written before this; null: keep-alive off. */
+  keepAliveIssuedBefore: Date | null;
+  /** Sessions created before this are past their absolute lifetime (null: none). */
+  createdAfter: Date | null;
+}
 
 /** The database could not be reached or did not answer in time. */
 export class DatabaseUnavailableError extends Error {
@@ -251,7 +275,7 @@ export class SessionRepository {
     id: string,
     owner: string,
     version: number,
-    sealed: Pick<SessionRow, "keyId" | "accessCt" | "refreshCt" | "idCt" | "refreshExpiresAt">,
+    sealed: Pick<SessionRow, "keyId" | "accessCt" | "refreshCt" | "idCt" | "refreshExpiresAt" | "keepAliveAt">,
     now: Date,
   ): Promise<boolean> {
     return this.writeTokens({ id, version, leaseOwner: owner }, { ...sealed, ...tokensWritten(version, now) });
@@ -432,37 +456,50 @@ export class SessionRepository {
   }
 
   /**
-   * Active, refreshable sessions of the given providers, used since
-   * `usedSince`, whose access token expires before `expiringBefore`, whose
-   * lease is free and whose last failure (if any) is older than
-   * `failedBefore`: candidates for a background refresh, soonest first.
+   * Batch claim for the background refresher: takes the lease on up to
+   * `limit` due sessions of one provider in one statement, soonest expiry
+   * first, and returns them as leased. The provider's live leases over all
+   * replicas never exceed `clusterLimit`: on PostgreSQL claims of a provider
+   * take turns under a transaction-scoped advisory lock, count the live
+   * leases, and skip rows another transaction has locked (SKIP LOCKED).
+   * `more`: the claim took all it was allowed (or the cluster bound allowed
+   * none), so more sessions may be due.
    */
-  async findRefreshCandidates(
-    now: Date,
-    usedSince: Date,
-    expiringBefore: Date,
-    limit: number,
-    options: { providers: readonly string[]; failedBefore: Date },
-  ): Promise<SessionRow[]> {
-    return this.run(async (em) =>
-      (
-        await em.find(
-          SessionSchema,
-          {
-            status: "active",
-            refreshCt: { $ne: null },
-            lastUsedAt: { $gte: usedSince },
-            accessExpiresAt: { $lt: expiringBefore },
-            // Sessions of providers no longer configured, or that just failed, must not fill the batch.
-            provider: { $in: [...options.providers] },
-            $and: [
-              { $or: [{ leaseUntil: null }, { leaseUntil: { $lt: now } }] },
-              { $or: [{ lastErrorAt: null }, { lastErrorAt: { $lt: options.failedBefore } }] },
-            ],
-          },
-          { orderBy: { accessExpiresAt: "asc" }, limit, disableIdentityMap: true },
-        )
-      ).map((row) => normalize(row) as SessionRow),
+  async claimDue(q: ClaimQuery): Promise<{ rows: SessionRow[]; more: boolean }> {
+    const pg = this.dialect === "postgresql";
+    return this.run((em) =>
+      em.transactional(async (tx) => {
+        if (pg) await (tx as SqlEntityManager).execute("select pg_advisory_xact_lock(hashtextextended(?, 0))", [`token-service:refresh:${q.provider}`]);
+        const busy = await tx.count(SessionSchema, { provider: q.provider, leaseUntil: { $gt: q.now } });
+        const n = Math.min(q.limit, q.clusterLimit - busy);
+        if (n <= 0) return { rows: [], more: true };
+        const due: FilterQuery<SessionRow>[] = [
+          { lastUsedAt: { $gte: q.usedSince }, $or: [{ refreshAt: { $lte: q.now } }, { refreshAt: null, accessExpiresAt: { $lt: q.horizon } }] },
+        ];
+        if (q.keepAliveIssuedBefore) {
+          due.push({ keepAliveAt: { $lte: q.now } }, { keepAliveAt: null, accessIssuedAt: { $lt: q.keepAliveIssuedBefore } });
+        }
+        const where: FilterQuery<SessionRow> = {
+          status: "active",
+          refreshCt: { $ne: null },
+          provider: q.provider,
+          $and: [
+            { $or: [{ leaseUntil: null }, { leaseUntil: { $lt: q.now } }] },
+            { $or: [{ lastErrorAt: null }, { lastErrorAt: { $lt: q.failedBefore } }] },
+            { $or: due },
+            ...(q.createdAfter ? [{ createdAt: { $gte: q.createdAfter } }] : []),
+          ],
+        };
+        const ids = (tx as SqlEntityManager).createQueryBuilder(SessionSchema).select("id").where(where).orderBy({ accessExpiresAt: "asc" }).limit(n);
+        if (pg) ids.setLockMode(LockMode.PESSIMISTIC_PARTIAL_WRITE);
+        const rows = await (tx as SqlEntityManager)
+          .createQueryBuilder(SessionSchema)
+          .update({ leaseOwner: q.owner, leaseUntil: q.until })
+          .where({ id: { $in: ids.getKnexQuery() } })
+          .returning("*")
+          .execute<SessionRow[]>("all", true);
+        return { rows: rows.map((r) => normalize(r) as SessionRow), more: rows.length === n };
+      }),
     );
   }
 

@@ -118,7 +118,8 @@ function fromResponseBody(body: Record<string, unknown>): ProviderTokens | undef
     tokenType: typeof body.token_type === "string" && body.token_type !== "" ? body.token_type : "Bearer",
     expiresIn: numberOrUndefined(body.expires_in),
     scope: typeof body.scope === "string" ? body.scope : undefined,
-    refreshExpiresIn: numberOrUndefined(body.refresh_expires_in),
+    // Keycloak's name, and the one GitHub and Entra use.
+    refreshExpiresIn: numberOrUndefined(body.refresh_expires_in ?? body.refresh_token_expires_in),
   };
 }
 

@@ -353,7 +353,9 @@ export class AudienceCoordinator {
       response.refreshExpiresIn !== undefined && response.refreshExpiresIn > 0 ? new Date(now.getTime() + response.refreshExpiresIn * 1000) : null;
     for (let attempt = 1; ; attempt++) {
       try {
-        if (await this.repo.storeSessionTokens(row.id, owner, row.version, { ...sealed, refreshExpiresAt }, now)) return true;
+        // A rotated refresh token keeps the session alive as its own refresh would.
+        const { keepAliveAt } = this.sessions.schedule.dueTimes({ ...row, refreshExpiresAt }, now);
+        if (await this.repo.storeSessionTokens(row.id, owner, row.version, { ...sealed, refreshExpiresAt, keepAliveAt }, now)) return true;
         if (attempt === 1) return false;
         // A retry after an error whose first attempt did commit finds its own write there.
         const current = await this.repo.findById(row.id);

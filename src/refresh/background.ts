@@ -1,9 +1,9 @@
-import type { BackgroundConfig } from "../config.js";
-import { headOf, type SessionRow } from "../db/session-entity.js";
+import { randomBytes } from "node:crypto";
+import type { RefreshConfig } from "../config.js";
+import type { SessionRow } from "../db/session-entity.js";
 import type { SessionRepository } from "../db/session-repository.js";
 import { errSummary, type Logger } from "../logger.js";
 import type { ProviderRegistry } from "../providers/provider-client.js";
-import { lifetimeSeconds, refreshMarginSeconds, secondsLeft } from "../sessions/expiry.js";
 import type { RefreshCoordinator } from "./coordinator.js";
 import { PeriodicTask } from "./periodic.js";
 import { NO_SPANS, sessionAttributes, type Spans } from "../tracing/spans.js";
@@ -11,99 +11,162 @@ import { NO_SPANS, sessionAttributes, type Spans } from "../tracing/spans.js";
 /** A failed background refresh of a session is not retried sooner than this. */
 const ERROR_BACKOFF_MS = 10_000;
 
+/** After refreshes finish while more sessions were due, claim again this soon: one claim for several finished. */
+const REFILL_DELAY_MS = 100;
+
 /** Counters for metrics and tests. */
 export interface BackgroundStats {
   passes: number;
   started: number;
-  /** Skipped because the provider's in-flight bound was reached. */
+  /** Claims skipped because this replica's in-flight bound for the provider was reached. */
   throttled: number;
+  /** Batch claims made (each one transaction: the live leases counted, then one UPDATE that claims). */
+  claims: number;
 }
 
 /**
- * Keeps recently used sessions fresh so GetToken rarely waits on a provider.
- * Every replica scans; the row lease makes sure exactly one of them calls the
- * provider for a session, and the others skip it without waiting.
+ * Keeps sessions fresh: recently used ones ahead of expiry, so GetToken
+ * rarely waits on a provider, and every one within `keep_alive_seconds`, so
+ * a refresh token that dies of disuse does not. Each replica claims due
+ * sessions in batches (one statement, which takes their leases); the claim
+ * keeps a provider's live leases over all replicas within
+ * `cluster_max_inflight_per_provider`, and this replica's own in-flight ones
+ * within `max_inflight_per_provider`. When refreshes finish while more
+ * sessions were due, it claims again at once instead of waiting for the
+ * next pass.
  */
 export class BackgroundRefresher {
-  readonly stats: BackgroundStats = { passes: 0, started: 0, throttled: 0 };
+  readonly stats: BackgroundStats = { passes: 0, started: 0, throttled: 0, claims: 0 };
   private readonly inflight = new Map<string, number>();
   private readonly running = new Set<Promise<unknown>>();
+  /** Providers with a claim under way here, and those whose last claim found more due than it took. */
+  private readonly claiming = new Map<string, Promise<void>>();
+  private readonly backlog = new Set<string>();
+  private readonly refills = new Map<string, NodeJS.Timeout>();
   private readonly task: PeriodicTask;
+  private stopped = true;
 
   constructor(
     private readonly repo: SessionRepository,
     private readonly coordinator: RefreshCoordinator,
     private readonly providers: ProviderRegistry,
-    private readonly config: BackgroundConfig,
+    private readonly config: RefreshConfig,
     private readonly logger: Logger,
     /** Told of each refresh it starts: the provider, and how late after the session became due (s). */
     private readonly onStart: (provider: string, lagSeconds: number) => void = () => undefined,
     private readonly spans: Spans = NO_SPANS,
   ) {
-    this.task = new PeriodicTask("background refresh", config.intervalMs, () => this.pass(), logger);
+    this.task = new PeriodicTask("background refresh", config.background.intervalMs, () => this.pass(), logger);
   }
 
   start(): void {
+    this.stopped = false;
     this.task.start();
   }
 
-  /** Stops scanning and waits for the refreshes it started. */
+  /** Stops claiming and waits for the refreshes it started. */
   async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.refills.values()) clearTimeout(t);
+    this.refills.clear();
     await this.task.stop();
+    await Promise.allSettled([...this.claiming.values()]);
     await Promise.allSettled([...this.running]);
   }
 
-  /** How far ahead of expiry a session is refreshed: before the hot path's margin would make a caller wait. */
-  aheadSeconds(row: SessionRow): number {
-    const lifetime = lifetimeSeconds(row.accessIssuedAt, row.accessExpiresAt);
-    const margin = refreshMarginSeconds(this.providers.get(row.provider)?.config.refreshMarginSeconds ?? 60, lifetime);
-    const lead = margin + (2 * this.config.intervalMs) / 1000 + 1;
-    return Math.min(lead, Math.floor(lifetime * 0.75));
-  }
-
-  /** One scan: start refreshes for the sessions that are due, within the per-provider bound. */
+  /** One pass: a claim per configured provider. */
   async pass(): Promise<void> {
     this.stats.passes++;
-    const now = new Date();
-    const maxMargin = Math.max(60, ...this.providers.ids().map((id) => this.providers.get(id)!.config.refreshMarginSeconds));
-    const horizon = new Date(now.getTime() + (maxMargin + (2 * this.config.intervalMs) / 1000 + 1) * 1000);
-    const candidates = await this.repo.findRefreshCandidates(
-      now,
-      new Date(now.getTime() - this.config.recentWindowMs),
-      horizon,
-      this.config.batchSize,
-      { providers: this.providers.ids(), failedBefore: new Date(now.getTime() - ERROR_BACKOFF_MS) },
-    );
-    for (const row of candidates) {
-      const ahead = this.aheadSeconds(row);
-      if (secondsLeft(row.accessExpiresAt, now) >= ahead) continue;
-      const busy = this.inflight.get(row.provider) ?? 0;
-      if (busy >= this.config.maxInflightPerProvider) {
-        this.stats.throttled++;
-        continue;
-      }
-      if (this.coordinator.isRefreshing(row.id)) continue;
-      const lag = Math.max(0, ahead - secondsLeft(row.accessExpiresAt, now));
-      // Each background refresh is a trace of its own, with the refresh (lease, provider request, store) inside.
-      const started = this.spans.enabled
-        ? this.spans.run("background refresh", undefined, { root: true, attributes: { ...sessionAttributes(row.id, row.provider), "token_service.lag_seconds": lag } }, (_span, ctx) =>
-            this.coordinator.refreshIfIdle(headOf(row), ctx)!,
-          )
-        : this.coordinator.refreshIfIdle(headOf(row));
-      if (!started) continue;
-      this.stats.started++;
-      this.onStart(row.provider, lag);
-      this.inflight.set(row.provider, busy + 1);
-      const done = started
-        .then(
-          () => undefined,
-          (err: unknown) => this.logger.debug({ err: errSummary(err), provider: row.provider }, "background refresh failed"),
-        )
-        .finally(() => {
-          this.inflight.set(row.provider, (this.inflight.get(row.provider) ?? 1) - 1);
-          this.running.delete(done);
-        });
-      this.running.add(done);
+    await Promise.all(this.providers.ids().map((id) => this.fill(id)));
+  }
+
+  /** Claims what is due at `provider` within both bounds and starts refreshing it; one claim at a time per provider. */
+  private fill(provider: string): Promise<void> {
+    const current = this.claiming.get(provider);
+    if (current) return current;
+    const p = this.claim(provider).finally(() => this.claiming.delete(provider));
+    this.claiming.set(provider, p);
+    return p;
+  }
+
+  private async claim(provider: string): Promise<void> {
+    const { background } = this.config;
+    const free = background.maxInflightPerProvider - (this.inflight.get(provider) ?? 0);
+    if (free <= 0) {
+      this.stats.throttled++;
+      return;
     }
+    const limit = Math.min(free, background.batchSize);
+    const now = new Date();
+    const until = new Date(now.getTime() + this.config.leaseMs);
+    const owner = `${this.coordinator.replicaId}:${randomBytes(4).toString("hex")}`;
+    const margin = this.providers.get(provider)?.config.refreshMarginSeconds ?? 60;
+    const { keepAliveMs, absoluteLifetimeMs } = this.config;
+    this.stats.claims++;
+    const { rows, more } = await this.repo.claimDue({
+      provider,
+      now,
+      owner,
+      until,
+      limit,
+      clusterLimit: background.clusterMaxInflightPerProvider,
+      usedSince: new Date(now.getTime() - background.recentWindowMs),
+      horizon: new Date(now.getTime() + this.coordinator.schedule.leadSeconds(margin) * 1000),
+      failedBefore: new Date(now.getTime() - ERROR_BACKOFF_MS),
+      keepAliveIssuedBefore: keepAliveMs > 0 ? new Date(now.getTime() - keepAliveMs) : null,
+      createdAfter: absoluteLifetimeMs > 0 ? new Date(now.getTime() - absoluteLifetimeMs) : null,
+    });
+    // A claim that took all it was allowed may have left sessions due: claim again as soon as some
+    // finish. One that found fewer waits for the next pass.
+    if (more) this.backlog.add(provider);
+    else this.backlog.delete(provider);
+    for (const row of rows) this.begin(row, owner, until, now);
+  }
+
+  /** How late the refresh of `row` starts after it became due, in seconds (0: on time). */
+  private lagSeconds(row: SessionRow, now: Date): number {
+    const refreshAt = row.refreshAt ?? new Date(row.accessExpiresAt.getTime() - this.coordinator.schedule.aheadSeconds(row) * 1000);
+    const used = row.lastUsedAt.getTime() >= now.getTime() - this.config.background.recentWindowMs;
+    const dues = [used ? refreshAt.getTime() : Infinity, row.keepAliveAt?.getTime() ?? row.accessIssuedAt.getTime() + this.config.keepAliveMs];
+    return Math.max(0, (now.getTime() - Math.min(...dues)) / 1000);
+  }
+
+  private begin(row: SessionRow, owner: string, until: Date, now: Date): void {
+    const lag = this.lagSeconds(row, now);
+    // Each background refresh is a trace of its own, with the refresh (provider request, store) inside.
+    const started = this.spans.enabled
+      ? this.spans.run(
+          "background refresh",
+          undefined,
+          { root: true, attributes: { ...sessionAttributes(row.id, row.provider), "token_service.lag_seconds": lag } },
+          (_span, ctx) => this.coordinator.refreshClaimed(row, owner, until, ctx) ?? Promise.resolve(undefined),
+        )
+      : this.coordinator.refreshClaimed(row, owner, until);
+    if (!started) return;
+    this.stats.started++;
+    this.onStart(row.provider, lag);
+    this.inflight.set(row.provider, (this.inflight.get(row.provider) ?? 0) + 1);
+    const done = started
+      .then(
+        () => undefined,
+        (err: unknown) => this.logger.debug({ err: errSummary(err), provider: row.provider }, "background refresh failed"),
+      )
+      .finally(() => {
+        this.inflight.set(row.provider, (this.inflight.get(row.provider) ?? 1) - 1);
+        this.running.delete(done);
+        if (this.backlog.has(row.provider)) this.scheduleRefill(row.provider);
+      });
+    this.running.add(done);
+  }
+
+  private scheduleRefill(provider: string): void {
+    if (this.stopped || this.refills.has(provider)) return;
+    const t = setTimeout(() => {
+      this.refills.delete(provider);
+      if (this.stopped) return;
+      this.fill(provider).catch((err: unknown) => this.logger.debug({ err: errSummary(err), provider }, "background claim failed"));
+    }, REFILL_DELAY_MS);
+    t.unref();
+    this.refills.set(provider, t);
   }
 }

@@ -19,6 +19,7 @@ import type { RowWaiter } from "./waiter.js";
 import type { Span } from "@opentelemetry/api";
 import { NO_SPANS, sessionAttributes, type Spans, type TraceContext } from "../tracing/spans.js";
 import { abortable } from "../util/abortable.js";
+import { RefreshSchedule } from "./schedule.js";
 
 /** What a refresh produced: the session as now stored, and its tokens when this process refreshed them. */
 export interface RefreshResult {
@@ -63,6 +64,8 @@ export class RefreshCoordinator {
   private readonly listeners: RefreshListener[] = [];
   /** Time kept between the end of the provider budget and the lease's expiry. */
   private readonly leaseSafetyMs: number;
+  /** The due times written with every token (background refresh and keep-alive). */
+  readonly schedule: RefreshSchedule;
 
   constructor(
     private readonly repo: SessionRepository,
@@ -78,6 +81,7 @@ export class RefreshCoordinator {
     // Room after the provider budget for storing the result: a statement may take up to the
     // database timeouts (5 s pool wait + 5 s statement) before the lease lapses.
     this.leaseSafetyMs = Math.min(11_000, Math.floor(config.leaseMs / 3));
+    this.schedule = new RefreshSchedule(providers, config);
   }
 
   onOutcome(listener: RefreshListener): void {
@@ -121,14 +125,19 @@ export class RefreshCoordinator {
   }
 
   /**
-   * Background refresh: refreshes when this replica gets the lease, and gives
-   * up at once (undefined) when a refresh of this session is already under way
-   * here or elsewhere. Never waits on another replica.
+   * Background refresh of a row this replica already leased (a batch claim,
+   * `owner` until `until`). Undefined, with the lease given back, when a
+   * refresh of the session is under way here already.
    */
-  refreshIfIdle(row: SessionHead, trace?: TraceContext): Promise<RefreshResult> | undefined {
-    if (this.inflight.has(row.id)) return undefined;
-    const work = (ctx: TraceContext) => this.register(row, false, "background", ctx);
-    return trace ? this.traced(row, false, trace, work) : work(undefined);
+  refreshClaimed(row: SessionRow, owner: string, until: Date, trace?: TraceContext): Promise<RefreshResult> | undefined {
+    if (this.inflight.has(row.id)) {
+      void this.repo.releaseLeaseClean(row.id, owner).catch(() => undefined);
+      return undefined;
+    }
+    const work = (ctx: TraceContext) => this.refreshHolding(row, owner, until, "background", ctx);
+    const p = (trace ? this.traced(headOf(row), false, trace, work) : work(undefined)).finally(() => this.inflight.delete(row.id));
+    this.inflight.set(row.id, p);
+    return p;
   }
 
   /** `caller` names who set the refresh off (a caller, or "background"), for audit lines. */
@@ -299,6 +308,12 @@ export class RefreshCoordinator {
       now,
       defaultLifetimeSeconds: provider.config.defaultTokenLifetimeSeconds,
     });
+    const refreshExpiresAt =
+      response.refreshExpiresIn !== undefined && response.refreshExpiresIn > 0
+        ? new Date(now.getTime() + response.refreshExpiresIn * 1000)
+        : response.refreshToken
+          ? null
+          : row.refreshExpiresAt;
     const fields: RefreshedFields = {
       ...this.vault.sealAll(row, next),
       tokenType: response.tokenType,
@@ -306,12 +321,8 @@ export class RefreshCoordinator {
       accessExpiresAt: expiry.expiresAt,
       accessIssuedAt: expiry.issuedAt,
       idExpiresAt: response.idToken ? (idTokenExpiry(response.idToken) ?? null) : row.idExpiresAt,
-      refreshExpiresAt:
-        response.refreshExpiresIn !== undefined && response.refreshExpiresIn > 0
-          ? new Date(now.getTime() + response.refreshExpiresIn * 1000)
-          : response.refreshToken
-            ? null
-            : row.refreshExpiresAt,
+      refreshExpiresAt,
+      ...this.schedule.dueTimes({ ...row, accessIssuedAt: expiry.issuedAt, accessExpiresAt: expiry.expiresAt, refreshExpiresAt }, now),
     };
 
     // The provider may have spent the old refresh token: the new one must be

@@ -36,7 +36,7 @@ export function createRefresh(
   coordinator.onOutcome((e) => metrics.refresh(e.row.provider, e.outcome, e.ms));
   const audiences = new AudienceCoordinator(repo, store.audiences, vault, registry, coordinator, waiter, config.refresh, logger, spans);
   audiences.onOutcome((e) => metrics.audienceRefresh(e.provider, e.resource, e.outcome, e.ms));
-  const background = new BackgroundRefresher(repo, coordinator, registry, config.refresh.background, logger, (provider, lag) =>
+  const background = new BackgroundRefresher(repo, coordinator, registry, config.refresh, logger, (provider, lag) =>
     metrics.backgroundStarted(provider, lag), spans,
   );
   const sweeper = new Sweeper(repo, config.sweeper, logger, () => waiter.notifyFlush(), store.authorizations, store.audiences, spans);

@@ -173,7 +173,7 @@ export class SessionService {
       ...(idToken !== undefined ? idTokenIdentity(idToken) : { subject: null, sid: null }),
       resources: resources.length ? JSON.stringify(resources) : null,
     };
-    await this.repo.insert(row);
+    await this.repo.insert({ ...row, ...this.coordinator.schedule.dueTimes(row, now) });
     this.logger.info(
       {
         audit: true,

@@ -147,6 +147,13 @@ export async function startTestProvider(
     discovery?: Record<string, unknown>;
     /** Grant types the main client may use besides code, refresh and token exchange. */
     grantTypes?: string[];
+    /**
+     * Lifetime of each refresh token issued, in seconds (default 86400). With rotation every refresh issues
+     * a new one, so this is an idle timeout: a session not refreshed for this long is dead.
+     */
+    refreshTokenTtl?: number;
+    /** Token responses that carry a refresh token state its lifetime as `refresh_token_expires_in` (as GitHub and Entra do). */
+    reportRefreshTokenExpiry?: boolean;
     /** Registers further grants (or replaces the token exchange) on the provider; `signingKey` is its RS256 key (kid "test"). */
     configure?: (provider: Provider, signingKey: KeyObject) => void;
   } = {},
@@ -203,7 +210,7 @@ export async function startTestProvider(
     ttl: {
       AccessToken: () => accessTtl,
       IdToken: options.idTokenTtl ?? 3600,
-      RefreshToken: 86_400,
+      RefreshToken: options.refreshTokenTtl ?? 86_400,
       Grant: 86_400,
       Interaction: 600,
       Session: 86_400,
@@ -304,6 +311,14 @@ export async function startTestProvider(
     if (fault?.kind === "delay") await sleep(fault.ms);
     return false;
   };
+
+  if (options.reportRefreshTokenExpiry) {
+    provider.use(async (ctx, next) => {
+      await next();
+      const body = ctx.path === "/token" ? (ctx.body as Record<string, unknown> | undefined) : undefined;
+      if (body && typeof body.refresh_token === "string") body.refresh_token_expires_in = options.refreshTokenTtl ?? 86_400;
+    });
+  }
 
   provider.use(async (ctx, next) => {
     // RFC 8414 authorization server metadata: the same document as OpenID Connect discovery.

@@ -110,16 +110,69 @@ describe.each<Dialect>(["sqlite", "postgresql"])("session repository races on %s
     expect(oldVault.openField(deleted!, "refresh")).toBe("rt-new");
   });
 
-  it("background candidates skip sessions that just failed and providers no longer configured", async () => {
+  /** A batch claim's query for `provider` at `now`: keep-alive after 1 h, used within a minute, leases of 30 s. */
+  const claimQuery = (provider: string, now: Date, extra: Partial<Parameters<SessionRepository["claimDue"]>[0]> = {}) => ({
+    provider,
+    now,
+    owner: "replica-a:1",
+    until: new Date(now.getTime() + 30_000),
+    limit: 100,
+    clusterLimit: 100,
+    usedSince: new Date(now.getTime() - 60_000),
+    horizon: new Date(now.getTime() + 60_000),
+    failedBefore: new Date(now.getTime() - 10_000),
+    keepAliveIssuedBefore: new Date(now.getTime() - 3_600_000),
+    createdAfter: new Date(now.getTime() - 86_400_000),
+    ...extra,
+  });
+
+  /** The rows a claim took. */
+  const claim = async (q: ReturnType<typeof claimQuery>) => (await repo.claimDue(q)).rows;
+
+  it("a batch claim takes the leases of the sessions due, and skips those that just failed, are leased or not due", async () => {
     const now = new Date();
-    const due = { accessExpiresAt: new Date(now.getTime() + 1000) };
-    const ok = await insert({ userId: "bg", ...due });
-    await insert({ userId: "bg", ...due, lastErrorAt: now, lastErrorCode: "http_503" });
-    await insert({ userId: "bg", ...due, provider: "gone" });
-    const candidates = await repo.findRefreshCandidates(now, new Date(now.getTime() - 60_000), new Date(now.getTime() + 60_000), 100, {
-      providers: ["corp"],
-      failedBefore: new Date(now.getTime() - 10_000),
-    });
-    expect(candidates.filter((c) => c.userId === "bg").map((c) => c.id)).toEqual([ok.id]);
+    const past = new Date(now.getTime() - 1000);
+    const future = new Date(now.getTime() + 600_000);
+    const idle = new Date(now.getTime() - 7_200_000);
+    const used = await insert({ provider: "claim-a", refreshAt: past, keepAliveAt: future });
+    const legacy = await insert({ provider: "claim-a", refreshAt: null, accessExpiresAt: new Date(now.getTime() + 30_000) });
+    const kept = await insert({ provider: "claim-a", lastUsedAt: idle, refreshAt: past, keepAliveAt: past });
+    const unscheduled = await insert({ provider: "claim-a", lastUsedAt: idle, accessIssuedAt: idle, refreshAt: past, keepAliveAt: null });
+    await insert({ provider: "claim-a", lastUsedAt: idle, refreshAt: past, keepAliveAt: future }); // idle: only keep-alive counts
+    await insert({ provider: "claim-a", refreshAt: future, keepAliveAt: future });
+    await insert({ provider: "claim-a", refreshAt: past, lastErrorAt: now, lastErrorCode: "http_503" });
+    await insert({ provider: "claim-a", refreshAt: past, leaseOwner: "other", leaseUntil: future });
+    await insert({ provider: "claim-a", refreshAt: past, refreshCt: null });
+    await insert({ provider: "claim-a", lastUsedAt: idle, keepAliveAt: past, createdAt: new Date(now.getTime() - 2 * 86_400_000) }); // past its lifetime
+    await insert({ provider: "claim-b", refreshAt: past });
+    const claimed = await claim(claimQuery("claim-a", now));
+    expect(claimed.map((r) => r.id).sort()).toEqual([used.id, legacy.id, kept.id, unscheduled.id].sort());
+    for (const r of claimed) {
+      expect(r.leaseOwner).toBe("replica-a:1");
+      expect(await repo.findById(r.id)).toMatchObject({ leaseOwner: "replica-a:1", version: 1 });
+    }
+    // Leased now: a second claim finds nothing; without keep-alive the idle ones would not have been due.
+    expect(await repo.claimDue(claimQuery("claim-a", now))).toEqual({ rows: [], more: false });
+    const idleOnly = await insert({ provider: "claim-c", lastUsedAt: idle, refreshAt: past, keepAliveAt: past });
+    expect(await claim(claimQuery("claim-c", now, { keepAliveIssuedBefore: null }))).toEqual([]);
+    expect((await claim(claimQuery("claim-c", now))).map((r) => r.id)).toEqual([idleOnly.id]);
+  });
+
+  it("claims keep a provider's live leases within the cluster limit, also when replicas claim at once", async () => {
+    const now = new Date();
+    const past = new Date(now.getTime() - 1000);
+    for (let i = 0; i < 2; i++) await insert({ provider: "claim-limit", leaseOwner: "other", leaseUntil: new Date(now.getTime() + 30_000) });
+    for (let i = 0; i < 20; i++) await insert({ provider: "claim-limit", refreshAt: past });
+    // A lapsed lease neither counts nor keeps its row from being claimed.
+    const lapsed = await insert({ provider: "claim-limit", refreshAt: past, leaseOwner: "dead", leaseUntil: past, accessExpiresAt: new Date(now.getTime() + 1000) });
+    const claims = await Promise.all(
+      [1, 2, 3, 4].map((i) => claim(claimQuery("claim-limit", now, { owner: `replica-${i}:1`, limit: 3, clusterLimit: 9 }))),
+    );
+    const ids = claims.flat().map((r) => r.id);
+    expect(ids.length).toBe(7); // 9 live leases at most, 2 held already
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(ids).toContain(lapsed.id); // soonest expiry first
+    // The cap is full: nothing taken, but sessions may still be due.
+    expect(await repo.claimDue(claimQuery("claim-limit", now, { clusterLimit: 9 }))).toEqual({ rows: [], more: true });
   });
 });

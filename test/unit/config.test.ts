@@ -57,7 +57,16 @@ describe("loadConfig: environment", () => {
       providerTimeoutMs: 10_000,
       maxAttempts: 3,
       retryBaseDelayMs: 200,
-      background: { enabled: true, intervalMs: 2000, recentWindowMs: 86_400_000, maxInflightPerProvider: 4, batchSize: 200 },
+      keepAliveMs: 86_400_000,
+      absoluteLifetimeMs: 90 * 86_400_000,
+      background: {
+        enabled: true,
+        intervalMs: 2000,
+        recentWindowMs: 86_400_000,
+        maxInflightPerProvider: 32,
+        clusterMaxInflightPerProvider: 64,
+        batchSize: 200,
+      },
     });
     expect(c.sweeper).toEqual({
       enabled: true,

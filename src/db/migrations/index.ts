@@ -9,6 +9,7 @@ import { Migration20261203083000_stepup as SqliteMigration20261203083000_stepup 
 import { Migration20261203083000Idjag as SqliteMigration20261203083000Idjag } from "./sqlite/Migration20261203083000Idjag.js";
 import { Migration20261203140000_events as SqliteMigration20261203140000_events } from "./sqlite/Migration20261203140000_events.js";
 import { Migration20261203140100_webhooks as SqliteMigration20261203140100_webhooks } from "./sqlite/Migration20261203140100_webhooks.js";
+import { Migration20261203140200_keepalive as SqliteMigration20261203140200_keepalive } from "./sqlite/Migration20261203140200_keepalive.js";
 import { Migration20261126170811 as PgMigration20261126170811 } from "./postgresql/Migration20261126170811.js";
 import { Migration20261201031018 as PgMigration20261201031018 } from "./postgresql/Migration20261201031018.js";
 import { Migration20261201033955 as PgMigration20261201033955 } from "./postgresql/Migration20261201033955.js";
@@ -18,6 +19,7 @@ import { Migration20261203083000_stepup as PgMigration20261203083000_stepup } fr
 import { Migration20261203083000Idjag as PgMigration20261203083000Idjag } from "./postgresql/Migration20261203083000Idjag.js";
 import { Migration20261203140000_events as PgMigration20261203140000_events } from "./postgresql/Migration20261203140000_events.js";
 import { Migration20261203140100_webhooks as PgMigration20261203140100_webhooks } from "./postgresql/Migration20261203140100_webhooks.js";
+import { Migration20261203140200_keepalive as PgMigration20261203140200_keepalive } from "./postgresql/Migration20261203140200_keepalive.js";
 
 const sqlite: MigrationObject[] = [
   { name: "Migration20261126170810", class: SqliteMigration20261126170810 },
@@ -29,6 +31,7 @@ const sqlite: MigrationObject[] = [
   { name: "Migration20261203083000Idjag", class: SqliteMigration20261203083000Idjag },
   { name: "Migration20261203140000_events", class: SqliteMigration20261203140000_events },
   { name: "Migration20261203140100_webhooks", class: SqliteMigration20261203140100_webhooks },
+  { name: "Migration20261203140200_keepalive", class: SqliteMigration20261203140200_keepalive },
 ];
 
 const postgresql: MigrationObject[] = [
@@ -41,6 +44,7 @@ const postgresql: MigrationObject[] = [
   { name: "Migration20261203083000Idjag", class: PgMigration20261203083000Idjag },
   { name: "Migration20261203140000_events", class: PgMigration20261203140000_events },
   { name: "Migration20261203140100_webhooks", class: PgMigration20261203140100_webhooks },
+  { name: "Migration20261203140200_keepalive", class: PgMigration20261203140200_keepalive },
 ];
 
 /** The migrations of one dialect, oldest first. */
