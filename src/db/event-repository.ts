@@ -175,6 +175,19 @@ export class EventRepository {
     return runOn(this.orm, (em) => this.latestOn(em));
   }
 
+  /**
+   * Where a reader that wants the events made from `since` on starts: just
+   * before the first event created at or after it (events of a moment
+   * earlier that committed later may come along: never fewer), or the newest
+   * cursor when there is none yet.
+   */
+  cursorSince(since: Date): Promise<EventCursor> {
+    return runOn(this.orm, async (em) => {
+      const first = await em.findOne(EventSchema, { createdAt: { $gte: since } }, { orderBy: { seq: "asc" }, fields: ["seq"], disableIdentityMap: true });
+      return first ? Number(first.seq) - 1 : this.latestOn(em);
+    });
+  }
+
   /** The oldest valid cursor: every event after it is still stored. */
   horizon(): Promise<EventCursor> {
     return runOn(this.orm, (em) => this.horizonOn(em));

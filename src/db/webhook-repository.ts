@@ -59,7 +59,10 @@ export class WebhookRepository {
         em.transactional(async (tx) => {
           const moved = await tx.nativeUpdate(WebhookCursorSchema, { webhookId, position: from }, { position: to, updatedAt: now });
           if (moved !== 1) throw new CursorMoved();
-          if (rows.length > 0) await tx.insertMany(WebhookDeliverySchema, rows);
+          // A delivery already made of the same event (a cursor started again after a rolling reload dropped it) is kept as it is.
+          if (rows.length > 0) {
+            await (tx as SqlEntityManager).createQueryBuilder(WebhookDeliverySchema).insert(rows).onConflict(["webhookId", "eventId"]).ignore().execute();
+          }
           return true;
         }),
       );

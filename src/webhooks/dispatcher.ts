@@ -21,8 +21,8 @@ export interface WebhookEvent {
 
 /** The outbox as the fan-out reads it. */
 export interface WebhookOutbox {
-  /** The cursor of the newest committed event now: where a new webhook starts. */
-  head(): Promise<string>;
+  /** Where a webhook added at `since` starts: before the first event made from then on (the newest cursor when none is). */
+  head(since: Date): Promise<string>;
   /**
    * Up to `limit` events after `cursor`, in commit order, and the cursor to
    * read after next (`cursor` when nothing is new). `expired`: the cursor was
@@ -88,7 +88,22 @@ export class WebhookDispatcher {
     },
   ) {
     this.config = config;
+    this.noteAdded(config);
     deps.metrics.configured(config.endpoints.map((e) => e.id));
+  }
+
+  /**
+   * When each webhook was configured on this replica: one added by a reload
+   * takes the events made from then on, even when the turn that starts its
+   * cursor comes later (a busy replica, a slow database).
+   */
+  private readonly addedAt = new Map<string, Date>();
+
+  private noteAdded(config: WebhooksConfig): void {
+    const now = this.now();
+    const ids = new Set(config.endpoints.map((e) => e.id));
+    for (const id of ids) if (!this.addedAt.has(id)) this.addedAt.set(id, now);
+    for (const id of this.addedAt.keys()) if (!ids.has(id)) this.addedAt.delete(id);
   }
 
   get settings(): WebhooksConfig {
@@ -98,6 +113,7 @@ export class WebhookDispatcher {
   /** Applies a reload: new, changed and removed webhooks and settings take effect on the next turn. */
   update(config: WebhooksConfig): void {
     this.config = config;
+    this.noteAdded(config);
     this.deps.metrics.configured(config.endpoints.map((e) => e.id));
   }
 
@@ -195,8 +211,10 @@ export class WebhookDispatcher {
     const { repo, logger } = this.deps;
     let from = await repo.cursorOf(endpoint.id);
     if (from === undefined) {
-      await repo.startCursor(endpoint.id, await outbox.head(), this.now());
-      return;
+      await repo.startCursor(endpoint.id, await outbox.head(this.addedAt.get(endpoint.id) ?? this.now()), this.now());
+      // Read back: another replica may have started it first. This turn then goes on to fan out what is there.
+      from = await repo.cursorOf(endpoint.id);
+      if (from === undefined) return;
     }
     for (let i = 0; i < 10; i++) {
       // Only the kinds it takes are read; the cursor moves past the others too.

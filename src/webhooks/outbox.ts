@@ -31,7 +31,7 @@ export function webhookEventOf(e: StoredEvent): WebhookEvent {
 /** The events outbox (src/db/event-repository.ts) as the webhook fan-out reads it, woken by EventWake. */
 export function eventsOutbox(events: EventRepository, wake: EventWake | undefined): WebhookOutbox {
   return {
-    head: async () => String(await events.latest()),
+    head: async (since) => String(await events.cursorSince(since)),
     async read(cursor, limit, kinds) {
       try {
         const page = await events.readAfter(Number(cursor), kinds ? { kinds: kinds.filter((k): k is EventKind => isEventKind(k)) } : {}, limit);

@@ -7,8 +7,10 @@ import { promisify } from "node:util";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { Webhook } from "standardwebhooks";
+import { parse, stringify } from "yaml";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TokenService, WebhookDeliveryState, WebhookService } from "../../gen/tokenservice/v1/token_service_pb.js";
+import { loadConfig } from "../../src/config.js";
 import { sessionRef } from "../../src/logger.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { startService, type TestService } from "../helpers/service.js";
@@ -329,5 +331,54 @@ describe("WebhookService and callers' scopes", () => {
     const refused = await client("store-credential-0123456789").listWebhookDeliveries({}).catch((e: unknown) => ConnectError.from(e));
     expect((refused as ConnectError).code).toBe(Code.PermissionDenied);
     expect((await client("admin-credential-0123456789").retryWebhookDelivery({ id: mine.id })).delivery?.id).toBe(mine.id);
+  });
+});
+
+describe("a webhook added by a reload (one service, SQLite)", () => {
+  let provider: TestProvider;
+  let svc: TestService;
+  let first: WebhookReceiver;
+  let late: WebhookReceiver;
+  let dir: string;
+  const secrets: string[] = [];
+  // Turns come only when an event wakes the dispatcher (or a minute later): the first turn after the reload is the
+  // one the test's own event starts, so the new webhook's cursor is set by a turn that runs after that event.
+  const SLOW = { ...FAST, interval_seconds: 60 };
+  const yaml = (withLate: boolean) => ({
+    outbound: { allow_private_networks: true, allow_insecure_http: true },
+    webhooks: {
+      ...SLOW,
+      endpoints: [
+        { id: "first", url: first.url, events: ["*"], secret_file: join(dir, "s.secret") },
+        ...(withLate ? [{ id: "late", url: late.url, events: ["session.created"], secret_file: join(dir, "s.secret") }] : []),
+      ],
+    },
+  });
+
+  beforeAll(async () => {
+    [provider, first, late] = await Promise.all([startTestProvider(), WebhookReceiver.start(), WebhookReceiver.start()]);
+    dir = mkdtempSync(join(tmpdir(), "webhook-late-"));
+    writeFileSync(join(dir, "s.secret"), `whsec_${Buffer.alloc(32, 3).toString("base64")}\n`);
+    // App.reload() reads the YAML file again, as start-up did.
+    svc = await startService({ dialect: "sqlite", provider, yaml: yaml(false), overrides: { loadConfig: () => loadConfig(svc.env) } });
+  });
+  afterAll(async () => {
+    await svc?.close();
+    await Promise.all([provider?.close(), first?.stop(), late?.stop()]);
+  });
+
+  it("gets the events made after the reload, even when the turn that starts its cursor comes after them", async () => {
+    await storeLoggedIn({ provider, secrets }, svc.client, "wh-late-before");
+    await until(() => first.received.find((r) => r.body.includes("wh-late-before")), "the first webhook's delivery");
+    const file = String(svc.env.TOKEN_SERVICE_CONFIG);
+    writeFileSync(file, stringify({ ...(parse(readFileSync(file, "utf8")) as Record<string, unknown>), ...yaml(true) }));
+    // The file watch may have applied it already; either way it is applied when reload() returns.
+    expect((await svc.app.reload()).ok).toBe(true);
+    expect(svc.app.config.webhooks.endpoints.map((e) => e.id)).toEqual(["first", "late"]);
+    await storeLoggedIn({ provider, secrets }, svc.client, "wh-late-after");
+    const got = await until(() => late.received.find((r) => r.body.includes("wh-late-after")), "the new webhook's delivery of the event after the reload");
+    expect((JSON.parse(got.body) as { type: string }).type).toBe("session.created");
+    // Only events from the reload on: the session stored before it is not sent to the new webhook.
+    expect(late.received.filter((r) => r.body.includes("wh-late-before"))).toEqual([]);
   });
 });
