@@ -16,12 +16,12 @@ import { stringify } from "yaml";
 import { GetTokenRequestSchema } from "../gen/tokenservice/v1/token_service_pb.js";
 import { generateKeySpec } from "../src/crypto/key-ring.js";
 import { connectGrpcClient } from "../test/helpers/clients.js";
-import { startTestProvider, type TestProvider } from "../test/helpers/oidc-provider.js";
+import type { TestProvider } from "../test/helpers/oidc-provider.js";
 import { NODE_HEAP_ARGS, spawnService, type ServiceProcess } from "../test/helpers/process.js";
 import { createTestDatabase } from "../test/helpers/service.js";
-import { benchPostgres, type BenchPostgres } from "./database.js";
+import { runSectionAlone } from "./standalone.js";
 import { bodies, paths, peakRssMiB, runRounds, startBare, summarize, type Measurement, type Target } from "./hot-path.js";
-import { fmt, machine, writeSection } from "./report.js";
+import { fmt, machine } from "./report.js";
 import { grpcFrame } from "./run-load.js";
 
 const GET_TOKEN_METHOD = "tokenservice.v1.TokenService/GetToken";
@@ -132,16 +132,4 @@ The bare server's p50 / p99 / p99.9: ${fmt(b.p50Ms, 2)} / ${fmt(b.p99Ms, 2)} / $
 }
 
 // `npm run bench:heap`: this section alone.
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const provider = await startTestProvider({ accessTokenTtl: 3600 });
-  let postgres: BenchPostgres | undefined;
-  try {
-    postgres = await benchPostgres();
-    const section = await runHeapBench({ provider, serverUrl: postgres.url, rounds: Number(process.env.BENCH_HOT_ROUNDS ?? 5), log: console.log });
-    writeSection("heap", section);
-    console.log(`\n${section}\nwritten to BENCHMARKS.md`);
-  } finally {
-    await provider.close();
-    await postgres?.destroy();
-  }
-}
+if (process.argv[1] === fileURLToPath(import.meta.url)) await runSectionAlone("heap", 5, runHeapBench);
