@@ -37,6 +37,7 @@ export interface H2loadResult {
   reqPerSec: number;
   p50Ms: number;
   p99Ms: number;
+  p999Ms: number;
   maxMs: number;
 }
 
@@ -77,6 +78,7 @@ export async function runH2load(spec: H2loadSpec): Promise<H2loadResult> {
       reqPerSec: Number(finished[1]),
       p50Ms: percentile(durations, 50),
       p99Ms: percentile(durations, 99),
+      p999Ms: percentile(durations, 99.9),
       maxMs: Math.max(...durations),
     };
   } finally {

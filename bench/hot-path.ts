@@ -55,6 +55,29 @@ export interface Target {
 export interface Measurement extends H2loadResult {
   /** CPU time (user + system) the server process spent per call, µs. */
   cpuUsPerCall: number;
+  /**
+   * The service only, from its own /metrics (prom-client's default metrics): event-loop delay over the run
+   * (perf_hooks monitorEventLoopDelay, reset at each scrape), p99 and max in ms; and garbage collection in
+   * the run (nodejs_gc_duration_seconds), µs per call and collections per 1,000 calls.
+   */
+  loopP99Ms?: number;
+  loopMaxMs?: number;
+  gcUsPerCall?: number;
+  gcPer1000?: number;
+}
+
+interface Scrape {
+  answered: Record<string, number>;
+  loopP99Ms: number;
+  loopMaxMs: number;
+  gcSeconds: number;
+  gcCount: number;
+}
+
+function sumOf(text: string, name: string): number {
+  let total = 0;
+  for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? ([\\d.e+-]+)$`, "gm"))) total += Number(m[1]);
+  return total;
 }
 
 export interface HotPathResult {
@@ -77,13 +100,19 @@ export function peakRssMiB(pid: number): number {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
-/** Calls the service answered, by code, for one method, from its /metrics. */
-async function answered(server: Server, method: string): Promise<Record<string, number>> {
+/** Calls the service answered, by code, for one method, and its event-loop delay and GC, from its /metrics. */
+async function scrape(server: Server, method: string): Promise<Scrape> {
   const text = await (await fetch(`${server.adminUrl}/metrics`)).text();
   const out: Record<string, number> = {};
   const re = new RegExp(`^token_service_rpc_requests_total\\{method="${method.replace(/[.]/g, "\\.")}",code="([a-z_]+)"\\} (\\d+)$`, "gm");
   for (const m of text.matchAll(re)) out[m[1]!] = Number(m[2]);
-  return out;
+  return {
+    answered: out,
+    loopP99Ms: sumOf(text, "nodejs_eventloop_lag_p99_seconds") * 1000,
+    loopMaxMs: sumOf(text, "nodejs_eventloop_lag_max_seconds") * 1000,
+    gcSeconds: sumOf(text, "nodejs_gc_duration_seconds_sum"),
+    gcCount: sumOf(text, "nodejs_gc_duration_seconds_count"),
+  };
 }
 
 function specFor(t: Target, requests = REQUESTS): H2loadSpec {
@@ -107,19 +136,26 @@ export function commandOf(t: Target): string {
 
 /** One h2load run, its grpc-status check, and the CPU the server spent. */
 export async function measure(t: Target, requests = REQUESTS): Promise<Measurement> {
-  const before = t.metricsMethod ? await answered(t.server, t.metricsMethod) : undefined;
+  const before = t.metricsMethod ? await scrape(t.server, t.metricsMethod) : undefined;
   const cpu0 = cpuMs(t.server.pid);
   const r = await runH2load(specFor(t, requests));
   const cpu = cpuMs(t.server.pid) - cpu0;
   if (r.succeeded !== r.requests) throw new Error(`${t.label}: ${r.requests - r.succeeded} of ${r.requests} calls failed at the HTTP level`);
+  const m: Measurement = { ...r, cpuUsPerCall: (cpu * 1000) / r.requests };
   if (before) {
-    const after = await answered(t.server, t.metricsMethod!);
-    const ok = (after.ok ?? 0) - (before.ok ?? 0);
+    const after = await scrape(t.server, t.metricsMethod!);
+    const ok = (after.answered.ok ?? 0) - (before.answered.ok ?? 0);
     if (ok !== r.requests) {
-      throw new Error(`${t.label}: the service answered ${ok} of ${r.requests} calls OK (${JSON.stringify(after)} after, ${JSON.stringify(before)} before)`);
+      throw new Error(`${t.label}: the service answered ${ok} of ${r.requests} calls OK (${JSON.stringify(after.answered)} after, ${JSON.stringify(before.answered)} before)`);
     }
+    Object.assign(m, {
+      loopP99Ms: after.loopP99Ms,
+      loopMaxMs: after.loopMaxMs,
+      gcUsPerCall: ((after.gcSeconds - before.gcSeconds) * 1e6) / r.requests,
+      gcPer1000: ((after.gcCount - before.gcCount) * 1000) / r.requests,
+    });
   }
-  return { ...r, cpuUsPerCall: (cpu * 1000) / r.requests };
+  return m;
 }
 
 /** Starts bench/bare-servers.ts `kind` as its own process (profiled when `profileDir` is given). */
@@ -177,6 +213,15 @@ export function summarize(rounds: HotPathResult["rounds"]): Pick<HotPathResult, 
       reqPerSec: pick((m) => m.reqPerSec),
       p50Ms: pick((m) => m.p50Ms),
       p99Ms: pick((m) => m.p99Ms),
+      p999Ms: pick((m) => m.p999Ms),
+      ...(rounds[0]![k]!.loopP99Ms !== undefined
+        ? {
+            loopP99Ms: pick((m) => m.loopP99Ms!),
+            loopMaxMs: pick((m) => m.loopMaxMs!),
+            gcUsPerCall: pick((m) => m.gcUsPerCall!),
+            gcPer1000: pick((m) => m.gcPer1000!),
+          }
+        : {}),
       maxMs: Math.max(...rounds.map((r) => r[k]!.maxMs)),
       cpuUsPerCall: pick((m) => m.cpuUsPerCall),
     };

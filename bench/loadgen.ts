@@ -3,10 +3,11 @@
  * many concurrent streams each, every response checked by its grpc-status
  * trailer (not just HTTP 200). Prints one JSON result line on stdout.
  *
- * Input: one JSON argument, a LoadSpec. Modes:
+ * Input: one JSON argument, a LoadSpec (or "@path" of a file holding it). Modes:
  * - "burst": send `requests` calls at once (spread over targets), wait for all;
  * - "sustained": keep `concurrency` calls in flight per connection for `durationMs`.
  */
+import { readFileSync } from "node:fs";
 import http2 from "node:http2";
 
 export interface LoadTarget {
@@ -179,7 +180,9 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const spec = JSON.parse(process.argv[2] ?? "{}") as LoadSpec;
+  // The spec, or "@file" holding it (a large one: many request bodies).
+  const arg = process.argv[2] ?? "{}";
+  const spec = JSON.parse(arg.startsWith("@") ? readFileSync(arg.slice(1), "utf8") : arg) as LoadSpec;
   const result = await runLoad(spec);
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }

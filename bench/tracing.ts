@@ -26,12 +26,12 @@ import { stringify } from "yaml";
 import { GetTokenRequestSchema } from "../gen/tokenservice/v1/token_service_pb.js";
 import { generateKeySpec } from "../src/crypto/key-ring.js";
 import { connectGrpcClient } from "../test/helpers/clients.js";
-import { startTestProvider, type TestProvider } from "../test/helpers/oidc-provider.js";
+import type { TestProvider } from "../test/helpers/oidc-provider.js";
 import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
 import { createTestDatabase } from "../test/helpers/service.js";
-import { benchPostgres, type BenchPostgres } from "./database.js";
+import { runSectionAlone } from "./standalone.js";
 import { paths, runRounds, summarize, type Target } from "./hot-path.js";
-import { fmt, machine, writeSection } from "./report.js";
+import { fmt, machine } from "./report.js";
 import { grpcFrame } from "./run-load.js";
 
 const GET_TOKEN_METHOD = "tokenservice.v1.TokenService/GetToken";
@@ -159,16 +159,4 @@ ${offLine}
 }
 
 // `npm run bench:tracing`: this section alone.
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const provider = await startTestProvider({ accessTokenTtl: 3600 });
-  let postgres: BenchPostgres | undefined;
-  try {
-    postgres = await benchPostgres();
-    const section = await runTracingBench({ provider, serverUrl: postgres.url, rounds: Number(process.env.BENCH_HOT_ROUNDS ?? 7), log: console.log });
-    writeSection("tracing", section);
-    console.log(`\n${section}\nwritten to BENCHMARKS.md`);
-  } finally {
-    await provider.close();
-    await postgres?.destroy();
-  }
-}
+if (process.argv[1] === fileURLToPath(import.meta.url)) await runSectionAlone("tracing", 7, runTracingBench);

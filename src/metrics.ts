@@ -185,9 +185,20 @@ export class Metrics {
     });
   }
 
+  /**
+   * The RPC counter and histogram children by method, then code: bound once,
+   * so that a call does not build a label object and a label key twice.
+   * Methods and codes are a closed set (the served RPCs and the gRPC codes).
+   */
+  private readonly rpcChildren = new Map<string, Map<string, { total: Counter.Internal; seconds: Histogram.Internal<"method" | "code"> }>>();
+
   rpc(method: string, code: string, ms: number): void {
-    this.rpcTotal.inc({ method, code });
-    this.rpcSeconds.observe({ method, code }, ms / 1000);
+    let byCode = this.rpcChildren.get(method);
+    if (!byCode) this.rpcChildren.set(method, (byCode = new Map()));
+    let child = byCode.get(code);
+    if (!child) byCode.set(code, (child = { total: this.rpcTotal.labels(method, code), seconds: this.rpcSeconds.labels(method, code) }));
+    child.total.inc();
+    child.seconds.observe(ms / 1000);
   }
 
   refresh(provider: string, result: string, ms: number): void {

@@ -23,8 +23,20 @@ function asBuffer(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
+/**
+ * A frozen message is one a handler hands out again unchanged (GetToken's
+ * answer per cached session version): its bytes are encoded once and kept
+ * beside it. grpc-js copies them into each frame it writes.
+ */
 function serializer(schema: DescMessage) {
-  return (message: unknown) => asBuffer(toBinary(schema, message as Parameters<typeof toBinary>[1]));
+  const encoded = new WeakMap<object, Buffer>();
+  return (message: unknown) => {
+    const m = message as Parameters<typeof toBinary>[1];
+    if (!Object.isFrozen(m)) return asBuffer(toBinary(schema, m));
+    let bytes = encoded.get(m);
+    if (!bytes) encoded.set(m, (bytes = asBuffer(toBinary(schema, m))));
+    return bytes;
+  };
 }
 
 function deserializer(schema: DescMessage) {

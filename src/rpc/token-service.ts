@@ -4,6 +4,7 @@ import {
   AudienceTokenInfoSchema,
   CompleteAuthorizationResponseSchema,
   GetTokenResponseSchema,
+  type GetTokenResponse,
   ListSessionsResponseSchema,
   RevokeSessionResponseSchema,
   RevokeUserSessionsResponseSchema,
@@ -61,6 +62,8 @@ export function createTokenServiceHandlers(
   users: UserSessions,
   codeFlow: CodeFlow,
 ): ServiceHandlers<typeof TokenService> {
+  /** GetToken's response to each reused (frozen) answer. */
+  const responses = new WeakMap<object, GetTokenResponse>();
   return {
     async storeSession(req, ctx) {
       if (ctx.userBinding) await ctx.userBinding.check(req.userId, "new");
@@ -104,13 +107,19 @@ export function createTokenServiceHandlers(
         },
         ctx,
       );
-      return create(GetTokenResponseSchema, {
+      // A frozen answer is the one built once per cached session version: so is its response, which is
+      // frozen too, and the gRPC listener then encodes it once (see grpc-service.ts).
+      const reused = Object.isFrozen(answer) ? responses.get(answer) : undefined;
+      if (reused) return reused;
+      const response = create(GetTokenResponseSchema, {
         token: answer.token,
         tokenType: answer.tokenType,
         expiresAt: timestampFromDate(answer.expiresAt),
         scope: answer.scope,
         sessionId: answer.sessionId,
       });
+      if (Object.isFrozen(answer)) responses.set(answer, Object.freeze(response));
+      return response;
     },
 
     async revokeSession(req, ctx) {

@@ -2,6 +2,7 @@ import type { CacheConfig } from "../config.js";
 import type { SessionHead } from "../db/session-entity.js";
 import type { AudienceToken } from "../refresh/audience.js";
 import { sessionRef } from "../logger.js";
+import type { TokenAnswer } from "./session-service.js";
 
 
 /** A cached session; its decrypted tokens are filled in on first use. */
@@ -12,6 +13,11 @@ export interface CacheEntry {
   /** Decrypted tokens, filled on first use (AES-GCM only when needed). */
   access?: string;
   id?: string;
+  /**
+   * The answers built from this entry, by kind, built once per cached session version (an entry is
+   * replaced, never changed, when its session changes): GetToken's hot path hands out the same object.
+   */
+  answers?: { access?: TokenAnswer; id?: TokenAnswer };
   /** Audience tokens (RFC 8707) obtained through this replica, by resource; dropped with the entry. */
   audiences?: Map<string, AudienceToken>;
 }

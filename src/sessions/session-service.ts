@@ -378,8 +378,11 @@ export class SessionService {
     kind: TokenKind,
     tokens?: { access: string; id: string | undefined },
     /** Where tokens opened here are kept for the next answer (a cache entry, or a shared refresh result). */
-    entry?: Pick<CacheEntry, "access" | "id">,
+    entry?: Pick<CacheEntry, "access" | "id" | "answers">,
   ): TokenAnswer {
+    // Built once per cached session version and kind: the answer (and the response made from it) is reused.
+    const cached = tokens === undefined ? entry?.answers?.[kind] : undefined;
+    if (cached) return cached;
     let token: string | undefined;
     if (kind === "id") {
       token = tokens?.id ?? entry?.id ?? this.vault.openField(row, "id");
@@ -390,13 +393,16 @@ export class SessionService {
     }
     if (!token) throw new NoIdTokenError();
     const expiresAt = kind === "id" ? row.idExpiresAt : row.accessExpiresAt;
-    return {
+    const answer: TokenAnswer = {
       token,
       tokenType: kind === "id" ? "N_A" : row.tokenType,
       expiresAt: expiresAt ?? row.accessExpiresAt,
       scope: row.scope,
       sessionId: row.id,
     };
+    // Frozen: it is handed out again until the entry goes (the listeners reuse a frozen answer's response).
+    if (entry && tokens === undefined) (entry.answers ??= {})[kind] = Object.freeze(answer);
+    return answer;
   }
 
   /**

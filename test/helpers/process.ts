@@ -24,6 +24,9 @@ export interface ServiceProcess {
   kill(signal?: NodeJS.Signals): void;
 }
 
+/** The same V8 heap flags as `npm start`, the image and the Kubernetes example (see docs/performance.md, "Memory"). */
+export const NODE_HEAP_ARGS = ["--max-old-space-size=160", "--max-semi-space-size=16"];
+
 /**
  * Starts `node dist/src/main.js [args]` with `env` added to a minimal
  * environment and waits for its "listening" line (unless `expectListening`
@@ -31,10 +34,18 @@ export interface ServiceProcess {
  */
 export async function spawnService(
   env: Record<string, string>,
-  options: { args?: string[]; expectListening?: boolean; cwd?: string; nodeArgs?: string[]; /** Another build's main.js (a benchmark baseline). */ script?: string } = {},
+  options: {
+    args?: string[];
+    expectListening?: boolean;
+    cwd?: string;
+    nodeArgs?: string[];
+    /** Another build's main.js (a benchmark baseline). */
+    script?: string;
+    /** V8 heap flags instead of NODE_HEAP_ARGS (the heap-settings benchmark). */
+    heapArgs?: string[];
+  } = {},
 ): Promise<ServiceProcess> {
-  // The same V8 heap cap as `npm start` and the image (see docs/performance.md, "Memory").
-  const child = spawn(process.execPath, ["--max-old-space-size=160", ...(options.nodeArgs ?? []), options.script ?? mainJs, ...(options.args ?? [])], {
+  const child = spawn(process.execPath, [...(options.heapArgs ?? NODE_HEAP_ARGS), ...(options.nodeArgs ?? []), options.script ?? mainJs, ...(options.args ?? [])], {
     env: { PATH: process.env.PATH ?? "", TOKEN_SERVICE_ADDR: "127.0.0.1:0", TOKEN_SERVICE_HTTP_ADDR: "127.0.0.1:0", TOKEN_SERVICE_ADMIN_ADDR: "127.0.0.1:0", ...env },
     cwd: options.cwd,
     stdio: ["ignore", "pipe", "pipe"],

@@ -3,10 +3,11 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parse } from "yaml";
+import { parse, parseAllDocuments } from "yaml";
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config.js";
 import { generateKeySpec } from "../../src/crypto/key-ring.js";
+import { NODE_HEAP_ARGS } from "../helpers/process.js";
 
 // No container engine runs on the CI machines, so the image and the compose file cannot be built
 // here. These checks hold them to what docs/deploying.md says they are.
@@ -82,5 +83,23 @@ describe("docker-compose.yml", () => {
     );
     const digest = createHash("sha256").update("demo-caller-credential").digest();
     expect(config.callers[0]!.tokenSha256!.equals(digest)).toBe(true);
+  });
+});
+
+describe("V8 heap flags", () => {
+  // One set of flags everywhere the service starts (docs/performance.md, "Memory"): what the benchmarks measured.
+  const flags = NODE_HEAP_ARGS.join(" ");
+  const pkg = JSON.parse(read("package.json")) as { scripts: Record<string, string> };
+
+  it("are the same in npm start, the token-service command, the image, the Kubernetes example and the test helper", () => {
+    expect(NODE_HEAP_ARGS.some((a) => a.startsWith("--max-old-space-size="))).toBe(true);
+    expect(pkg.scripts.start).toBe(`node ${flags} dist/src/main.js`);
+    expect(pkg.scripts.cli).toBe(`node ${flags} dist/src/main.js`);
+    expect(read("src/main.ts").split("\n")[0]).toBe(`#!/usr/bin/env -S node ${flags}`);
+    expect(read("Dockerfile")).toContain(`ENTRYPOINT ["node", ${NODE_HEAP_ARGS.map((a) => JSON.stringify(a)).join(", ")}, "dist/src/main.js"]`);
+    const docs = parseAllDocuments(read("deploy/kubernetes/token-service.yaml")).map((d) => d.toJS() as { kind: string; spec: { template: { spec: { containers: Array<{ command: string[] }> } } } });
+    const deployment = docs.find((d) => d.kind === "Deployment")!;
+    expect(deployment.spec.template.spec.containers[0]!.command).toEqual(["node", ...NODE_HEAP_ARGS, "dist/src/main.js"]);
+    expect(read("docs/performance.md")).toContain(`\`${flags}\``);
   });
 });

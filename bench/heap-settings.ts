@@ -1,0 +1,135 @@
+/**
+ * Issue 21, item 1: GetToken's tail against V8's heap settings. The same
+ * service (PostgreSQL, cache on, one hot session) runs once per setting, in
+ * paired h2load rounds with the bare grpc-js server (bench/hot-path.ts):
+ * throughput, p50, p99 and p99.9, the event-loop delay the service measured
+ * over each run (perf_hooks monitorEventLoopDelay, through prom-client's
+ * default metrics), the time it spent in garbage collection, and its peak RSS.
+ *
+ * Part of `npm run bench`; alone: `npm run bench:heap`.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { stringify } from "yaml";
+import { GetTokenRequestSchema } from "../gen/tokenservice/v1/token_service_pb.js";
+import { generateKeySpec } from "../src/crypto/key-ring.js";
+import { connectGrpcClient } from "../test/helpers/clients.js";
+import type { TestProvider } from "../test/helpers/oidc-provider.js";
+import { NODE_HEAP_ARGS, spawnService, type ServiceProcess } from "../test/helpers/process.js";
+import { createTestDatabase } from "../test/helpers/service.js";
+import { runSectionAlone } from "./standalone.js";
+import { bodies, paths, peakRssMiB, runRounds, startBare, summarize, type Measurement, type Target } from "./hot-path.js";
+import { fmt, machine } from "./report.js";
+import { grpcFrame } from "./run-load.js";
+
+const GET_TOKEN_METHOD = "tokenservice.v1.TokenService/GetToken";
+
+/** The settings tried: before issue 21 (160 MiB, V8's default semi-space), and larger young generations and caps. */
+export const HEAP_VARIANTS: Array<{ key: string; args: string[] }> = [
+  // Before issue 21: the old-space cap alone (the semi-space then is V8's default, 16 MiB on Node 20).
+  { key: "old160", args: ["--max-old-space-size=160"] },
+  // What npm start, the image and the Kubernetes example use (NODE_HEAP_ARGS).
+  { key: "old160-semi16", args: ["--max-old-space-size=160", "--max-semi-space-size=16"] },
+  // A young generation twice as large (20 and 24 measured the same as 32: V8 rounds the semi-space up to a power of two).
+  { key: "old160-semi32", args: ["--max-old-space-size=160", "--max-semi-space-size=32"] },
+  // The same with a lower old-space cap, to win back the RSS the larger young generation takes.
+  { key: "old128-semi32", args: ["--max-old-space-size=128", "--max-semi-space-size=32"] },
+];
+
+/** prom-client samples the event loop with a 10 ms timer: each reading is that interval plus the delay. */
+const LOOP_RESOLUTION_MS = 10;
+
+/** `--trace-gc` lines: collections by kind, their pauses, over a process's life. */
+export function gcSummary(stdout: string): { scavenges: number; scavengeMaxMs: number; fulls: number; fullMaxMs: number; totalMs: number } {
+  const out = { scavenges: 0, scavengeMaxMs: 0, fulls: 0, fullMaxMs: 0, totalMs: 0 };
+  for (const m of stdout.matchAll(/ ms: (Scavenge|Mark-Compact|Mark-sweep|Minor Mark-Compact|Minor Mark-Sweep)[^,\n]*, ([\d.]+) \/ [\d.]+ ms/g)) {
+    const ms = Number(m[2]);
+    out.totalMs += ms;
+    if (m[1]!.startsWith("Scavenge") || m[1]!.startsWith("Minor")) {
+      out.scavenges++;
+      out.scavengeMaxMs = Math.max(out.scavengeMaxMs, ms);
+    } else {
+      out.fulls++;
+      out.fullMaxMs = Math.max(out.fullMaxMs, ms);
+    }
+  }
+  return out;
+}
+
+/** Runs the heap-settings rounds; returns the BENCHMARKS.md section. */
+export async function runHeapBench(o: { provider: TestProvider; serverUrl: string; rounds: number; log: (line: string) => void }): Promise<string> {
+  const dir = mkdtempSync(join(tmpdir(), "token-service-bench-heap-"));
+  const procs: ServiceProcess[] = [];
+  const bare = await startBare("grpc-js");
+  try {
+    const keys = generateKeySpec("bench");
+    // BENCH_HEAP_ONLY=key,key: some settings only (while trying them).
+    const only = process.env.BENCH_HEAP_ONLY?.split(",");
+    const variants = HEAP_VARIANTS.filter((v) => !only || only.includes(v.key));
+    const targets: Target[] = [
+      { key: "bare", label: "bare @grpc/grpc-js server, Health/Check", server: bare, path: paths.health, body: bodies.empty },
+    ];
+    for (const v of variants) {
+      const config = join(dir, `${v.key}.yaml`);
+      writeFileSync(config, stringify({ providers: [o.provider.configEntry()], log_level: "info" }));
+      const svc = await spawnService(
+        { DATABASE_URL: await createTestDatabase(o.serverUrl), TOKEN_SERVICE_ENCRYPTION_KEYS: keys, TOKEN_SERVICE_CONFIG: config },
+        { heapArgs: v.args, nodeArgs: ["--trace-gc"] },
+      );
+      procs.push(svc);
+      const { sessionId } = await connectGrpcClient(svc.url).storeSession({
+        userId: `heap-${v.key}`,
+        provider: "corp",
+        tokens: { accessToken: `eyJhbGciOiJSUzI1NiJ9.${"a".repeat(860)}.sig`, refreshToken: `rt-${"r".repeat(40)}`, expiresIn: 86_400n },
+      });
+      targets.push({
+        key: v.key,
+        label: `\`${v.args.join(" ")}\``,
+        server: { name: v.key, pid: svc.child.pid!, url: svc.url, httpUrl: svc.httpUrl, adminUrl: svc.adminUrl },
+        path: paths.getToken,
+        body: Buffer.from(grpcFrame(GetTokenRequestSchema, { userId: `heap-${v.key}`, sessionId }), "base64"),
+        metricsMethod: GET_TOKEN_METHOD,
+      });
+    }
+    o.log(`\n== heap settings: GetToken under ${variants.length} settings and the bare grpc-js server, ${o.rounds} paired rounds`);
+    const rounds = await runRounds(targets, o.rounds, o.log);
+    const { medians, ratio } = summarize(rounds);
+    const peaks = Object.fromEntries(procs.map((p, i) => [variants[i]!.key, peakRssMiB(p.child.pid!)]));
+    if (process.env.BENCH_HEAP_TRACE_DIR) procs.forEach((p, i) => writeFileSync(join(process.env.BENCH_HEAP_TRACE_DIR!, `${variants[i]!.key}.gc`), p.stdout().split("\n").filter((l) => !l.startsWith("{")).join("\n")));
+    const gcs = Object.fromEntries(procs.map((p, i) => [variants[i]!.key, gcSummary(p.stdout())]));
+    const b = medians.bare!;
+    const gcCell = (g: ReturnType<typeof gcSummary>) => `${g.scavenges} scavenges, max ${fmt(g.scavengeMaxMs, 1)} ms; ${g.fulls} full, max ${fmt(g.fullMaxMs, 1)} ms`;
+    const row = (t: Target) => {
+      const m: Measurement = medians[t.key]!;
+      const own = t.key !== "bare";
+      return `| ${t.label} | ${Math.round(m.reqPerSec)} | ${own ? `${fmt(ratio(t.key, "bare", (x) => x.reqPerSec), 2)}×` : "1"} | ${fmt(m.p50Ms, 2)} / ${fmt(m.p99Ms, 2)} / ${fmt(m.p999Ms, 2)} | ${own ? `${fmt(ratio(t.key, "bare", (x) => x.p99Ms), 2)}×` : "1"} | ${own ? `${fmt(m.loopP99Ms! - LOOP_RESOLUTION_MS, 1)} / ${fmt(m.loopMaxMs! - LOOP_RESOLUTION_MS, 1)}` : ""} | ${own ? `${fmt(m.gcUsPerCall!, 1)} (${fmt(m.gcPer1000!, 1)})` : ""} | ${own ? gcCell(gcs[t.key]!) : ""} | ${fmt(m.cpuUsPerCall, 0)} | ${own ? fmt(peaks[t.key]!, 0) : ""} |`;
+    };
+    return `## Heap settings: GetToken's tail against V8's heap flags
+
+GetToken (PostgreSQL, cache on, one session) on one service per setting, each with its own database, and the bare
+grpc-js server's Health/Check, in ${rounds.length} paired rounds of h2load \`-n 40000 -c 4 -m 16\` (the order rotates); medians,
+ratios per round against the bare server. Event-loop delay is what the service itself measured over each run
+(\`perf_hooks.monitorEventLoopDelay\` through prom-client's default metrics, reset at each scrape; its 10 ms sampling
+interval taken off each reading); GC is the time in
+\`nodejs_gc_duration_seconds\` over the run, per call, and collections per 1,000 calls. Peak RSS: \`VmHWM\` after all rounds,
+both listeners on. Each service also runs with \`--trace-gc\`: its pauses over the whole life of the process (start, seeding,
+warm-up and rounds). \`npm start\`, the image and the Kubernetes example use \`${NODE_HEAP_ARGS.join(" ")}\`.
+Run on ${new Date().toISOString().slice(0, 10)}, ${machine()}.
+
+| setting | req/s | ÷ bare | p50 / p99 / p99.9 (ms) | p99 ÷ bare | loop delay p99 / max (ms) | GC µs per call (per 1,000) | \`--trace-gc\`, whole life | CPU per call (µs) | peak RSS (MiB) |
+|---|---|---|---|---|---|---|---|---|---|
+${targets.map(row).join("\n")}
+
+The bare server's p50 / p99 / p99.9: ${fmt(b.p50Ms, 2)} / ${fmt(b.p99Ms, 2)} / ${fmt(b.p999Ms, 2)} ms.
+`;
+  } finally {
+    for (const p of procs) p.kill("SIGKILL");
+    bare.child.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// `npm run bench:heap`: this section alone.
+if (process.argv[1] === fileURLToPath(import.meta.url)) await runSectionAlone("heap", 5, runHeapBench);
