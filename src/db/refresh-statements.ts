@@ -12,6 +12,12 @@ import type { SessionRow } from "./session-entity.js";
 
 type Raw = Record<string, unknown>;
 
+/** A NOTIFY for a write to send when it commits (see RowWaiter.changeNotice). */
+export interface ChangeNotice {
+  channel: string;
+  message: string;
+}
+
 const camel = (column: string) => column.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
 const snake = (field: string) => field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
@@ -73,21 +79,26 @@ export class PgRefreshStatements {
   /**
    * The compare-and-set write of new tokens on a session that was not
    * failing: `set` where id, version and lease owner hold and
-   * refresh_failures = 0. Returns the rows written (0 or 1).
+   * refresh_failures = 0. Returns the rows written (0 or 1). With `notice`,
+   * the same statement sends that NOTIFY when it wrote the row (delivered at
+   * its commit, as the write is).
    */
-  async writeTokens(id: string, version: number, owner: string, set: Record<string, unknown>): Promise<number> {
+  async writeTokens(id: string, version: number, owner: string, set: Record<string, unknown>, notice?: ChangeNotice): Promise<number> {
     // Fields left undefined are not written (as the ORM's nativeUpdate leaves them).
     const fields = Object.keys(set).filter((f) => set[f] !== undefined);
-    const key = fields.join(",");
+    const key = `${notice ? "notify:" : ""}${fields.join(",")}`;
     let stmt = this.writes.get(key);
     if (!stmt) {
-      const text =
+      const update =
         `update sessions set ${fields.map((f, i) => `${snake(f)} = $${i + 4}`).join(", ")} ` +
         "where id = $1 and version = $2 and lease_owner = $3 and refresh_failures = 0";
+      const n = fields.length + 4;
+      const text = notice ? `with w as (${update} returning 1) select pg_notify($${n}, $${n + 1}) from w` : update;
       stmt = { name: `ts_refresh_write_${this.writes.size}`, text, fields };
       this.writes.set(key, stmt);
     }
     const values = [id, version, owner, ...fields.map((f) => set[f])];
+    if (notice) values.push(notice.channel, notice.message);
     return (await this.query(stmt.name, stmt.text, values)).rowCount;
   }
 

@@ -4,7 +4,7 @@ import type { NewEvent } from "../events/types.js";
 import { EndedSessionSchema, type EndedSessionRow, type EndedStatus } from "./event-entity.js";
 import { EventRepository } from "./event-repository.js";
 import { LogoutTokenSchema, type LogoutTokenRow } from "./provider-entity.js";
-import { PgRefreshStatements } from "./refresh-statements.js";
+import { PgRefreshStatements, type ChangeNotice } from "./refresh-statements.js";
 import { asBuffer, SessionSchema, type SessionRow } from "./session-entity.js";
 
 /** The new token state written by a successful refresh. */
@@ -247,18 +247,20 @@ export class SessionRepository {
   /**
    * Writes new tokens where `where` holds. A session that was not failing
    * takes one statement; one that was failing takes a transaction that also
-   * appends session.recovered.
+   * appends session.recovered. With `notice` (PostgreSQL), the write sends
+   * that NOTIFY itself, committed with it.
    */
-  private async writeTokens(id: string, version: number, owner: string, set: Partial<SessionRow>): Promise<boolean> {
+  private async writeTokens(id: string, version: number, owner: string, set: Partial<SessionRow>, notice?: ChangeNotice): Promise<boolean> {
     const where: FilterQuery<SessionRow> = { id, version, leaseOwner: owner };
     const plain = await this.fast(
-      (s) => s.writeTokens(id, version, owner, set),
+      (s) => s.writeTokens(id, version, owner, set, notice),
       (em) => em.nativeUpdate(SessionSchema, { $and: [where, { refreshFailures: 0 }] }, set),
     );
     if (plain === 1) return true;
     return this.events.transactional(async (tx) => {
       const row = await tx.findOne(SessionSchema, where, { fields: ["id", "userId", "provider", "refreshFailures"], disableIdentityMap: true });
       if (!row || (await tx.nativeUpdate(SessionSchema, where, set)) !== 1) return { result: false, events: [] };
+      if (notice && this.dialect === "postgresql") await (tx as SqlEntityManager).execute("select pg_notify(?, ?)", [notice.channel, notice.message]);
       return { result: true, events: [sessionEvent("session.recovered", row, null, { failures: row.refreshFailures ?? 0 })] };
     });
   }
@@ -301,9 +303,12 @@ export class SessionRepository {
     );
   }
 
-  /** Writes refreshed tokens if this owner still holds the lease on `version`. */
-  async completeRefresh(id: string, owner: string, version: number, fields: RefreshedFields, now: Date): Promise<boolean> {
-    return this.writeTokens(id, version, owner, { ...fields, ...tokensWritten(version, now) });
+  /**
+   * Writes refreshed tokens if this owner still holds the lease on `version`.
+   * With `notice` (PostgreSQL), a write that succeeds has also sent that NOTIFY.
+   */
+  async completeRefresh(id: string, owner: string, version: number, fields: RefreshedFields, now: Date, notice?: ChangeNotice): Promise<boolean> {
+    return this.writeTokens(id, version, owner, { ...fields, ...tokensWritten(version, now) }, notice);
   }
 
   /**
