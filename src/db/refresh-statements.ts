@@ -1,4 +1,4 @@
-import { DEFAULT_DB_TIMEOUTS } from "./orm.js";
+import { openHotPool } from "./hot-pool.js";
 import type { SessionRow } from "./session-entity.js";
 
 /**
@@ -18,7 +18,16 @@ export interface ChangeNotice {
   message: string;
 }
 
-const camel = (column: string) => column.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+/** Column name → field name, computed once per column. */
+const fieldOf = new Map<string, string>();
+const camel = (column: string) => {
+  let field = fieldOf.get(column);
+  if (field === undefined) {
+    field = column.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+    fieldOf.set(column, field);
+  }
+  return field;
+};
 const snake = (field: string) => field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
 /** A whole row as the ORM would hydrate it (pg already returns Dates, Buffers and numbers for these column types). */
@@ -46,21 +55,8 @@ export class PgRefreshStatements {
   private constructor(private readonly pool: import("pg").Pool) {}
 
   static async open(url: string): Promise<PgRefreshStatements> {
-    const { default: pg } = await import("pg");
-    const pool = new pg.Pool({
-      connectionString: url,
-      max: 4,
-      connectionTimeoutMillis: DEFAULT_DB_TIMEOUTS.connectMs,
-      idleTimeoutMillis: 30_000,
-      statement_timeout: DEFAULT_DB_TIMEOUTS.queryMs,
-      query_timeout: DEFAULT_DB_TIMEOUTS.queryMs + 1000,
-      keepAlive: true,
-      allowExitOnIdle: true,
-      application_name: "token-service-refresh",
-    });
-    // An idle client dying with the server must not crash the process; the pool replaces it.
-    pool.on("error", () => undefined);
-    return new PgRefreshStatements(pool);
+    // Opened on first use, also by repositories that tests and the CLI make without closing: idle, it lets the process exit.
+    return new PgRefreshStatements(await openHotPool(url, "token-service-refresh", 4, true));
   }
 
   private async query(name: string, text: string, values: unknown[]): Promise<{ rows: Raw[]; rowCount: number }> {
