@@ -21,6 +21,7 @@ import { startPostgres, type TestPostgres } from "../test/helpers/postgres.js";
 import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
 import { createTestDatabase } from "../test/helpers/service.js";
 import { GetTokenRequestSchema } from "../gen/tokenservice/v1/token_service_pb.js";
+import { loadavg } from "./proc-stats.js";
 import { profileShare, profileTable, RPC_STACK_CATEGORIES, summarizeProfiles, type ProfileSummary } from "./profile.js";
 import { fmt, machine, median, writeSection } from "./report.js";
 import { EMPTY_FRAME, grpcFrame, runLoadProcess } from "./run-load.js";
@@ -164,6 +165,7 @@ async function storm(
 export async function runRefreshStorm(
   options: StormOptions = { callers: N, replicas: R, runs: RUNS, providerMs: PROVIDER_MS, profileRuns: PROFILE_RUNS },
 ): Promise<StormSummary> {
+  const loadBefore = loadavg();
   const dir = mkdtempSync(join(tmpdir(), "token-service-bench-"));
   let pgServer: TestPostgres | undefined;
   const procs: ServiceProcess[] = [];
@@ -237,7 +239,7 @@ export async function runRefreshStorm(
       providerDelayMs: options.providerMs,
       runs,
       profile,
-      markdown: stormMarkdown(options, runs, profile),
+      markdown: stormMarkdown(options, runs, profile, `${loadBefore} → ${loadavg()}`),
     };
   } finally {
     for (const p of procs) p.kill("SIGKILL");
@@ -260,7 +262,7 @@ export function stormExcessMs(r: Pick<StormRun, "slowestMs" | "providerMs" | "em
   return r.slowestMs - r.providerMs - r.emptySlowestMs;
 }
 
-function stormMarkdown(options: StormOptions, runs: StormRun[], profile: ProfileSummary | undefined): string {
+function stormMarkdown(options: StormOptions, runs: StormRun[], profile: ProfileSummary | undefined, load: string): string {
   const med = (f: (r: StormRun) => number) => median(runs.map(f));
   const target = stormTargetMs(options.callers);
   const overhead = med((r) => r.slowestMs - r.providerMs);
@@ -298,7 +300,7 @@ ${options.providerMs} ms. Background refresh off (cold path). Right after each s
 \`grpc.health.v1.Health/Check\` calls (the empty RPC) goes to the same replicas: its slowest caller is the
 floor for any burst of that size on this machine. ${runs.length} runs after one warm-up; medians.
 
-- Machine: ${machine()}
+- Machine: ${machine()}; load average before → after: ${load}; run on ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC
 - Command: \`BENCH_CALLERS=${options.callers} BENCH_REPLICAS=${options.replicas} BENCH_RUNS=${options.runs} BENCH_PROVIDER_MS=${options.providerMs} npm run bench:storm\`
 
 | run | provider calls | invalid_grant | provider latency (ms) | slowest caller (ms) | slowest − provider (ms) | p50 caller (ms) | empty-RPC burst, slowest (ms) | excess: slowest − provider − empty burst (ms) | errors |
