@@ -5,8 +5,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { generateKeySpec, parseKeyRing } from "../../src/crypto/key-ring.js";
 import { migrateUp, openOrm } from "../../src/db/orm.js";
 import { CHANNEL } from "../../src/db/pg-channel.js";
-import type { RefreshedFields, SessionRepository as Repo } from "../../src/db/session-repository.js";
-import { SessionRepository } from "../../src/db/session-repository.js";
+import { SessionRepository, type RefreshedFields } from "../../src/db/session-repository.js";
 import { TokenVault } from "../../src/sessions/token-vault.js";
 import { createTestDatabase } from "../helpers/service.js";
 import { sessionRow } from "../helpers/session-row.js";
@@ -17,7 +16,7 @@ import { sessionRow } from "../helpers/session-row.js";
  */
 describe("refresh statements on postgresql", () => {
   let orm: MikroORM;
-  let repo: Repo;
+  let repo: SessionRepository;
   let listener: pg.Client;
   const heard: string[] = [];
   const vault = new TokenVault(parseKeyRing(generateKeySpec("k1")));
