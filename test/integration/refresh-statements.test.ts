@@ -51,17 +51,13 @@ describe("refresh statements on postgresql", () => {
 
   function fields(row: { id: string; userId: string; provider: string }, access: string): RefreshedFields {
     const now = new Date();
-    return {
-      ...vault.sealAll(row, { access, refresh: `r-${access}`, id: undefined }),
-      tokenType: "Bearer",
-      scope: "",
-      accessExpiresAt: new Date(now.getTime() + 300_000),
-      accessIssuedAt: now,
-      idExpiresAt: null,
-      refreshExpiresAt: null,
-      refreshAt: new Date(now.getTime() + 240_000),
-      keepAliveAt: null,
-    };
+    const { keyId, accessCt, refreshCt, idCt, tokenType, scope, accessExpiresAt, accessIssuedAt, idExpiresAt, refreshExpiresAt } = sessionRow(
+      vault,
+      row,
+      { access, refresh: `r-${access}`, id: undefined },
+      { now },
+    );
+    return { keyId, accessCt, refreshCt, idCt, tokenType, scope, accessExpiresAt, accessIssuedAt, idExpiresAt, refreshExpiresAt, refreshAt: new Date(now.getTime() + 240_000), keepAliveAt: null };
   }
 
   /** Resolves once `n` messages were heard (each write below is awaited first, so order is commit order). */
