@@ -11,9 +11,10 @@
  *   npm run bench:refresh                                    # 5,000 and 50,000 sessions, 3 replicas, 5 minutes each
  *   npm run bench:refresh -- --sessions 5000 --minutes 1     # one quick run (BENCHMARKS.md left alone unless --write)
  *   npm run bench:refresh -- --sessions 50000 --replicas 3 --latency-ms 200 --minutes 5 --write
+ *   npm run bench:refresh -- --sessions 5000 --minutes 1 --profile  # replicas under --cpu-prof: where a refresh's CPU goes
  */
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -27,6 +28,7 @@ import { TokenVault } from "../src/sessions/token-vault.js";
 import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
 import { createTestDatabase } from "../test/helpers/service.js";
 import { benchPostgres } from "./database.js";
+import { profileTable, summarizeProfiles, type ProfileSummary } from "./profile.js";
 import { CORES, loadavg, machineCpuSeconds, processCpu, treeCpuSeconds } from "./proc-stats.js";
 import { fmt, machine, percentile, writeSection } from "./report.js";
 import { startStandInProvider, type StandInProvider } from "./stand-in-provider.js";
@@ -43,6 +45,8 @@ export interface ScaleOptions {
   replicas: number;
   latencyMs: number;
   minutes: number;
+  /** Run the replicas under `node --cpu-prof` and summarize where their CPU went in the measured window. */
+  profile?: boolean;
 }
 
 export interface ScaleResult extends ScaleOptions {
@@ -72,6 +76,10 @@ export interface ScaleResult extends ScaleOptions {
   loadBefore: string;
   loadAfter: string;
   binding: string;
+  /** With `profile`: the replicas' CPU in the measured window, by kind of code. */
+  cpuProfile?: ProfileSummary;
+  /** PostgreSQL statements per refresh in the window (pg_stat_database: transactions; every statement here is its own or part of a claim). */
+  dbXactsPerRefresh: number;
 }
 
 /** Sessions straight into the database, sealed with the replicas' key, expiries spread evenly over one refresh period. */
@@ -163,7 +171,10 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     await seed(databaseUrl, keys, provider, o.sessions, t0);
     const env = { DATABASE_URL: databaseUrl, TOKEN_SERVICE_ENCRYPTION_KEYS: keys, TOKEN_SERVICE_CONFIG: configFile };
     // Every replica that started is stopped in `finally`, even when another failed to start.
-    const started = await Promise.allSettled(Array.from({ length: o.replicas }, () => spawnService(env)));
+    const profileDirs = Array.from({ length: o.replicas }, (_, i) => join(dir, `profile-${i}`));
+    const started = await Promise.allSettled(
+      Array.from({ length: o.replicas }, (_, i) => spawnService(env, { nodeArgs: o.profile ? ["--cpu-prof", `--cpu-prof-dir=${profileDirs[i]}`] : [] })),
+    );
     for (const p of started) if (p.status === "fulfilled") procs.push(p.value);
     const failed = started.find((p) => p.status === "rejected");
     if (failed) throw failed.reason;
@@ -213,6 +224,15 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
     await db.end();
     const windowS = (b.at - a.at) / 1000;
     const s = provider.stats;
+    let cpuProfile: ProfileSummary | undefined;
+    if (o.profile) {
+      // A profile is written on a clean exit; its end is placed on the wall clock when the process exits.
+      const stopped = procs.map((p) => p.exited.then(() => Date.now()));
+      for (const p of procs) p.kill("SIGTERM");
+      const stoppedAt = await Promise.all(stopped);
+      const files = profileDirs.map((d, i) => ({ path: join(d, readdirSync(d).find((f) => f.endsWith(".cpuprofile"))!), stoppedAt: stoppedAt[i]! }));
+      cpuProfile = summarizeProfiles(files, [[a.at, b.at]]);
+    }
     const partial: Omit<ScaleResult, "binding"> = {
       ...o,
       windowS,
@@ -230,6 +250,8 @@ export async function runScale(o: ScaleOptions): Promise<ScaleResult> {
       maxConcurrent: s.maxConcurrent,
       dbCpuCores: (b.db - a.db) / windowS,
       dbXactsPerS: (b.xacts - a.xacts) / windowS,
+      dbXactsPerRefresh: (b.xacts - a.xacts) / Math.max(1, s.refreshes),
+      cpuProfile,
       replicaCpuCores: (b.replicas - a.replicas) / windowS,
       benchCpuCores: (b.bench - a.bench) / windowS,
       machineBusyCores: ((b.machine.busy - a.machine.busy) / (b.machine.total - a.machine.total)) * CORES,
@@ -300,15 +322,26 @@ if (import.meta.url === `file://${process.argv[1]}`) {
       replicas: { type: "string", default: "3" },
       "latency-ms": { type: "string", default: "200" },
       write: { type: "boolean", default: false },
+      profile: { type: "boolean", default: false },
     },
   });
   const scenarios = values.sessions ? values.sessions.split(",").map(Number) : [5000, 50_000];
   const results: ScaleResult[] = [];
   for (const sessions of scenarios) {
-    const o = { sessions, minutes: Number(values.minutes), replicas: Number(values.replicas), latencyMs: Number(values["latency-ms"]) };
+    const o = { sessions, minutes: Number(values.minutes), replicas: Number(values.replicas), latencyMs: Number(values["latency-ms"]), profile: values.profile };
     console.log(`\n== background refresh: ${sessions} sessions over ${o.replicas} replicas, ${o.latencyMs} ms provider latency, ${o.minutes} min (load ${loadavg()})`);
     const r = await runScale(o);
-    console.log(`  ${fmt(r.refreshesPerS)} refreshes/s (needed ${fmt(r.demandPerS)}), ${r.refreshedAfterExpiry + r.expiredAtEnd} expired unrefreshed; binding: ${r.binding}`);
+    console.log(
+      `  ${fmt(r.refreshesPerS)} refreshes/s (needed ${fmt(r.demandPerS)}), ${r.refreshedAfterExpiry + r.expiredAtEnd} expired unrefreshed; ` +
+        `CPU per refresh ${fmt(cpuMsPerRefresh(r), 2)} ms (replicas ${fmt((r.replicaCpuCores * 1000) / r.refreshesPerS, 2)}, PostgreSQL ${fmt((r.dbCpuCores * 1000) / r.refreshesPerS, 2)}), ` +
+        `${fmt(r.dbXactsPerRefresh, 2)} transactions per refresh; binding: ${r.binding}`,
+    );
+    if (r.cpuProfile) {
+      const per = (ms: number) => fmt((ms * 1000) / Math.max(1, r.refreshesPerS * r.windowS), 0);
+      console.log(`  replicas' CPU profile, µs per refresh:\n${profileTable(r.cpuProfile)}`);
+      console.log(r.cpuProfile.categories.map(([n, ms]) => `  ${per(ms)} µs ${n}`).join("\n"));
+      console.log(r.cpuProfile.functions.slice(0, 25).map(([n, ms]) => `  ${per(ms)} µs ${n}`).join("\n"));
+    }
     results.push(r);
   }
   const markdown = scaleMarkdown(results);

@@ -29,11 +29,15 @@ export async function openStore(config: Config): Promise<Store> {
     await orm.close(true);
     throw err;
   }
+  const repo = new SessionRepository(orm, config.database.kind);
   return {
     orm,
-    repo: new SessionRepository(orm, config.database.kind),
+    repo,
     vault,
     keyRing,
-    close: () => orm.close(true),
+    close: async () => {
+      await repo.close();
+      await orm.close(true);
+    },
   };
 }

@@ -50,6 +50,7 @@ export async function createStore(config: Config, logger: Logger): Promise<Store
     const migrationsApplied = await migrateUp(orm, config.database);
     const events = new EventRepository(orm, config.database.kind);
     const sessions = new SessionRepository(orm, config.database.kind, events);
+    opened.push(sessions);
     let channel: PgChannel | undefined;
     if (config.database.kind === "postgresql") {
       channel = new PgChannel(config.database.url, logger, (channelName, message) => sessions.notify(channelName, message));

@@ -9,6 +9,11 @@ export interface ChangeChannel {
   onStateChange(listener: (connected: boolean) => void): void;
   /** True while messages are being received (otherwise waiters rely on polling). */
   readonly connected: boolean;
+  /**
+   * The PostgreSQL channel a write may NOTIFY itself, in its own statement, to
+   * publish on this channel (none: only publish() does).
+   */
+  readonly notifyChannel?: string;
   close(): Promise<void>;
 }
 
@@ -21,6 +26,7 @@ export const CHANNEL = "token_service_sessions";
  * fall back to polling the row.
  */
 export class PgChannel implements ChangeChannel {
+  readonly notifyChannel = CHANNEL;
   private client: pg.Client | undefined;
   private readonly listeners: Array<(message: string) => void> = [];
   private readonly stateListeners: Array<(connected: boolean) => void> = [];

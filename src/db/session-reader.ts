@@ -1,5 +1,5 @@
 import type { DatabaseConfig } from "../config.js";
-import { DEFAULT_DB_TIMEOUTS } from "./orm.js";
+import { openHotPool } from "./hot-pool.js";
 import type { PoolStats } from "./pool-stats.js";
 import { asBuffer, type SessionHead } from "./session-entity.js";
 import { DatabaseUnavailableError, isUnavailable } from "./session-repository.js";
@@ -66,20 +66,7 @@ class PgSessionReader implements SessionReader {
   private constructor(private readonly pool: import("pg").Pool) {}
 
   static async open(url: string): Promise<PgSessionReader> {
-    const { default: pg } = await import("pg");
-    const pool = new pg.Pool({
-      connectionString: url,
-      max: 10,
-      connectionTimeoutMillis: DEFAULT_DB_TIMEOUTS.connectMs,
-      idleTimeoutMillis: 30_000,
-      statement_timeout: DEFAULT_DB_TIMEOUTS.queryMs,
-      query_timeout: DEFAULT_DB_TIMEOUTS.queryMs + 1000,
-      keepAlive: true,
-      application_name: "token-service-read",
-    });
-    // An idle client dying with the server must not crash the process; the pool replaces it.
-    pool.on("error", () => undefined);
-    return new PgSessionReader(pool);
+    return new PgSessionReader(await openHotPool(url, "token-service-read", 10));
   }
 
   private async one(name: string, text: string, values: unknown[]): Promise<SessionHead | null> {

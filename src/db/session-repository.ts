@@ -4,6 +4,7 @@ import type { NewEvent } from "../events/types.js";
 import { EndedSessionSchema, type EndedSessionRow, type EndedStatus } from "./event-entity.js";
 import { EventRepository } from "./event-repository.js";
 import { LogoutTokenSchema, type LogoutTokenRow } from "./provider-entity.js";
+import { PgRefreshStatements, type ChangeNotice } from "./refresh-statements.js";
 import { asBuffer, SessionSchema, type SessionRow } from "./session-entity.js";
 
 /** The new token state written by a successful refresh. */
@@ -206,8 +207,33 @@ export class SessionRepository {
     readonly events: EventRepository = new EventRepository(orm),
   ) {}
 
+  /** PostgreSQL: the refresh path's prepared statements (refresh-statements.ts), opened on first use. */
+  private fastPath: Promise<PgRefreshStatements> | undefined;
+
   private run<T>(fn: (em: EntityManager) => Promise<T>): Promise<T> {
     return runOn(this.orm, fn);
+  }
+
+  /**
+   * Runs `fn` on the prepared statements when there are some (PostgreSQL),
+   * else `orm` on the ORM (SQLite), turning an outage into DatabaseUnavailableError.
+   */
+  private async fast<T>(fn: (s: PgRefreshStatements) => Promise<T>, orm: (em: EntityManager) => Promise<T>): Promise<T> {
+    if (this.dialect !== "postgresql") return this.run(orm);
+    try {
+      this.fastPath ??= PgRefreshStatements.open(this.orm.config.get("clientUrl") as string);
+      return await fn(await this.fastPath);
+    } catch (err) {
+      if (isUnavailable(err)) throw new DatabaseUnavailableError(err);
+      throw err;
+    }
+  }
+
+  /** Closes the refresh path's own connections (the ORM is closed by its owner). */
+  async close(): Promise<void> {
+    const fast = this.fastPath;
+    this.fastPath = undefined;
+    if (fast) await (await fast.catch(() => undefined))?.close();
   }
 
   /** Inserts a new session (and its session.created event). */
@@ -221,20 +247,31 @@ export class SessionRepository {
   /**
    * Writes new tokens where `where` holds. A session that was not failing
    * takes one statement; one that was failing takes a transaction that also
-   * appends session.recovered.
+   * appends session.recovered. With `notice` (PostgreSQL), the write sends
+   * that NOTIFY itself, committed with it.
    */
-  private async writeTokens(where: FilterQuery<SessionRow>, set: Partial<SessionRow>): Promise<boolean> {
-    const plain = await this.run((em) => em.nativeUpdate(SessionSchema, { $and: [where, { refreshFailures: 0 }] }, set));
+  private async writeTokens(id: string, version: number, owner: string, set: Partial<SessionRow>, notice?: ChangeNotice): Promise<boolean> {
+    const where: FilterQuery<SessionRow> = { id, version, leaseOwner: owner };
+    const plain = await this.fast(
+      (s) => s.writeTokens(id, version, owner, set, notice),
+      (em) => em.nativeUpdate(SessionSchema, { $and: [where, { refreshFailures: 0 }] }, set),
+    );
     if (plain === 1) return true;
     return this.events.transactional(async (tx) => {
       const row = await tx.findOne(SessionSchema, where, { fields: ["id", "userId", "provider", "refreshFailures"], disableIdentityMap: true });
       if (!row || (await tx.nativeUpdate(SessionSchema, where, set)) !== 1) return { result: false, events: [] };
+      if (notice && this.dialect === "postgresql") await (tx as SqlEntityManager).execute("select pg_notify(?, ?)", [notice.channel, notice.message]);
       return { result: true, events: [sessionEvent("session.recovered", row, null, { failures: row.refreshFailures ?? 0 })] };
     });
   }
 
   async findById(id: string): Promise<SessionRow | null> {
-    return this.run(async (em) => normalize(await em.findOne(SessionSchema, { id }, { disableIdentityMap: true })));
+    return normalize(
+      await this.fast(
+        (s) => s.findById(id),
+        (em) => em.findOne(SessionSchema, { id }, { disableIdentityMap: true }),
+      ),
+    );
   }
 
   /**
@@ -250,20 +287,28 @@ export class SessionRepository {
       status: "active",
       $or: [{ leaseUntil: null }, { leaseUntil: { $lt: now } }],
     };
-    return this.run(async (em) => {
-      const rows = await (em as SqlEntityManager)
-        .createQueryBuilder(SessionSchema)
-        .update({ leaseOwner: owner, leaseUntil: until })
-        .where(where)
-        .returning("*")
-        .execute<SessionRow[]>("all", true);
-      return normalize(rows[0] ?? null);
-    });
+    return normalize(
+      await this.fast(
+        (s) => s.acquireLease(id, version, owner, now, until),
+        async (em) => {
+          const rows = await (em as SqlEntityManager)
+            .createQueryBuilder(SessionSchema)
+            .update({ leaseOwner: owner, leaseUntil: until })
+            .where(where)
+            .returning("*")
+            .execute<SessionRow[]>("all", true);
+          return rows[0] ?? null;
+        },
+      ),
+    );
   }
 
-  /** Writes refreshed tokens if this owner still holds the lease on `version`. */
-  async completeRefresh(id: string, owner: string, version: number, fields: RefreshedFields, now: Date): Promise<boolean> {
-    return this.writeTokens({ id, version, leaseOwner: owner }, { ...fields, ...tokensWritten(version, now) });
+  /**
+   * Writes refreshed tokens if this owner still holds the lease on `version`.
+   * With `notice` (PostgreSQL), a write that succeeds has also sent that NOTIFY.
+   */
+  async completeRefresh(id: string, owner: string, version: number, fields: RefreshedFields, now: Date, notice?: ChangeNotice): Promise<boolean> {
+    return this.writeTokens(id, version, owner, { ...fields, ...tokensWritten(version, now) }, notice);
   }
 
   /**
@@ -278,12 +323,15 @@ export class SessionRepository {
     sealed: Pick<SessionRow, "keyId" | "accessCt" | "refreshCt" | "idCt" | "refreshExpiresAt" | "keepAliveAt">,
     now: Date,
   ): Promise<boolean> {
-    return this.writeTokens({ id, version, leaseOwner: owner }, { ...sealed, ...tokensWritten(version, now) });
+    return this.writeTokens(id, version, owner, { ...sealed, ...tokensWritten(version, now) });
   }
 
   /** Gives a lease back after work that changed nothing on the session (an audience token was refreshed). */
   async releaseLeaseClean(id: string, owner: string): Promise<boolean> {
-    return this.run(async (em) => (await em.nativeUpdate(SessionSchema, { id, leaseOwner: owner }, { leaseOwner: null, leaseUntil: null })) === 1);
+    return this.fast(
+      (s) => s.releaseLeaseClean(id, owner),
+      async (em) => (await em.nativeUpdate(SessionSchema, { id, leaseOwner: owner }, { leaseOwner: null, leaseUntil: null })) === 1,
+    );
   }
 
   /**
@@ -294,14 +342,16 @@ export class SessionRepository {
    */
   async releaseLease(id: string, owner: string, errorCode: string, now: Date): Promise<boolean> {
     const released = { leaseOwner: null, leaseUntil: null, lastErrorCode: errorCode, lastErrorAt: now };
-    const more = await this.run((em) =>
-      em.nativeUpdate(
-        SessionSchema,
-        { id, leaseOwner: owner, refreshFailures: { $gt: 0 } },
-        { ...released, refreshFailures: raw("refresh_failures + 1") as unknown as number },
-      ),
+    const more = await this.fast(
+      (s) => s.releaseLeaseAgain(id, owner, errorCode, now),
+      async (em) =>
+        (await em.nativeUpdate(
+          SessionSchema,
+          { id, leaseOwner: owner, refreshFailures: { $gt: 0 } },
+          { ...released, refreshFailures: raw("refresh_failures + 1") as unknown as number },
+        )) === 1,
     );
-    if (more === 1) return true;
+    if (more) return true;
     return this.events.transactional(async (tx) => {
       const row = await tx.findOne(SessionSchema, { id, leaseOwner: owner }, { fields: ["id", "userId", "provider"], disableIdentityMap: true });
       const where: FilterQuery<SessionRow> = { id, leaseOwner: owner, refreshFailures: 0 };
@@ -568,7 +618,10 @@ export class SessionRepository {
   /** PostgreSQL NOTIFY through the pool (a no-op on SQLite, which has no other replicas). */
   async notify(channel: string, message: string): Promise<void> {
     if (this.dialect !== "postgresql") return;
-    await this.run((em) => em.getConnection().execute("select pg_notify(?, ?)", [channel, message]));
+    await this.fast(
+      (s) => s.notify(channel, message),
+      async () => undefined,
+    );
   }
 
   /** Tells every replica's cache to forget everything. */

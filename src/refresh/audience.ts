@@ -292,13 +292,6 @@ export class AudienceCoordinator {
         defaultLifetimeSeconds: provider.config.defaultTokenLifetimeSeconds,
       });
       const rotated = mode === "refresh" && response.refreshToken !== undefined && response.refreshToken !== tokens.refresh;
-      // A rotated refresh token is the session's, for every audience: stored (and the lease given back) before anything else.
-      const kept = rotated
-        ? await this.storeRotated(row, owner, { ...tokens, refresh: response.refreshToken }, response, now, leaseUntil, log)
-        : await this.repo.releaseLeaseClean(row.id, owner);
-      leaseHeld = false;
-      if (!kept) throw await this.sessionGone(row, provider, response, rotated, log, emit);
-
       const sealedAccess = this.vault.sealAudience(row.id, resource, response.accessToken);
       const stored: AudienceTokenRow = {
         id: audienceTokenId(row.id, resource),
@@ -312,7 +305,23 @@ export class AudienceCoordinator {
         issuedAt: expiry.issuedAt,
         updatedAt: now,
       };
-      await this.audiences.upsert(stored);
+      if (rotated) {
+        // A rotated refresh token is the session's, for every audience: stored (and the lease given back) before anything else.
+        const kept = await this.storeRotated(row, owner, { ...tokens, refresh: response.refreshToken }, response, now, leaseUntil, log);
+        leaseHeld = false;
+        if (!kept) throw await this.sessionGone(row, provider, response, rotated, log, emit);
+        await this.audiences.upsert(stored);
+      } else {
+        // Stored while the lease is still held, so a replica waiting for the lease finds the token once it gets it
+        // (given back first, a waiter could take the lease before the token was written, and ask again).
+        await this.audiences.upsert(stored);
+        const kept = await this.repo.releaseLeaseClean(row.id, owner);
+        leaseHeld = false;
+        if (!kept) {
+          await this.audiences.deleteIfUnchanged(stored).catch(() => undefined);
+          throw await this.sessionGone(row, provider, response, rotated, log, emit);
+        }
+      }
       // A revoke that ran between giving the lease back and the write above would leave this token behind: look once more.
       const after = await this.repo.findById(row.id);
       if (after === null) {

@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { ChangeChannel } from "../db/pg-channel.js";
+import type { ChangeNotice } from "../db/refresh-statements.js";
 import { sessionRef } from "../logger.js";
 
 /**
@@ -11,6 +12,15 @@ export interface RowWaiter {
   wait(sessionId: string, maxMs: number): Promise<void>;
   /** Tells waiters (here and on other replicas) that the row changed. */
   notify(sessionId: string): Promise<void>;
+  /**
+   * The NOTIFY that tells other replicas the row changed, for the write itself
+   * to send (PostgreSQL: in the same statement, one round trip less); none
+   * without a cross-replica channel. After a write that sent it, call
+   * notifyLocal instead of notify.
+   */
+  changeNotice?(sessionId: string): ChangeNotice | undefined;
+  /** notify() for this process only: the write already sent changeNotice's NOTIFY. */
+  notifyLocal?(sessionId: string): void;
   close(): Promise<void>;
 }
 
@@ -90,10 +100,24 @@ export class SessionWaiter implements RowWaiter {
   }
 
   async notify(sessionId: string): Promise<void> {
+    const ref = this.notifyRef(sessionId);
+    await this.channel?.publish(`${PREFIX}${ref}`);
+  }
+
+  changeNotice(sessionId: string): ChangeNotice | undefined {
+    const channel = this.channel?.notifyChannel;
+    return channel ? { channel, message: `${PREFIX}${sessionRef(sessionId)}` } : undefined;
+  }
+
+  notifyLocal(sessionId: string): void {
+    this.notifyRef(sessionId);
+  }
+
+  private notifyRef(sessionId: string): string {
     const ref = sessionRef(sessionId);
     this.wakeRef(ref);
     for (const l of this.listeners) l.changed(ref);
-    await this.channel?.publish(`${PREFIX}${ref}`);
+    return ref;
   }
 
   /** Announces that the runtime providers changed (registered or deleted). */
