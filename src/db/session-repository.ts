@@ -215,6 +215,26 @@ export class SessionRepository {
   }
 
   /**
+   * A status change and its event in one transaction: reads what the event
+   * needs of the row where `where` holds, applies `set` there (then `also`,
+   * inside the same transaction), and appends the event `eventOf` makes;
+   * false, with no event, when the row no longer matched.
+   */
+  private changeWithEvent(
+    where: FilterQuery<SessionRow>,
+    set: Partial<SessionRow>,
+    eventOf: (row: Pick<SessionRow, "id" | "userId" | "provider" | "refreshFailures">) => NewEvent,
+    also?: (tx: EntityManager) => Promise<unknown>,
+  ): Promise<boolean> {
+    return this.events.transactional(async (tx) => {
+      const row = await tx.findOne(SessionSchema, where, { fields: ["id", "userId", "provider", "refreshFailures"], disableIdentityMap: true });
+      if (!row || (await tx.nativeUpdate(SessionSchema, where, set)) !== 1) return { result: false, events: [] };
+      await also?.(tx);
+      return { result: true, events: [eventOf(row)] };
+    });
+  }
+
+  /**
    * Runs `fn` on the prepared statements when there are some (PostgreSQL),
    * else `orm` on the ORM (SQLite), turning an outage into DatabaseUnavailableError.
    */
@@ -257,12 +277,12 @@ export class SessionRepository {
       (em) => em.nativeUpdate(SessionSchema, { $and: [where, { refreshFailures: 0 }] }, set),
     );
     if (plain === 1) return true;
-    return this.events.transactional(async (tx) => {
-      const row = await tx.findOne(SessionSchema, where, { fields: ["id", "userId", "provider", "refreshFailures"], disableIdentityMap: true });
-      if (!row || (await tx.nativeUpdate(SessionSchema, where, set)) !== 1) return { result: false, events: [] };
-      if (notice && this.dialect === "postgresql") await (tx as SqlEntityManager).execute("select pg_notify(?, ?)", [notice.channel, notice.message]);
-      return { result: true, events: [sessionEvent("session.recovered", row, null, { failures: row.refreshFailures ?? 0 })] };
-    });
+    return this.changeWithEvent(
+      where,
+      set,
+      (row) => sessionEvent("session.recovered", row, null, { failures: row.refreshFailures ?? 0 }),
+      notice && this.dialect === "postgresql" ? (tx) => (tx as SqlEntityManager).execute("select pg_notify(?, ?)", [notice.channel, notice.message]) : undefined,
+    );
   }
 
   async findById(id: string): Promise<SessionRow | null> {
@@ -352,14 +372,9 @@ export class SessionRepository {
         )) === 1,
     );
     if (more) return true;
-    return this.events.transactional(async (tx) => {
-      const row = await tx.findOne(SessionSchema, { id, leaseOwner: owner }, { fields: ["id", "userId", "provider"], disableIdentityMap: true });
-      const where: FilterQuery<SessionRow> = { id, leaseOwner: owner, refreshFailures: 0 };
-      if (!row || (await tx.nativeUpdate(SessionSchema, where, { ...released, refreshFailures: 1, failingSince: now })) !== 1) {
-        return { result: false, events: [] };
-      }
-      return { result: true, events: [sessionEvent("session.refresh_failing", row, errorCode, { failures: 1 })] };
-    });
+    return this.changeWithEvent({ id, leaseOwner: owner, refreshFailures: 0 }, { ...released, refreshFailures: 1, failingSince: now }, (row) =>
+      sessionEvent("session.refresh_failing", row, errorCode, { failures: 1 }),
+    );
   }
 
   /**
@@ -368,24 +383,22 @@ export class SessionRepository {
    */
   async markReauth(id: string, version: number, owner: string | null, reason: string, now: Date): Promise<boolean> {
     const where: FilterQuery<SessionRow> = owner === null ? { id, version } : { id, version, leaseOwner: owner };
-    return this.events.transactional(async (tx) => {
-      const row = await tx.findOne(SessionSchema, where, { fields: ["id", "userId", "provider"], disableIdentityMap: true });
-      const changed =
-        row &&
-        (await tx.nativeUpdate(SessionSchema, where, {
-          status: "reauth_required",
-          reauthReason: reason,
-          reauthAt: now,
-          refreshCt: null,
-          version: version + 1,
-          updatedAt: now,
-          leaseOwner: null,
-          leaseUntil: null,
-          refreshFailures: 0,
-          failingSince: null,
-        })) === 1;
-      return changed ? { result: true, events: [sessionEvent("session.reauth_required", row, reason)] } : { result: false, events: [] };
-    });
+    return this.changeWithEvent(
+      where,
+      {
+        status: "reauth_required",
+        reauthReason: reason,
+        reauthAt: now,
+        refreshCt: null,
+        version: version + 1,
+        updatedAt: now,
+        leaseOwner: null,
+        leaseUntil: null,
+        refreshFailures: 0,
+        failingSince: null,
+      },
+      (row) => sessionEvent("session.reauth_required", row, reason),
+    );
   }
 
   /** Records a read, for the background refresher's "recently used" window. */
