@@ -438,7 +438,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd: string = process.cwd()):
   let userAssertion: UserAssertionConfig | undefined;
   let webhooks: WebhooksConfig;
   try {
-    webhooks = toWebhooks(file, baseDir, (h) => isLoopbackHost(h) || h === "[::1]");
+    webhooks = toWebhooks(file, baseDir, isLoopbackHost);
     tls = toTls(file.tls, baseDir);
     userAssertion = toUserAssertion(file.user_assertion, baseDir);
     callers = toCallers(file.callers, tls, new Set(providers.map((p) => p.id)), userAssertion);

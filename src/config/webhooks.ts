@@ -65,7 +65,7 @@ export function normalizeWebhooks(raw: unknown): unknown {
   return raw;
 }
 
-/** Whether `host` can only reach this machine (as config.ts's isLoopbackHost, with IPv6 brackets). */
+/** Whether `host` can only reach this machine (config.ts's isLoopbackHost). */
 type LoopbackCheck = (host: string) => boolean;
 
 /**
