@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { SessionHead } from "../../src/db/session-entity.js";
 import { sessionRef } from "../../src/logger.js";
-import { SessionCache } from "../../src/sessions/session-cache.js";
+import { MAX_TOMBSTONES, SessionCache } from "../../src/sessions/session-cache.js";
 
 function head(id: string, userId = "u"): SessionHead {
   const now = new Date();
@@ -53,6 +53,25 @@ describe("SessionCache", () => {
     expect(cache.set(head("s1"), ticket)).toBeUndefined();
     expect(cache.get("u", "s1")).toBeUndefined();
     // A read that began afterwards may fill.
+    expect(cache.set(head("s1"), cache.ticket())).toBeDefined();
+  });
+
+  it("remembers at most MAX_TOMBSTONES invalidations, and still refuses a fill from a read older than the ones it forgot", () => {
+    const cache = new SessionCache(config);
+    const stale = cache.ticket(); // a slow read of s0 begins
+    cache.invalidate("s0");
+    for (let i = 1; i <= MAX_TOMBSTONES + 5; i++) cache.invalidate(`s${i}`);
+    const { tombstones } = cache as unknown as { tombstones: Map<string, unknown> };
+    expect(tombstones.size).toBe(MAX_TOMBSTONES);
+    expect(tombstones.has(sessionRef("s0"))).toBe(false);
+    // s0's tombstone was forgotten, but its read began before it: still refused.
+    expect(cache.set(head("s0"), stale)).toBeUndefined();
+    // A session invalidated again moves to the newest end and is not forgotten with the old ones.
+    cache.invalidate("s1");
+    for (let i = 0; i < MAX_TOMBSTONES - 1; i++) cache.invalidate(`t${i}`);
+    expect(tombstones.has(sessionRef("s1"))).toBe(true);
+    expect(tombstones.has(sessionRef("s2"))).toBe(false);
+    // A read that began after all of them fills.
     expect(cache.set(head("s1"), cache.ticket())).toBeDefined();
   });
 
