@@ -141,6 +141,10 @@ function bindingLimit(r: Omit<ScaleResult, "binding">): string {
     if (r.leaseMsPerRefresh <= 1.5 * r.latencyMs) return `${cap}, full`;
     return `${top!.name}: the cap's leases are full, but each lasts ${fmt(r.leaseMsPerRefresh, 0)} ms for a ${r.latencyMs} ms provider call, the rest waiting for CPU time`;
   }
+  if (top!.use < 0.8) {
+    // Nothing is saturated and the cap's leases are not all in use: the replicas do not claim often enough.
+    return `the claim rhythm: ${fmt(r.meanLeases)} of the cap's ${CLUSTER_CAP} leases live on average, each ${fmt(r.leaseMsPerRefresh, 0)} ms, while ${top!.name} is ${fmt(top!.use * 100, 0)} % used`;
+  }
   return `${top!.name}, ${fmt(top!.use * 100, 0)} % used`;
 }
 

@@ -11,8 +11,20 @@ import { NO_SPANS, sessionAttributes, type Spans } from "../tracing/spans.js";
 /** A failed background refresh of a session is not retried sooner than this. */
 const ERROR_BACKOFF_MS = 10_000;
 
-/** After refreshes finish while more sessions were due, claim again this soon: one claim for several finished. */
-const REFILL_DELAY_MS = 100;
+/**
+ * After refreshes finish while more sessions were due, claim again this soon:
+ * one claim for the refreshes that finish together, and a freed slot idle
+ * for no longer than this (at 200 ms per provider call, 100 ms here cost a
+ * quarter of the cap).
+ */
+const REFILL_DELAY_MS = 15;
+
+/**
+ * A claim that found the cluster's cap full, from a replica with none of the
+ * provider's refreshes in flight (so none of its own will finish and claim
+ * again): it looks again after about this long (jittered), not at the next pass.
+ */
+const CLUSTER_FULL_RETRY_MS = 150;
 
 /** Counters for metrics and tests. */
 export interface BackgroundStats {
@@ -42,6 +54,8 @@ export class BackgroundRefresher {
   /** Providers with a claim under way here, and those whose last claim found more due than it took. */
   private readonly claiming = new Map<string, Promise<void>>();
   private readonly backlog = new Set<string>();
+  /** Providers asked to claim while a claim was under way: claimed again as soon as it ends. */
+  private readonly again = new Set<string>();
   private readonly refills = new Map<string, NodeJS.Timeout>();
   private readonly task: PeriodicTask;
   private stopped = true;
@@ -83,8 +97,15 @@ export class BackgroundRefresher {
   /** Claims what is due at `provider` within both bounds and starts refreshing it; one claim at a time per provider. */
   private fill(provider: string): Promise<void> {
     const current = this.claiming.get(provider);
-    if (current) return current;
-    const p = this.claim(provider).finally(() => this.claiming.delete(provider));
+    if (current) {
+      // Slots freed while this claim ran are claimed right after it, not at the next pass.
+      this.again.add(provider);
+      return current;
+    }
+    const p = this.claim(provider).finally(() => {
+      this.claiming.delete(provider);
+      if (this.again.delete(provider) && this.backlog.has(provider)) this.scheduleRefill(provider, REFILL_DELAY_MS);
+    });
     this.claiming.set(provider, p);
     return p;
   }
@@ -121,6 +142,10 @@ export class BackgroundRefresher {
     if (more) this.backlog.add(provider);
     else this.backlog.delete(provider);
     for (const row of rows) this.begin(row, owner, until, now);
+    // The cluster's cap was full and nothing of ours is in flight to claim again when it ends: look again soon.
+    if (more && rows.length === 0 && (this.inflight.get(provider) ?? 0) === 0) {
+      this.scheduleRefill(provider, CLUSTER_FULL_RETRY_MS * (0.5 + Math.random()));
+    }
   }
 
   /** How late the refresh of `row` starts after it became due, in seconds (0: on time). */
@@ -154,18 +179,18 @@ export class BackgroundRefresher {
       .finally(() => {
         this.inflight.set(row.provider, (this.inflight.get(row.provider) ?? 1) - 1);
         this.running.delete(done);
-        if (this.backlog.has(row.provider)) this.scheduleRefill(row.provider);
+        if (this.backlog.has(row.provider)) this.scheduleRefill(row.provider, REFILL_DELAY_MS);
       });
     this.running.add(done);
   }
 
-  private scheduleRefill(provider: string): void {
+  private scheduleRefill(provider: string, delayMs: number): void {
     if (this.stopped || this.refills.has(provider)) return;
     const t = setTimeout(() => {
       this.refills.delete(provider);
       if (this.stopped) return;
       this.fill(provider).catch((err: unknown) => this.logger.debug({ err: errSummary(err), provider }, "background claim failed"));
-    }, REFILL_DELAY_MS);
+    }, delayMs);
     t.unref();
     this.refills.set(provider, t);
   }
