@@ -12,6 +12,7 @@
  *   npm run build && tsx bench/random-sessions.ts
  *   BENCH_MIX_ROUNDS=6 tsx bench/random-sessions.ts    # rounds (default 5, as in npm run bench)
  *   BENCH_MIX_SESSIONS=20000 tsx bench/random-sessions.ts  # sessions (default 100,000)
+ *   BENCH_BASELINE=DIR tsx bench/random-sessions.ts    # the service of a built checkout of another commit (DIR/dist/src/main.js)
  *
  * Sessions are written with last_used_at = now(), so GetToken records their
  * use (last_used_resolution, 60 s) only from about a minute after the insert:
@@ -148,10 +149,14 @@ async function runAlone(): Promise<void> {
     const db = await createTestDatabase(postgres.url);
     const config = join(dir, "random-mix.yaml");
     writeFileSync(config, stringify({ providers: [provider.configEntry()], log_level: "info" }));
-    svc = await spawnService({ DATABASE_URL: db, TOKEN_SERVICE_ENCRYPTION_KEYS: keys, TOKEN_SERVICE_CONFIG: config });
+    const baseline = process.env.BENCH_BASELINE;
+    if (baseline) console.log(`service: ${join(baseline, "dist/src/main.js")}`);
+    const script = baseline ? join(baseline, "dist/src/main.js") : undefined;
+    svc = await spawnService({ DATABASE_URL: db, TOKEN_SERVICE_ENCRYPTION_KEYS: keys, TOKEN_SERVICE_CONFIG: config }, { script });
     bare = await startBare("grpc-js");
     const frames = await insertSessions(db, keys, sessions, "mix-");
-    console.log(`${sessions.toLocaleString("en")} sessions written at ${new Date().toISOString()}`);
+    const writtenAt = new Date();
+    console.log(`${sessions.toLocaleString("en")} sessions written at ${writtenAt.toISOString()}`);
     const mix = await runRandomMix({
       serviceUrl: svc.url,
       bareUrl: bare.url,
@@ -167,6 +172,14 @@ async function runAlone(): Promise<void> {
       `median: ${Math.round(mix.throughput)} req/s against ${Math.round(mix.bareThroughput)}: ${fmt(mix.ratio, 2)}× ` +
         `(p99 ${fmt(mix.p99Ms, 2)} against ${fmt(mix.bareP99Ms, 2)} ms; errors ${mix.errors}); load average at the end: ${loadavg()}`,
     );
+    // The service's last_used_at writes, seen from the database (once it has written what it held).
+    svc.kill("SIGTERM");
+    await svc.exited;
+    const client = new pg.Client({ connectionString: db });
+    await client.connect();
+    const used = await client.query<{ n: string }>("select count(*) as n from sessions where last_used_at > $1", [new Date(writtenAt.getTime() + 1000)]);
+    await client.end();
+    console.log(`sessions whose last_used_at GetToken wrote: ${Number(used.rows[0]!.n).toLocaleString("en")}`);
   } finally {
     svc?.kill("SIGTERM");
     await svc?.exited;
