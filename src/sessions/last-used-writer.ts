@@ -22,7 +22,8 @@ export const LAST_USED_DEFAULTS = { flushMs: 1000, batchSize: 500, maxPending: 1
  * "recently used" window, batched: `record` only notes the newest time per
  * session in memory, and the writer sends them about once a second (at once
  * when a batch is full), one statement per batch of up to `batchSize` ids,
- * one batch at a time. Recording never waits and never fails. A batch that
+ * one batch at a time (a use of a session in the batch being written is
+ * that same use). Recording never waits and never fails. A batch that
  * fails is dropped, not retried (the session is recorded again at its next
  * use after the resolution window); memory is bounded by `maxPending`.
  * `close` writes what is pending, so a graceful shutdown loses nothing.
@@ -30,6 +31,8 @@ export const LAST_USED_DEFAULTS = { flushMs: 1000, batchSize: 500, maxPending: 1
 export class LastUsedWriter {
   /** Session id → newest use not yet written (ms). */
   private readonly pending = new Map<string, number>();
+  /** The ids of the batch being written: a use of one of them meanwhile is the same use (as at most one write per window). */
+  private writing: ReadonlySet<string> = new Set();
   private timer: NodeJS.Timeout | undefined;
   /** The write loop under way, if any: one batch at a time. */
   private running: Promise<void> | undefined;
@@ -43,7 +46,7 @@ export class LastUsedWriter {
 
   /** Notes a use of session `id` at `at`; written within about `flushMs`. */
   record(id: string, at: Date): void {
-    if (this.closed) return;
+    if (this.closed || this.writing.has(id)) return;
     const t = at.getTime();
     const held = this.pending.get(id);
     if (held !== undefined) {
@@ -122,13 +125,14 @@ export class LastUsedWriter {
     for (const [id] of batch) this.pending.delete(id);
     // In id order: two replicas writing overlapping batches take the row locks in the same order.
     batch.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    const ids = batch.map(([id]) => id);
+    this.writing = new Set(ids);
     try {
-      await this.write(
-        batch.map(([id]) => id),
-        batch.map(([, t]) => new Date(t)),
-      );
+      await this.write(ids, batch.map(([, t]) => new Date(t)));
     } catch (err) {
       this.options.onDropped(batch.length, err);
+    } finally {
+      this.writing = new Set();
     }
   }
 }

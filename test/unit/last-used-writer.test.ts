@@ -101,6 +101,24 @@ describe("LastUsedWriter", () => {
     expect(dropped).toEqual([{ count: 2, err: undefined }]);
   });
 
+  it("takes a use of a session whose write is under way as the same use", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const written: string[][] = [];
+    const { w } = writer({ batchSize: 2 }, async (ids) => {
+      await gate;
+      written.push(ids);
+      return ids.length;
+    });
+    w.record("a", at(1));
+    w.record("b", at(2)); // written now, waiting at the gate
+    w.record("a", at(5)); // read again before that write committed: no second write
+    w.record("c", at(5));
+    release();
+    await w.flush();
+    expect(written).toEqual([["a", "b"], ["c"]]);
+  });
+
   it("close writes what is pending and records nothing after", async () => {
     const { w, batches } = writer();
     w.record("a", at(1));
