@@ -13,6 +13,7 @@
  *   BENCH_MIX_ROUNDS=6 tsx bench/random-sessions.ts    # rounds (default 5, as in npm run bench)
  *   BENCH_MIX_SESSIONS=20000 tsx bench/random-sessions.ts  # sessions (default 100,000)
  *   BENCH_BASELINE=DIR tsx bench/random-sessions.ts    # the service of a built checkout of another commit (DIR/dist/src/main.js)
+ *   BENCH_MIX_PROFILE=DIR tsx bench/random-sessions.ts # the service under node --cpu-prof, its profile written to DIR
  *
  * Sessions are written with last_used_at = now(), so GetToken records their
  * use (last_used_resolution, 60 s) only from about a minute after the insert:
@@ -152,7 +153,9 @@ async function runAlone(): Promise<void> {
     const baseline = process.env.BENCH_BASELINE;
     if (baseline) console.log(`service: ${join(baseline, "dist/src/main.js")}`);
     const script = baseline ? join(baseline, "dist/src/main.js") : undefined;
-    svc = await spawnService({ DATABASE_URL: db, TOKEN_SERVICE_ENCRYPTION_KEYS: keys, TOKEN_SERVICE_CONFIG: config }, { script });
+    const profileDir = process.env.BENCH_MIX_PROFILE;
+    const nodeArgs = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
+    svc = await spawnService({ DATABASE_URL: db, TOKEN_SERVICE_ENCRYPTION_KEYS: keys, TOKEN_SERVICE_CONFIG: config }, { script, nodeArgs });
     bare = await startBare("grpc-js");
     const frames = await insertSessions(db, keys, sessions, "mix-");
     const writtenAt = new Date();
