@@ -6,13 +6,36 @@
  * that most calls miss the replica's cache (10,000 entries by default) and
  * read PostgreSQL. Paired with a bare grpc-js server's Health/Check at the
  * same load in each round.
+ *
+ * Part of `npm run bench`. Alone (prints its rounds, writes nothing to BENCHMARKS.md):
+ *
+ *   npm run build && tsx bench/random-sessions.ts
+ *   BENCH_MIX_ROUNDS=6 tsx bench/random-sessions.ts    # rounds (default 5, as in npm run bench)
+ *   BENCH_MIX_SESSIONS=20000 tsx bench/random-sessions.ts  # sessions (default 100,000)
+ *   BENCH_BASELINE=DIR tsx bench/random-sessions.ts    # the service of a built checkout of another commit (DIR/dist/src/main.js)
+ *   BENCH_MIX_PROFILE=DIR tsx bench/random-sessions.ts # the service under node --cpu-prof, its profile written to DIR
+ *
+ * Sessions are written with last_used_at = now(), so GetToken records their
+ * use (last_used_resolution, 60 s) only from about a minute after the insert:
+ * five rounds of 10 + 10 s pass that point.
  */
 import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import pg from "pg";
+import { stringify } from "yaml";
 import { GetTokenRequestSchema } from "../gen/tokenservice/v1/token_service_pb.js";
-import { parseKeyRing } from "../src/crypto/key-ring.js";
+import { generateKeySpec, parseKeyRing } from "../src/crypto/key-ring.js";
 import { TokenVault } from "../src/sessions/token-vault.js";
+import { startTestProvider } from "../test/helpers/oidc-provider.js";
+import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
+import { createTestDatabase } from "../test/helpers/service.js";
+import { benchPostgres, type BenchPostgres } from "./database.js";
+import { startBare } from "./hot-path.js";
 import type { LoadResult, LoadSpec } from "./loadgen.js";
+import { loadavg } from "./proc-stats.js";
 import { fmt, median } from "./report.js";
 import { EMPTY_FRAME, grpcFrame, runLoadProcess } from "./run-load.js";
 
@@ -110,3 +133,64 @@ export async function runRandomMix(options: {
     errors: rounds.reduce((n, x) => n + Object.values(x.service.errors).reduce((a, b) => a + b, 0), 0),
   };
 }
+
+/** This scenario alone, as `npm run bench` runs it (4 connections × 16 streams, 8 s after 2 s of warm-up per round). */
+async function runAlone(): Promise<void> {
+  const sessions = Number(process.env.BENCH_MIX_SESSIONS ?? 100_000);
+  const rounds = Number(process.env.BENCH_MIX_ROUNDS ?? 5);
+  const dir = mkdtempSync(join(tmpdir(), "token-service-mix-"));
+  const keys = generateKeySpec("bench");
+  const provider = await startTestProvider({ accessTokenTtl: 3600 });
+  let postgres: BenchPostgres | undefined;
+  let svc: ServiceProcess | undefined;
+  let bare: Awaited<ReturnType<typeof startBare>> | undefined;
+  console.log(`load average at the start: ${loadavg()}`);
+  try {
+    postgres = await benchPostgres();
+    const db = await createTestDatabase(postgres.url);
+    const config = join(dir, "random-mix.yaml");
+    writeFileSync(config, stringify({ providers: [provider.configEntry()], log_level: "info" }));
+    const baseline = process.env.BENCH_BASELINE;
+    if (baseline) console.log(`service: ${join(baseline, "dist/src/main.js")}`);
+    const script = baseline ? join(baseline, "dist/src/main.js") : undefined;
+    const profileDir = process.env.BENCH_MIX_PROFILE;
+    const nodeArgs = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
+    svc = await spawnService({ DATABASE_URL: db, TOKEN_SERVICE_ENCRYPTION_KEYS: keys, TOKEN_SERVICE_CONFIG: config }, { script, nodeArgs });
+    bare = await startBare("grpc-js");
+    const frames = await insertSessions(db, keys, sessions, "mix-");
+    const writtenAt = new Date();
+    console.log(`${sessions.toLocaleString("en")} sessions written at ${writtenAt.toISOString()}`);
+    const mix = await runRandomMix({
+      serviceUrl: svc.url,
+      bareUrl: bare.url,
+      frames,
+      rounds,
+      durationMs: 8000,
+      warmupMs: 2000,
+      connections: 4,
+      concurrency: 16,
+      log: (line) => console.log(`${line} (load ${loadavg()})`),
+    });
+    console.log(
+      `median: ${Math.round(mix.throughput)} req/s against ${Math.round(mix.bareThroughput)}: ${fmt(mix.ratio, 2)}× ` +
+        `(p99 ${fmt(mix.p99Ms, 2)} against ${fmt(mix.bareP99Ms, 2)} ms; errors ${mix.errors}); load average at the end: ${loadavg()}`,
+    );
+    // The service's last_used_at writes, seen from the database (once it has written what it held).
+    svc.kill("SIGTERM");
+    await svc.exited;
+    const client = new pg.Client({ connectionString: db });
+    await client.connect();
+    const used = await client.query<{ n: string }>("select count(*) as n from sessions where last_used_at > $1", [new Date(writtenAt.getTime() + 1000)]);
+    await client.end();
+    console.log(`sessions whose last_used_at GetToken wrote: ${Number(used.rows[0]!.n).toLocaleString("en")}`);
+  } finally {
+    svc?.kill("SIGTERM");
+    await svc?.exited;
+    bare?.child.kill("SIGKILL");
+    await provider.close();
+    await postgres?.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) await runAlone();

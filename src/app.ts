@@ -49,7 +49,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     const providers = built(createProviders(config, { logger, fetch: overrides.fetch, resolve: overrides.resolve, telemetry }));
     const { registry } = providers;
     const refresh = built(createRefresh(config, { store, vault, registry, metrics, logger, replicaId: overrides.replicaId, spans }));
-    const sessions = createSessions(config, { store, vault, registry, refresh, logger, spans });
+    // Closed after the listeners (no more calls) and before the store: the uses it holds are written first.
+    const sessions = built(createSessions(config, { store, vault, registry, refresh, logger, spans }));
     const authorization = built(await createAuthorization(config, { store, keyRing, providers, sessions, waiter: refresh.waiter, logger }));
     const webhooks = built(createWebhooks(config, { store, outbound: providers.outbound, outbox: eventsOutbox(store.events, store.eventWake), metrics, logger, replicaId: refresh.coordinator.replicaId }));
     const health = built(createHealth({ repo: store.sessions, logger }));

@@ -178,6 +178,8 @@ export interface Config {
   shutdownGraceMs: number;
   /** last_used_at is written at most this often per session, to keep reads cheap. */
   lastUsedResolutionMs: number;
+  /** How last_used_at writes are batched (sessions/last-used-writer.ts); its defaults when absent. Not in the YAML. */
+  lastUsedBatch?: { flushMs?: number; batchSize?: number; maxPending?: number };
   /** The authorization code flow (StartAuthorization, CompleteAuthorization). */
   authorization: { stateTtlMs: number; maxStepUpsPerHour: number };
   /** The outbound policy for runtime providers, and the body cap of every provider (docs/security.md). */

@@ -7,7 +7,9 @@ import type { SessionRow } from "./session-entity.js";
  * on a small pool of their own, with no ORM unit of work, query builder or
  * entity hydration. Only single statements live here: a write that changes a
  * session's status and appends an event stays a transaction in
- * SessionRepository (on the ORM), so its event commits with it.
+ * SessionRepository (on the ORM), so its event commits with it. The
+ * batched last_used_at write of GetToken (touchMany) shares the pool: one
+ * statement about once a second.
  */
 
 type Raw = Record<string, unknown>;
@@ -47,6 +49,16 @@ const RELEASE_AGAIN =
   "update sessions set lease_owner = null, lease_until = null, last_error_code = $3, last_error_at = $4, " +
   "refresh_failures = refresh_failures + 1 where id = $1 and lease_owner = $2 and refresh_failures > 0";
 const NOTIFY = "select pg_notify($1, $2)";
+/**
+ * A batch of uses, each id with its own time, never moving last_used_at
+ * backwards. The rows are locked in id order first (ORDER BY … FOR UPDATE),
+ * so two replicas writing overlapping batches cannot deadlock.
+ */
+const TOUCH =
+  "update sessions s set last_used_at = v.at from (" +
+  "select t.id, t.at from unnest($1::text[], $2::timestamptz[]) as t(id, at) join sessions x on x.id = t.id " +
+  "where x.last_used_at is null or x.last_used_at < t.at order by t.id for update of x) v " +
+  "where s.id = v.id and (s.last_used_at is null or s.last_used_at < v.at)";
 
 export class PgRefreshStatements {
   /** Statement text of each shape of token write, by its field list, and its name. */
@@ -105,6 +117,11 @@ export class PgRefreshStatements {
   /** A failure after the first of a run: counted, in one statement (the first one appends an event: not here). */
   async releaseLeaseAgain(id: string, owner: string, errorCode: string, now: Date): Promise<boolean> {
     return (await this.query("ts_refresh_release_again", RELEASE_AGAIN, [id, owner, errorCode, now])).rowCount === 1;
+  }
+
+  /** Sets each session's last_used_at to its time unless it is later already; returns the rows written. */
+  async touchMany(ids: string[], times: Date[]): Promise<number> {
+    return (await this.query("ts_touch_many", TOUCH, [ids, times])).rowCount;
   }
 
   async notify(channel: string, message: string): Promise<void> {

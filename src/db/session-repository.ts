@@ -101,6 +101,11 @@ export async function runOn<T>(orm: MikroORM, fn: (em: EntityManager) => Promise
   }
 }
 
+/** The batch of uses on SQLite: pairs [id, epoch ms] in one JSON array (UPDATE … FROM, SQLite 3.33 and later). */
+const SQLITE_TOUCH =
+  "update sessions as s set last_used_at = v.at from (select value ->> 0 as id, value ->> 1 as at from json_each(?)) as v " +
+  "where s.id = v.id and (s.last_used_at is null or s.last_used_at < v.at)";
+
 const LOGGED_OUT: Ending = { status: "logged_out", reason: "backchannel_logout" };
 
 /** Whether an error is a primary-key or unique-constraint violation. */
@@ -401,9 +406,23 @@ export class SessionRepository {
     );
   }
 
-  /** Records a read, for the background refresher's "recently used" window. */
-  async touch(id: string, now: Date): Promise<void> {
-    await this.run((em) => em.nativeUpdate(SessionSchema, { id }, { lastUsedAt: now }));
+  /**
+   * Records uses, for the background refresher's "recently used" window: each
+   * session's last_used_at set to its time in `times`, never moved backwards,
+   * in one statement for the whole batch (see sessions/last-used-writer.ts).
+   * Returns the rows written.
+   */
+  async touchMany(ids: string[], times: Date[]): Promise<number> {
+    if (ids.length === 0) return 0;
+    return this.fast(
+      (s) => s.touchMany(ids, times),
+      async (em) => {
+        // SQLite keeps these datetime columns as epoch milliseconds (as the ORM writes them); one JSON parameter carries the batch.
+        const batch = JSON.stringify(ids.map((id, i) => [id, times[i]!.getTime()]));
+        const res = (await (em as SqlEntityManager).execute(SQLITE_TOUCH, [batch], "run")) as { affectedRows?: number };
+        return res.affectedRows ?? 0;
+      },
+    );
   }
 
   /**

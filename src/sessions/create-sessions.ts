@@ -14,6 +14,8 @@ export interface Sessions {
   readonly cache: SessionCache;
   readonly service: SessionService;
   readonly users: UserSessions;
+  /** Writes the session uses not yet written (before the store closes). */
+  close(): Promise<void>;
 }
 
 /**
@@ -36,6 +38,7 @@ export function createSessions(
   });
   const service = new SessionService(store.sessions, store.reader, cache, vault, registry, coordinator, audiences, logger, {
     lastUsedResolutionMs: config.lastUsedResolutionMs,
+    lastUsedBatch: config.lastUsedBatch,
     spans: deps.spans,
   });
   const users = new UserSessions(store.sessions, vault, registry, coordinator, store.audiences, logger, {
@@ -47,5 +50,5 @@ export function createSessions(
   audiences.onOutcome((e) => {
     if (e.outcome === "reauth_required") void users.dropAudienceTokens({ id: e.sessionId, provider: e.provider });
   });
-  return { cache, service, users };
+  return { cache, service, users, close: () => service.close() };
 }

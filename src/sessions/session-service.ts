@@ -21,6 +21,7 @@ import {
 } from "./errors.js";
 import { accessTokenExpiry, idTokenExpiry, idTokenIdentity, lifetimeSeconds, requiredValiditySeconds, secondsLeft } from "./expiry.js";
 import type { CacheEntry, SessionCache } from "./session-cache.js";
+import { LAST_USED_DEFAULTS, LastUsedWriter, type LastUsedWriterOptions } from "./last-used-writer.js";
 import type { TokenVault } from "./token-vault.js";
 import { requireProviderAllowed, requireResourceAllowed, type CallContext } from "./scope.js";
 import { asDomainError } from "./store-errors.js";
@@ -86,8 +87,8 @@ export interface TokenAnswer {
 export class SessionService {
   /** Session reads in flight, by user and session id. */
   private readonly inflightReads = new Map<string, Promise<{ head: SessionHead | null; entry?: CacheEntry }>>();
-  /** Sessions whose last_used_at write is in flight, so concurrent calls send one. */
-  private readonly touching = new Set<string>();
+  /** last_used_at writes, batched: one statement for many sessions about once a second. */
+  private readonly lastUsed: LastUsedWriter;
 
   constructor(
     private readonly repo: SessionRepository,
@@ -98,9 +99,15 @@ export class SessionService {
     private readonly coordinator: RefreshCoordinator,
     private readonly audiences: AudienceCoordinator,
     private readonly logger: Logger,
-    private readonly options: { lastUsedResolutionMs: number; spans?: Spans },
+    private readonly options: { lastUsedResolutionMs: number; lastUsedBatch?: Partial<Omit<LastUsedWriterOptions, "onDropped">>; spans?: Spans },
   ) {
     this.spans = options.spans ?? NO_SPANS;
+    this.lastUsed = new LastUsedWriter((ids, times) => repo.touchMany(ids, times), {
+      ...LAST_USED_DEFAULTS,
+      ...options.lastUsedBatch,
+      onDropped: (count, err) =>
+        logger.debug(err === undefined ? { sessions: count } : { sessions: count, err: errSummary(err) }, "last_used_at not updated"),
+    });
     const select = { ...this.spans.db, "db.operation.name": "SELECT", "db.collection.name": "sessions" };
     this.readById = { attributes: { ...select, "token_service.cache": "miss" } };
     this.readNewest = { attributes: { ...select, "token_service.cache": "none" } };
@@ -424,16 +431,20 @@ export class SessionService {
     return read;
   }
 
-  /** Records use at most once per resolution window per session; never delays or fails the call. */
+  /**
+   * Records use at most once per resolution window per session; never delays
+   * or fails the call. The write is batched with other sessions' (LastUsedWriter):
+   * last_used_at reaches the database within about a second.
+   */
   private touch(row: SessionHead, now: Date): void {
     if (now.getTime() - row.lastUsedAt.getTime() < this.options.lastUsedResolutionMs) return;
-    if (this.touching.has(row.id)) return;
     row.lastUsedAt = now;
-    this.touching.add(row.id);
-    this.repo
-      .touch(row.id, now)
-      .catch((err: unknown) => this.logger.debug({ err: errSummary(err) }, "last_used_at not updated"))
-      .finally(() => this.touching.delete(row.id));
+    this.lastUsed.record(row.id, now);
+  }
+
+  /** Writes the uses not yet written (graceful shutdown: before the database closes). */
+  close(): Promise<void> {
+    return this.lastUsed.close();
   }
 
   private requireProvider(id: string, field: string) {

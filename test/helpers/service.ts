@@ -5,7 +5,7 @@ import { Writable } from "node:stream";
 import pg from "pg";
 import { stringify } from "yaml";
 import { createApp, type App, type AppOverrides } from "../../src/app.js";
-import { loadConfig } from "../../src/config.js";
+import { loadConfig, type Config } from "../../src/config.js";
 import { generateKeySpec } from "../../src/crypto/key-ring.js";
 import { createLogger } from "../../src/logger.js";
 import { connectGrpcClient, connectJsonClient, grpcJsClient, type ConnectTokenClient, type GrpcJsTokenClient } from "./clients.js";
@@ -64,6 +64,8 @@ export interface StartOptions {
   overrides?: AppOverrides;
   /** Extra environment, e.g. { TOKEN_SERVICE_HTTP_ADDR: "off" }. */
   env?: Record<string, string>;
+  /** Changes to the loaded configuration, for fields the YAML has no key for (e.g. lastUsedBatch). */
+  configure?: (config: Config) => Config;
 }
 
 export interface TestService {
@@ -123,7 +125,7 @@ export async function startService(options: StartOptions): Promise<TestService> 
     ...(keys ? { TOKEN_SERVICE_ENCRYPTION_KEYS: keys } : {}),
     ...options.env,
   };
-  const config = loadConfig(env);
+  const config = (options.configure ?? ((c: Config) => c))(loadConfig(env));
   const logs = new LogSink();
   const app = await createApp(config, { logger: createLogger(config.logLevel, logs), ...options.overrides });
   const grpcJs = grpcJsClient(app.url);
