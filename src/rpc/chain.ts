@@ -83,6 +83,9 @@ class ActiveCall implements CallContext {
   trace: TraceContext;
   private controller: AbortController | undefined;
   private aborted = false;
+  /** onAbort's listeners (no AbortController needed for them). */
+  private abortListeners: Set<() => void> | undefined;
+  private cancelWatched = false;
 
   constructor(
     private readonly chain: RpcChain,
@@ -116,15 +119,36 @@ class ActiveCall implements CallContext {
     if (!this.controller) {
       this.controller = new AbortController();
       if (this.aborted || this.call.isCancelled()) this.controller.abort();
-      // grpc-js also reports "cancelled" after every answer it sends: by then there is nothing to abort.
-      else this.call.onCancel(() => !this.settled && this.abort());
+      else this.watchCancel();
     }
     return this.controller.signal;
   }
 
+  onAbort(listener: () => void): () => void {
+    if (this.aborted || this.call.isCancelled()) {
+      listener();
+      return () => undefined;
+    }
+    (this.abortListeners ??= new Set()).add(listener);
+    this.watchCancel();
+    return () => this.abortListeners?.delete(listener);
+  }
+
+  /** Follows the transport's cancel once, for the signal and the listeners alike. */
+  private watchCancel(): void {
+    if (this.cancelWatched) return;
+    this.cancelWatched = true;
+    // grpc-js also reports "cancelled" after every answer it sends: by then there is nothing to abort.
+    this.call.onCancel(() => !this.settled && this.abort());
+  }
+
   abort(): void {
+    if (this.aborted) return;
     this.aborted = true;
     this.controller?.abort();
+    const listeners = this.abortListeners;
+    this.abortListeners = undefined;
+    if (listeners) for (const l of listeners) l();
   }
 
   settle(ok: boolean, outcome: unknown): void {

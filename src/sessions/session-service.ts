@@ -28,7 +28,6 @@ import { asDomainError } from "./store-errors.js";
 
 export type { CallContext } from "./scope.js";
 import { NO_SPANS, type SpanOptions, type Spans } from "../tracing/spans.js";
-import { abortable } from "../util/abortable.js";
 import {
   checkExpiresIn,
   checkInstant,
@@ -359,25 +358,41 @@ export class SessionService {
   }
 
   /** Waits for `work`, but gives up just before the caller's deadline (or when it goes away). */
-  private async withinDeadline<T>(work: Promise<T>, ctx: CallContext): Promise<T> {
-    const signals: AbortSignal[] = [];
-    if (ctx.signal) signals.push(ctx.signal);
-    if (ctx.deadline !== undefined) {
-      const remaining = ctx.deadline - Date.now();
-      // Keep a little time to answer with the still-valid token, if there is one.
-      const reserve = Math.min(100, Math.max(0, remaining * 0.1));
-      // AbortSignal.timeout takes whole milliseconds (a fraction throws).
-      signals.push(AbortSignal.timeout(Math.max(1, Math.floor(remaining - reserve))));
-    }
-    if (signals.length === 0) return work;
-    // AbortSignal.any costs a new signal and listeners per caller (thousands in a refresh storm): only when needed.
-    const stop = signals.length === 1 ? signals[0]! : AbortSignal.any(signals);
-    try {
-      return await abortable(work, stop);
-    } catch (err) {
-      if (stop.aborted && err === stop.reason) throw new CallerDeadlineError();
-      throw err;
-    }
+  private withinDeadline<T>(work: Promise<T>, ctx: CallContext): Promise<T> {
+    const remaining = ctx.deadline !== undefined ? ctx.deadline - Date.now() : undefined;
+    // A context without onAbort (tests, internal callers) may still carry a signal.
+    if (!ctx.onAbort && ctx.signal === undefined && remaining === undefined) return work;
+    // A timer and a cancel listener per waiting caller, and no AbortSignal: a refresh storm has thousands.
+    return new Promise<T>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      let off: (() => void) | undefined;
+      let done = false;
+      const finish = (settle: () => void) => {
+        if (done) return;
+        done = true;
+        if (timer) clearTimeout(timer);
+        off?.();
+        settle();
+      };
+      const giveUp = () => finish(() => reject(new CallerDeadlineError()));
+      if (remaining !== undefined) {
+        // Keep a little time to answer with the still-valid token, if there is one.
+        const reserve = Math.min(100, Math.max(0, remaining * 0.1));
+        timer = setTimeout(giveUp, Math.max(1, Math.floor(remaining - reserve)));
+        timer.unref();
+      }
+      if (ctx.onAbort) off = ctx.onAbort(giveUp);
+      else if (ctx.signal) {
+        const signal = ctx.signal;
+        if (signal.aborted) giveUp();
+        signal.addEventListener("abort", giveUp, { once: true });
+        off = () => signal.removeEventListener("abort", giveUp);
+      }
+      work.then(
+        (v) => finish(() => resolve(v)),
+        (e: unknown) => finish(() => reject(e)),
+      );
+    });
   }
 
   private answer(

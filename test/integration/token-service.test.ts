@@ -304,6 +304,24 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
     expect(viaGrpcJs.token).not.toBe(got.token);
   });
 
+  it("answers a caller that goes away while it waits on a refresh CANCELED, and the refresh goes on for the next", async () => {
+    const { tokens, sessionId } = await storeExpired("jonas");
+    const before = provider.stats.refreshes;
+    const canceled = () => svc.logs.lines().filter((l) => l.msg === "rpc" && l.rpc === "tokenservice.v1.TokenService/GetToken" && l.code === "canceled").length;
+    const canceledBefore = canceled();
+    provider.faults.push({ kind: "delay", ms: 800 });
+    const ac = new AbortController();
+    const waiting = rejection(svc.client.getToken({ userId: "jonas", sessionId }, { signal: ac.signal }));
+    await sleep(200);
+    ac.abort();
+    expect(((await waiting) as ConnectError).code).toBe(Code.Canceled);
+    await vi.waitFor(() => expect(canceled()).toBe(canceledBefore + 1));
+    // The refresh it set off was not cut short: the next caller gets its token, with no second provider call.
+    const got = await svc.client.getToken({ userId: "jonas", sessionId });
+    expect(got.token).not.toBe(tokens.access_token);
+    expect(provider.stats.refreshes - before).toBe(1);
+  });
+
   it("honours Retry-After from a 429 within the call", async () => {
     const { tokens, sessionId } = await storeExpired("ivan");
     provider.faults.push({ kind: "status", status: 429, retryAfter: "1" });
