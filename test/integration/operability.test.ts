@@ -246,6 +246,17 @@ describe("health on shutdown, reflection switched off, CLI", () => {
       provider: "corp",
       tokens: { accessToken: tokens.access_token, refreshToken: tokens.refresh_token, expiresIn: 300n },
     });
+    // A second session whose refresh fails (the provider answers 503 to every attempt), and a third, revoked.
+    const failing = await client.storeSession({
+      userId: "lister",
+      provider: "corp",
+      tokens: { accessToken: "at-expired", refreshToken: (await provider.login("lister")).refresh_token, expiresAt: timestampFromDate(new Date(Date.now() - 1000)) },
+    });
+    for (let i = 0; i < 5; i++) provider.faults.push({ kind: "status", status: 503 });
+    await expect(client.getToken({ userId: "lister", sessionId: failing.sessionId })).rejects.toThrow();
+    provider.faults.length = 0;
+    const revoked = await client.storeSession({ userId: "lister", provider: "corp", tokens: { accessToken: "at-revoked", expiresIn: 300n } });
+    await client.revokeSession({ userId: "lister", sessionId: revoked.sessionId });
     svc.kill("SIGTERM");
     await svc.exited;
     const env = { DATABASE_URL: db, TOKEN_SERVICE_CONFIG: config, TOKEN_SERVICE_ENCRYPTION_KEYS: keys };
@@ -253,7 +264,13 @@ describe("health on shutdown, reflection switched off, CLI", () => {
     expect(await list.exited).toBe(0);
     expect(list.stdout()).toMatch(/SESSION\s+PROVIDER\s+STATUS/);
     expect(list.stdout()).toMatch(/~[A-Za-z0-9_-]{12}\s+corp\s+active/);
-    expect(list.stdout()).toContain("1 session");
+    expect(list.stdout()).toMatch(/~[A-Za-z0-9_-]{12}\s+corp\s+refresh_failing \(1 failure, since \d{4}-\d\d-\d\dT[\d:]+Z, last http_503\)/);
+    expect(list.stdout()).toContain("2 sessions\n");
+    expect(list.stdout()).not.toContain("revoked");
+    const ended = await spawnService(env, { args: ["sessions", "list", "--user", "lister", "--include-ended"], expectListening: false });
+    expect(await ended.exited).toBe(0);
+    expect(ended.stdout()).toMatch(/~[A-Za-z0-9_-]{12}\s+corp\s+revoked \(revoke_session, \d{4}-\d\d-\d\dT[\d:]+Z\)/);
+    expect(ended.stdout()).toContain("3 sessions (1 ended)");
     for (const secret of [sessionId, tokens.access_token, tokens.refresh_token]) expect(list.stdout()).not.toContain(secret);
     const withIds = await spawnService(env, { args: ["sessions", "list", "--user", "lister", "--show-ids"], expectListening: false });
     expect(await withIds.exited).toBe(0);
