@@ -1,16 +1,22 @@
 import type { DatabaseConfig } from "../config.js";
 import { openHotPool } from "./hot-pool.js";
+import { LookupBatcher } from "./lookup-batcher.js";
 import type { PoolStats } from "./pool-stats.js";
 import { asBuffer, type SessionHead } from "./session-entity.js";
 import { DatabaseUnavailableError, isUnavailable } from "./session-repository.js";
 
 /**
- * The GetToken read path: one primary-key lookup of a narrow row (no refresh
- * token), on a prepared statement, with no ORM unit of work. Everything else
- * goes through SessionRepository.
+ * The GetToken read path: primary-key lookups of a narrow row (no refresh
+ * token), on prepared statements, with no ORM unit of work (on PostgreSQL,
+ * the lookups of one event-loop turn in one statement). Everything else goes
+ * through SessionRepository.
  */
 export interface SessionReader {
-  /** The session if it has this id and belongs to this user: one query for both checks. */
+  /**
+   * The session if it has this id and belongs to this user (a wrong user gets
+   * null, as an unknown id does). PostgreSQL reads the calls of one
+   * event-loop turn together.
+   */
   findForUser(id: string, userId: string): Promise<SessionHead | null>;
   /** The user's newest session at a provider, active ones first. */
   findNewest(userId: string, provider: string): Promise<SessionHead | null>;
@@ -24,6 +30,10 @@ const HEAD_COLUMNS =
   "access_expires_at, access_issued_at, id_expires_at, last_used_at, version, reauth_reason, lease_owner, lease_until, resources";
 
 const BY_ID = `select ${HEAD_COLUMNS} from sessions where id = $1 and user_id = $2`;
+/** PostgreSQL: the cache misses of one event-loop turn, read together (each caller's user is checked on its row). */
+const BY_IDS = `select ${HEAD_COLUMNS} from sessions where id = any($1::text[])`;
+/** Most distinct ids in one batched read. */
+export const MAX_BATCH_IDS = 64;
 const NEWEST =
   `select ${HEAD_COLUMNS} from sessions where user_id = $1 and provider = $2 ` +
   "order by case when status = 'active' then 0 else 1 end, created_at desc limit 1";
@@ -61,26 +71,45 @@ function toHead(r: RawRow | undefined): SessionHead | null {
   };
 }
 
-/** PostgreSQL: a small pool of its own with named (server-side prepared) statements. */
+/**
+ * PostgreSQL: a small pool of its own with named (server-side prepared)
+ * statements. The `findForUser` calls of one event-loop turn share one
+ * statement (LookupBatcher): under load most GetToken calls miss the cache,
+ * and one query per call cost a round trip, its syscalls and its parsing
+ * each. A lone call is today's single-row lookup.
+ */
 class PgSessionReader implements SessionReader {
-  private constructor(private readonly pool: import("pg").Pool) {}
+  private readonly batcher: LookupBatcher<RawRow, SessionHead>;
 
-  static async open(url: string): Promise<PgSessionReader> {
-    return new PgSessionReader(await openHotPool(url, "token-service-read", 10));
+  constructor(private readonly pool: import("pg").Pool) {
+    this.batcher = new LookupBatcher<RawRow, SessionHead>(
+      {
+        one: (id, userId) => this.one("ts_session_by_id", BY_ID, [id, userId]),
+        many: (ids) => this.rows("ts_sessions_by_ids", BY_IDS, [ids]),
+        idOf: (row) => row.id as string,
+        userOf: (row) => row.user_id as string,
+        toResult: (row) => toHead(row) as SessionHead,
+      },
+      MAX_BATCH_IDS,
+    );
   }
 
-  private async one(name: string, text: string, values: unknown[]): Promise<SessionHead | null> {
+  /** The rows of a statement; an outage becomes DatabaseUnavailableError. */
+  private async rows(name: string, text: string, values: unknown[]): Promise<RawRow[]> {
     try {
-      const res = await this.pool.query<RawRow>({ name, text, values });
-      return toHead(res.rows[0]);
+      return (await this.pool.query<RawRow>({ name, text, values })).rows;
     } catch (err) {
       if (isUnavailable(err)) throw new DatabaseUnavailableError(err);
       throw err;
     }
   }
 
+  private async one(name: string, text: string, values: unknown[]): Promise<SessionHead | null> {
+    return toHead((await this.rows(name, text, values))[0]);
+  }
+
   findForUser(id: string, userId: string) {
-    return this.one("ts_session_by_id", BY_ID, [id, userId]);
+    return this.batcher.read(id, userId);
   }
 
   findNewest(userId: string, provider: string) {
@@ -153,5 +182,11 @@ class SqliteSessionReader implements SessionReader {
 
 /** Opens the reader for the configured database (after migrations have created the table). */
 export function openSessionReader(db: DatabaseConfig): Promise<SessionReader> {
-  return db.kind === "sqlite" ? SqliteSessionReader.open(db.path) : PgSessionReader.open(db.url);
+  if (db.kind === "sqlite") return SqliteSessionReader.open(db.path);
+  return openHotPool(db.url, "token-service-read", 10).then(pgSessionReader);
+}
+
+/** The PostgreSQL reader over a pool (closed with the reader): openSessionReader's, or a test's. */
+export function pgSessionReader(pool: import("pg").Pool): SessionReader {
+  return new PgSessionReader(pool);
 }

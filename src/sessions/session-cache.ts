@@ -50,6 +50,15 @@ export class SessionCache {
   private readonly entries = new Map<string, CacheEntry>();
   private readonly byRef = new Map<string, string>();
   private readonly tombstones = new Map<string, { seq: number; at: number }>();
+  /**
+   * Where eviction finds the oldest entry: one live iterator, kept while sets evict. A fresh
+   * `entries.values().next()` scans every slot that earlier evictions emptied at the front of the
+   * map's table (thousands, until V8 compacts it): about 5 µs an eviction at 10,000 entries, paid by
+   * every cache miss once the cache is full. Everything before this cursor has been evicted, so its
+   * next entry is the oldest. Dropped when a set evicts nothing, so that it never holds on to tables
+   * the map has outgrown.
+   */
+  private evictCursor: MapIterator<CacheEntry> | undefined;
   private seq = 0;
   private flushedSeq = 0;
   private online: boolean;
@@ -110,11 +119,18 @@ export class SessionCache {
     const entry: CacheEntry = { head, ref, storedAt: Date.now() };
     this.entries.set(key, entry);
     this.byRef.set(ref, key);
-    while (this.entries.size > this.config.maxEntries) {
-      const oldest = this.entries.values().next().value as CacheEntry;
-      this.drop(oldest);
-    }
+    if (this.entries.size <= this.config.maxEntries) this.evictCursor = undefined;
+    while (this.entries.size > this.config.maxEntries) this.evictOldest();
     return entry;
+  }
+
+  private evictOldest(): void {
+    let next = this.evictCursor?.next();
+    if (next === undefined || next.done) {
+      this.evictCursor = this.entries.values();
+      next = this.evictCursor.next();
+    }
+    if (!next.done) this.drop(next.value);
   }
 
   private drop(entry: CacheEntry): void {
@@ -153,6 +169,7 @@ export class SessionCache {
   flush(): void {
     this.seq++;
     this.flushedSeq = this.seq;
+    this.evictCursor = undefined;
     this.entries.clear();
     this.byRef.clear();
   }

@@ -104,6 +104,35 @@ describe("SessionCache", () => {
     expect(aged.get("u", "x")).toBeUndefined();
   });
 
+  it("evicts the oldest set first, over many evictions with re-sets, invalidations and flushes between them", () => {
+    const cache = new SessionCache({ ...config, maxEntries: 8 });
+    // The model: ids in the order they were last set, oldest first.
+    let model: string[] = [];
+    let seed = 7;
+    const random = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const ids = Array.from({ length: 40 }, (_, i) => `s${i}`);
+    for (let op = 0; op < 20_000; op++) {
+      const id = ids[random(ids.length)]!;
+      const what = random(100);
+      if (what < 90) {
+        expect(cache.set(head(id), cache.ticket())).toBeDefined();
+        model = [...model.filter((m) => m !== id), id].slice(-8);
+      } else if (what < 99) {
+        cache.invalidate(id);
+        model = model.filter((m) => m !== id);
+      } else {
+        cache.flush();
+        model = [];
+      }
+      expect(cache.size).toBe(model.length);
+      if (op % 500 === 0) expect(ids.filter((i) => cache.get("u", i) !== undefined).sort()).toEqual([...model].sort());
+    }
+    expect(ids.filter((i) => cache.get("u", i) !== undefined).sort()).toEqual([...model].sort());
+  });
+
   it("stores nothing when disabled", () => {
     const cache = new SessionCache({ ...config, enabled: false });
     expect(cache.set(head("s1"), cache.ticket())).toBeUndefined();
