@@ -22,6 +22,13 @@ export interface CacheEntry {
   audiences?: Map<string, AudienceToken>;
 }
 
+/** A remembered invalidation: reads that began before `seq` may not fill the cache with `ref`'s session. */
+interface Tombstone {
+  ref: string;
+  seq: number;
+  at: number;
+}
+
 /** Recent invalidations are remembered this long, to refuse late fills from reads that began earlier. */
 const TOMBSTONE_MS = 60_000;
 
@@ -49,7 +56,14 @@ export const MAX_TOMBSTONES = 10_000;
 export class SessionCache {
   private readonly entries = new Map<string, CacheEntry>();
   private readonly byRef = new Map<string, string>();
-  private readonly tombstones = new Map<string, { seq: number; at: number }>();
+  private readonly tombstones = new Map<string, Tombstone>();
+  /**
+   * The tombstones in the order they were made (a ref made again is in it twice; the map holds the newest),
+   * from `tombHead` on: the sweep takes from the front without scanning the map, whose iteration would
+   * step over every slot earlier deletions left empty.
+   */
+  private tombQueue: Tombstone[] = [];
+  private tombHead = 0;
   /**
    * Where eviction finds the oldest entry: one live iterator, kept while sets evict. A fresh
    * `entries.values().next()` scans every slot that earlier evictions emptied at the front of the
@@ -143,21 +157,30 @@ export class SessionCache {
     this.seq++;
     this.stats.invalidations++;
     const now = Date.now();
-    // Deleted first so that the map stays in the order of the invalidations: the sweep below stops at the
-    // first one it keeps, so an invalidation costs O(1) however many are remembered.
-    this.tombstones.delete(ref);
-    this.tombstones.set(ref, { seq: this.seq, at: now });
+    const tomb: Tombstone = { ref, seq: this.seq, at: now };
+    this.tombstones.set(ref, tomb);
+    this.tombQueue.push(tomb);
     const key = this.byRef.get(ref);
     if (key) {
       const entry = this.entries.get(key);
       if (entry) this.drop(entry);
     }
-    for (const [r, t] of this.tombstones) {
+    // From the oldest: an invalidation costs O(1) amortized however many are remembered.
+    while (this.tombHead < this.tombQueue.length) {
+      const t = this.tombQueue[this.tombHead]!;
       const young = now - t.at <= TOMBSTONE_MS;
-      if (young && this.tombstones.size <= MAX_TOMBSTONES) break;
-      this.tombstones.delete(r);
+      // The queue is bounded too: a session invalidated over and over leaves a copy each time.
+      if (young && this.tombstones.size <= MAX_TOMBSTONES && this.tombQueue.length - this.tombHead <= 4 * MAX_TOMBSTONES) break;
+      this.tombHead++;
+      // A ref invalidated again since has a newer tombstone in the map: that one stays.
+      if (this.tombstones.get(t.ref) !== t) continue;
+      this.tombstones.delete(t.ref);
       // Forgotten before its time: a read that began before it may not fill anything.
       if (young) this.flushedSeq = Math.max(this.flushedSeq, t.seq);
+    }
+    if (this.tombHead > 1024 && this.tombHead * 2 > this.tombQueue.length) {
+      this.tombQueue = this.tombQueue.slice(this.tombHead);
+      this.tombHead = 0;
     }
   }
 

@@ -75,6 +75,17 @@ describe("SessionCache", () => {
     expect(cache.set(head("s1"), cache.ticket())).toBeDefined();
   });
 
+  it("keeps the invalidation queue bounded when one session is invalidated over and over", () => {
+    const cache = new SessionCache(config);
+    const before = cache.ticket();
+    for (let i = 0; i < 5 * MAX_TOMBSTONES; i++) cache.invalidate("hot");
+    const inner = cache as unknown as { tombstones: Map<string, unknown>; tombQueue: unknown[]; tombHead: number };
+    expect(inner.tombQueue.length - inner.tombHead).toBeLessThanOrEqual(4 * MAX_TOMBSTONES);
+    expect(inner.tombQueue.length).toBeLessThanOrEqual(4 * MAX_TOMBSTONES + 1025);
+    expect(inner.tombstones.size).toBe(1);
+    expect(cache.set(head("hot"), before)).toBeUndefined();
+  });
+
   it("refuses fills from reads older than a flush, and is off while the channel is down", () => {
     const cache = new SessionCache(config);
     const early = cache.ticket();
