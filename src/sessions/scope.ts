@@ -9,7 +9,7 @@ export interface CallContext {
   providers?: ReadonlySet<string>;
   /** Audiences (RFC 8707 resources) the caller may ask tokens for; undefined: all. */
   resources?: ReadonlySet<string>;
-  /** Aborts when the caller goes away. */
+  /** Aborts when the caller goes away (for work that takes a signal; a wait uses onAbort). */
   signal?: AbortSignal;
   /**
    * Calls `listener` once when the caller goes away (at once if it has);

@@ -360,12 +360,12 @@ export class SessionService {
   /** Waits for `work`, but gives up just before the caller's deadline (or when it goes away). */
   private withinDeadline<T>(work: Promise<T>, ctx: CallContext): Promise<T> {
     const remaining = ctx.deadline !== undefined ? ctx.deadline - Date.now() : undefined;
-    // A context without onAbort (tests, internal callers) may still carry a signal.
-    if (!ctx.onAbort && ctx.signal === undefined && remaining === undefined) return work;
+    if (!ctx.onAbort && remaining === undefined) return work;
     // A timer and a cancel listener per waiting caller, and no AbortSignal: a refresh storm has thousands.
     return new Promise<T>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
-      let off: (() => void) | undefined;
+      // Set from onAbort below, which may call giveUp before it returns (a caller already gone).
+      let off: (() => void) | undefined = undefined;
       let done = false;
       const finish = (settle: () => void) => {
         if (done) return;
@@ -381,13 +381,7 @@ export class SessionService {
         timer = setTimeout(giveUp, Math.max(1, Math.floor(remaining - reserve)));
         timer.unref();
       }
-      if (ctx.onAbort) off = ctx.onAbort(giveUp);
-      else if (ctx.signal) {
-        const signal = ctx.signal;
-        if (signal.aborted) giveUp();
-        signal.addEventListener("abort", giveUp, { once: true });
-        off = () => signal.removeEventListener("abort", giveUp);
-      }
+      off = ctx.onAbort?.(giveUp);
       work.then(
         (v) => finish(() => resolve(v)),
         (e: unknown) => finish(() => reject(e)),
