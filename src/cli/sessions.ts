@@ -1,7 +1,7 @@
 import type { Writable } from "node:stream";
 import { ConfigError, loadConfig } from "../config.js";
 import { sessionRef } from "../logger.js";
-import { LIST_LIMIT } from "../sessions/user-sessions.js";
+import { LIST_LIMIT, sessionHealth } from "../sessions/user-sessions.js";
 import { requireUserId } from "../sessions/validation.js";
 import { option } from "./args.js";
 import { openStore } from "./store.js";
@@ -12,13 +12,14 @@ const iso = (d: Date | null) => (d ? d.toISOString().replace(/\.\d{3}Z$/, "Z") :
 
 /** The STATUS column, in ListSessions' terms (docs/connection-health.md#session-status). */
 function statusText(r: SessionRow): string {
-  if (r.status === "reauth_required") return `reauth_required (${r.reauthReason ?? "?"}${r.reauthAt ? `, ${iso(r.reauthAt)}` : ""})`;
-  const failures = r.refreshFailures ?? 0;
-  if (failures > 0) {
+  const health = sessionHealth(r);
+  if (health === "reauth_required") return `reauth_required (${r.reauthReason ?? "?"}${r.reauthAt ? `, ${iso(r.reauthAt)}` : ""})`;
+  if (health === "refresh_failing") {
+    const failures = r.refreshFailures ?? 0;
     const since = r.failingSince ? `, since ${iso(r.failingSince)}` : "";
     return `refresh_failing (${failures} ${failures === 1 ? "failure" : "failures"}${since}, last ${r.lastErrorCode ?? "?"})`;
   }
-  return "active";
+  return health;
 }
 
 /**

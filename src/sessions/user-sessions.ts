@@ -26,6 +26,11 @@ const REVOKE_CONCURRENCY = 4;
  */
 export type SessionHealth = "active" | "refresh_failing" | "reauth_required" | "revoked" | "logged_out";
 
+/** A stored (not ended) session's status, from what its row holds. */
+export function sessionHealth(r: Pick<SessionRow, "status" | "refreshFailures">): SessionHealth {
+  return r.status === "reauth_required" ? "reauth_required" : (r.refreshFailures ?? 0) > 0 ? "refresh_failing" : "active";
+}
+
 /** What ListSessions shows of a session: metadata only, never token material. */
 export interface SessionSummary {
   sessionId: string;
@@ -121,7 +126,7 @@ export class UserSessions {
       createdAt: r.createdAt,
       lastUsedAt: r.lastUsedAt,
       accessExpiresAt: r.accessExpiresAt,
-      status: r.status === "reauth_required" ? "reauth_required" : (r.refreshFailures ?? 0) > 0 ? "refresh_failing" : "active",
+      status: sessionHealth(r),
       refreshFailures: r.status === "active" ? (r.refreshFailures ?? 0) : 0,
       failingSince: r.status === "active" ? (r.failingSince ?? null) : null,
       lastError: r.lastErrorCode,
