@@ -77,8 +77,28 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
         log: (obj) => redactSecrets(obj),
       },
     },
-    destination ?? pino.destination({ dest: 1, sync: false }),
+    destination ?? stdoutDestination(),
   );
+}
+
+/**
+ * Standard output for the log, written asynchronously, as `pino.destination({ dest: 1, sync: false })` does, but with
+ * each line handed over as a Buffer. In its default (utf8) mode sonic-boom appends a line to the text it has not yet
+ * written and then measures that text's byte length, which flattens it: while a write is in flight every line copies
+ * all the lines before it (about 8.5 KB of garbage per line under load, for lines of about 300 bytes). In buffer
+ * mode it keeps the lines in a list and joins them once per write. pino.destination still builds the stream, so
+ * the log is still flushed when the process exits and a closed pipe (EPIPE) still ends logging quietly.
+ */
+export function stdoutDestination(fd = 1): DestinationStream & { flush(cb?: (err?: Error) => void): void; flushSync(): void } {
+  const sonic = pino.destination({ dest: fd, sync: false, contentMode: "buffer" });
+  // sonic-boom's types name strings only; in buffer mode its write takes a Buffer. Called as a method each time:
+  // on EPIPE pino replaces the stream's write with a no-op.
+  const buffered = sonic as unknown as { write(data: Buffer): boolean };
+  return {
+    write: (line: string) => void buffered.write(Buffer.from(line, "utf8")),
+    flush: (cb) => sonic.flush(cb),
+    flushSync: () => sonic.flushSync(),
+  };
 }
 
 /**

@@ -1,5 +1,10 @@
+import { execFile as execFileCb } from "node:child_process";
+import { mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
-import { createLogger, redactSecrets } from "../../src/logger.js";
+import { createLogger, redactSecrets, stdoutDestination } from "../../src/logger.js";
 import { LogSink } from "../helpers/service.js";
 
 describe("logger redaction", () => {
@@ -24,5 +29,40 @@ describe("logger redaction", () => {
     const out = redactSecrets(dirty);
     expect(out).toEqual({ nested: { token: "[redacted]" }, other: 1 });
     expect(dirty.nested.token).toBe("T");
+  });
+});
+
+const execFile = promisify(execFileCb);
+
+describe("the log's standard output", () => {
+  it("writes every line whole and in order, multi-byte text included, while earlier writes are still in flight", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "token-service-log-"));
+    try {
+      const file = join(dir, "out.log");
+      const fd = openSync(file, "w");
+      const dest = stdoutDestination(fd);
+      const logger = createLogger("info", dest);
+      for (let i = 0; i < 20_000; i++) logger.info({ n: i, text: i % 7 === 0 ? "naïve – 日本語 ✓" : "plain" }, "line");
+      await new Promise<void>((resolve, reject) => dest.flush((err) => (err ? reject(err) : resolve())));
+      dest.flushSync();
+      const lines = readFileSync(file, "utf8").split("\n");
+      expect(lines.pop()).toBe("");
+      expect(lines).toHaveLength(20_000);
+      lines.forEach((line, i) => expect(JSON.parse(line)).toMatchObject({ n: i, msg: "line", text: i % 7 === 0 ? "naïve – 日本語 ✓" : "plain" }));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("is flushed when the process exits at once after logging", async () => {
+    const logger = new URL("../../dist/src/logger.js", import.meta.url).href;
+    const script = `import { createLogger } from ${JSON.stringify(logger)};
+const log = createLogger("info");
+for (let i = 0; i < 5000; i++) log.info({ n: i, pad: "x".repeat(200) }, "before exit");
+process.exit(0);`;
+    const { stdout } = await execFile(process.execPath, ["--input-type=module", "-e", script], { maxBuffer: 64 << 20 });
+    const lines = stdout.split("\n").filter((l) => l !== "");
+    expect(lines).toHaveLength(5000);
+    expect(JSON.parse(lines[4999]!)).toMatchObject({ n: 4999, msg: "before exit" });
   });
 });
