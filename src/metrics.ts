@@ -12,6 +12,8 @@ export interface MetricSources {
   cacheEntries(): number;
   cacheHits(): number;
   cacheMisses(): number;
+  /** Reads a full cache did not store (their session had not been read recently). */
+  cacheDeclined(): number;
   serving(): boolean;
   /** Whether the database answered the service's last probe (see token_service_database_up). */
   databaseUp(): boolean;
@@ -144,6 +146,15 @@ export class Metrics {
         this.reset();
         this.inc({ result: "hit" }, sources.cacheHits());
         this.inc({ result: "miss" }, sources.cacheMisses());
+      },
+    });
+    new Counter({
+      name: "token_service_cache_declined_total",
+      help: "Sessions read from the database that the full GetToken cache did not store, because they had not been read recently.",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(sources.cacheDeclined());
       },
     });
     new Gauge({

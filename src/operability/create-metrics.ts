@@ -39,6 +39,7 @@ export function createMetrics(deps: { store: Store; spans: Spans }): AppMetrics 
     cacheEntries: () => live?.cache.size ?? 0,
     cacheHits: () => live?.cache.stats.hits ?? 0,
     cacheMisses: () => live?.cache.stats.misses ?? 0,
+    cacheDeclined: () => live?.cache.stats.declined ?? 0,
     serving: () => live?.health.state.status === ServingStatus.SERVING,
     databaseUp: () => live?.health.databaseUp() ?? false,
     pools: () => deps.store.pools(),

@@ -142,6 +142,43 @@ describe("operability", () => {
     expect((await fetch(`http://127.0.0.1:${svc.app.adminPort}/nope`)).status).toBe(404);
   });
 
+  it("a full GetToken cache stores a session on its second read, not its first, and counts what it declined on /metrics", async () => {
+    const small = await startService({ dialect: "sqlite", provider, yaml: { cache: { max_entries: 2 } } });
+    try {
+      const ids: string[] = [];
+      for (const user of ["full-a", "full-b", "full-c"]) {
+        const tokens = await provider.login(user);
+        const { sessionId } = await small.client.storeSession({
+          userId: user,
+          provider: "corp",
+          tokens: { accessToken: tokens.access_token, refreshToken: tokens.refresh_token, expiresIn: 3600n },
+        });
+        ids.push(sessionId);
+      }
+      const get = (i: number) => small.client.getToken({ userId: ["full-a", "full-b", "full-c"][i]!, sessionId: ids[i]! });
+      const metric = async (re: RegExp) => Number(re.exec(await (await fetch(`http://127.0.0.1:${small.app.adminPort}/metrics`)).text())?.[1] ?? NaN);
+      await get(0);
+      await get(1); // a and b fill the cache
+      expect(small.app.cache.size).toBe(2);
+      const token = (await get(2)).token; // c: read, answered, not stored
+      expect(token).not.toBe("");
+      expect(small.app.cache.size).toBe(2);
+      expect(await metric(/^token_service_cache_declined_total (\d+)/m)).toBe(1);
+      // a and b are still hits.
+      const hits = await metric(/^token_service_cache_lookups_total\{result="hit"\} (\d+)/m);
+      await get(0);
+      await get(1);
+      expect(await metric(/^token_service_cache_lookups_total\{result="hit"\} (\d+)/m)).toBe(hits + 2);
+      // c again: stored now, in place of the oldest; its next read is a hit.
+      await get(2);
+      await get(2);
+      expect(await metric(/^token_service_cache_lookups_total\{result="hit"\} (\d+)/m)).toBe(hits + 3);
+      expect(await metric(/^token_service_cache_declined_total (\d+)/m)).toBe(1);
+    } finally {
+      await small.close();
+    }
+  });
+
   it("answers health Check for the server and the token service, NOT_FOUND for others, and Watch streams", async () => {
     const health = createClient(Health, createGrpcTransport({ baseUrl: svc.url }));
     expect((await health.check({ service: "" })).status).toBe(Status.SERVING);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { SessionHead } from "../../src/db/session-entity.js";
 import { sessionRef } from "../../src/logger.js";
-import { MAX_TOMBSTONES, SessionCache } from "../../src/sessions/session-cache.js";
+import { AdmissionFilter, MAX_TOMBSTONES, SessionCache } from "../../src/sessions/session-cache.js";
 
 function head(id: string, userId = "u"): SessionHead {
   const now = new Date();
@@ -104,9 +104,17 @@ describe("SessionCache", () => {
 
   it("is bounded in size and age", () => {
     const cache = new SessionCache(config);
-    for (const id of ["a", "b", "c", "d"]) cache.set(head(id), cache.ticket());
+    for (const id of ["a", "b", "c"]) cache.set(head(id), cache.ticket());
+    // Full: a session read for the first time is not stored, and pushes nothing out.
+    expect(cache.set(head("d"), cache.ticket())).toBeUndefined();
+    expect(cache.size).toBe(3);
+    expect(cache.get("u", "a")).toBeDefined();
+    expect(cache.stats.declined).toBe(1);
+    // Read again: stored, in place of the oldest.
+    expect(cache.set(head("d"), cache.ticket())?.head.id).toBe("d");
     expect(cache.size).toBe(3);
     expect(cache.get("u", "a")).toBeUndefined();
+    expect(cache.get("u", "d")).toBeDefined();
     const aged = new SessionCache({ ...config, maxAgeMs: 0.000001 });
     aged.set(head("x"), aged.ticket());
     const until = Date.now() + 2;
@@ -117,7 +125,7 @@ describe("SessionCache", () => {
   });
 
   it("evicts the oldest set first, over many evictions with re-sets, invalidations and flushes between them", () => {
-    const cache = new SessionCache({ ...config, maxEntries: 8 });
+    const cache = new SessionCache({ ...config, maxEntries: 8 }, true, { admission: false });
     // The model: ids in the order they were last set, oldest first.
     let model: string[] = [];
     let seed = 7;
@@ -143,6 +151,48 @@ describe("SessionCache", () => {
       if (op % 500 === 0) expect(ids.filter((i) => cache.get("u", i) !== undefined).sort()).toEqual([...model].sort());
     }
     expect(ids.filter((i) => cache.get("u", i) !== undefined).sort()).toEqual([...model].sort());
+  });
+
+  it("once full, stores a session on its second read only, and never in place of one already stored", () => {
+    const cache = new SessionCache({ ...config, maxEntries: 100 });
+    for (let i = 0; i < 100; i++) expect(cache.set(head(`hot${i}`), cache.ticket())).toBeDefined();
+    // A re-read of a stored session replaces it whatever the filter says.
+    expect(cache.set({ ...head("hot5"), version: 2 }, cache.ticket())?.head.version).toBe(2);
+    // 1,000 sessions read once each: none pushes out a stored one (a few pass the filter as seen: it is a Bloom filter).
+    let stored = 0;
+    for (let i = 0; i < 1000; i++) if (cache.set(head(`once${i}`), cache.ticket())) stored++;
+    expect(stored).toBeLessThan(100);
+    expect(cache.stats.declined).toBe(1000 - stored);
+    expect(cache.size).toBe(100);
+    // Read a second time soon after: stored.
+    expect(cache.set(head("once999"), cache.ticket())).toBeDefined();
+    expect(cache.get("u", "once999")).toBeDefined();
+    // The same session id for another user is another key.
+    expect(cache.stats.declined).toBe(1000 - stored);
+    const before = cache.stats.declined;
+    cache.set(head("once998", "other-user"), cache.ticket());
+    expect(cache.stats.declined).toBe(before + 1);
+  });
+
+  it("admission filter: remembers a key for at least one generation and forgets it after two", () => {
+    const filter = new AdmissionFilter(1000);
+    expect(filter.seen("k")).toBe(false);
+    expect(filter.seen("k")).toBe(true);
+    // 999 more keys fill the generation "k" began; it is still remembered in the next one.
+    for (let i = 0; i < 999; i++) filter.seen(`a${i}`);
+    expect(filter.seen("k")).toBe(true);
+    // Two more generations of other keys: forgotten.
+    for (let i = 0; i < 2000; i++) filter.seen(`b${i}`);
+    expect(filter.seen("k")).toBe(false);
+    // Keys never offered pass as seen rarely (about 8 bits a key, 2 hashes: about 5 % against a full generation).
+    const full = new AdmissionFilter(10_000);
+    for (let i = 0; i < 10_000; i++) full.seen(`key-${i}`); // the last one starts a new generation: the full one is the previous
+    let passed = 0;
+    for (let i = 0; i < 1000; i++) if (full.seen(`probe-${i}`)) passed++;
+    expect(passed).toBeGreaterThan(0); // it is a Bloom filter, not a set
+    expect(passed).toBeLessThan(100);
+    // and every key of that generation is still remembered
+    expect(Array.from({ length: 10_000 }, (_, i) => full.seen(`key-${i}`)).every(Boolean)).toBe(true);
   });
 
   it("stores nothing when disabled", () => {
