@@ -35,6 +35,8 @@ export interface ProviderStats {
   discoveries: number;
   /** Duration of each refresh request as the provider saw it, in ms (its own latency). */
   refreshMs: number[];
+  /** When each refresh request reached the provider's middleware, epoch ms (fractional), in the order they came. */
+  refreshArrivedAt: number[];
   /** Token requests from the service (setup excluded), in order: grant type, the target parameters and the scope sent. */
   tokenRequests: Array<{ grantType: string; resource: string[]; audience: string[]; scope: string | undefined }>;
   /** The `kid` of each client assertion (private_key_jwt) on the token endpoint, in order. */
@@ -252,6 +254,7 @@ export async function startTestProvider(
     revocations: 0,
     discoveries: 0,
     refreshMs: [],
+    refreshArrivedAt: [],
     tokenRequests: [],
     assertionKids: [],
     registrations: 0,
@@ -344,6 +347,7 @@ export async function startTestProvider(
     inflight++;
     stats.maxConcurrentRefreshes = Math.max(stats.maxConcurrentRefreshes, inflight);
     const started = performance.now();
+    stats.refreshArrivedAt.push(performance.timeOrigin + started);
     let recorded = false;
     /** The parameters as oidc-provider parsed them (none when a fault answered first), once the request is processed. */
     const record = () => {
@@ -530,6 +534,7 @@ export async function startTestProvider(
         revocations: 0,
         discoveries: 0,
         refreshMs: [],
+        refreshArrivedAt: [],
         tokenRequests: [],
         assertionKids: [],
         registrations: 0,
