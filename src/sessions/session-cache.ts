@@ -51,10 +51,12 @@ export const MAX_TOMBSTONES = 10_000;
  * read twice is stored on its second read, however full the cache.
  *
  * The keys offered are remembered in a Bloom filter (two hashes derived from
- * one FNV-1a hash, about 8 bits per key), not as strings: no object per key. It
- * has two generations of `capacity` keys each; a key is remembered until two
- * generations have passed. About 2.5–5 % of the keys not seen before pass as
- * seen (measured 2.5 % against one full generation).
+ * one FNV-1a hash, 8 to 16 bits per key as the size rounds up to a power of
+ * two), not as strings: no object per key. It has two generations of
+ * `capacity` keys each; a key is remembered until two generations have passed.
+ * A key not seen before passes as seen with a chance of about 2–5 % per full
+ * generation checked, so up to about 10 % while both are full (2.5 % measured
+ * at 10,000 against one full generation).
  */
 export class AdmissionFilter {
   /** Made on first use: a cache that never fills never needs them (2 × 16 KiB at 10,000 entries, 2 × 16 MiB at 10,000,000). */
@@ -190,15 +192,16 @@ export class SessionCache {
    */
   set(head: SessionHead, ticket: number): CacheEntry | undefined {
     if (!this.active || ticket < this.flushedSeq) return undefined;
+    const ref = sessionRef(head.id);
+    const tomb = this.tombstones.get(ref);
+    if (tomb && tomb.seq > ticket) return undefined;
+    // After the tombstones: a read refused for its age is neither counted as declined nor remembered as seen.
     const key = this.key(head.userId, head.id);
     const old = this.entries.get(key);
     if (!old && this.admission && this.entries.size >= this.config.maxEntries && !this.admission.seen(key)) {
       this.stats.declined++;
       return undefined;
     }
-    const ref = sessionRef(head.id);
-    const tomb = this.tombstones.get(ref);
-    if (tomb && tomb.seq > ticket) return undefined;
     if (old) this.entries.delete(key);
     const entry: CacheEntry = { head, ref, storedAt: Date.now() };
     this.entries.set(key, entry);

@@ -174,6 +174,19 @@ describe("SessionCache", () => {
     expect(cache.stats.declined).toBe(before + 1);
   });
 
+  it("once full, counts a fill its tombstone refused neither as declined nor as a first read", () => {
+    const cache = new SessionCache(config);
+    for (const id of ["a", "b", "c"]) cache.set(head(id), cache.ticket());
+    const ticket = cache.ticket();
+    cache.invalidate("d");
+    expect(cache.set(head("d"), ticket)).toBeUndefined();
+    expect(cache.stats.declined).toBe(0);
+    // Its first read after the invalidation is the first the filter sees: declined; the next is stored.
+    expect(cache.set(head("d"), cache.ticket())).toBeUndefined();
+    expect(cache.stats.declined).toBe(1);
+    expect(cache.set(head("d"), cache.ticket())).toBeDefined();
+  });
+
   it("admission filter: remembers a key for at least one generation and forgets it after two", () => {
     const filter = new AdmissionFilter(1000);
     expect(filter.seen("k")).toBe(false);
