@@ -192,8 +192,9 @@ export class SessionCache {
    */
   set(head: SessionHead, ticket: number): CacheEntry | undefined {
     if (!this.active || ticket < this.flushedSeq) return undefined;
-    const ref = sessionRef(head.id);
-    const tomb = this.tombstones.get(ref);
+    // The ref is a hash: made here only when some tombstone could match it, else when the entry is stored.
+    let ref = this.tombstones.size > 0 ? sessionRef(head.id) : undefined;
+    const tomb = ref === undefined ? undefined : this.tombstones.get(ref);
     if (tomb && tomb.seq > ticket) return undefined;
     // After the tombstones: a read refused for its age is neither counted as declined nor remembered as seen.
     const key = this.key(head.userId, head.id);
@@ -203,6 +204,7 @@ export class SessionCache {
       return undefined;
     }
     if (old) this.entries.delete(key);
+    ref ??= sessionRef(head.id);
     const entry: CacheEntry = { head, ref, storedAt: Date.now() };
     this.entries.set(key, entry);
     this.byRef.set(ref, key);
