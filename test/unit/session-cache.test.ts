@@ -167,8 +167,9 @@ describe("SessionCache", () => {
     // Read a second time soon after: stored.
     expect(cache.set(head("once999"), cache.ticket())).toBeDefined();
     expect(cache.get("u", "once999")).toBeDefined();
-    // The same session id for another user is another key.
+    // Storing it declined nothing more.
     expect(cache.stats.declined).toBe(1000 - stored);
+    // The same session id for another user is another key: read for the first time.
     const before = cache.stats.declined;
     cache.set(head("once998", "other-user"), cache.ticket());
     expect(cache.stats.declined).toBe(before + 1);
