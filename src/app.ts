@@ -4,7 +4,7 @@ import type { Config } from "./config.js";
 import { resolveKeyRing } from "./crypto/resolve-key-ring.js";
 import { createStore } from "./db/create-store.js";
 import { createForwarding } from "./forward/create-forwarding.js";
-import { createLogger } from "./logger.js";
+import { createLogger, flushLog } from "./logger.js";
 import { createHealth } from "./operability/create-health.js";
 import { createMetrics } from "./operability/create-metrics.js";
 import { createProviders } from "./providers/create-providers.js";
@@ -94,7 +94,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       close() {
         closing ??= closeInReverse([tracing, ...parts]).then(() => {
           logger.info("shut down");
-          logger.flush();
+          // Written before the process exits, in order (the exit-time flush could overtake a write in flight).
+          return flushLog(logger, 2000);
         });
         return closing;
       },

@@ -94,11 +94,43 @@ export function stdoutDestination(fd = 1): DestinationStream & { flush(cb?: (err
   // sonic-boom's types name strings only; in buffer mode its write takes a Buffer. Called as a method each time:
   // on EPIPE pino replaces the stream's write with a no-op.
   const buffered = sonic as unknown as { write(data: Buffer): boolean };
+  // sonic-boom's own flush returns at once when it buffers nothing on purpose (minLength 0), and its exit-time
+  // flushSync writes what waits while an earlier write may still be in flight, which can then land after it. So
+  // `flush` here waits for sonic-boom's "drain": it comes when a write ends with nothing left to write.
+  let unwritten = false;
+  let waiting: Array<() => void> = [];
+  sonic.on("drain", () => {
+    unwritten = false;
+    const done = waiting;
+    waiting = [];
+    for (const f of done) f();
+  });
   return {
-    write: (line: string) => void buffered.write(Buffer.from(line, "utf8")),
-    flush: (cb) => sonic.flush(cb),
+    write: (line: string) => {
+      unwritten = true;
+      buffered.write(Buffer.from(line, "utf8"));
+    },
+    flush: (cb) => {
+      if (!unwritten) cb?.();
+      else if (cb) waiting.push(() => cb());
+    },
     flushSync: () => sonic.flushSync(),
   };
+}
+
+/**
+ * Waits until the log has written every line given to it (stdoutDestination's flush), or `timeoutMs` has passed
+ * (a stdout that nobody reads, or a closed pipe, must not hold up a shutdown).
+ */
+export function flushLog(logger: Logger, timeoutMs: number): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, timeoutMs);
+    timer.unref();
+    logger.flush(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }
 
 /**

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
-import { createLogger, redactSecrets, stdoutDestination } from "../../src/logger.js";
+import { createLogger, flushLog, redactSecrets, stdoutDestination } from "../../src/logger.js";
 import { LogSink } from "../helpers/service.js";
 
 describe("logger redaction", () => {
@@ -54,6 +54,43 @@ describe("the log's standard output", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it("flush waits until every line given to it is written", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "token-service-log-"));
+    try {
+      const file = join(dir, "out.log");
+      const dest = stdoutDestination(openSync(file, "w"));
+      const logger = createLogger("info", dest);
+      for (let round = 0; round < 3; round++) {
+        for (let i = 0; i < 5000; i++) logger.info({ round, n: i }, "line");
+        await flushLog(logger, 10_000);
+        // Nothing left in flight or waiting: the file has every line so far, in order.
+        const lines = readFileSync(file, "utf8").split("\n").filter((l) => l !== "");
+        expect(lines).toHaveLength((round + 1) * 5000);
+        expect(JSON.parse(lines.at(-1)!)).toMatchObject({ round, n: 4999 });
+      }
+      // With nothing unwritten it answers at once.
+      let called = false;
+      dest.flush(() => (called = true));
+      expect(called).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a shutdown that flushes before exiting writes its last lines in order", async () => {
+    const logger = new URL("../../dist/src/logger.js", import.meta.url).href;
+    const script = `import { createLogger, flushLog } from ${JSON.stringify(logger)};
+const log = createLogger("info");
+for (let i = 0; i < 5000; i++) log.info({ n: i, pad: "x".repeat(200) }, "working");
+log.info({ n: 5000 }, "shutting down");
+log.info({ n: 5001 }, "shut down");
+await flushLog(log, 10000);
+process.exit(0);`;
+    const { stdout } = await execFile(process.execPath, ["--input-type=module", "-e", script], { maxBuffer: 64 << 20 });
+    const ns = stdout.split("\n").filter((l) => l !== "").map((l) => (JSON.parse(l) as { n: number }).n);
+    expect(ns).toEqual(Array.from({ length: 5002 }, (_, i) => i));
   });
 
   it("is flushed when the process exits at once after logging", async () => {
