@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-old-space-size=160 --max-semi-space-size=8 --heap-growing-percent=60
+#!/usr/bin/env -S node --max-old-space-size=160 --max-semi-space-size=16
 import { runCli } from "./cli.js";
 
 /**

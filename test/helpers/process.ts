@@ -25,7 +25,7 @@ export interface ServiceProcess {
 }
 
 /** The same V8 heap flags as `npm start`, the image and the Kubernetes example (see docs/performance.md, "Memory"). */
-export const NODE_HEAP_ARGS = ["--max-old-space-size=160", "--max-semi-space-size=8", "--heap-growing-percent=60"];
+export const NODE_HEAP_ARGS = ["--max-old-space-size=160", "--max-semi-space-size=16"];
 
 /**
  * Starts `node dist/src/main.js [args]` with `env` added to a minimal
