@@ -22,6 +22,20 @@ export interface CacheEntry {
   audiences?: Map<string, AudienceToken>;
 }
 
+/**
+ * `bytes` in a buffer of its own. pg decodes a bytea with `Buffer.from(hex, "hex")`, which puts values under
+ * 4 KiB in a slice of Node's shared 8 KiB pool slab: an entry that kept such a slice would keep the whole slab,
+ * and with the sessions read at random the cache kept about three times the bytes it holds (the random-mix
+ * benchmark's 10,000 entries: 63 MB of Buffers; docs/performance.md, "Memory"). A buffer that already owns its
+ * memory (SQLite's) is kept as it is.
+ */
+export function ownBytes(bytes: Buffer): Buffer {
+  if (bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength) return bytes;
+  const own = Buffer.allocUnsafeSlow(bytes.byteLength);
+  bytes.copy(own);
+  return own;
+}
+
 /** A remembered invalidation: reads that began before `seq` may not fill the cache with `ref`'s session. */
 interface Tombstone {
   ref: string;
@@ -204,6 +218,9 @@ export class SessionCache {
       return undefined;
     }
     if (old) this.entries.delete(key);
+    // In place: the caller goes on with the same head (its use is recorded on it).
+    head.accessCt = ownBytes(head.accessCt);
+    if (head.idCt) head.idCt = ownBytes(head.idCt);
     ref ??= sessionRef(head.id);
     const entry: CacheEntry = { head, ref, storedAt: Date.now() };
     this.entries.set(key, entry);

@@ -1,3 +1,4 @@
+import pg from "pg";
 import { describe, expect, it } from "vitest";
 import type { SessionHead } from "../../src/db/session-entity.js";
 import { sessionRef } from "../../src/logger.js";
@@ -207,6 +208,28 @@ describe("SessionCache", () => {
     expect(passed).toBeLessThan(100);
     // and every key of that generation is still remembered
     expect(Array.from({ length: 10_000 }, (_, i) => full.seen(`key-${i}`)).every(Boolean)).toBe(true);
+  });
+
+  it("stores the ciphertexts in buffers of their own, not in slices of the pool slab pg's bytea parser fills", () => {
+    const parseBytea = pg.types.getTypeParser(17, "text") as (text: string) => Buffer; // bytea, as the reader gets it
+    const access = parseBytea(`\\x${"ab".repeat(700)}`);
+    const id = parseBytea(`\\x${"cd".repeat(120)}`);
+    // The premise: a small bytea is a slice of a larger shared ArrayBuffer.
+    expect(access.buffer.byteLength).toBeGreaterThan(access.byteLength);
+    const cache = new SessionCache(config);
+    const h = { ...head("s1"), accessCt: access, idCt: id };
+    const entry = cache.set(h, cache.ticket())!;
+    expect(entry.head).toBe(h); // in place: the caller's head is the cached one
+    for (const [held, read] of [
+      [entry.head.accessCt, access],
+      [entry.head.idCt!, id],
+    ] as const) {
+      expect(held.buffer.byteLength).toBe(read.byteLength);
+      expect(held.equals(read)).toBe(true);
+    }
+    // A buffer that owns its memory (SQLite's rows) is kept as it is.
+    const own = Buffer.allocUnsafeSlow(16).fill(7);
+    expect(cache.set({ ...head("s2"), accessCt: own }, cache.ticket())!.head.accessCt).toBe(own);
   });
 
   it("stores nothing when disabled", () => {
