@@ -29,7 +29,7 @@ export interface CacheEntry {
  * benchmark's 10,000 entries: 63 MB of Buffers; docs/performance.md, "Memory"). A buffer that already owns its
  * memory (SQLite's) is kept as it is.
  */
-export function ownBytes(bytes: Buffer): Buffer {
+function ownBytes(bytes: Buffer): Buffer {
   if (bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength) return bytes;
   const own = Buffer.allocUnsafeSlow(bytes.byteLength);
   bytes.copy(own);
