@@ -46,6 +46,13 @@ export class RpcFailure {
   constructor(readonly status: RpcStatus) {}
 }
 
+/** How a call served by `RpcChain.serve` ends: with its failure, or with its result. */
+export type CallDone<T> = (failure: RpcFailure | undefined, value: T | undefined) => void;
+
+function isThenable<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof (value as PromiseLike<T> | null)?.then === "function";
+}
+
 /** Called once per finished RPC, for metrics. */
 export type RpcObserver = (event: { method: string; code: string; ms: number }) => void;
 
@@ -91,8 +98,7 @@ class ActiveCall implements CallContext {
     private readonly chain: RpcChain,
     readonly call: IncomingCall,
     readonly started: number,
-    private readonly resolve: (value: unknown) => void,
-    private readonly reject: (failure: RpcFailure) => void,
+    private readonly done: CallDone<unknown>,
   ) {}
 
   get caller(): string {
@@ -161,8 +167,8 @@ class ActiveCall implements CallContext {
     }
     const status = ok ? undefined : toRpcStatus(outcome);
     this.chain.finished(this, status, outcome);
-    if (status) this.reject(new RpcFailure(status));
-    else this.resolve(outcome);
+    if (status) this.done(new RpcFailure(status), undefined);
+    else this.done(undefined, outcome);
   }
 }
 
@@ -243,28 +249,45 @@ export class RpcChain {
    * Runs one call: admits it, hands the handler its context, and settles
    * with the handler's result or an RpcFailure carrying the mapped status.
    */
-  run<T>(call: IncomingCall, handler: (ctx: CallContext) => Promise<T>): Promise<T> {
-    const started = performance.now();
-    return new Promise<T>((resolve, reject) => {
-      const active = new ActiveCall(this, call, started, resolve as (value: unknown) => void, reject);
-      try {
-        if (this.closed) throw new ShuttingDownError();
-        active.scope = this.admit(call);
-        // After admission: a caller without a valid credential cannot make the service record (or sample) anything.
-        if (this.spans.enabled && !OPEN_SERVICES.has(call.service)) {
-          const traced = this.startSpan(call);
-          active.span = traced?.span;
-          active.trace = traced?.ctx;
-        }
-        this.inflight.add(active);
-        handler(active).then(
-          (value) => active.settle(true, value),
-          (err: unknown) => active.settle(false, err),
-        );
-      } catch (err) {
-        active.settle(false, err);
+  run<T>(call: IncomingCall, handler: (ctx: CallContext) => T | PromiseLike<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => this.serve(call, handler, (failure, value) => (failure ? reject(failure) : resolve(value as T))));
+  }
+
+  /**
+   * `run` without promises of its own, for the gRPC listener: `done` gets the
+   * failure or the result. A handler that answers at once (a plain value, not
+   * a promise) is settled, logged and answered before `serve` returns, so a
+   * cached GetToken or a Health/Check makes no promise here: with
+   * AsyncLocalStorage on (MikroORM turns it on), every promise and every
+   * `then` also runs Node's async hooks.
+   */
+  serve<T>(call: IncomingCall, handler: (ctx: CallContext) => T | PromiseLike<T>, done: CallDone<T>): void {
+    const active = new ActiveCall(this, call, performance.now(), done as CallDone<unknown>);
+    let result: T | PromiseLike<T>;
+    try {
+      if (this.closed) throw new ShuttingDownError();
+      active.scope = this.admit(call);
+      // After admission: a caller without a valid credential cannot make the service record (or sample) anything.
+      if (this.spans.enabled && !OPEN_SERVICES.has(call.service)) {
+        const traced = this.startSpan(call);
+        active.span = traced?.span;
+        active.trace = traced?.ctx;
       }
-    });
+      this.inflight.add(active);
+      result = handler(active);
+    } catch (err) {
+      active.settle(false, err);
+      return;
+    }
+    // Outside the try: a listener's `done` that throws is its own failure, not the handler's.
+    if (!isThenable(result)) {
+      active.settle(true, result);
+      return;
+    }
+    result.then(
+      (value) => active.settle(true, value),
+      (err: unknown) => active.settle(false, err),
+    );
   }
 
   /**

@@ -38,21 +38,34 @@ export function chainedServer(server: grpc.Server, chain: RpcChain, streams: Set
 
 function wrapUnary(original: grpc.handleUnaryCall<unknown, unknown>, chain: RpcChain, service: string, method: string) {
   return (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-    chain
-      .run(
-        incomingGrpcCall(call, service, method),
-        () =>
-          new Promise<unknown>((resolve, reject) =>
-            original(call, (err, value) =>
-              err ? reject(new LibraryStatusError((err.code ?? Code.Unknown) as number as Code, err.details ?? "")) : resolve(value),
-            ),
-          ),
-      )
-      .then(
-        (value) => callback(null, value),
-        (failure: RpcFailure) => callback(grpcStatusOf(failure.status)),
-      );
+    chain.serve(
+      incomingGrpcCall(call, service, method),
+      () => libraryAnswer(original, call),
+      (failure, value) => (failure ? callback(grpcStatusOf(failure.status)) : callback(null, value)),
+    );
   };
+}
+
+/**
+ * What a library's unary handler answers: at once when it calls back before
+ * returning (grpc-health-check's Check does), which lets the chain settle
+ * without a promise; else a promise of its later answer.
+ */
+function libraryAnswer(original: grpc.handleUnaryCall<unknown, unknown>, call: grpc.ServerUnaryCall<unknown, unknown>): unknown {
+  type Answer = { err: grpc.ServerErrorResponse | Partial<grpc.StatusObject> | null; value: unknown };
+  let now: Answer | undefined;
+  let later: ((answer: Answer) => void) | undefined;
+  original(call, (err, value) => {
+    const answer = { err, value };
+    if (later) later(answer);
+    else now ??= answer;
+  });
+  const unpack = ({ err, value }: Answer) => {
+    if (err) throw new LibraryStatusError((err.code ?? Code.Unknown) as number as Code, err.details ?? "");
+    return value;
+  };
+  if (now) return unpack(now);
+  return new Promise<Answer>((resolve) => (later = resolve)).then(unpack);
 }
 
 function wrapStream(original: (call: StreamCall) => void, chain: RpcChain, streams: Set<StreamCall>, service: string, method: string) {

@@ -88,29 +88,50 @@ export function grpcStatusOf(status: RpcStatus): Partial<grpc.StatusObject> {
 type GrpcCall = Pick<grpc.ServerUnaryCall<unknown, unknown>, "getPeer" | "getDeadline" | "getAuthContext" | "metadata" | "cancelled"> &
   Pick<NodeJS.EventEmitter, "once">;
 
+/**
+ * The chain's view of a grpc-js call: one object a call, its methods on the
+ * prototype (made for every call, so no closures of its own).
+ */
+class GrpcIncomingCall implements IncomingCall {
+  readonly protocol = "grpc";
+  readonly peer: string;
+  readonly deadline: number | undefined;
+
+  constructor(
+    private readonly call: GrpcCall,
+    readonly service: string,
+    readonly method: string,
+  ) {
+    this.peer = call.getPeer();
+    this.deadline = deadlineMs(call.getDeadline());
+  }
+
+  authorization(): string | undefined {
+    return this.header("authorization");
+  }
+
+  peerNames(): readonly string[] {
+    return certificateNames(this.call.getAuthContext().sslPeerCertificate);
+  }
+
+  header(name: string): string | undefined {
+    const value = this.call.metadata.get(name)[0];
+    return typeof value === "string" ? value : undefined;
+  }
+
+  isCancelled(): boolean {
+    return this.call.cancelled;
+  }
+
+  onCancel(listener: () => void): void {
+    if (this.call.cancelled) listener();
+    else this.call.once("cancelled", listener);
+  }
+}
+
 /** The chain's view of a grpc-js call. */
 export function incomingGrpcCall(call: GrpcCall, service: string, method: string): IncomingCall {
-  return {
-    service,
-    method,
-    protocol: "grpc",
-    peer: call.getPeer(),
-    authorization() {
-      const value = call.metadata.get("authorization")[0];
-      return typeof value === "string" ? value : undefined;
-    },
-    peerNames: () => certificateNames(call.getAuthContext().sslPeerCertificate),
-    header(name) {
-      const value = call.metadata.get(name)[0];
-      return typeof value === "string" ? value : undefined;
-    },
-    deadline: deadlineMs(call.getDeadline()),
-    isCancelled: () => call.cancelled,
-    onCancel: (listener) => {
-      if (call.cancelled) listener();
-      else call.once("cancelled", listener);
-    },
-  };
+  return new GrpcIncomingCall(call, service, method);
 }
 
 /**
@@ -132,12 +153,11 @@ export function grpcHandlers<S extends DescService>(
     if (method.methodKind !== "unary") throw new Error(`${service.typeName}/${method.name}: only unary and server-streaming methods are served`);
     const unary = handler as UnaryHandler<DescMessage, DescMessage>;
     implementation[method.localName] = (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-      chain
-        .run(incomingGrpcCall(call, service.typeName, method.name), (ctx) => unary(requestOf(call.request) as never, ctx))
-        .then(
-          (response) => callback(null, response),
-          (failure: RpcFailure) => callback(grpcStatusOf(failure.status)),
-        );
+      chain.serve(
+        incomingGrpcCall(call, service.typeName, method.name),
+        (ctx) => unary(requestOf(call.request) as never, ctx),
+        (failure, response) => (failure ? callback(grpcStatusOf(failure.status)) : callback(null, response)),
+      );
     };
   }
   return implementation;

@@ -1,11 +1,15 @@
 import type { DescMessage, DescMethodServerStreaming, DescMethodUnary, DescService, MessageShape } from "@bufbuild/protobuf";
 import type { CallContext } from "../sessions/scope.js";
 
-/** One implementation of a unary RPC, the same for both listeners: message in, message out. */
+/**
+ * One implementation of a unary RPC, the same for both listeners: message in,
+ * message out. It may answer with the message itself when it has it at hand
+ * (GetToken from the cache), which spares the gRPC listener every promise.
+ */
 export type UnaryHandler<I extends DescMessage, O extends DescMessage> = (
   request: MessageShape<I>,
   ctx: CallContext,
-) => Promise<MessageShape<O>>;
+) => MessageShape<O> | Promise<MessageShape<O>>;
 
 /**
  * One implementation of a server-streaming RPC, the same for both listeners:

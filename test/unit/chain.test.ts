@@ -1,3 +1,4 @@
+import { createHook } from "node:async_hooks";
 import { describe, expect, it } from "vitest";
 import { createLogger } from "../../src/logger.js";
 import { CallerDirectory } from "../../src/rpc/auth.js";
@@ -135,5 +136,65 @@ describe("RpcChain: cut-off at the end of a drain", () => {
     expect(later).toMatchObject({ code: Code.Unavailable, reason: "SHUTTING_DOWN" });
     expect(ran).toBe(false);
     expect(logs.lines().filter((l) => l.msg === "rpc").map((l) => l.reason)).toEqual(["SHUTTING_DOWN", "SHUTTING_DOWN"]);
+  });
+});
+
+describe("RpcChain.serve: a call answered at once settles without a promise", () => {
+  it("settles, logs and answers a plain value before serve returns, and makes no promise on the way", () => {
+    const { chain, logs, observed } = setup();
+    const answers: Array<[RpcFailure | undefined, unknown]> = [];
+    let promises = 0;
+    const hook = createHook({ init: (_id, type) => void (type === "PROMISE" && promises++) }).enable();
+    try {
+      chain.serve(incoming().call, () => "at once", (failure, value) => answers.push([failure, value]));
+    } finally {
+      hook.disable();
+    }
+    expect(answers).toEqual([[undefined, "at once"]]);
+    expect(promises).toBe(0);
+    expect(logs.lines().filter((l) => l.msg === "rpc")).toEqual([expect.objectContaining({ code: "ok" })]);
+    expect(observed.map((o) => o.code)).toEqual(["ok"]);
+    expect(chain.inflightCount).toBe(0);
+  });
+
+  it("maps a handler's synchronous throw as it maps a rejection, at once", () => {
+    const { chain, logs } = setup();
+    const answers: Array<RpcFailure | undefined> = [];
+    chain.serve(
+      incoming().call,
+      () => {
+        throw new SessionNotFoundError();
+      },
+      (failure) => answers.push(failure),
+    );
+    expect(answers).toHaveLength(1);
+    expect(answers[0]!.status).toMatchObject({ code: Code.NotFound, reason: "SESSION_NOT_FOUND" });
+    expect(logs.lines().find((l) => l.msg === "rpc")).toMatchObject({ code: "not_found", reason: "SESSION_NOT_FOUND" });
+  });
+
+  it("follows a handler's promise to its end, and answers once", async () => {
+    const { chain } = setup();
+    const answers: Array<[RpcFailure | undefined, unknown]> = [];
+    let finish!: (v: string) => void;
+    chain.serve(incoming().call, () => new Promise<string>((r) => (finish = r)), (failure, value) => answers.push([failure, value]));
+    expect(answers).toEqual([]);
+    expect(chain.inflightCount).toBe(1);
+    finish("later");
+    await new Promise((r) => setImmediate(r));
+    expect(answers).toEqual([[undefined, "later"]]);
+    expect(chain.inflightCount).toBe(0);
+  });
+
+  it("lets a listener's own failure in `done` reach the listener, and does not answer the call a second time", () => {
+    const { chain, logs } = setup();
+    let calls = 0;
+    expect(() =>
+      chain.serve(incoming().call, () => "value", () => {
+        calls++;
+        throw new Error("the listener broke");
+      }),
+    ).toThrow("the listener broke");
+    expect(calls).toBe(1);
+    expect(logs.lines().filter((l) => l.msg === "rpc")).toEqual([expect.objectContaining({ code: "ok" })]);
   });
 });
