@@ -4,6 +4,7 @@ import {
   AudienceTokenInfoSchema,
   CompleteAuthorizationResponseSchema,
   GetTokenResponseSchema,
+  type GetTokenRequest,
   type GetTokenResponse,
   ListSessionsResponseSchema,
   RevokeSessionResponseSchema,
@@ -16,7 +17,7 @@ import {
   type TokenService,
 } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { InvalidArgumentError } from "../sessions/errors.js";
-import type { SessionService } from "../sessions/session-service.js";
+import type { GetTokenInput, SessionService, TokenAnswer } from "../sessions/session-service.js";
 import type { SessionHealth, UserSessions } from "../sessions/user-sessions.js";
 import type { CodeFlow } from "../authorization/code-flow.js";
 import type { ServiceHandlers } from "./handlers.js";
@@ -39,6 +40,19 @@ function kindOf(kind: TokenKind): "access" | "id" {
     default:
       throw new InvalidArgumentError("kind", "is not a known TokenKind");
   }
+}
+
+/** GetToken's request in the domain's terms. */
+function tokenInput(req: GetTokenRequest): GetTokenInput {
+  return {
+    userId: req.userId,
+    sessionId: req.sessionId,
+    provider: req.provider,
+    kind: kindOf(req.kind),
+    minValidSeconds: req.minValidSeconds,
+    forceRefresh: req.forceRefresh,
+    resource: req.resource,
+  };
 }
 
 /** ListSessions' status of each domain status. */
@@ -64,6 +78,21 @@ export function createTokenServiceHandlers(
 ): ServiceHandlers<typeof TokenService> {
   /** GetToken's response to each reused (frozen) answer. */
   const responses = new WeakMap<object, GetTokenResponse>();
+  const responseOf = (answer: TokenAnswer): GetTokenResponse => {
+    // A frozen answer is the one built once per cached session version: so is its response, which is
+    // frozen too, and the gRPC listener then encodes it once (see grpc-service.ts).
+    const reused = Object.isFrozen(answer) ? responses.get(answer) : undefined;
+    if (reused) return reused;
+    const response = create(GetTokenResponseSchema, {
+      token: answer.token,
+      tokenType: answer.tokenType,
+      expiresAt: timestampFromDate(answer.expiresAt),
+      scope: answer.scope,
+      sessionId: answer.sessionId,
+    });
+    if (Object.isFrozen(answer)) responses.set(answer, Object.freeze(response));
+    return response;
+  };
   return {
     async storeSession(req, ctx) {
       if (ctx.userBinding) await ctx.userBinding.check(req.userId, "new");
@@ -92,34 +121,14 @@ export function createTokenServiceHandlers(
       });
     },
 
-    async getToken(req, ctx) {
-      // A cheap branch for callers without user binding: GetToken is the hot path.
-      if (ctx.userBinding) await ctx.userBinding.check(req.userId, req.sessionId !== "" ? "session" : "lookup");
-      const answer = await sessions.getToken(
-        {
-          userId: req.userId,
-          sessionId: req.sessionId,
-          provider: req.provider,
-          kind: kindOf(req.kind),
-          minValidSeconds: req.minValidSeconds,
-          forceRefresh: req.forceRefresh,
-          resource: req.resource,
-        },
-        ctx,
-      );
-      // A frozen answer is the one built once per cached session version: so is its response, which is
-      // frozen too, and the gRPC listener then encodes it once (see grpc-service.ts).
-      const reused = Object.isFrozen(answer) ? responses.get(answer) : undefined;
-      if (reused) return reused;
-      const response = create(GetTokenResponseSchema, {
-        token: answer.token,
-        tokenType: answer.tokenType,
-        expiresAt: timestampFromDate(answer.expiresAt),
-        scope: answer.scope,
-        sessionId: answer.sessionId,
-      });
-      if (Object.isFrozen(answer)) responses.set(answer, Object.freeze(response));
-      return response;
+    getToken(req, ctx) {
+      // A cheap branch for callers without user binding: GetToken is the hot path, and a cached token is
+      // answered as a plain value, without a promise (see RpcChain.serve).
+      if (ctx.userBinding) {
+        return ctx.userBinding.check(req.userId, req.sessionId !== "" ? "session" : "lookup").then(() => sessions.getToken(tokenInput(req), ctx).then(responseOf));
+      }
+      const answer = sessions.tokenNow(tokenInput(req), ctx);
+      return answer instanceof Promise ? answer.then(responseOf) : responseOf(answer);
     },
 
     async revokeSession(req, ctx) {

@@ -124,7 +124,27 @@ export class SessionService {
 
   /** A token valid right now, refreshed at the provider first when needed. */
   getToken(input: GetTokenInput, ctx: CallContext = {}): Promise<TokenAnswer> {
-    return this.get(input, ctx).catch(asDomainError);
+    try {
+      return Promise.resolve(this.tokenNow(input, ctx));
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+  }
+
+  /**
+   * getToken for the RPC listeners: the answer itself, without a promise,
+   * when it is at hand (a cached session whose token is fresh enough, the
+   * hot path); else a promise of it. What getToken rejects with, this throws
+   * or rejects with.
+   */
+  tokenNow(input: GetTokenInput, ctx: CallContext = {}): TokenAnswer | Promise<TokenAnswer> {
+    let answer: TokenAnswer | Promise<TokenAnswer>;
+    try {
+      answer = this.get(input, ctx);
+    } catch (err) {
+      return asDomainError(err);
+    }
+    return answer instanceof Promise ? answer.catch(asDomainError) : answer;
   }
 
   private async store(input: StoreSessionInput, ctx: CallContext): Promise<{ sessionId: string; expiresAt: Date }> {
@@ -196,7 +216,8 @@ export class SessionService {
     return { sessionId: id, expiresAt: expiry.expiresAt };
   }
 
-  private async get(input: GetTokenInput, ctx: CallContext): Promise<TokenAnswer> {
+  /** GetToken: a plain value when the session is cached and its token fresh enough; every other way goes through a promise. */
+  private get(input: GetTokenInput, ctx: CallContext): TokenAnswer | Promise<TokenAnswer> {
     const userId = requireUserId(input.userId);
     const resource = input.resource ? checkResource(input.resource, "resource") : undefined;
     if (resource !== undefined) {
@@ -207,17 +228,31 @@ export class SessionService {
     }
     const managed = input.provider !== "" ? this.providers.get(input.provider) : undefined;
     if (managed?.config.kind === "enterprise_managed") return this.enterpriseToken(userId, managed, resource, input, ctx);
-    let head: SessionHead | null;
-    let entry: CacheEntry | undefined;
     if (input.sessionId !== "") {
-      ({ head, entry } = await this.sessionById(input.sessionId, userId, ctx));
-      if (head && input.provider !== "" && head.provider !== input.provider) head = null;
-    } else {
-      if (input.provider === "") throw new InvalidArgumentError("provider", "is required when session_id is empty");
-      requireProviderAllowed(ctx, input.provider);
-      const provider = input.provider;
-      head = await this.spans.run("session read", ctx.trace, this.readNewest, () => this.reader.findNewest(userId, provider));
+      const sessionId = requireSessionId(input.sessionId);
+      const named = (head: SessionHead | null) => (head && input.provider !== "" && head.provider !== input.provider ? null : head);
+      const entry = this.cachedById(userId, sessionId, ctx);
+      if (entry) return this.tokenOf(named(entry.head), entry, resource, input, ctx);
+      return this.spans
+        .run("session read", ctx.trace, this.readById, () => this.readSession(sessionId, userId))
+        .then((read) => this.tokenOf(named(read.head), read.entry, resource, input, ctx));
     }
+    if (input.provider === "") throw new InvalidArgumentError("provider", "is required when session_id is empty");
+    requireProviderAllowed(ctx, input.provider);
+    const provider = input.provider;
+    return this.spans
+      .run("session read", ctx.trace, this.readNewest, () => this.reader.findNewest(userId, provider))
+      .then((head) => this.tokenOf(head, undefined, resource, input, ctx));
+  }
+
+  /** GetToken once the session is known: its token as it is when fresh enough (a plain value), else refreshed or for an audience. */
+  private tokenOf(
+    head: SessionHead | null,
+    entry: CacheEntry | undefined,
+    resource: string | undefined,
+    input: GetTokenInput,
+    ctx: CallContext,
+  ): TokenAnswer | Promise<TokenAnswer> {
     if (!head) throw new SessionNotFoundError();
     requireProviderAllowed(ctx, head.provider);
     if (head.status !== "active") throw new ReauthRequiredError(head.reauthReason ?? "reauth_required", head.provider);
@@ -236,7 +271,17 @@ export class SessionService {
       this.touch(head, now);
       return this.answer(head, input.kind, undefined, entry);
     }
+    return this.refreshedToken(head, entry, expiresAt, input, ctx);
+  }
 
+  /** GetToken when the token must be refreshed first; a still-valid token is kept when the provider is only slow or down. */
+  private async refreshedToken(
+    head: SessionHead,
+    entry: CacheEntry | undefined,
+    expiresAt: Date | null,
+    input: GetTokenInput,
+    ctx: CallContext,
+  ): Promise<TokenAnswer> {
     let result: RefreshResult;
     try {
       result = await this.awaitRefresh(head, ctx);
@@ -264,12 +309,16 @@ export class SessionService {
   /** A session by id for GetToken: from the cache, else read (and cached). */
   private async sessionById(id: string, userId: string, ctx: CallContext): Promise<{ head: SessionHead | null; entry?: CacheEntry }> {
     const sessionId = requireSessionId(id);
-    const entry = this.cache.get(userId, sessionId);
-    if (entry) {
-      if (ctx.trace) this.spans.mark("session read", ctx.trace, { "token_service.cache": "hit" });
-      return { head: entry.head, entry };
-    }
+    const entry = this.cachedById(userId, sessionId, ctx);
+    if (entry) return { head: entry.head, entry };
     return this.spans.run("session read", ctx.trace, this.readById, () => this.readSession(sessionId, userId));
+  }
+
+  /** The session's cache entry, if it has one (a hit is marked on the call's trace). */
+  private cachedById(userId: string, sessionId: string, ctx: CallContext): CacheEntry | undefined {
+    const entry = this.cache.get(userId, sessionId);
+    if (entry && ctx.trace) this.spans.mark("session read", ctx.trace, { "token_service.cache": "hit" });
+    return entry;
   }
 
   /**

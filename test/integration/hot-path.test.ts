@@ -1,0 +1,123 @@
+import { createHook } from "node:async_hooks";
+import { create } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { GetTokenRequestSchema, TokenService, type GetTokenResponse } from "../../gen/tokenservice/v1/token_service_pb.js";
+import { createLogger } from "../../src/logger.js";
+import { CallerDirectory } from "../../src/rpc/auth.js";
+import { RpcChain } from "../../src/rpc/chain.js";
+import { grpcHandlers } from "../../src/rpc/grpc-service.js";
+import { createTokenServiceHandlers } from "../../src/rpc/token-service.js";
+import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
+import { LogSink, startService, type TestService } from "../helpers/service.js";
+
+/**
+ * GetToken's hot path as the gRPC listener runs it: the service's own
+ * session service and cache behind grpc-js's handler for GetToken, called
+ * the way grpc-js calls it. A cached session with a fresh token is answered
+ * before the handler returns and without a single promise (with
+ * AsyncLocalStorage on, each one also runs Node's async hooks); every other
+ * way still answers, later.
+ */
+describe("GetToken's hot path on the gRPC listener", () => {
+  let provider: TestProvider;
+  let svc: TestService;
+  let getToken: grpc.handleUnaryCall<unknown, unknown>;
+  const logs = new LogSink();
+
+  beforeAll(async () => {
+    provider = await startTestProvider();
+    svc = await startService({ dialect: "sqlite", provider });
+    const handlers = createTokenServiceHandlers(svc.app.sessions, {} as never, {} as never);
+    const chain = new RpcChain(new CallerDirectory([]), createLogger("info", logs));
+    getToken = grpcHandlers(TokenService, handlers, chain).getToken as grpc.handleUnaryCall<unknown, unknown>;
+  });
+
+  afterAll(async () => {
+    await svc?.close();
+    await provider?.close();
+  });
+
+  async function login(user: string, expiresAt?: Date) {
+    const tokens = await provider.login(user);
+    const { sessionId } = await svc.client.storeSession({
+      userId: user,
+      provider: "corp",
+      tokens: {
+        accessToken: tokens.access_token,
+        refreshToken: tokens.refresh_token,
+        ...(expiresAt ? { expiresAt: { seconds: BigInt(Math.floor(expiresAt.getTime() / 1000)), nanos: 0 } } : { expiresIn: BigInt(tokens.expires_in) }),
+      },
+    });
+    return { tokens, sessionId };
+  }
+
+  /** Calls the handler as grpc-js does; says whether it answered before returning, and how many promises that took. */
+  function call(userId: string, sessionId: string) {
+    const fake = {
+      request: create(GetTokenRequestSchema, { userId, sessionId }),
+      metadata: new grpc.Metadata(),
+      cancelled: false,
+      getPeer: () => "127.0.0.1:5000",
+      getDeadline: () => Infinity,
+      getAuthContext: () => ({}),
+      once: () => fake,
+    };
+    let promises = 0;
+    let answeredAtOnce = false;
+    let returned = false;
+    const answered = new Promise<{ err: unknown; value: GetTokenResponse | undefined }>((resolve) => {
+      const hook = createHook({ init: (_id, type) => void (type === "PROMISE" && promises++) }).enable();
+      try {
+        getToken(fake as never, (err, value) => {
+          answeredAtOnce = !returned;
+          resolve({ err, value: value as GetTokenResponse | undefined });
+        });
+      } finally {
+        hook.disable();
+      }
+      returned = true;
+    });
+    return { answered, at: () => ({ answeredAtOnce, promises }) };
+  }
+
+  it("answers a cached, fresh token before the handler returns, without a promise", async () => {
+    const { tokens, sessionId } = await login("hot-alice");
+    // The first read fills the cache; it is a database read, so it answers later.
+    const first = call("hot-alice", sessionId);
+    expect((await first.answered).value?.token).toBe(tokens.access_token);
+    expect(first.at().answeredAtOnce).toBe(false);
+
+    const second = call("hot-alice", sessionId);
+    expect(second.at()).toEqual({ answeredAtOnce: true, promises: 0 });
+    const { err, value } = await second.answered;
+    expect(err).toBeNull();
+    expect(value).toMatchObject({ token: tokens.access_token, sessionId, tokenType: "Bearer" });
+    // The chain logged the call as it logs every other.
+    expect(logs.lines().filter((l) => l.msg === "rpc").at(-1)).toMatchObject({ rpc: "tokenservice.v1.TokenService/GetToken", code: "ok" });
+  });
+
+  it("answers errors found on the hot path at once too, with their status", async () => {
+    const { sessionId } = await login("hot-bob");
+    await call("hot-bob", sessionId).answered;
+    // Someone else's user id for a cached session: NOT_FOUND, as for a session that does not exist.
+    const other = call("hot-mallory", sessionId);
+    const { err } = await other.answered;
+    expect(err).toMatchObject({ code: grpc.status.NOT_FOUND });
+    const bad = call("", sessionId);
+    expect(bad.at().answeredAtOnce).toBe(true);
+    expect((await bad.answered).err).toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+  });
+
+  it("still refreshes a cached session whose token is due, through a promise, and answers the new token", async () => {
+    const { tokens, sessionId } = await login("hot-carol", new Date(Date.now() - 1_000));
+    // Stored as expired a second ago: this read refreshes it at the provider.
+    const refreshed = (await call("hot-carol", sessionId).answered).value!.token;
+    expect(refreshed).not.toBe(tokens.access_token);
+    // The refreshed row is read (and cached) again by the next call; the one after it is the hot path.
+    expect((await call("hot-carol", sessionId).answered).value?.token).toBe(refreshed);
+    const again = call("hot-carol", sessionId);
+    expect(again.at()).toEqual({ answeredAtOnce: true, promises: 0 });
+    expect((await again.answered).value?.token).toBe(refreshed);
+  });
+});
