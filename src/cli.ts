@@ -59,7 +59,7 @@ and the rest: docs/configuration.md.
 
 async function serve(env: NodeJS.ProcessEnv, io: CliIo): Promise<undefined> {
   const config = loadConfig(env);
-  const tracing = tracingFromEnv(env, { db: { "db.system.name": config.database.kind === "postgresql" ? "postgresql" : "sqlite" } });
+  const tracing = await tracingFromEnv(env, { db: { "db.system.name": config.database.kind === "postgresql" ? "postgresql" : "sqlite" } });
   const starting = createApp(config, { loadConfig: () => loadConfig(env), tracing });
   starting.then(
     (app) => app.logger.info(tracing.summary ? { tracing: tracing.summary } : {}, tracing.summary ? "tracing on" : "tracing off (no OTEL_TRACES_EXPORTER or OTLP endpoint set)"),

@@ -80,7 +80,7 @@ describe("forwarding proxy", () => {
     const dir = mkdtempSync(join(tmpdir(), "forward-test-"));
     const keyFile = join(dir, "llm-key");
     writeFileSync(keyFile, `${FALLBACK_KEY}\n`);
-    const tracing = tracingFromEnv({ OTEL_BSP_SCHEDULE_DELAY: "20" }, { db: { "db.system.name": "sqlite" }, exporters: [exporter] });
+    const tracing = await tracingFromEnv({ OTEL_BSP_SCHEDULE_DELAY: "20" }, { db: { "db.system.name": "sqlite" }, exporters: [exporter] });
     svc = await startService({
       dialect: "sqlite",
       provider,

@@ -58,7 +58,7 @@ describe("OpenTelemetry traces", () => {
 
   beforeAll(async () => {
     provider = await startTestProvider();
-    tracing = tracingFromEnv({ OTEL_BSP_SCHEDULE_DELAY: "20" }, { db: { "db.system.name": "sqlite" }, exporters: [exporter] });
+    tracing = await tracingFromEnv({ OTEL_BSP_SCHEDULE_DELAY: "20" }, { db: { "db.system.name": "sqlite" }, exporters: [exporter] });
     svc = await startService({
       dialect: "sqlite",
       provider,

@@ -1,13 +1,15 @@
+import { spawnSync } from "node:child_process";
 import { describe, expect, it } from "vitest";
 import { ConfigError } from "../../src/config.js";
-import { samplerFromEnv, tracingFromEnv } from "../../src/tracing/setup.js";
+import { samplerFromEnv } from "../../src/tracing/sdk.js";
+import { tracingFromEnv } from "../../src/tracing/setup.js";
 
 const db = { "db.system.name": "sqlite" };
 const ENDPOINT = { OTEL_EXPORTER_OTLP_ENDPOINT: "http://127.0.0.1:4318" };
 
 /** The start-up summary of tracing from these variables (undefined: off); shuts the tracing down again. */
 async function summary(env: Record<string, string>): Promise<string | undefined> {
-  const tracing = tracingFromEnv(env, { db });
+  const tracing = await tracingFromEnv(env, { db });
   try {
     expect(tracing.spans.enabled).toBe(tracing.summary !== undefined);
     return tracing.summary;
@@ -40,12 +42,46 @@ describe("tracing from the OTEL_* variables", () => {
     expect(samplerFromEnv({ OTEL_TRACES_SAMPLER: "TraceIdRatio", OTEL_TRACES_SAMPLER_ARG: "0" }).sampler.toString()).toContain("0");
   });
 
-  it("refuses a bad exporter, protocol, sampler or ratio, naming the variable", () => {
-    expect(() => tracingFromEnv({ OTEL_TRACES_EXPORTER: "zipkin" }, { db })).toThrow(new ConfigError('OTEL_TRACES_EXPORTER: unknown exporter "zipkin" (use otlp, console or none)'));
-    expect(() => tracingFromEnv({ ...ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL: "udp" }, { db })).toThrow(/^OTEL_EXPORTER_OTLP_PROTOCOL: unknown protocol "udp"/);
-    expect(() => tracingFromEnv({ ...ENDPOINT, OTEL_TRACES_SAMPLER: "sometimes" }, { db })).toThrow(/^OTEL_TRACES_SAMPLER: unknown sampler "sometimes"/);
+  it("refuses a bad exporter, protocol, sampler or ratio, naming the variable", async () => {
+    await expect(tracingFromEnv({ OTEL_TRACES_EXPORTER: "zipkin" }, { db })).rejects.toThrow(new ConfigError('OTEL_TRACES_EXPORTER: unknown exporter "zipkin" (use otlp, console or none)'));
+    await expect(tracingFromEnv({ ...ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL: "udp" }, { db })).rejects.toThrow(/^OTEL_EXPORTER_OTLP_PROTOCOL: unknown protocol "udp"/);
+    await expect(tracingFromEnv({ ...ENDPOINT, OTEL_TRACES_SAMPLER: "sometimes" }, { db })).rejects.toThrow(/^OTEL_TRACES_SAMPLER: unknown sampler "sometimes"/);
+    // Tracing off: a sampler it would not use is not read, as before.
+    expect((await tracingFromEnv({ OTEL_TRACES_SAMPLER: "sometimes" }, { db })).summary).toBeUndefined();
     for (const arg of ["1.5", "-0.1", "half"]) {
       expect(() => samplerFromEnv({ OTEL_TRACES_SAMPLER: "traceidratio", OTEL_TRACES_SAMPLER_ARG: arg })).toThrow(`OTEL_TRACES_SAMPLER_ARG: must be a number from 0 to 1 (got "${arg}")`);
     }
   });
+});
+
+describe("what tracing loads", () => {
+  /** The @opentelemetry packages a fresh Node process imports while it sets tracing up from `env`, and the summary. */
+  function loaded(env: Record<string, string>): { packages: string[]; summary: string } {
+    const hooks = `export async function resolve(specifier, context, next) {
+      if (specifier.startsWith("@opentelemetry/")) (await import("node:fs")).writeSync(2, "resolve " + specifier + "\\n");
+      return next(specifier, context);
+    }`;
+    const register = `import { register } from "node:module"; register(${JSON.stringify(`data:text/javascript,${encodeURIComponent(hooks)}`)});`;
+    const setup = new URL("../../src/tracing/setup.ts", import.meta.url).href;
+    const script = `const { tracingFromEnv } = await import(${JSON.stringify(setup)});
+      const t = await tracingFromEnv(JSON.parse(process.env.TRACING_ENV), { db: { "db.system.name": "sqlite" } });
+      process.stdout.write(t.summary ?? "off");
+      await t.shutdown();`;
+    const out = spawnSync(process.execPath, ["--import", "tsx", "--import", `data:text/javascript,${encodeURIComponent(register)}`, "--input-type=module", "-e", script], {
+      env: { PATH: process.env.PATH, TRACING_ENV: JSON.stringify(env) },
+      encoding: "utf8",
+    });
+    expect(out.status, out.stderr).toBe(0);
+    const packages = [...new Set([...out.stderr.matchAll(/^resolve (@opentelemetry\/[^/\s]+)/gm)].map((m) => m[1]!))].sort();
+    return { packages, summary: out.stdout };
+  }
+
+  it("loads no OpenTelemetry SDK or exporter while tracing is off, and only the configured exporter when it is on", () => {
+    expect(loaded({})).toEqual({ packages: ["@opentelemetry/api", "@opentelemetry/core"], summary: "off" });
+    const on = loaded({ ...ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL: "http/json" });
+    expect(on.summary).toBe("traces to otlp (http/json), sampler parentbased_always_on");
+    expect(on.packages).toEqual(expect.arrayContaining(["@opentelemetry/sdk-trace-base", "@opentelemetry/exporter-trace-otlp-http"]));
+    expect(on.packages).not.toContain("@opentelemetry/exporter-trace-otlp-proto");
+    expect(on.packages).not.toContain("@opentelemetry/exporter-trace-otlp-grpc");
+  }, 30_000);
 });
