@@ -284,10 +284,15 @@ export class RpcChain {
       active.settle(true, result);
       return;
     }
-    result.then(
-      (value) => active.settle(true, value),
-      (err: unknown) => active.settle(false, err),
-    );
+    try {
+      result.then(
+        (value) => active.settle(true, value),
+        (err: unknown) => active.settle(false, err),
+      );
+    } catch (err) {
+      // A thenable whose `then` throws: the call still gets its answer.
+      active.settle(false, err);
+    }
   }
 
   /**

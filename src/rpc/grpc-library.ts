@@ -51,15 +51,20 @@ function wrapUnary(original: grpc.handleUnaryCall<unknown, unknown>, chain: RpcC
  * returning (grpc-health-check's Check does), which lets the chain settle
  * without a promise; else a promise of its later answer.
  */
-function libraryAnswer(original: grpc.handleUnaryCall<unknown, unknown>, call: grpc.ServerUnaryCall<unknown, unknown>): unknown {
+export function libraryAnswer(original: grpc.handleUnaryCall<unknown, unknown>, call: grpc.ServerUnaryCall<unknown, unknown>): unknown {
   type Answer = { err: grpc.ServerErrorResponse | Partial<grpc.StatusObject> | null; value: unknown };
   let now: Answer | undefined;
   let later: ((answer: Answer) => void) | undefined;
-  original(call, (err, value) => {
-    const answer = { err, value };
-    if (later) later(answer);
-    else now ??= answer;
-  });
+  try {
+    original(call, (err, value) => {
+      const answer = { err, value };
+      if (later) later(answer);
+      else now ??= answer;
+    });
+  } catch (err) {
+    // As a promise would: a throw after the answer does not change it.
+    if (!now) throw err;
+  }
   const unpack = ({ err, value }: Answer) => {
     if (err) throw new LibraryStatusError((err.code ?? Code.Unknown) as number as Code, err.details ?? "");
     return value;

@@ -26,12 +26,13 @@ export interface TracingStart {
   /** Exporters to use instead of the ones the variables name (tests). */
   exporters: SpanExporter[] | undefined;
   names: ExporterName[];
-  protocol: OtlpProtocol;
+  /** Checked (an OtlpProtocol) when `names` has `otlp`; else only named in the summary. */
+  protocol: string;
   sampler: SamplerSpec;
 }
 
 export async function startTracing(env: Env, o: TracingStart): Promise<Tracing> {
-  const exporters = o.exporters ?? (await Promise.all(o.names.map((name) => (name === "console" ? new ConsoleSpanExporter() : otlpExporter(o.protocol)))));
+  const exporters = o.exporters ?? (await Promise.all(o.names.map((name) => (name === "console" ? new ConsoleSpanExporter() : otlpExporter(o.protocol as OtlpProtocol)))));
   const processors: SpanProcessor[] = exporters.map((e) => new BatchSpanProcessor(e, batchOptions(env)));
   const provider = new BasicTracerProvider({
     resource: resourceFromAttributes({

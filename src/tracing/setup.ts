@@ -57,13 +57,14 @@ const SAMPLERS = ["always_on", "always_off", "traceidratio", "parentbased_always
  */
 export async function tracingFromEnv(env: Env, options: { db: DbAttributes; exporters?: SpanExporter[] }): Promise<Tracing> {
   const names = options.exporters ? [] : exporterNames(env);
-  const protocol = names.includes("otlp") ? otlpProtocol(env) : undefined;
-  if (!options.exporters && names.length === 0) {
+  if ((options.exporters ?? names).length === 0) {
     return { spans: new Spans(undefined, options.db), summary: undefined, flush: async () => undefined, shutdown: async () => undefined };
   }
+  // Checked only when an OTLP exporter is to be made; given exporters are named with it as it is.
+  const protocol = names.includes("otlp") ? otlpProtocol(env) : otlpProtocolName(env);
   const sampler = samplerSpec(env);
   const { startTracing } = await import("./sdk.js");
-  return startTracing(env, { db: options.db, exporters: options.exporters, names, protocol: protocol ?? "http/protobuf", sampler });
+  return startTracing(env, { db: options.db, exporters: options.exporters, names, protocol, sampler });
 }
 
 /** The exporters OTEL_TRACES_EXPORTER names (an OTLP endpoint alone means `otlp`); none when tracing is off. */
@@ -81,8 +82,12 @@ function exporterNames(env: Env): ExporterName[] {
   return names as ExporterName[];
 }
 
+function otlpProtocolName(env: Env): string {
+  return (env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || env.OTEL_EXPORTER_OTLP_PROTOCOL || "http/protobuf").trim();
+}
+
 function otlpProtocol(env: Env): OtlpProtocol {
-  const protocol = (env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || env.OTEL_EXPORTER_OTLP_PROTOCOL || "http/protobuf").trim();
+  const protocol = otlpProtocolName(env);
   if (!PROTOCOLS.includes(protocol)) {
     throw new ConfigError(`OTEL_EXPORTER_OTLP_PROTOCOL: unknown protocol "${protocol}" (use http/protobuf, http/json or grpc)`);
   }

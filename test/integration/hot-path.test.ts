@@ -53,9 +53,9 @@ describe("GetToken's hot path on the gRPC listener", () => {
   }
 
   /** Calls the handler as grpc-js does; says whether it answered before returning, and how many promises that took. */
-  function call(userId: string, sessionId: string) {
+  function call(userId: string, sessionId: string, more: { provider?: string; forceRefresh?: boolean } = {}) {
     const fake = {
-      request: create(GetTokenRequestSchema, { userId, sessionId }),
+      request: create(GetTokenRequestSchema, { userId, sessionId, ...more }),
       metadata: new grpc.Metadata(),
       cancelled: false,
       getPeer: () => "127.0.0.1:5000",
@@ -87,6 +87,8 @@ describe("GetToken's hot path on the gRPC listener", () => {
     const first = call("hot-alice", sessionId);
     expect((await first.answered).value?.token).toBe(tokens.access_token);
     expect(first.at().answeredAtOnce).toBe(false);
+    // The hook does count promises: the database read makes them.
+    expect(first.at().promises).toBeGreaterThan(0);
 
     const second = call("hot-alice", sessionId);
     expect(second.at()).toEqual({ answeredAtOnce: true, promises: 0 });
@@ -100,13 +102,27 @@ describe("GetToken's hot path on the gRPC listener", () => {
   it("answers errors found on the hot path at once too, with their status", async () => {
     const { sessionId } = await login("hot-bob");
     await call("hot-bob", sessionId).answered;
-    // Someone else's user id for a cached session: NOT_FOUND, as for a session that does not exist.
-    const other = call("hot-mallory", sessionId);
-    const { err } = await other.answered;
-    expect(err).toMatchObject({ code: grpc.status.NOT_FOUND });
+    // A cached session asked for at another provider: NOT_FOUND, at once, as for a session that does not exist.
+    const elsewhere = call("hot-bob", sessionId, { provider: "another" });
+    expect(elsewhere.at()).toEqual({ answeredAtOnce: true, promises: 0 });
+    expect((await elsewhere.answered).err).toMatchObject({ code: grpc.status.NOT_FOUND });
+    // Someone else's user id misses the cache (it is keyed by user) and is NOT_FOUND after the read.
+    expect((await call("hot-mallory", sessionId).answered).err).toMatchObject({ code: grpc.status.NOT_FOUND });
     const bad = call("", sessionId);
     expect(bad.at().answeredAtOnce).toBe(true);
     expect((await bad.answered).err).toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+  });
+
+  it("refreshes a cached session when asked to, through a promise, and answers the new token", async () => {
+    const { tokens, sessionId } = await login("hot-dave");
+    await call("hot-dave", sessionId).answered;
+    expect(call("hot-dave", sessionId).at().answeredAtOnce).toBe(true);
+    // force_refresh on the cached session: the cached entry leads to a refresh at the provider.
+    const forced = call("hot-dave", sessionId, { forceRefresh: true });
+    expect(forced.at().answeredAtOnce).toBe(false);
+    const { err, value } = await forced.answered;
+    expect(err).toBeNull();
+    expect(value?.token).not.toBe(tokens.access_token);
   });
 
   it("still refreshes a cached session whose token is due, through a promise, and answers the new token", async () => {

@@ -3,7 +3,8 @@ import { describe, expect, it } from "vitest";
 import { createLogger } from "../../src/logger.js";
 import { CallerDirectory } from "../../src/rpc/auth.js";
 import { RpcChain, RpcFailure, type IncomingCall } from "../../src/rpc/chain.js";
-import { Code, type RpcStatus } from "../../src/rpc/errors.js";
+import { Code, LibraryStatusError, type RpcStatus } from "../../src/rpc/errors.js";
+import { libraryAnswer } from "../../src/rpc/grpc-library.js";
 import { SessionNotFoundError } from "../../src/sessions/errors.js";
 import type { CallContext } from "../../src/sessions/scope.js";
 import { LogSink } from "../helpers/service.js";
@@ -176,12 +177,37 @@ describe("RpcChain.serve: a call answered at once settles without a promise", ()
     const { chain } = setup();
     const answers: Array<[RpcFailure | undefined, unknown]> = [];
     let finish!: (v: string) => void;
-    chain.serve(incoming().call, () => new Promise<string>((r) => (finish = r)), (failure, value) => answers.push([failure, value]));
+    let promises = 0;
+    const hook = createHook({ init: (_id, type) => void (type === "PROMISE" && promises++) }).enable();
+    try {
+      chain.serve(incoming().call, () => new Promise<string>((r) => (finish = r)), (failure, value) => answers.push([failure, value]));
+    } finally {
+      hook.disable();
+    }
+    // The hook counts: this handler's own promise and the chain's `then` on it.
+    expect(promises).toBeGreaterThanOrEqual(2);
     expect(answers).toEqual([]);
     expect(chain.inflightCount).toBe(1);
     finish("later");
     await new Promise((r) => setImmediate(r));
     expect(answers).toEqual([[undefined, "later"]]);
+    expect(chain.inflightCount).toBe(0);
+    // A cut-off after the answer does not answer the call again.
+    chain.cutOff();
+    expect(answers).toHaveLength(1);
+  });
+
+  it("answers a handler whose thenable throws from `then`, and does not leave it in flight", () => {
+    const { chain } = setup();
+    const answers: Array<RpcFailure | undefined> = [];
+    const broken = {
+      then() {
+        throw new Error("a broken thenable");
+      },
+    };
+    chain.serve(incoming().call, () => broken as unknown as PromiseLike<string>, (failure) => answers.push(failure));
+    expect(answers).toHaveLength(1);
+    expect(answers[0]!.status).toMatchObject({ code: Code.Internal });
     expect(chain.inflightCount).toBe(0);
   });
 
@@ -196,5 +222,60 @@ describe("RpcChain.serve: a call answered at once settles without a promise", ()
     ).toThrow("the listener broke");
     expect(calls).toBe(1);
     expect(logs.lines().filter((l) => l.msg === "rpc")).toEqual([expect.objectContaining({ code: "ok" })]);
+  });
+});
+
+describe("libraryAnswer: a grpc-node library's unary handler, for the chain", () => {
+  type Callback = (err: { code?: number; details?: string } | null, value?: unknown) => void;
+  const call = {} as never;
+  const answerOf = (handler: (call: unknown, callback: Callback) => void) => libraryAnswer(handler as never, call);
+
+  it("is the answer itself when the library calls back before returning, and ignores a second call back", () => {
+    expect(
+      answerOf((_c, cb) => {
+        cb(null, "now");
+        cb(null, "again");
+      }),
+    ).toBe("now");
+  });
+
+  it("keeps an answer given before the library threw, as a promise would", () => {
+    expect(
+      answerOf((_c, cb) => {
+        cb(null, "given");
+        throw new Error("after the answer");
+      }),
+    ).toBe("given");
+  });
+
+  it("throws the library's status at once, mapped, when it calls back with an error", () => {
+    const thrown = (() => {
+      try {
+        answerOf((_c, cb) => cb({ code: Code.NotFound, details: "unknown service" }));
+      } catch (err) {
+        return err;
+      }
+    })();
+    expect(thrown).toBeInstanceOf(LibraryStatusError);
+    expect(thrown).toMatchObject({ status: Code.NotFound, message: "unknown service" });
+  });
+
+  it("throws what the library throws before answering", () => {
+    expect(() => answerOf(() => {
+      throw new Error("broken library");
+    })).toThrow("broken library");
+  });
+
+  it("is a promise of a later answer, settled by the first call back", async () => {
+    let later!: Callback;
+    const answer = answerOf((_c, cb) => (later = cb));
+    expect(answer).toBeInstanceOf(Promise);
+    later(null, "later");
+    later(null, "ignored");
+    expect(await answer).toBe("later");
+    let failing!: Callback;
+    const failed = answerOf((_c, cb) => (failing = cb)) as Promise<unknown>;
+    failing({ code: Code.Unavailable, details: "not now" });
+    await expect(failed).rejects.toMatchObject({ status: Code.Unavailable, message: "not now" });
   });
 });

@@ -24,6 +24,8 @@ describe("tracing from the OTEL_* variables", () => {
     expect(await summary({ OTEL_SERVICE_NAME: "x", OTEL_TRACES_SAMPLER: "always_on" })).toBeUndefined();
     expect(await summary({ ...ENDPOINT, OTEL_TRACES_EXPORTER: "none" })).toBeUndefined();
     expect(await summary({ ...ENDPOINT, OTEL_SDK_DISABLED: "true" })).toBeUndefined();
+    // No exporters given: off too, whatever the variables say.
+    expect((await tracingFromEnv(ENDPOINT, { db, exporters: [] })).summary).toBeUndefined();
   });
 
   it("turns on with an OTLP endpoint or a named exporter, in each OTLP protocol", async () => {
@@ -56,7 +58,7 @@ describe("tracing from the OTEL_* variables", () => {
 
 describe("what tracing loads", () => {
   /** The @opentelemetry packages a fresh Node process imports while it sets tracing up from `env`, and the summary. */
-  function loaded(env: Record<string, string>): { packages: string[]; summary: string } {
+  function loaded(env: Record<string, string>): { packages: string[]; summary: string; status: number | null; stderr: string } {
     const hooks = `export async function resolve(specifier, context, next) {
       if (specifier.startsWith("@opentelemetry/")) (await import("node:fs")).writeSync(2, "resolve " + specifier + "\\n");
       return next(specifier, context);
@@ -71,17 +73,28 @@ describe("what tracing loads", () => {
       env: { PATH: process.env.PATH, TRACING_ENV: JSON.stringify(env) },
       encoding: "utf8",
     });
-    expect(out.status, out.stderr).toBe(0);
     const packages = [...new Set([...out.stderr.matchAll(/^resolve (@opentelemetry\/[^/\s]+)/gm)].map((m) => m[1]!))].sort();
-    return { packages, summary: out.stdout };
+    return { packages, summary: out.stdout, status: out.status, stderr: out.stderr };
   }
 
   it("loads no OpenTelemetry SDK or exporter while tracing is off, and only the configured exporter when it is on", () => {
-    expect(loaded({})).toEqual({ packages: ["@opentelemetry/api", "@opentelemetry/core"], summary: "off" });
+    expect(loaded({})).toMatchObject({ status: 0, packages: ["@opentelemetry/api", "@opentelemetry/core"], summary: "off" });
     const on = loaded({ ...ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL: "http/json" });
+    expect(on.status, on.stderr).toBe(0);
     expect(on.summary).toBe("traces to otlp (http/json), sampler parentbased_always_on");
     expect(on.packages).toEqual(expect.arrayContaining(["@opentelemetry/sdk-trace-base", "@opentelemetry/exporter-trace-otlp-http"]));
     expect(on.packages).not.toContain("@opentelemetry/exporter-trace-otlp-proto");
     expect(on.packages).not.toContain("@opentelemetry/exporter-trace-otlp-grpc");
+    const grpcOn = loaded({ ...ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" });
+    expect(grpcOn.summary).toBe("traces to otlp (grpc), sampler parentbased_always_on");
+    expect(grpcOn.packages).toContain("@opentelemetry/exporter-trace-otlp-grpc");
+    expect(grpcOn.packages).not.toContain("@opentelemetry/exporter-trace-otlp-http");
+  }, 30_000);
+
+  it("refuses a bad sampler before it loads the SDK", () => {
+    const bad = loaded({ ...ENDPOINT, OTEL_TRACES_SAMPLER: "sometimes" });
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toContain('OTEL_TRACES_SAMPLER: unknown sampler "sometimes"');
+    expect(bad.packages).toEqual(["@opentelemetry/api", "@opentelemetry/core"]);
   }, 30_000);
 });
