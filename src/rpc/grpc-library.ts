@@ -1,7 +1,7 @@
 import * as grpc from "@grpc/grpc-js";
 import type { RpcChain, RpcFailure } from "./chain.js";
 import { Code, LibraryStatusError } from "./errors.js";
-import { grpcStatusOf, incomingGrpcCall } from "./grpc-service.js";
+import { grpcStatusOf, incomingGrpcCall, unaryDone } from "./grpc-service.js";
 
 type StreamCall = grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>;
 
@@ -41,7 +41,7 @@ function wrapUnary(original: grpc.handleUnaryCall<unknown, unknown>, chain: RpcC
     chain.serve(
       incomingGrpcCall(call, service, method),
       () => libraryAnswer(original, call),
-      (failure, value) => (failure ? callback(grpcStatusOf(failure.status)) : callback(null, value)),
+      unaryDone(callback),
     );
   };
 }

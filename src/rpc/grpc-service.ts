@@ -4,7 +4,7 @@ import * as grpc from "@grpc/grpc-js";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.js";
 import { InvalidArgumentError } from "../sessions/errors.js";
-import type { IncomingCall, RpcChain } from "./chain.js";
+import type { CallDone, IncomingCall, RpcChain } from "./chain.js";
 import { RpcFailure } from "./chain.js";
 import { certificateNames, deadlineMs } from "./context.js";
 import { errorInfoOf, type RpcStatus } from "./errors.js";
@@ -84,6 +84,11 @@ export function grpcStatusOf(status: RpcStatus): Partial<grpc.StatusObject> {
   return { code: status.code as number as grpc.status, details: status.message, metadata };
 }
 
+/** How the chain's answer to a unary call reaches grpc-js: the response, or the failure's status. */
+export function unaryDone(callback: grpc.sendUnaryData<unknown>): CallDone<unknown> {
+  return (failure, response) => (failure ? callback(grpcStatusOf(failure.status)) : callback(null, response));
+}
+
 /** Something a grpc-js server call offers, for the chain. */
 type GrpcCall = Pick<grpc.ServerUnaryCall<unknown, unknown>, "getPeer" | "getDeadline" | "getAuthContext" | "metadata" | "cancelled"> &
   Pick<NodeJS.EventEmitter, "once">;
@@ -156,7 +161,7 @@ export function grpcHandlers<S extends DescService>(
       chain.serve(
         incomingGrpcCall(call, service.typeName, method.name),
         (ctx) => unary(requestOf(call.request) as never, ctx),
-        (failure, response) => (failure ? callback(grpcStatusOf(failure.status)) : callback(null, response)),
+        unaryDone(callback),
       );
     };
   }

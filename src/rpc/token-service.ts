@@ -125,7 +125,10 @@ export function createTokenServiceHandlers(
       // A cheap branch for callers without user binding: GetToken is the hot path, and a cached token is
       // answered as a plain value, without a promise (see RpcChain.serve).
       if (ctx.userBinding) {
-        return ctx.userBinding.check(req.userId, req.sessionId !== "" ? "session" : "lookup").then(() => sessions.getToken(tokenInput(req), ctx).then(responseOf));
+        return ctx.userBinding
+          .check(req.userId, req.sessionId !== "" ? "session" : "lookup")
+          .then(() => sessions.tokenNow(tokenInput(req), ctx))
+          .then(responseOf);
       }
       const answer = sessions.tokenNow(tokenInput(req), ctx);
       return answer instanceof Promise ? answer.then(responseOf) : responseOf(answer);

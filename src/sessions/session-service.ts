@@ -83,6 +83,11 @@ export interface TokenAnswer {
  * just in time through the coordinator), revoke a login here and at the
  * provider.
  */
+/** The session, unless GetToken named another provider than its own (then, as for no session: not found). */
+function atProvider(head: SessionHead | null, provider: string): SessionHead | null {
+  return head && provider !== "" && head.provider !== provider ? null : head;
+}
+
 export class SessionService {
   /** Session reads in flight, by user and session id. */
   private readonly inflightReads = new Map<string, Promise<{ head: SessionHead | null; entry?: CacheEntry }>>();
@@ -230,12 +235,9 @@ export class SessionService {
     if (managed?.config.kind === "enterprise_managed") return this.enterpriseToken(userId, managed, resource, input, ctx);
     if (input.sessionId !== "") {
       const sessionId = requireSessionId(input.sessionId);
-      const named = (head: SessionHead | null) => (head && input.provider !== "" && head.provider !== input.provider ? null : head);
       const entry = this.cachedById(userId, sessionId, ctx);
-      if (entry) return this.tokenOf(named(entry.head), entry, resource, input, ctx);
-      return this.spans
-        .run("session read", ctx.trace, this.readById, () => this.readSession(sessionId, userId))
-        .then((read) => this.tokenOf(named(read.head), read.entry, resource, input, ctx));
+      if (entry) return this.tokenOf(atProvider(entry.head, input.provider), entry, resource, input, ctx);
+      return this.readSessionById(sessionId, userId, ctx).then((read) => this.tokenOf(atProvider(read.head, input.provider), read.entry, resource, input, ctx));
     }
     if (input.provider === "") throw new InvalidArgumentError("provider", "is required when session_id is empty");
     requireProviderAllowed(ctx, input.provider);
@@ -311,6 +313,11 @@ export class SessionService {
     const sessionId = requireSessionId(id);
     const entry = this.cachedById(userId, sessionId, ctx);
     if (entry) return { head: entry.head, entry };
+    return this.readSessionById(sessionId, userId, ctx);
+  }
+
+  /** A session by id read from the database (and cached), traced as the call's session read. */
+  private readSessionById(sessionId: string, userId: string, ctx: CallContext): Promise<{ head: SessionHead | null; entry?: CacheEntry }> {
     return this.spans.run("session read", ctx.trace, this.readById, () => this.readSession(sessionId, userId));
   }
 
