@@ -62,6 +62,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     );
     const reloader = built(createReloader(config, { load: overrides.loadConfig, logger, providers, listeners, forwarding, webhooks: webhooks.dispatcher }));
     for (const part of [health, refresh, authorization, webhooks]) part.start();
+    providers.prefetch(registry.configuredClients());
     logStartup(logger, config, { store, keyRing, registry, coordinator: refresh.coordinator, listeners });
 
     const { grpc, http } = listeners;

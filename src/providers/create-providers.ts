@@ -3,7 +3,7 @@ import type { Logger } from "../logger.js";
 import { createGuardedFetch } from "./guarded-fetch.js";
 import type { FetchLike, ProviderTelemetry } from "./observed-fetch.js";
 import { OutboundPolicy, type ResolveFn } from "./outbound-policy.js";
-import { OidcProviderClient, ProviderRegistry } from "./provider-client.js";
+import { OidcProviderClient, ProviderRegistry, type ProviderClient } from "./provider-client.js";
 
 /** The providers the service talks to, and how a client for one is made. */
 export interface Providers {
@@ -16,6 +16,11 @@ export interface Providers {
   readonly telemetry: ProviderTelemetry;
   /** A client for one provider, made the way start-up makes them. */
   client(provider: ProviderConfig): OidcProviderClient;
+  /**
+   * Discovery for these clients now, in the background (the YAML file's providers at start-up, a reload's new
+   * ones): a failure is logged, and the first call that needs the metadata tries again. Cut off by close().
+   */
+  prefetch(clients: readonly ProviderClient[]): void;
   /** Closes the outbound connection pools. */
   close(): Promise<void>;
 }
@@ -37,5 +42,13 @@ export function createProviders(
   const runtimeFetch = (id: string, insecure: boolean) => guarded(id, false, insecure);
   const client = (p: ProviderConfig) =>
     new OidcProviderClient(p, config.refresh, logger, guarded(p.id, p.source !== "runtime", p.allowInsecureHttp), telemetry);
-  return { registry: new ProviderRegistry(config.providers.map(client)), outbound, runtimeFetch, telemetry, client, close: () => outbound.close() };
+  const closing = new AbortController();
+  const prefetch = (clients: readonly ProviderClient[]) => {
+    for (const c of clients) void c.prefetch?.(closing.signal);
+  };
+  const close = () => {
+    closing.abort();
+    return outbound.close();
+  };
+  return { registry: new ProviderRegistry(config.providers.map(client)), outbound, runtimeFetch, telemetry, client, prefetch, close };
 }

@@ -66,6 +66,8 @@ export interface ProviderClient {
   readonly config: ProviderConfig;
   /** Discovery (cached after the first success). */
   metadata(options: CallOptions): Promise<oidc.ServerMetadata>;
+  /** Discovery now, ahead of the first call; resolves false (logged, not remembered) when it fails. */
+  prefetch?(signal: AbortSignal): Promise<boolean>;
   refresh(refreshToken: string, options: RefreshOptions): Promise<ProviderTokens>;
   /** RFC 7009 revocation; false when the provider has no revocation endpoint. */
   revoke(token: string, hint: "refresh_token" | "access_token", options: CallOptions): Promise<boolean>;
@@ -150,16 +152,45 @@ export class OidcProviderClient implements ProviderClient {
   }
 
   metadata(options: CallOptions): Promise<oidc.ServerMetadata> {
-    if (this.config.metadata) return Promise.resolve(this.config.metadata as unknown as oidc.ServerMetadata);
+    const given = this.givenMetadata();
+    if (given) return Promise.resolve(given);
+    const failure = this.discoveryFailure;
+    if (!this.discovered && failure && performance.now() - failure.at < this.cooldownMs) return Promise.reject(failure.error);
+    return this.discover(options, true);
+  }
+
+  /**
+   * Discovery ahead of the first call that needs it (start-up, and the new clients of a reload), so that the first
+   * refresh neither waits for the metadata nor is the first HTTP request of the process (loading and compiling
+   * the HTTP client's code costs that request about 30 ms of CPU; docs/performance.md). A failure is logged but
+   * not remembered: the first call tries again at once instead of being refused for the cooldown. True once the
+   * metadata is there (or needs no request).
+   */
+  async prefetch(signal: AbortSignal): Promise<boolean> {
+    if (this.givenMetadata()) return true;
+    try {
+      await this.discover({ deadline: Date.now() + this.refreshConfig.providerTimeoutMs, signal }, false);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** The metadata the configuration gives, if it gives it (no discovery then). */
+  private givenMetadata(): oidc.ServerMetadata | undefined {
+    if (this.config.metadata) return this.config.metadata as unknown as oidc.ServerMetadata;
     if (this.config.tokenEndpoint) {
-      return Promise.resolve({
+      return {
         issuer: this.config.issuer,
         token_endpoint: this.config.tokenEndpoint,
         revocation_endpoint: this.config.revocationEndpoint,
-      });
+      };
     }
-    const failure = this.discoveryFailure;
-    if (!this.discovered && failure && performance.now() - failure.at < this.cooldownMs) return Promise.reject(failure.error);
+    return undefined;
+  }
+
+  /** The discovery in flight or done, else a new one; `remember`: a failure starts the cooldown. */
+  private discover(options: CallOptions, remember: boolean): Promise<oidc.ServerMetadata> {
     if (!this.discovered) {
       const started = Date.now();
       this.discovered = withRetries(
@@ -176,15 +207,20 @@ export class OidcProviderClient implements ProviderClient {
         options.signal,
       ).then(
         (metadata) => {
-          this.logger.info({ provider: this.id, ms: Date.now() - started }, "provider discovery done");
+          this.logger.info({ provider: this.id, ms: Date.now() - started, ...(remember ? {} : { ahead: true }) }, "provider discovery done");
           return metadata;
         },
         (err: unknown) => {
-          this.discovered = undefined; // try again after the cooldown
+          this.discovered = undefined; // try again (after the cooldown, when remembered)
           const e = classifyProviderError(err);
-          this.logger.warn({ provider: this.id, code: e.code, status: e.options.status, cooldownMs: this.cooldownMs }, "provider discovery failed");
           const error = new ProviderError("unavailable", `discovery_${e.code}`, { status: e.options.status, cause: e });
-          this.discoveryFailure = { at: performance.now(), error };
+          // Cut off by the service's shutdown: not the provider's failure.
+          if (options.signal?.aborted && !remember) throw error;
+          this.logger.warn(
+            { provider: this.id, code: e.code, status: e.options.status, ...(remember ? { cooldownMs: this.cooldownMs } : { ahead: true }) },
+            "provider discovery failed",
+          );
+          if (remember) this.discoveryFailure = { at: performance.now(), error };
           throw error;
         },
       );
@@ -437,6 +473,10 @@ export class ProviderRegistry {
   /** The runtime providers now (a client kept from before is reused, so its caches survive). */
   setRuntime(clients: ProviderClient[]): void {
     this.runtime = new Map(clients.filter((c) => !this.configured.has(c.id)).map((c) => [c.id, c]));
+  }
+
+  configuredClients(): ProviderClient[] {
+    return [...this.configured.values()];
   }
 
   runtimeClients(): ProviderClient[] {

@@ -28,6 +28,7 @@ export function createReloader(
     chain: listeners.chain,
     registry: providers.registry,
     makeProvider: providers.client,
+    prefetch: providers.prefetch,
     outbound: providers.outbound,
     certificates: listeners.grpc.certificates,
     http: listeners.http,

@@ -22,6 +22,8 @@ export interface ReloadTargets {
   outbound: OutboundPolicy;
   /** A client for a provider of the YAML file (added or changed). */
   makeProvider(config: ProviderConfig): ProviderClient;
+  /** Discovery for new clients, in the background (Providers.prefetch). */
+  prefetch?(clients: readonly ProviderClient[]): void;
   /** The gRPC listener's certificate material, when it speaks TLS. */
   certificates: CertificateSource | undefined;
   http: HttpListener | undefined;
@@ -167,11 +169,16 @@ export class ConfigReloader {
   /** The YAML file's providers: unchanged ones keep their client (and its discovery cache); calls in flight finish on the client they hold. */
   private applyProviders(providers: ProviderConfig[]): void {
     const { registry } = this.t;
+    const made: ProviderClient[] = [];
     const clients = providers.map((p) => {
       const existing = registry.isConfigured(p.id) ? registry.get(p.id) : undefined;
-      return existing && isDeepStrictEqual(existing.config, p) ? existing : this.t.makeProvider(p);
+      if (existing && isDeepStrictEqual(existing.config, p)) return existing;
+      const client = this.t.makeProvider(p);
+      made.push(client);
+      return client;
     });
     registry.setConfigured(clients);
+    if (made.length > 0) this.t.prefetch?.(made);
   }
 
   private refused(trigger: string, err: unknown): ReloadResult {

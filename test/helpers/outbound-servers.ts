@@ -12,8 +12,8 @@ export interface InternalStandIn {
   close(): Promise<void>;
 }
 
-async function listen(server: http.Server, host = "127.0.0.1"): Promise<number> {
-  server.listen(0, host);
+async function listen(server: http.Server, host = "127.0.0.1", port = 0): Promise<number> {
+  server.listen(port, host);
   await once(server, "listening");
   return (server.address() as AddressInfo).port;
 }
@@ -65,7 +65,8 @@ export interface FakeIssuer {
  */
 export async function startFakeIssuer(
   endpoints: (base: string) => Record<string, string>,
-  options: { host?: string; jwksStatus?: number; discoveryStatus?: number; resourceMetadata?: string } = {},
+  /** `port`: a given one (a provider that comes up where the service already expects it), else any free one. */
+  options: { host?: string; port?: number; jwksStatus?: number; discoveryStatus?: number; resourceMetadata?: string } = {},
 ): Promise<FakeIssuer> {
   const seen: string[] = [];
   const server = http.createServer((req, res) => {
@@ -99,7 +100,7 @@ export async function startFakeIssuer(
     res.end('{"error":"not_found"}');
   });
   const host = options.host ?? "127.0.0.1";
-  const port = await listen(server, host);
+  const port = await listen(server, host, options.port);
   return { port, url: `http://${host}:${port}`, seen, close: closer(server) };
 }
 

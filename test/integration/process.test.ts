@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stringify } from "yaml";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it, vi } from "vitest";
 import { once } from "node:events";
 import { createServer, type AddressInfo } from "node:net";
 import { generateKeySpec, parseKeyRing } from "../../src/crypto/key-ring.js";
@@ -67,12 +67,14 @@ describe("the service as a process", () => {
         tokens: { accessToken: tokens.access_token, refreshToken: tokens.refresh_token, expiresIn: 1n },
       });
       await new Promise((r) => setTimeout(r, 1100));
+      const refreshesBefore = provider.stats.refreshes;
       provider.faults.push({ kind: "delay", ms: 1500 });
       // One call on each listener; they share the one refresh.
       const http = connectJsonClient(svc.httpUrl!);
       const inflight = client.getToken({ userId: "drain", sessionId });
       const inflightHttp = http.getToken({ userId: "drain", sessionId });
-      await svc.waitForLine((l) => l.msg === "provider discovery done");
+      // The refresh is at the provider (held there by the delay): both calls are in flight.
+      await vi.waitFor(() => expect(provider.stats.refreshes).toBe(refreshesBefore + 1), { timeout: 10_000 });
       svc.kill("SIGTERM");
       await svc.waitForLine((l) => l.msg === "shutting down: draining calls");
       const got = await inflight;
@@ -102,6 +104,7 @@ describe("the service as a process", () => {
         tokens: { accessToken: tokens.access_token, refreshToken: tokens.refresh_token, expiresIn: 1n },
       });
       await new Promise((r) => setTimeout(r, 1100));
+      const refreshesBefore = provider.stats.refreshes;
       provider.faults.push({ kind: "delay", ms: 4000 });
       const calls = [client, connectJsonClient(svc.httpUrl!)].map((c) =>
         c.getToken({ userId: "cutoff", sessionId }).then(
@@ -109,7 +112,8 @@ describe("the service as a process", () => {
           (e: unknown) => e,
         ),
       );
-      await svc.waitForLine((l) => l.msg === "provider discovery done");
+      // The refresh is at the provider (held there by the delay): both calls are in flight.
+      await vi.waitFor(() => expect(provider.stats.refreshes).toBe(refreshesBefore + 1), { timeout: 10_000 });
       const killed = Date.now();
       svc.kill("SIGTERM");
       for (const outcome of await Promise.all(calls)) {
