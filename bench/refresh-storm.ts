@@ -98,7 +98,7 @@ async function warmRefreshPaths(
   procs: ServiceProcess[],
   clients: ReturnType<typeof connectGrpcClient>[],
   provider: TestProvider,
-): Promise<{ firstMs: number[]; secondMs: number[] }> {
+): Promise<StormSummary["warm"]> {
   const firstMs: number[] = [];
   const secondMs: number[] = [];
   for (const [i, c] of clients.entries()) {

@@ -78,16 +78,16 @@ export interface TokenAnswer {
   sessionId: string;
 }
 
-/**
- * The domain: store a login, hand out a token valid right now (refreshing
- * just in time through the coordinator), revoke a login here and at the
- * provider.
- */
 /** The session, unless GetToken named another provider than its own (then, as for no session: not found). */
 function atProvider(head: SessionHead | null, provider: string): SessionHead | null {
   return head && provider !== "" && head.provider !== provider ? null : head;
 }
 
+/**
+ * The domain: store a login, hand out a token valid right now (refreshing
+ * just in time through the coordinator), revoke a login here and at the
+ * provider.
+ */
 export class SessionService {
   /** Session reads in flight, by user and session id. */
   private readonly inflightReads = new Map<string, Promise<{ head: SessionHead | null; entry?: CacheEntry }>>();
