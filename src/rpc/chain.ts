@@ -6,6 +6,7 @@ import type { CallerDirectory } from "./auth.js";
 import { CallCancelledError, CallRefusedError, Code, codeName, ShuttingDownError, toRpcStatus, type RpcStatus } from "./errors.js";
 import { TokenBucket } from "./rate-limit.js";
 import { USER_ASSERTION_HEADER } from "./user-binding.js";
+import { SlotSet } from "../util/slot-set.js";
 import { SpanStatusCode, type Span } from "@opentelemetry/api";
 import { NO_SPANS, type Spans, type TraceContext } from "../tracing/spans.js";
 
@@ -88,6 +89,8 @@ class ActiveCall implements CallContext {
   /** The call's SERVER span and its context, when the call is traced. */
   span: Span | undefined;
   trace: TraceContext;
+  /** Its slot in the chain's calls in flight, once admitted. */
+  slot = -1;
   private controller: AbortController | undefined;
   private aborted = false;
   /** onAbort's listeners (no AbortController needed for them). */
@@ -187,7 +190,8 @@ class ActiveCall implements CallContext {
  *    call (never a message body).
  */
 export class RpcChain {
-  private readonly inflight = new Set<ActiveCall>();
+  /** The calls in flight, in a SlotSet: a long-lived `Set` with one member per call sends each call's objects to V8's old generation. */
+  private readonly inflight = new SlotSet<ActiveCall>();
   private buckets = new Map<string, TokenBucket>();
   private directory!: CallerDirectory;
   private closed = false;
@@ -225,7 +229,7 @@ export class RpcChain {
    * (CALLER_CHANGED), so that it reconnects under the new scope.
    */
   private readmitStreams(): void {
-    for (const active of [...this.inflight]) {
+    for (const active of this.inflight.values()) {
       if (!STREAMING_SERVICES.has(active.call.service)) continue;
       let outcome: unknown;
       try {
@@ -273,7 +277,7 @@ export class RpcChain {
         active.span = traced?.span;
         active.trace = traced?.ctx;
       }
-      this.inflight.add(active);
+      active.slot = this.inflight.add(active);
       result = handler(active);
     } catch (err) {
       active.settle(false, err);
@@ -302,7 +306,7 @@ export class RpcChain {
    */
   cutOff(): void {
     this.closed = true;
-    for (const active of [...this.inflight]) {
+    for (const active of this.inflight.values()) {
       active.abort();
       active.settle(false, new ShuttingDownError());
     }
@@ -310,7 +314,7 @@ export class RpcChain {
 
   /** Called by each call as it settles: one log line and one metric. */
   finished(active: ActiveCall, status: RpcStatus | undefined, outcome: unknown): void {
-    this.inflight.delete(active);
+    this.inflight.delete(active.slot, active);
     this.record(active.call, active.scope, active.started, status, outcome, active.logFields);
     if (active.span) endSpan(active.span, active.scope.caller, status, active.logFields);
   }

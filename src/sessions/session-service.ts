@@ -25,6 +25,7 @@ import { LAST_USED_DEFAULTS, LastUsedWriter, type LastUsedWriterOptions } from "
 import type { TokenVault } from "./token-vault.js";
 import { requireProviderAllowed, requireResourceAllowed, type CallContext } from "./scope.js";
 import { asDomainError } from "./store-errors.js";
+import { SlotMap } from "../util/slot-set.js";
 
 export type { CallContext } from "./scope.js";
 import { NO_SPANS, type SpanOptions, type Spans } from "../tracing/spans.js";
@@ -89,8 +90,8 @@ function atProvider(head: SessionHead | null, provider: string): SessionHead | n
  * provider.
  */
 export class SessionService {
-  /** Session reads in flight, by user and session id. */
-  private readonly inflightReads = new Map<string, Promise<{ head: SessionHead | null; entry?: CacheEntry }>>();
+  /** Reads in flight by user and session, in a SlotMap: in a long-lived `Map` each read's promise, and its call, reached V8's old generation. */
+  private readonly inflightReads = new SlotMap<Promise<{ head: SessionHead | null; entry?: CacheEntry }>>();
   /** last_used_at writes, batched: one statement for many sessions about once a second. */
   private readonly lastUsed: LastUsedWriter;
 
