@@ -1,7 +1,9 @@
+import type { EventEmitter } from "node:events";
 import * as grpc from "@grpc/grpc-js";
 import type { TlsConfig } from "../config.js";
 import { CertificateSource } from "./certificate-source.js";
 import { chainedServer } from "./grpc-library.js";
+import { adoptStreamTables } from "./http2-streams.js";
 import type { RpcChain } from "./chain.js";
 
 /**
@@ -76,12 +78,29 @@ function credentialsFor(tls: TlsConfig | undefined): { credentials: grpc.ServerC
   return { credentials, certificates };
 }
 
+/**
+ * Has each HTTP/2 server grpc-js makes for `server` keep its connections' streams in a `StreamTable`
+ * (src/rpc/http2-streams.ts). grpc-js makes them in its `createHttp2Server` method, which its types keep
+ * private; without it (another grpc-js) the servers keep node:http2's map, and a test says so.
+ */
+function tableStreams(server: grpc.Server): void {
+  const target = server as unknown as { createHttp2Server?: (this: unknown, ...args: unknown[]) => EventEmitter };
+  const create = target.createHttp2Server;
+  if (typeof create !== "function") return;
+  target.createHttp2Server = function (this: unknown, ...args: unknown[]) {
+    const http2Server = create.apply(this, args);
+    adoptStreamTables(http2Server);
+    return http2Server;
+  };
+}
+
 /** Starts the gRPC listener on host:port (port 0 picks a free one). */
 export async function startGrpcServer(options: GrpcListenerOptions): Promise<GrpcListener> {
   const server = new grpc.Server({
     ...GRPC_SERVER_SETTINGS,
     "grpc.max_receive_message_length": options.maxMessageBytes,
   });
+  tableStreams(server);
   const streams = new Set<StreamCall>();
   options.addServices(server, chainedServer(server, options.chain, streams));
   const { credentials, certificates } = credentialsFor(options.tls);

@@ -3,6 +3,8 @@ import http from "node:http";
 import http2 from "node:http2";
 import type { AddressInfo, Socket } from "node:net";
 import type { TlsConfig } from "../config.js";
+import { SlotSet } from "../util/slot-set.js";
+import { adoptStreamTables } from "./http2-streams.js";
 
 type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
 
@@ -42,8 +44,8 @@ const TCP_KEEPALIVE_MS = 60_000;
  */
 export async function startHttpServer(handler: Handler, host: string, port: number, tls: TlsConfig | undefined): Promise<HttpListener> {
   const sockets = new Set<Socket>();
-  /** HTTP/1.1 responses not yet finished: a drain tells their connections to close after them. */
-  const pending = new Set<http.ServerResponse>();
+  /** HTTP/1.1 responses not yet finished: a drain tells their connections to close after them (a SlotSet: one per request). */
+  const pending = new SlotSet<http.ServerResponse>();
   let draining = false;
   const closeAfter = (res: http.ServerResponse) => {
     if (!res.headersSent) res.setHeader("connection", "close");
@@ -53,8 +55,8 @@ export async function startHttpServer(handler: Handler, host: string, port: numb
       const r = res as http.ServerResponse;
       // While draining, an HTTP/1.1 connection closes after its response instead of waiting for more.
       if (draining) closeAfter(r);
-      pending.add(r);
-      r.once("close", () => pending.delete(r));
+      const slot = pending.add(r);
+      r.once("close", () => pending.delete(slot, r));
     }
     handler(req, res);
   };
@@ -77,6 +79,7 @@ export async function startHttpServer(handler: Handler, host: string, port: numb
     socket.setKeepAlive(true, TCP_KEEPALIVE_MS);
   });
   const sessions = new Set<http2.ServerHttp2Session>();
+  if (tls) adoptStreamTables(server); // HTTP/2 (with HTTP/1.1 beside it) only over TLS
   server.on("session", (session: http2.ServerHttp2Session) => {
     // A connection whose TLS handshake ends after the drain began gets its GOAWAY at once.
     if (draining) return session.close();
@@ -98,7 +101,7 @@ export async function startHttpServer(handler: Handler, host: string, port: numb
     tls: tls !== undefined,
     shutdown() {
       draining = true;
-      for (const res of pending) closeAfter(res);
+      for (const res of pending.values()) closeAfter(res);
       closed ??= new Promise<void>((resolve) => server.close(() => resolve()));
       if (server instanceof http.Server) server.closeIdleConnections();
       // HTTP/2: GOAWAY; streams in flight go on.
