@@ -338,7 +338,7 @@ export class SessionService {
    * answer carries. A caller needs the enterprise-managed provider (and its
    * resource) in its scopes, not the IdP.
    */
-  private async enterpriseToken(userId: string, provider: ProviderClient, resource: string | undefined, input: GetTokenInput, ctx: CallContext): Promise<TokenAnswer> {
+  private enterpriseToken(userId: string, provider: ProviderClient, resource: string | undefined, input: GetTokenInput, ctx: CallContext): TokenAnswer | Promise<TokenAnswer> {
     requireProviderAllowed(ctx, provider.id);
     const target = provider.config.defaultResource ?? "";
     if (input.kind === "id") throw new InvalidArgumentError("kind", "an enterprise_managed provider hands out access tokens only");
@@ -347,19 +347,29 @@ export class SessionService {
     const idpId = provider.config.enterpriseIdp ?? "";
     const idp = this.providers.get(idpId);
     if (!idp) throw new ProviderUnavailableError("provider_not_configured", idpId);
-    let head: SessionHead | null;
-    let entry: CacheEntry | undefined;
+    const derived = (head: SessionHead, entry: CacheEntry | undefined): TokenAnswer | Promise<TokenAnswer> => {
+      if (head.status !== "active") throw new ReauthRequiredError(head.reauthReason ?? "reauth_required", head.provider);
+      if (head.idCt === null) throw new NoIdTokenError();
+      const want = { minValidSeconds: input.minValidSeconds, marginSeconds: provider.config.refreshMarginSeconds };
+      return this.audienceToken(head, derivedTokenKey(provider.id, target), input, want, entry, ctx, () => createIdJagGrant(provider, idp));
+    };
     if (input.sessionId !== "") {
-      ({ head, entry } = await this.sessionById(input.sessionId, userId, ctx));
-      if (!head || head.provider !== idpId) throw new SessionNotFoundError();
-    } else {
-      head = await this.spans.run("session read", ctx.trace, this.readNewest, () => this.reader.findNewest(userId, idpId));
-      if (!head) throw new NoIdpSessionError(provider.id, idpId);
+      const named = (head: SessionHead | null, entry: CacheEntry | undefined) => {
+        if (!head || head.provider !== idpId) throw new SessionNotFoundError();
+        return derived(head, entry);
+      };
+      // A cached IdP session with its derived token held answers without a promise, as a plain GetToken does.
+      const sessionId = requireSessionId(input.sessionId);
+      const entry = this.cachedById(userId, sessionId, ctx);
+      if (entry) return named(entry.head, entry);
+      return this.readSessionById(sessionId, userId, ctx).then((read) => named(read.head, read.entry));
     }
-    if (head.status !== "active") throw new ReauthRequiredError(head.reauthReason ?? "reauth_required", head.provider);
-    if (head.idCt === null) throw new NoIdTokenError();
-    const want = { minValidSeconds: input.minValidSeconds, marginSeconds: provider.config.refreshMarginSeconds };
-    return this.audienceToken(head, derivedTokenKey(provider.id, target), input, want, entry, ctx, () => createIdJagGrant(provider, idp));
+    return this.spans
+      .run("session read", ctx.trace, this.readNewest, () => this.reader.findNewest(userId, idpId))
+      .then((head) => {
+        if (!head) throw new NoIdpSessionError(provider.id, idpId);
+        return derived(head, undefined);
+      });
   }
 
   /** Waits for the shared refresh, but gives up just before the caller's deadline. */
@@ -373,7 +383,7 @@ export class SessionService {
    * the refresh token before it refuses an unknown resource, so one bad
    * request would cost the user their session.
    */
-  private async audienceToken(
+  private audienceToken(
     head: SessionHead,
     resource: string,
     input: GetTokenInput,
@@ -382,14 +392,29 @@ export class SessionService {
     ctx: CallContext,
     /** A derived token (ID-JAG): `resource` is its row key. */
     derive?: () => DerivedGrant,
-  ): Promise<TokenAnswer> {
+  ): TokenAnswer | Promise<TokenAnswer> {
     const mode = this.providers.get(head.provider)?.config.audienceTokens ?? "refresh";
     if (!derive && mode === "refresh" && !grantedResources(head.resources).includes(resource)) throw new ResourceNotGrantedError(resource);
     const held = entry?.audiences?.get(resource);
     if (held && !input.forceRefresh && audienceFresh(held, want, new Date())) {
+      // Held and fresh enough: the answer itself, without a promise (the hot path with a resource).
       this.touch(head, new Date());
       return this.audienceAnswer(head, held);
     }
+    return this.fetchedAudienceToken(head, resource, input, want, entry, held, ctx, derive);
+  }
+
+  /** audienceToken when the token must be obtained first; a held one still valid is kept when the provider is only slow or down. */
+  private async fetchedAudienceToken(
+    head: SessionHead,
+    resource: string,
+    input: GetTokenInput,
+    want: AudienceWant,
+    entry: CacheEntry | undefined,
+    held: AudienceToken | undefined,
+    ctx: CallContext,
+    derive: (() => DerivedGrant) | undefined,
+  ): Promise<TokenAnswer> {
     let token: AudienceToken;
     try {
       token = await this.withinDeadline(this.audiences.get(head, resource, want, input.forceRefresh, ctx.caller ?? "unknown", ctx.trace, derive?.()), ctx);

@@ -38,11 +38,12 @@ describe("GetToken's hot path on the gRPC listener", () => {
     await provider?.close();
   });
 
-  async function login(user: string, expiresAt?: Date) {
-    const tokens = await provider.login(user);
+  async function login(user: string, expiresAt?: Date, resources: string[] = []) {
+    const tokens = await provider.login(user, { resources });
     const { sessionId } = await svc.client.storeSession({
       userId: user,
       provider: "corp",
+      resources,
       tokens: {
         accessToken: tokens.access_token,
         refreshToken: tokens.refresh_token,
@@ -53,7 +54,7 @@ describe("GetToken's hot path on the gRPC listener", () => {
   }
 
   /** Calls the handler as grpc-js does; says whether it answered before returning, and how many promises that took. */
-  function call(userId: string, sessionId: string, more: { provider?: string; forceRefresh?: boolean } = {}) {
+  function call(userId: string, sessionId: string, more: { provider?: string; forceRefresh?: boolean; resource?: string } = {}) {
     const fake = {
       request: create(GetTokenRequestSchema, { userId, sessionId, ...more }),
       metadata: new grpc.Metadata(),
@@ -135,5 +136,32 @@ describe("GetToken's hot path on the gRPC listener", () => {
     const again = call("hot-carol", sessionId);
     expect(again.at()).toEqual({ answeredAtOnce: true, promises: 0 });
     expect((await again.answered).value?.token).toBe(refreshed);
+  });
+
+  it("answers a held audience token before the handler returns, without a promise; the first ask goes to the provider", async () => {
+    const resource = "https://tools.example/mcp";
+    const { tokens, sessionId } = await login("hot-erin", undefined, [resource]);
+    await call("hot-erin", sessionId).answered;
+    // The audience token is not held yet: a refresh-token grant for the resource, through a promise.
+    const first = call("hot-erin", sessionId, { resource });
+    expect(first.at().answeredAtOnce).toBe(false);
+    const got = await first.answered;
+    expect(got.err).toBeNull();
+    const audienceToken = got.value!.token;
+    expect(audienceToken).not.toBe(tokens.access_token);
+    expect(JSON.parse(Buffer.from(audienceToken.split(".")[1]!, "base64url").toString())).toMatchObject({ aud: resource });
+
+    // That grant rotated the session's refresh token, so the session's cache entry was dropped: the next ask reads
+    // the session again, and the audience token from its own row, through a promise, and holds it in the new entry.
+    const reread = call("hot-erin", sessionId, { resource });
+    expect(reread.at().answeredAtOnce).toBe(false);
+    expect((await reread.answered).value?.token).toBe(audienceToken);
+    const held = call("hot-erin", sessionId, { resource });
+    expect(held.at()).toEqual({ answeredAtOnce: true, promises: 0 });
+    expect((await held.answered).value).toMatchObject({ token: audienceToken, sessionId });
+    // A resource the session was not granted is refused at once, before any provider call.
+    const refused = call("hot-erin", sessionId, { resource: "https://elsewhere.example/" });
+    expect(refused.at().answeredAtOnce).toBe(true);
+    expect((await refused.answered).err).toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
   });
 });
