@@ -309,14 +309,6 @@ export class SessionService {
     return answer;
   }
 
-  /** A session by id for GetToken: from the cache, else read (and cached). */
-  private async sessionById(id: string, userId: string, ctx: CallContext): Promise<{ head: SessionHead | null; entry?: CacheEntry }> {
-    const sessionId = requireSessionId(id);
-    const entry = this.cachedById(userId, sessionId, ctx);
-    if (entry) return { head: entry.head, entry };
-    return this.readSessionById(sessionId, userId, ctx);
-  }
-
   /** A session by id read from the database (and cached), traced as the call's session read. */
   private readSessionById(sessionId: string, userId: string, ctx: CallContext): Promise<{ head: SessionHead | null; entry?: CacheEntry }> {
     return this.spans.run("session read", ctx.trace, this.readById, () => this.readSession(sessionId, userId));
@@ -347,29 +339,36 @@ export class SessionService {
     const idpId = provider.config.enterpriseIdp ?? "";
     const idp = this.providers.get(idpId);
     if (!idp) throw new ProviderUnavailableError("provider_not_configured", idpId);
-    const derived = (head: SessionHead, entry: CacheEntry | undefined): TokenAnswer | Promise<TokenAnswer> => {
-      if (head.status !== "active") throw new ReauthRequiredError(head.reauthReason ?? "reauth_required", head.provider);
-      if (head.idCt === null) throw new NoIdTokenError();
-      const want = { minValidSeconds: input.minValidSeconds, marginSeconds: provider.config.refreshMarginSeconds };
-      return this.audienceToken(head, derivedTokenKey(provider.id, target), input, want, entry, ctx, () => createIdJagGrant(provider, idp));
-    };
     if (input.sessionId !== "") {
-      const named = (head: SessionHead | null, entry: CacheEntry | undefined) => {
-        if (!head || head.provider !== idpId) throw new SessionNotFoundError();
-        return derived(head, entry);
-      };
-      // A cached IdP session with its derived token held answers without a promise, as a plain GetToken does.
       const sessionId = requireSessionId(input.sessionId);
       const entry = this.cachedById(userId, sessionId, ctx);
-      if (entry) return named(entry.head, entry);
-      return this.readSessionById(sessionId, userId, ctx).then((read) => named(read.head, read.entry));
+      // A cached IdP session with its derived token held answers without a promise, as a plain GetToken does.
+      if (entry) return this.derivedToken(entry.head, entry, provider, idp, target, input, ctx);
+      return this.readSessionById(sessionId, userId, ctx).then((read) => this.derivedToken(read.head, read.entry, provider, idp, target, input, ctx));
     }
     return this.spans
       .run("session read", ctx.trace, this.readNewest, () => this.reader.findNewest(userId, idpId))
       .then((head) => {
         if (!head) throw new NoIdpSessionError(provider.id, idpId);
-        return derived(head, undefined);
+        return this.derivedToken(head, undefined, provider, idp, target, input, ctx);
       });
+  }
+
+  /** enterpriseToken once the user's session at the IdP is known: NOT_FOUND when `head` is none, or another provider's. */
+  private derivedToken(
+    head: SessionHead | null,
+    entry: CacheEntry | undefined,
+    provider: ProviderClient,
+    idp: ProviderClient,
+    target: string,
+    input: GetTokenInput,
+    ctx: CallContext,
+  ): TokenAnswer | Promise<TokenAnswer> {
+    if (!head || head.provider !== idp.id) throw new SessionNotFoundError();
+    if (head.status !== "active") throw new ReauthRequiredError(head.reauthReason ?? "reauth_required", head.provider);
+    if (head.idCt === null) throw new NoIdTokenError();
+    const want = { minValidSeconds: input.minValidSeconds, marginSeconds: provider.config.refreshMarginSeconds };
+    return this.audienceToken(head, derivedTokenKey(provider.id, target), input, want, entry, ctx, () => createIdJagGrant(provider, idp));
   }
 
   /** Waits for the shared refresh, but gives up just before the caller's deadline. */
