@@ -7,6 +7,7 @@ import { InvalidArgumentError } from "../sessions/errors.js";
 import type { CallDone, IncomingCall, RpcChain } from "./chain.js";
 import { RpcFailure } from "./chain.js";
 import { certificateNames, deadlineMs } from "./context.js";
+import { decodeGetTokenRequest, encodeGetTokenResponse } from "./get-token-codec.js";
 import { errorInfoOf, type RpcStatus } from "./errors.js";
 import type { ServiceHandlers, StreamHandler, UnaryHandler } from "./handlers.js";
 
@@ -30,19 +31,24 @@ function asBuffer(bytes: Uint8Array): Buffer {
  */
 function serializer(schema: DescMessage) {
   const encoded = new WeakMap<object, Buffer>();
+  const encode = (DIRECT_ENCODERS[schema.typeName] ?? ((m: Parameters<typeof toBinary>[1]) => asBuffer(toBinary(schema, m)))) as (m: unknown) => Buffer;
   return (message: unknown) => {
-    const m = message as Parameters<typeof toBinary>[1];
-    if (!Object.isFrozen(m)) return asBuffer(toBinary(schema, m));
-    let bytes = encoded.get(m);
-    if (!bytes) encoded.set(m, (bytes = asBuffer(toBinary(schema, m))));
+    if (!Object.isFrozen(message)) return encode(message);
+    let bytes = encoded.get(message as object);
+    if (!bytes) encoded.set(message as object, (bytes = encode(message)));
     return bytes;
   };
 }
 
+/** Messages read and written without protobuf-es's reflection on the gRPC listener (see get-token-codec.ts). */
+const DIRECT_ENCODERS: Record<string, (m: never) => Buffer> = { "tokenservice.v1.GetTokenResponse": encodeGetTokenResponse };
+const DIRECT_DECODERS: Record<string, (bytes: Buffer) => unknown> = { "tokenservice.v1.GetTokenRequest": decodeGetTokenRequest };
+
 function deserializer(schema: DescMessage) {
+  const decode = DIRECT_DECODERS[schema.typeName] ?? ((bytes: Buffer) => fromBinary(schema, bytes));
   return (bytes: Buffer) => {
     try {
-      return fromBinary(schema, bytes);
+      return decode(bytes);
     } catch {
       return new MalformedRequest(schema.typeName);
     }

@@ -8,29 +8,12 @@ import { GetTokenRequestSchema, StoreSessionRequestSchema } from "../../gen/toke
 import { connectGrpcClient, connectJsonClient } from "../helpers/clients.js";
 import { startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { spawnService, type ServiceProcess } from "../helpers/process.js";
+import { prng } from "../helpers/prng.js";
 import { generateKeySpec } from "../../src/crypto/key-ring.js";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stringify } from "yaml";
-
-/** Deterministic pseudo-random numbers (mulberry32), so a failing case can be replayed. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    next,
-    int: (n: number) => Math.floor(next() * n),
-    bytes: (n: number) => Buffer.from(Array.from({ length: n }, () => Math.floor(next() * 256))),
-    pick: <T>(xs: readonly T[]) => xs[Math.floor(next() * xs.length)]!,
-  };
-}
 
 function grpcFrame(body: Uint8Array, flags = 0, declared = body.length): Buffer {
   const f = Buffer.alloc(5 + body.length);
