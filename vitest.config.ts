@@ -4,6 +4,8 @@ export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
     globalSetup: ["test/helpers/global-setup.ts"],
+    // MikroORM loads in each test worker as it does in the service: without Node's async hooks (src/db/orm-context.ts).
+    setupFiles: ["src/db/orm-context.ts"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: "forks",
