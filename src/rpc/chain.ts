@@ -261,9 +261,8 @@ export class RpcChain {
    * `run` without promises of its own, for the gRPC listener: `done` gets the
    * failure or the result. A handler that answers at once (a plain value, not
    * a promise) is settled, logged and answered before `serve` returns, so a
-   * cached GetToken or a Health/Check makes no promise here: with
-   * AsyncLocalStorage on (MikroORM turns it on), every promise and every
-   * `then` also runs Node's async hooks.
+   * cached GetToken or a Health/Check makes no promise here and allocates
+   * none.
    */
   serve<T>(call: IncomingCall, handler: (ctx: CallContext) => T | PromiseLike<T>, done: CallDone<T>): void {
     const active = new ActiveCall(this, call, performance.now(), done as CallDone<unknown>);
