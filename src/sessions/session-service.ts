@@ -512,10 +512,17 @@ export class SessionService {
     let read = this.inflightReads.get(key);
     if (!read) {
       const ticket = this.cache.ticket();
-      read = this.reader
-        .findForUser(sessionId, userId)
-        .then((head) => ({ head, entry: head ? this.cache.set(head, ticket) : undefined }))
-        .finally(() => this.inflightReads.delete(key));
+      // One `then` for both outcomes (not `then` and `finally`: three promises fewer on every cache miss).
+      read = this.reader.findForUser(sessionId, userId).then(
+        (head) => {
+          this.inflightReads.delete(key);
+          return { head, entry: head ? this.cache.set(head, ticket) : undefined };
+        },
+        (err: unknown) => {
+          this.inflightReads.delete(key);
+          throw err;
+        },
+      );
       this.inflightReads.set(key, read);
     }
     return read;

@@ -7,7 +7,7 @@ import { migrateUp, openOrm } from "../../src/db/orm.js";
 import { MAX_BATCH_IDS, pgSessionReader, type SessionReader } from "../../src/db/session-reader.js";
 import { DatabaseUnavailableError, SessionRepository } from "../../src/db/session-repository.js";
 import { TokenVault } from "../../src/sessions/token-vault.js";
-import { freePort } from "../helpers/postgres.js";
+import { freePort, startPostgres } from "../helpers/postgres.js";
 import { createTestDatabase, startService } from "../helpers/service.js";
 import { sessionRow } from "../helpers/session-row.js";
 import type { GrpcJsError } from "../helpers/clients.js";
@@ -186,6 +186,38 @@ describe("GetToken over many sessions on PostgreSQL, cache off", () => {
       expect(mixed).toEqual(sessions.flatMap((s) => [`at-${s.userId}`, 5]));
     } finally {
       await svc.close();
+    }
+  });
+});
+
+describe("GetToken through a PostgreSQL outage, cache off", () => {
+  it("answers UNAVAILABLE while the database is down, and the same session's token once it is back (a failed read is not kept)", async () => {
+    // A cluster of its own: stopping it must not disturb the other test files' databases.
+    const postgres = await startPostgres();
+    const keys = generateKeySpec("k1");
+    const svc = await startService({ dialect: "postgresql", databaseUrl: await createTestDatabase(postgres.url), keys, yaml: { cache: { enabled: false } } });
+    try {
+      const repo = new SessionRepository(svc.app.orm, "postgresql");
+      const [session] = await insertSessions(repo, new TokenVault(parseKeyRing(keys)), "outage", 1);
+      const ask = () =>
+        svc.grpcJs.call("GetToken", { user_id: session!.userId, session_id: session!.id }).then(
+          (r) => r.token as string,
+          (e: GrpcJsError) => e.code,
+        );
+      expect(await ask()).toBe(`at-${session!.userId}`);
+      await postgres.stopServer();
+      // Concurrent callers of one read share it, and its failure, while it is in flight.
+      expect(await Promise.all([ask(), ask(), ask()])).toEqual([14, 14, 14]);
+      await postgres.startServer();
+      let answer: string | number = 14;
+      for (let i = 0; i < 100 && answer === 14; i++) {
+        answer = await ask();
+        if (answer === 14) await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      expect(answer).toBe(`at-${session!.userId}`);
+    } finally {
+      await svc.close();
+      await postgres.destroy();
     }
   });
 });
