@@ -31,17 +31,20 @@ function asBuffer(bytes: Uint8Array): Buffer {
  */
 function serializer(schema: DescMessage) {
   const encoded = new WeakMap<object, Buffer>();
-  const encode = (DIRECT_ENCODERS[schema.typeName] ?? ((m: Parameters<typeof toBinary>[1]) => asBuffer(toBinary(schema, m)))) as (m: unknown) => Buffer;
+  const encode = (DIRECT_ENCODERS[schema.typeName] ?? ((m: Parameters<typeof toBinary>[1]) => asBuffer(toBinary(schema, m)))) as (m: unknown, kept: boolean) => Buffer;
   return (message: unknown) => {
-    if (!Object.isFrozen(message)) return encode(message);
+    if (!Object.isFrozen(message)) return encode(message, false);
     let bytes = encoded.get(message as object);
-    if (!bytes) encoded.set(message as object, (bytes = encode(message)));
+    if (!bytes) encoded.set(message as object, (bytes = encode(message, true)));
     return bytes;
   };
 }
 
-/** Messages read and written without protobuf-es's reflection on the gRPC listener (see get-token-codec.ts). */
-const DIRECT_ENCODERS: Record<string, (m: never) => Buffer> = { "tokenservice.v1.GetTokenResponse": encodeGetTokenResponse };
+/**
+ * Messages read and written without protobuf-es's reflection on the gRPC listener (see get-token-codec.ts).
+ * An encoder is told when its bytes are `kept` (beside a frozen message), to give them memory of their own.
+ */
+const DIRECT_ENCODERS: Record<string, (m: never, kept: boolean) => Buffer> = { "tokenservice.v1.GetTokenResponse": encodeGetTokenResponse };
 const DIRECT_DECODERS: Record<string, (bytes: Buffer) => unknown> = { "tokenservice.v1.GetTokenRequest": decodeGetTokenRequest };
 
 function deserializer(schema: DescMessage) {

@@ -2,8 +2,9 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { TimestampSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
-import { GetTokenRequestSchema, GetTokenResponseSchema, type GetTokenRequest, type TokenKind } from "../../gen/tokenservice/v1/token_service_pb.js";
+import { GetTokenRequestSchema, GetTokenResponseSchema, TokenService, type GetTokenRequest, type TokenKind } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { decodeGetTokenRequest, encodeGetTokenResponse, MalformedMessageError } from "../../src/rpc/get-token-codec.js";
+import { grpcServiceDefinition } from "../../src/rpc/grpc-service.js";
 import { prng } from "../helpers/prng.js";
 
 /** Random strings from pieces that matter to UTF-8 (multi-byte, astral, NUL, lone surrogates, long runs). */
@@ -107,6 +108,21 @@ describe("GetToken's direct codec", () => {
     }
     // The empty message is empty.
     expect(encodeGetTokenResponse(create(GetTokenResponseSchema)).length).toBe(0);
+  });
+
+  it("gives a kept response memory of its own, and the gRPC listener keeps a frozen response's bytes so", () => {
+    const m = create(GetTokenResponseSchema, { token: "t".repeat(700), tokenType: "Bearer", expiresAt: timestampFromDate(new Date()), sessionId: "s" });
+    const owns = (b: Buffer) => b.byteOffset === 0 && b.buffer.byteLength === b.length;
+    const kept = encodeGetTokenResponse(m, true);
+    expect(owns(kept)).toBe(true);
+    expect(kept.equals(encodeGetTokenResponse(m))).toBe(true);
+    // A frozen message is one handed out again (a cached answer's response): encoded once, into its own memory.
+    const serialize = grpcServiceDefinition(TokenService).getToken!.responseSerialize;
+    const frozen = Object.freeze(create(GetTokenResponseSchema, { token: "u".repeat(700), sessionId: "s" }));
+    const first = serialize(frozen);
+    expect(owns(first)).toBe(true);
+    expect(serialize(frozen)).toBe(first);
+    expect(first.equals(Buffer.from(toBinary(GetTokenResponseSchema, frozen)))).toBe(true);
   });
 
   it("reads every request as protobuf-es reads it, with unknown fields anywhere and fields repeated", () => {
