@@ -91,6 +91,8 @@ function atProvider(head: SessionHead | null, provider: string): SessionHead | n
  */
 export class SessionService {
   /** Reads in flight by user and session, in a SlotMap: in a long-lived `Map` each read's promise, and its call, reached V8's old generation. */
+  /** Answers of held audience tokens, by token (heldAudienceAnswer); they go with their tokens. */
+  private readonly heldAnswers = new WeakMap<AudienceToken, TokenAnswer>();
   private readonly inflightReads = new SlotMap<Promise<{ head: SessionHead | null; entry?: CacheEntry }>>();
   /** last_used_at writes, batched: one statement for many sessions about once a second. */
   private readonly lastUsed: LastUsedWriter;
@@ -395,10 +397,12 @@ export class SessionService {
     const mode = this.providers.get(head.provider)?.config.audienceTokens ?? "refresh";
     if (!derive && mode === "refresh" && !grantedResources(head.resources).includes(resource)) throw new ResourceNotGrantedError(resource);
     const held = entry?.audiences?.get(resource);
-    if (held && !input.forceRefresh && audienceFresh(held, want, new Date())) {
-      // Held and fresh enough: the answer itself, without a promise (the hot path with a resource).
-      this.touch(head, new Date());
-      return this.audienceAnswer(head, held);
+    const now = new Date();
+    if (held && !input.forceRefresh && audienceFresh(held, want, now)) {
+      // Held and fresh enough: the answer itself, without a promise (the hot path with a resource), built once per
+      // held token, as a plain GetToken's is per cached session version.
+      this.touch(head, now);
+      return this.heldAudienceAnswer(head, held);
     }
     return this.fetchedAudienceToken(head, resource, input, want, entry, held, ctx, derive);
   }
@@ -436,6 +440,19 @@ export class SessionService {
 
   private audienceAnswer(head: SessionHead, token: AudienceToken): TokenAnswer {
     return { token: token.token, tokenType: token.tokenType, expiresAt: token.expiresAt, scope: token.scope, sessionId: head.id };
+  }
+
+  /**
+   * The answer for an audience token held in a cache entry, made once per token and frozen: a token is replaced,
+   * never changed, when it is obtained again, so the answer (and the response and bytes made from it) is handed
+   * out again as long as the token is held.
+   */
+  private heldAudienceAnswer(head: SessionHead, token: AudienceToken): TokenAnswer {
+    const made = this.heldAnswers.get(token);
+    if (made && made.sessionId === head.id) return made;
+    const answer = Object.freeze(this.audienceAnswer(head, token));
+    this.heldAnswers.set(token, answer);
+    return answer;
   }
 
   /** Waits for `work`, but gives up just before the caller's deadline (or when it goes away). */

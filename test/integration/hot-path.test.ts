@@ -96,6 +96,10 @@ describe("GetToken's hot path on the gRPC listener", () => {
     const { err, value } = await second.answered;
     expect(err).toBeNull();
     expect(value).toMatchObject({ token: tokens.access_token, sessionId, tokenType: "Bearer" });
+    // Built once per cached session version: the same frozen response again.
+    const third = call("hot-alice", sessionId);
+    expect((await third.answered).value).toBe(value);
+    expect(Object.isFrozen(value)).toBe(true);
     // The chain logged the call as it logs every other.
     expect(logs.lines().filter((l) => l.msg === "rpc").at(-1)).toMatchObject({ rpc: "tokenservice.v1.TokenService/GetToken", code: "ok" });
   });
@@ -158,7 +162,13 @@ describe("GetToken's hot path on the gRPC listener", () => {
     expect((await reread.answered).value?.token).toBe(audienceToken);
     const held = call("hot-erin", sessionId, { resource });
     expect(held.at()).toEqual({ answeredAtOnce: true, promises: 0 });
-    expect((await held.answered).value).toMatchObject({ token: audienceToken, sessionId });
+    const heldValue = (await held.answered).value;
+    expect(heldValue).toMatchObject({ token: audienceToken, sessionId });
+    // Built once per held token: the same frozen response again (so the listener encodes it once).
+    const again = call("hot-erin", sessionId, { resource });
+    expect(again.at()).toEqual({ answeredAtOnce: true, promises: 0 });
+    expect((await again.answered).value).toBe(heldValue);
+    expect(Object.isFrozen(heldValue)).toBe(true);
     // A resource the session was not granted is refused at once, before any provider call.
     const refused = call("hot-erin", sessionId, { resource: "https://elsewhere.example/" });
     expect(refused.at().answeredAtOnce).toBe(true);
