@@ -2,6 +2,7 @@ import type { CacheConfig } from "../config.js";
 import type { SessionHead } from "../db/session-entity.js";
 import type { AudienceToken } from "../refresh/audience.js";
 import { sessionRef } from "../logger.js";
+import { fnv1a } from "../util/hash.js";
 import type { TokenAnswer } from "./session-service.js";
 
 
@@ -89,8 +90,7 @@ export class AdmissionFilter {
   seen(key: string): boolean {
     this.current ??= new Uint32Array((this.mask + 1) / 32);
     this.previous ??= new Uint32Array((this.mask + 1) / 32);
-    let h = 0x811c9dc5;
-    for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+    const h = fnv1a(key);
     const a = mix(h) & this.mask;
     const b = mix(h + 0x9e3779b9) & this.mask;
     if ((has(this.current, a) && has(this.current, b)) || (has(this.previous, a) && has(this.previous, b))) return true;

@@ -90,9 +90,9 @@ function atProvider(head: SessionHead | null, provider: string): SessionHead | n
  * provider.
  */
 export class SessionService {
-  /** Reads in flight by user and session, in a SlotMap: in a long-lived `Map` each read's promise, and its call, reached V8's old generation. */
   /** Answers of held audience tokens, by token (heldAudienceAnswer); they go with their tokens. */
   private readonly heldAnswers = new WeakMap<AudienceToken, TokenAnswer>();
+  /** Reads in flight by user and session, in a SlotMap: in a long-lived `Map` each read's promise, and its call, reached V8's old generation. */
   private readonly inflightReads = new SlotMap<Promise<{ head: SessionHead | null; entry?: CacheEntry }>>();
   /** last_used_at writes, batched: one statement for many sessions about once a second. */
   private readonly lastUsed: LastUsedWriter;

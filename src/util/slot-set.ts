@@ -1,3 +1,5 @@
+import { fnv1a } from "./hash.js";
+
 /**
  * A set of short-lived members (the calls in flight, the responses being
  * written) kept by a long-lived owner, in an array of slots instead of a
@@ -79,16 +81,16 @@ export class SlotMap<V> {
   }
 
   get(key: string): V | undefined {
-    const i = this.find(key, hashOf(key));
+    const i = this.find(key, fnv1a(key));
     return i < 0 ? undefined : this.values[i];
   }
 
   has(key: string): boolean {
-    return this.find(key, hashOf(key)) >= 0;
+    return this.find(key, fnv1a(key)) >= 0;
   }
 
   set(key: string, value: V): this {
-    const hash = hashOf(key);
+    const hash = fnv1a(key);
     const found = this.find(key, hash);
     if (found >= 0) {
       this.values[found] = value;
@@ -101,7 +103,7 @@ export class SlotMap<V> {
   }
 
   delete(key: string): boolean {
-    let hole = this.find(key, hashOf(key));
+    let hole = this.find(key, fnv1a(key));
     if (hole < 0) return false;
     this.clearSlot(hole);
     this.count--;
@@ -149,11 +151,4 @@ export class SlotMap<V> {
     this.mask = slots - 1;
     for (let i = 0; i < keys.length; i++) if (keys[i] !== undefined) this.place(keys[i]!, values[i] as V, hashes[i]!);
   }
-}
-
-/** FNV-1a over the string's UTF-16 code units. */
-function hashOf(key: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
-  return h >>> 0;
 }

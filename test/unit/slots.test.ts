@@ -1,14 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { SlotMap, SlotSet } from "../../src/util/slot-set.js";
-
-/** A small deterministic generator, so that a failing sequence can be run again. */
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
+import { prng } from "../helpers/prng.js";
 
 describe("SlotSet", () => {
   it("keeps what was added and not yet deleted, reusing freed slots", () => {
@@ -40,7 +32,7 @@ describe("SlotSet", () => {
   });
 
   it("agrees with a Set over a long random run of adds and deletes", () => {
-    const next = random(7);
+    const { next } = prng(7);
     const set = new SlotSet<number>();
     const model = new Map<number, number>();
     for (let i = 0; i < 20_000; i++) {
@@ -83,7 +75,7 @@ describe("SlotMap", () => {
   });
 
   it("agrees with a Map over a long random run of sets, gets and deletes", () => {
-    const next = random(11);
+    const { next } = prng(11);
     const map = new SlotMap<number>(8);
     const model = new Map<string, number>();
     // Keys from a small space, so that the same key comes back, collides and is deleted often.
