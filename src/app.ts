@@ -46,6 +46,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
   try {
     const vault = new TokenVault(keyRing);
     const { metrics, telemetry, watch } = createMetrics({ store, spans });
+    built(metrics);
     const providers = built(createProviders(config, { logger, fetch: overrides.fetch, resolve: overrides.resolve, telemetry }));
     const { registry } = providers;
     const refresh = built(createRefresh(config, { store, vault, registry, metrics, logger, replicaId: overrides.replicaId, spans }));

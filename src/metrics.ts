@@ -1,5 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { PoolStats } from "./db/pool-stats.js";
+import { GcMetric } from "./operability/gc-metric.js";
 
 /** Distinct resource label values per replica (audiences are few; a caller looping over URIs must not grow the registry). */
 const MAX_RESOURCE_LABELS = 100;
@@ -40,10 +41,13 @@ export class Metrics {
   private readonly providerSeconds: Histogram<"provider" | "endpoint" | "status">;
   private readonly backgroundTotal: Counter<"provider">;
   private readonly backgroundLag: Histogram<"provider">;
+  private readonly gc: GcMetric;
 
   constructor(sources: MetricSources) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
+    // Replaces prom-client's GC histogram, which misses collections under load.
+    this.gc = new GcMetric(this.registry);
     this.rpcTotal = new Counter({
       name: "token_service_rpc_requests_total",
       help: "RPCs answered, by method and gRPC code.",
@@ -232,5 +236,10 @@ export class Metrics {
   backgroundStarted(provider: string, lagSeconds: number): void {
     this.backgroundTotal.inc({ provider });
     this.backgroundLag.observe({ provider }, lagSeconds);
+  }
+
+  /** Stops observing collections (the registry keeps what was counted). */
+  close(): void {
+    this.gc.close();
   }
 }
