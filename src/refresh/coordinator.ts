@@ -15,6 +15,7 @@ import {
 } from "../sessions/errors.js";
 import { accessTokenExpiry, idTokenExpiry } from "../sessions/expiry.js";
 import type { OpenTokens, TokenVault } from "../sessions/token-vault.js";
+import type { TokenAnswer } from "../sessions/session-service.js";
 import type { ChangeNotice } from "../db/refresh-statements.js";
 import type { RowWaiter } from "./waiter.js";
 import type { Span } from "@opentelemetry/api";
@@ -28,10 +29,11 @@ export interface RefreshResult {
   /** In clear, only when this process did the refresh (saves a decrypt). */
   tokens?: OpenTokens;
   /**
-   * Tokens opened to answer callers. Callers here that shared one refresh or
-   * one wait share this object, so they share one decrypt, too.
+   * Tokens opened to answer callers, and the answers made of them. Callers
+   * here that shared one refresh or one wait share this object, so they share
+   * one decrypt and one answer (and its encoded response) of each kind, too.
    */
-  opened?: { access?: string; id?: string };
+  opened?: { access?: string; id?: string; answers?: { access?: TokenAnswer; id?: TokenAnswer } };
 }
 
 /** Counters for metrics and tests. */

@@ -494,8 +494,8 @@ export class SessionService {
     /** Where tokens opened here are kept for the next answer (a cache entry, or a shared refresh result). */
     entry?: Pick<CacheEntry, "access" | "id" | "answers">,
   ): TokenAnswer {
-    // Built once per cached session version and kind: the answer (and the response made from it) is reused.
-    const cached = tokens === undefined ? entry?.answers?.[kind] : undefined;
+    // Built once per cached session version (or shared refresh) and kind: the answer, and the response made from it, is reused.
+    const cached = entry?.answers?.[kind];
     if (cached) return cached;
     let token: string | undefined;
     if (kind === "id") {
@@ -515,7 +515,7 @@ export class SessionService {
       sessionId: row.id,
     };
     // Frozen: it is handed out again until the entry goes (the listeners reuse a frozen answer's response).
-    if (entry && tokens === undefined) (entry.answers ??= {})[kind] = Object.freeze(answer);
+    if (entry) (entry.answers ??= {})[kind] = Object.freeze(answer);
     return answer;
   }
 

@@ -142,6 +142,22 @@ describe("GetToken's hot path on the gRPC listener", () => {
     expect((await again.answered).value?.token).toBe(refreshed);
   });
 
+  it("gives callers that shared one refresh one frozen response, so that it is encoded once", async () => {
+    const { tokens, sessionId } = await login("hot-erin", new Date(Date.now() - 1_000));
+    const before = provider.stats.refreshes;
+    const calls = Array.from({ length: 6 }, () => call("hot-erin", sessionId));
+    const answers = await Promise.all(calls.map((c) => c.answered));
+    expect(provider.stats.refreshes - before).toBe(1);
+    const [first] = answers;
+    expect(first!.err).toBeNull();
+    expect(first!.value?.token).not.toBe(tokens.access_token);
+    expect(Object.isFrozen(first!.value)).toBe(true);
+    for (const { err, value } of answers) {
+      expect(err).toBeNull();
+      expect(value).toBe(first!.value);
+    }
+  });
+
   it("answers a held audience token before the handler returns, without a promise; the first ask goes to the provider", async () => {
     const resource = "https://tools.example/mcp";
     const { tokens, sessionId } = await login("hot-erin", undefined, [resource]);
