@@ -58,12 +58,14 @@ export interface Measurement extends H2loadResult {
   /**
    * The service only, from its own /metrics (prom-client's default metrics): event-loop delay over the run
    * (perf_hooks monitorEventLoopDelay, reset at each scrape), p99 and max in ms; and garbage collection in
-   * the run (nodejs_gc_duration_seconds), µs per call and collections per 1,000 calls.
+   * the run (nodejs_gc_duration_seconds), µs per call and collections per 1,000 calls (every kind, and
+   * full mark-compacts alone).
    */
   loopP99Ms?: number;
   loopMaxMs?: number;
   gcUsPerCall?: number;
   gcPer1000?: number;
+  majorPer1000?: number;
 }
 
 interface Scrape {
@@ -72,6 +74,7 @@ interface Scrape {
   loopMaxMs: number;
   gcSeconds: number;
   gcCount: number;
+  majorCount: number;
 }
 
 function sumOf(text: string, name: string): number {
@@ -112,6 +115,7 @@ async function scrape(server: Server, method: string): Promise<Scrape> {
     loopMaxMs: sumOf(text, "nodejs_eventloop_lag_max_seconds") * 1000,
     gcSeconds: sumOf(text, "nodejs_gc_duration_seconds_sum"),
     gcCount: sumOf(text, "nodejs_gc_duration_seconds_count"),
+    majorCount: Number(/^nodejs_gc_duration_seconds_count\{kind="major"\} (\d+)$/m.exec(text)?.[1] ?? 0),
   };
 }
 
@@ -153,6 +157,7 @@ export async function measure(t: Target, requests = REQUESTS): Promise<Measureme
       loopMaxMs: after.loopMaxMs,
       gcUsPerCall: ((after.gcSeconds - before.gcSeconds) * 1e6) / r.requests,
       gcPer1000: ((after.gcCount - before.gcCount) * 1000) / r.requests,
+      majorPer1000: ((after.majorCount - before.majorCount) * 1000) / r.requests,
     });
   }
   return m;
@@ -220,6 +225,7 @@ export function summarize(rounds: HotPathResult["rounds"]): Pick<HotPathResult, 
             loopMaxMs: pick((m) => m.loopMaxMs!),
             gcUsPerCall: pick((m) => m.gcUsPerCall!),
             gcPer1000: pick((m) => m.gcPer1000!),
+            majorPer1000: pick((m) => m.majorPer1000!),
           }
         : {}),
       maxMs: Math.max(...rounds.map((r) => r[k]!.maxMs)),
