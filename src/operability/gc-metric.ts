@@ -16,8 +16,9 @@ const KINDS: Record<number, string> = {
  * prom-client's default metric of that name (15.1.3) observes only the first
  * entry of each batch its PerformanceObserver is handed. Node hands over the
  * collections of a whole event-loop turn in one batch, so under load, when a
- * turn holds several scavenges, it dropped all but one of them. A process
- * allocating in 20,000-object turns was reported at 292 of its 384 ms of GC.
+ * turn holds several scavenges, it dropped all but one of them: in one
+ * experiment here (turns of 20,000 allocations, a 1 MiB semi-space) it
+ * reported 292 of 384 ms of GC.
  * This one has the same name, help, labels and buckets, so dashboards read it
  * as before, and it replaces prom-client's in the registry given.
  */
