@@ -143,9 +143,9 @@ describe("GetToken's hot path on the gRPC listener", () => {
   });
 
   it("gives callers that shared one refresh one frozen response, so that it is encoded once", async () => {
-    const { tokens, sessionId } = await login("hot-erin", new Date(Date.now() - 1_000));
+    const { tokens, sessionId } = await login("hot-frank", new Date(Date.now() - 1_000));
     const before = provider.stats.refreshes;
-    const calls = Array.from({ length: 6 }, () => call("hot-erin", sessionId));
+    const calls = Array.from({ length: 6 }, () => call("hot-frank", sessionId));
     const answers = await Promise.all(calls.map((c) => c.answered));
     expect(provider.stats.refreshes - before).toBe(1);
     const [first] = answers;
