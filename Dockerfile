@@ -37,5 +37,5 @@ VOLUME ["/var/lib/token-service"]
 # Liveness with Node itself (no curl in the image). Readiness, which follows the database, is /readyz.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.TOKEN_SERVICE_ADMIN_ADDR||'').split(':').pop()+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
-ENTRYPOINT ["node", "--max-old-space-size=160", "--max-semi-space-size=16", "dist/src/main.js"]
+ENTRYPOINT ["node", "--max-old-space-size=160", "--max-semi-space-size=16", "--no-allocation-site-pretenuring", "dist/src/main.js"]
 CMD ["serve"]

@@ -26,7 +26,7 @@ import { generateKeySpec } from "../src/crypto/key-ring.js";
 import { connectGrpcClient } from "../test/helpers/clients.js";
 import { startTestProvider, type TestProvider } from "../test/helpers/oidc-provider.js";
 import { startOpenAiStandIn, type OpenAiStandIn } from "../test/helpers/openai-stand-in.js";
-import { spawnService, type ServiceProcess } from "../test/helpers/process.js";
+import { NO_PRETENURING, spawnService, type ServiceProcess } from "../test/helpers/process.js";
 import { fmt, machine, median, percentile, writeSection } from "./report.js";
 
 const ROUNDS = Number(process.env.BENCH_FORWARD_ROUNDS ?? 5);
@@ -92,7 +92,7 @@ async function throughput(route: Route, total: number, inFlight: number): Promis
 /** bench/bare-proxy.ts in its own process, in front of `target`. */
 async function startBareProxy(target: string): Promise<{ child: ChildProcess; url: string }> {
   const script = fileURLToPath(new URL("./bare-proxy.ts", import.meta.url));
-  const child = spawn(process.execPath, ["--import", "tsx", script, target], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(process.execPath, [NO_PRETENURING, "--import", "tsx", script, target], { stdio: ["ignore", "pipe", "inherit"] });
   const [chunk] = (await onceEvent(child.stdout!, "data")) as [Buffer];
   return { child, url: `http://127.0.0.1:${Number(chunk.toString().trim())}` };
 }

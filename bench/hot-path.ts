@@ -21,11 +21,12 @@ import { fileURLToPath } from "node:url";
 import { h2loadArgs, runH2load, type H2loadResult, type H2loadSpec } from "./h2load.js";
 import { profileShare, profileTable, RPC_STACK_CATEGORIES, summarizeProfiles, type ProfileSummary } from "./profile.js";
 import { fmt, median } from "./report.js";
+import { NO_PRETENURING } from "../test/helpers/process.js";
 
 const REQUESTS = 40_000;
 const CLIENTS = 4;
 const STREAMS = 16;
-const GRPC_HEADERS = { "content-type": "application/grpc", te: "trailers" };
+export const GRPC_HEADERS = { "content-type": "application/grpc", te: "trailers" };
 const HEALTH = "/grpc.health.v1.Health/Check";
 const GET_TOKEN = "/tokenservice.v1.TokenService/GetToken";
 const EMPTY_MESSAGE = Buffer.alloc(5);
@@ -168,7 +169,8 @@ export async function startBare(kind: "http2" | "grpc-js", profileDir?: string):
   const script = fileURLToPath(new URL("./bare-servers.ts", import.meta.url));
   const child = spawn(
     process.execPath,
-    [...(profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : []), "--import", "tsx", script, kind],
+    // Pretenuring off, as in the service (NODE_HEAP_ARGS): a bare server falls into the same slow state without it.
+    [NO_PRETENURING, ...(profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : []), "--import", "tsx", script, kind],
     { stdio: ["ignore", "pipe", "inherit"] },
   );
   const [chunk] = (await once(child.stdout!, "data")) as [Buffer];

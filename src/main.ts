@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-old-space-size=160 --max-semi-space-size=16
+#!/usr/bin/env -S node --max-old-space-size=160 --max-semi-space-size=16 --no-allocation-site-pretenuring
 // First: MikroORM must load with the storage that keeps Node's async hooks off (see the module).
 import "./db/orm-context.js";
 import { runCli } from "./cli.js";

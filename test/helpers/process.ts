@@ -24,8 +24,15 @@ export interface ServiceProcess {
   kill(signal?: NodeJS.Signals): void;
 }
 
+/**
+ * V8's allocation-site pretenuring off: after a burst of concurrent calls it can decide to allocate every call's
+ * objects in the old generation, and the process stays several times slower for its whole life (docs/performance.md,
+ * "Pretenuring"). The bare servers the benchmarks compare against run with it too.
+ */
+export const NO_PRETENURING = "--no-allocation-site-pretenuring";
+
 /** The same V8 heap flags as `npm start`, the image and the Kubernetes example (see docs/performance.md, "Memory"). */
-export const NODE_HEAP_ARGS = ["--max-old-space-size=160", "--max-semi-space-size=16"];
+export const NODE_HEAP_ARGS = ["--max-old-space-size=160", "--max-semi-space-size=16", NO_PRETENURING];
 
 /**
  * Starts `node dist/src/main.js [args]` with `env` added to a minimal

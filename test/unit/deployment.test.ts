@@ -93,6 +93,7 @@ describe("V8 heap flags", () => {
 
   it("are the same in npm start, the token-service command, the image, the Kubernetes example and the test helper", () => {
     expect(NODE_HEAP_ARGS.some((a) => a.startsWith("--max-old-space-size="))).toBe(true);
+    expect(NODE_HEAP_ARGS).toContain("--no-allocation-site-pretenuring");
     expect(pkg.scripts.start).toBe(`node ${flags} dist/src/main.js`);
     expect(pkg.scripts.cli).toBe(`node ${flags} dist/src/main.js`);
     expect(read("src/main.ts").split("\n")[0]).toBe(`#!/usr/bin/env -S node ${flags}`);
