@@ -309,6 +309,7 @@ through prom-client, 10 ms sampling interval taken off; GC from \`nodejs_gc_dura
 collection since 2026-12-07: prom-client's own counted one an event-loop turn; a full collection counts twice in the
 collections, once for its incremental marking and once for its pause), medians over the rounds:
 ${["pg", "health", "pgNoCache", "connect"].map((k) => `\`${k}\`: event-loop delay p99 ${fmt(medians[k]!.loopP99Ms! - 10, 1)} ms, max ${fmt(medians[k]!.loopMaxMs! - 10, 1)} ms; GC ${fmt(medians[k]!.gcUsPerCall!, 1)} µs per call (${fmt(medians[k]!.gcPer1000!, 1)} collections per 1,000 calls, ${fmt(medians[k]!.majorPer1000!, 2)} of them full)`).join(";\n")}.
+The bare grpc-js server, from its \`--trace-gc\` lines (one a collection): GC ${fmt(medians.bareGrpc!.gcUsPerCall!, 1)} µs per call (${fmt(medians.bareGrpc!.gcPer1000!, 1)} collections per 1,000 calls, ${fmt(medians.bareGrpc!.majorPer1000!, 2)} of them full).
 
 Targets:
 - GetToken (PostgreSQL, cache on) at least 0.75× the bare grpc-js server's throughput: ${met(getToken >= 0.75)} (${fmt(getToken, 2)}×).

@@ -20,7 +20,7 @@ import type { TestProvider } from "../test/helpers/oidc-provider.js";
 import { NODE_HEAP_ARGS, NO_PRETENURING, spawnService, type ServiceProcess } from "../test/helpers/process.js";
 import { createTestDatabase } from "../test/helpers/service.js";
 import { runSectionAlone } from "./standalone.js";
-import { bodies, GRPC_HEADERS, paths, peakRssMiB, runRounds, startBare, summarize, type Measurement, type Target } from "./hot-path.js";
+import { bodies, gcSummary, GRPC_HEADERS, paths, peakRssMiB, runRounds, startBare, summarize, type Measurement, type Target } from "./hot-path.js";
 import { runH2load } from "./h2load.js";
 import { fmt, machine } from "./report.js";
 import { grpcFrame } from "./run-load.js";
@@ -58,23 +58,6 @@ export const START_BURST = { requests: 30_000, clients: 8, streams: 256 };
 
 /** prom-client samples the event loop with a 10 ms timer: each reading is that interval plus the delay. */
 const LOOP_RESOLUTION_MS = 10;
-
-/** `--trace-gc` lines: collections by kind, their pauses, over a process's life. */
-export function gcSummary(stdout: string): { scavenges: number; scavengeMaxMs: number; fulls: number; fullMaxMs: number; totalMs: number } {
-  const out = { scavenges: 0, scavengeMaxMs: 0, fulls: 0, fullMaxMs: 0, totalMs: 0 };
-  for (const m of stdout.matchAll(/ ms: (Scavenge|Mark-Compact|Mark-sweep|Minor Mark-Compact|Minor Mark-Sweep)[^,\n]*, ([\d.]+) \/ [\d.]+ ms/g)) {
-    const ms = Number(m[2]);
-    out.totalMs += ms;
-    if (m[1]!.startsWith("Scavenge") || m[1]!.startsWith("Minor")) {
-      out.scavenges++;
-      out.scavengeMaxMs = Math.max(out.scavengeMaxMs, ms);
-    } else {
-      out.fulls++;
-      out.fullMaxMs = Math.max(out.fullMaxMs, ms);
-    }
-  }
-  return out;
-}
 
 /** START_BURST against a server; every call must succeed. */
 export async function startBurst(url: string): Promise<void> {

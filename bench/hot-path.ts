@@ -38,6 +38,8 @@ export interface Server {
   url: string;
   httpUrl?: string;
   adminUrl?: string;
+  /** A bare server's `--trace-gc` output so far (it has no /metrics). */
+  gcTrace?: () => string;
 }
 
 /** One measured path: which server, which RPC, with what body. */
@@ -60,7 +62,8 @@ export interface Measurement extends H2loadResult {
    * The service only, from its own /metrics (prom-client's default metrics): event-loop delay over the run
    * (perf_hooks monitorEventLoopDelay, reset at each scrape), p99 and max in ms; and garbage collection in
    * the run (nodejs_gc_duration_seconds), µs per call and collections per 1,000 calls (every kind, and
-   * full mark-compacts alone).
+   * full mark-compacts alone). For a bare server the GC figures come from its `--trace-gc` lines instead (one line
+   * a collection, pauses as V8 prints them).
    */
   loopP99Ms?: number;
   loopMaxMs?: number;
@@ -142,11 +145,20 @@ export function commandOf(t: Target): string {
 /** One h2load run, its grpc-status check, and the CPU the server spent. */
 export async function measure(t: Target, requests = REQUESTS): Promise<Measurement> {
   const before = t.metricsMethod ? await scrape(t.server, t.metricsMethod) : undefined;
+  const traceBefore = !t.metricsMethod && t.server.gcTrace ? t.server.gcTrace().length : undefined;
   const cpu0 = cpuMs(t.server.pid);
   const r = await runH2load(specFor(t, requests));
   const cpu = cpuMs(t.server.pid) - cpu0;
   if (r.succeeded !== r.requests) throw new Error(`${t.label}: ${r.requests - r.succeeded} of ${r.requests} calls failed at the HTTP level`);
   const m: Measurement = { ...r, cpuUsPerCall: (cpu * 1000) / r.requests };
+  if (traceBefore !== undefined) {
+    const g = gcSummary(t.server.gcTrace!().slice(traceBefore));
+    Object.assign(m, {
+      gcUsPerCall: (g.totalMs * 1000) / r.requests,
+      gcPer1000: ((g.scavenges + g.fulls) * 1000) / r.requests,
+      majorPer1000: (g.fulls * 1000) / r.requests,
+    });
+  }
   if (before) {
     const after = await scrape(t.server, t.metricsMethod!);
     const ok = (after.answered.ok ?? 0) - (before.answered.ok ?? 0);
@@ -164,18 +176,45 @@ export async function measure(t: Target, requests = REQUESTS): Promise<Measureme
   return m;
 }
 
-/** Starts bench/bare-servers.ts `kind` as its own process (profiled when `profileDir` is given). */
+/**
+ * Starts bench/bare-servers.ts `kind` as its own process (profiled when `profileDir` is given), with `--trace-gc`:
+ * its collections, read from its stdout, stand in for the /metrics a bare server does not have.
+ */
 export async function startBare(kind: "http2" | "grpc-js", profileDir?: string): Promise<Server & { child: ChildProcess }> {
   const script = fileURLToPath(new URL("./bare-servers.ts", import.meta.url));
   const child = spawn(
     process.execPath,
     // Pretenuring off, as in the service (NODE_HEAP_ARGS): a bare server falls into the same slow state without it.
-    [NO_PRETENURING, ...(profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : []), "--import", "tsx", script, kind],
+    [NO_PRETENURING, "--trace-gc", ...(profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : []), "--import", "tsx", script, kind],
     { stdio: ["ignore", "pipe", "inherit"] },
   );
-  const [chunk] = (await once(child.stdout!, "data")) as [Buffer];
-  const port = Number(chunk.toString().trim());
-  return { name: `bare ${kind}`, pid: child.pid!, url: `http://127.0.0.1:${port}`, child };
+  let out = "";
+  child.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
+  // The port is the one line that is only a number; V8's lines may come before it.
+  const portLine = () => /^(\d+)$/m.exec(out)?.[1];
+  while (portLine() === undefined) {
+    if (child.exitCode !== null) throw new Error(`bare ${kind} server exited with ${child.exitCode}`);
+    await once(child.stdout!, "data");
+  }
+  const port = Number(portLine());
+  return { name: `bare ${kind}`, pid: child.pid!, url: `http://127.0.0.1:${port}`, child, gcTrace: () => out };
+}
+
+/** `--trace-gc` lines: collections by kind, their pauses, over a process's life. */
+export function gcSummary(stdout: string): { scavenges: number; scavengeMaxMs: number; fulls: number; fullMaxMs: number; totalMs: number } {
+  const out = { scavenges: 0, scavengeMaxMs: 0, fulls: 0, fullMaxMs: 0, totalMs: 0 };
+  for (const m of stdout.matchAll(/ ms: (Scavenge|Mark-Compact|Mark-sweep|Minor Mark-Compact|Minor Mark-Sweep)[^,\n]*, ([\d.]+) \/ [\d.]+ ms/g)) {
+    const ms = Number(m[2]);
+    out.totalMs += ms;
+    if (m[1]!.startsWith("Scavenge") || m[1]!.startsWith("Minor")) {
+      out.scavenges++;
+      out.scavengeMaxMs = Math.max(out.scavengeMaxMs, ms);
+    } else {
+      out.fulls++;
+      out.fullMaxMs = Math.max(out.fullMaxMs, ms);
+    }
+  }
+  return out;
 }
 
 export const bodies = { empty: EMPTY_MESSAGE };
@@ -221,10 +260,9 @@ export function summarize(rounds: HotPathResult["rounds"]): Pick<HotPathResult, 
       p50Ms: pick((m) => m.p50Ms),
       p99Ms: pick((m) => m.p99Ms),
       p999Ms: pick((m) => m.p999Ms),
-      ...(rounds[0]![k]!.loopP99Ms !== undefined
+      ...(rounds[0]![k]!.loopP99Ms !== undefined ? { loopP99Ms: pick((m) => m.loopP99Ms!), loopMaxMs: pick((m) => m.loopMaxMs!) } : {}),
+      ...(rounds[0]![k]!.gcUsPerCall !== undefined
         ? {
-            loopP99Ms: pick((m) => m.loopP99Ms!),
-            loopMaxMs: pick((m) => m.loopMaxMs!),
             gcUsPerCall: pick((m) => m.gcUsPerCall!),
             gcPer1000: pick((m) => m.gcPer1000!),
             majorPer1000: pick((m) => m.majorPer1000!),
