@@ -102,5 +102,6 @@ describe("V8 heap flags", () => {
     const deployment = docs.find((d) => d.kind === "Deployment")!;
     expect(deployment.spec.template.spec.containers[0]!.command).toEqual(["node", ...NODE_HEAP_ARGS, "dist/src/main.js"]);
     expect(read("docs/performance.md")).toContain(`\`${flags}\``);
+    expect(read("docs/deploying.md")).toContain(`\`${flags}\``);
   });
 });
