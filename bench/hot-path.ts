@@ -194,7 +194,8 @@ export async function startBare(kind: "http2" | "grpc-js", profileDir?: string):
   const portLine = () => /^(\d+)$/m.exec(out)?.[1];
   while (portLine() === undefined) {
     if (child.exitCode !== null) throw new Error(`bare ${kind} server exited with ${child.exitCode}`);
-    await once(child.stdout!, "data");
+    // The exit as well: a server that dies before it prints its port must not leave this waiting.
+    await Promise.race([once(child.stdout!, "data"), once(child, "exit")]);
   }
   const port = Number(portLine());
   return { name: `bare ${kind}`, pid: child.pid!, url: `http://127.0.0.1:${port}`, child, gcTrace: () => out };
