@@ -26,6 +26,7 @@ import type { TokenVault } from "./token-vault.js";
 import { requireProviderAllowed, requireResourceAllowed, type CallContext } from "./scope.js";
 import { asDomainError } from "./store-errors.js";
 import { SlotMap } from "../util/slot-set.js";
+import { TurnGate } from "../util/turn-gate.js";
 
 export type { CallContext } from "./scope.js";
 import { NO_SPANS, type SpanOptions, type Spans } from "../tracing/spans.js";
@@ -40,6 +41,9 @@ import {
   requireSessionId,
   requireUserId,
 } from "./validation.js";
+
+/** Answers let go per event-loop turn after a shared refresh; see SessionService.answerGate. */
+const ANSWERS_PER_TURN = 16;
 
 export interface StoreSessionInput {
   userId: string;
@@ -121,6 +125,11 @@ export class SessionService {
   }
 
   private readonly spans: Spans;
+  /**
+   * Callers woken together by one shared refresh (or audience token) go on in turns of this many, so the first
+   * answers are sent while the rest are built (see TurnGate).
+   */
+  private readonly answerGate = new TurnGate(ANSWERS_PER_TURN);
   /** Span options of a database read of the session: by id (then cached), or the user's newest at a provider (never cached). */
   private readonly readById: SpanOptions;
   private readonly readNewest: SpanOptions;
@@ -375,7 +384,7 @@ export class SessionService {
 
   /** Waits for the shared refresh, but gives up just before the caller's deadline. */
   private awaitRefresh(row: SessionHead, ctx: CallContext): Promise<RefreshResult> {
-    return this.withinDeadline(this.coordinator.refresh(row, undefined, ctx.caller, ctx.trace), ctx);
+    return this.answerGate.through(this.withinDeadline(this.coordinator.refresh(row, undefined, ctx.caller, ctx.trace), ctx));
   }
 
   /**
@@ -420,7 +429,9 @@ export class SessionService {
   ): Promise<TokenAnswer> {
     let token: AudienceToken;
     try {
-      token = await this.withinDeadline(this.audiences.get(head, resource, want, input.forceRefresh, ctx.caller ?? "unknown", ctx.trace, derive?.()), ctx);
+      token = await this.answerGate.through(
+        this.withinDeadline(this.audiences.get(head, resource, want, input.forceRefresh, ctx.caller ?? "unknown", ctx.trace, derive?.()), ctx),
+      );
     } catch (err) {
       const transient = err instanceof ProviderUnavailableError || err instanceof RefreshTimeoutError || err instanceof CallerDeadlineError;
       if (transient && held && !input.forceRefresh && secondsLeft(held.expiresAt, new Date()) > 1) {

@@ -7,9 +7,11 @@ import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { TokenKind } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { SessionRepository } from "../../src/db/session-repository.js";
 import { TokenVault } from "../../src/sessions/token-vault.js";
+import { TurnGate } from "../../src/util/turn-gate.js";
 import type { GrpcJsError } from "../helpers/clients.js";
 import { startTestProvider, type TestProvider, type TestTokenSet } from "../helpers/oidc-provider.js";
 import { createTestDatabase, startService, type Dialect, type TestService } from "../helpers/service.js";
+import { perTurn, turnCounter } from "../helpers/turns.js";
 
 /** The reason of a ConnectError's google.rpc.ErrorInfo detail. */
 function errorInfo(err: unknown) {
@@ -186,6 +188,27 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
     expect(provider.stats.maxConcurrentRefreshes).toBe(1);
     expect(provider.stats.invalidGrants).toBe(0);
     expect(svc.app.coordinator.stats.coalesced).toBeGreaterThanOrEqual(99);
+  });
+
+  it("callers woken by one refresh go on 16 per event-loop turn, so the first answers leave first", async () => {
+    const { sessionId } = await storeExpired("gita");
+    provider.faults.push({ kind: "delay", ms: 200 });
+    const counter = turnCounter();
+    const turns: number[] = [];
+    const pass = TurnGate.prototype.pass;
+    const gated = vi.spyOn(TurnGate.prototype, "pass").mockImplementation(function (this: TurnGate) {
+      return pass.call(this).then(() => void turns.push(counter.now()));
+    });
+    try {
+      const answers = await Promise.all(Array.from({ length: 40 }, () => svc.client.getToken({ userId: "gita", sessionId })));
+      expect(new Set(answers.map((a) => a.token)).size).toBe(1);
+    } finally {
+      gated.mockRestore();
+      counter.stop();
+    }
+    expect(turns).toHaveLength(40);
+    expect(perTurn(turns)).toEqual([16, 16, 8]);
+    expect(provider.stats.refreshes).toBe(1);
   });
 
   it("callers waiting on another replica's refresh share one decrypt of its result", async () => {
