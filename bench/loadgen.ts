@@ -9,6 +9,7 @@
  */
 import { readFileSync } from "node:fs";
 import http2 from "node:http2";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 
 export interface LoadTarget {
   /** http://host:port */
@@ -57,6 +58,13 @@ export interface LoadResult {
   minMs: number;
   /** Distinct response bodies seen (only with collectBodies). */
   distinctBodies?: string[];
+  /** burst: ms after the first call was sent when the first answer's headers arrived. */
+  firstAnswerMs?: number;
+  /**
+   * burst: the longest this process's event loop was held up while the burst was sent and answered (ms, 1 ms
+   * resolution). A socket read's frames are handled in one go, so answers that arrive together hold it up.
+   */
+  loopDelayMaxMs?: number;
 }
 
 function quantile(sorted: Float64Array, q: number): number {
@@ -81,8 +89,11 @@ async function connect(target: LoadTarget): Promise<Conn> {
   return { session, target, frames };
 }
 
-/** One unary call; resolves to [status, latencyMs, body chunks (with the 5-byte gRPC frame header)?]. */
-function call(conn: Conn, collect: boolean): Promise<[string, number, Buffer[] | undefined]> {
+/**
+ * One unary call; resolves to [status, latencyMs, body chunks (with the 5-byte gRPC frame header)?].
+ * `onHeaders` is told when the answer's headers arrive.
+ */
+function call(conn: Conn, collect: boolean, onHeaders?: () => void): Promise<[string, number, Buffer[] | undefined]> {
   return new Promise((resolve) => {
     const t0 = performance.now();
     const stream = conn.session.request({
@@ -95,6 +106,7 @@ function call(conn: Conn, collect: boolean): Promise<[string, number, Buffer[] |
     let grpcStatus: string | undefined;
     const chunks: Buffer[] = [];
     stream.on("response", (headers) => {
+      onHeaders?.();
       httpStatus = Number(headers[":status"]);
       // Trailers-only responses carry grpc-status in the headers.
       if (headers["grpc-status"] !== undefined) grpcStatus = String(headers["grpc-status"]);
@@ -139,7 +151,11 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
   const startedAt = Date.now();
   const started = performance.now();
   let measuredFrom = started;
+  let firstAnswerAt: number | undefined;
+  const loop = monitorEventLoopDelay({ resolution: 1 });
   if (spec.mode === "burst") {
+    loop.enable();
+    const onHeaders = () => (firstAnswerAt ??= performance.now());
     const n = spec.requests ?? 1000;
     // Built in batches, one event-loop turn each: HTTP/2 writes leave only when the loop turns, so building
     // all n streams in one go would hold every request back until the last was built, and charge that
@@ -148,9 +164,10 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     const calls: Promise<void>[] = [];
     for (let i = 0; i < n; i++) {
       if (i > 0 && i % batch === 0) await new Promise((resolve) => setImmediate(resolve));
-      calls.push(call(conns[i % conns.length]!, spec.collectBodies === true).then(record));
+      calls.push(call(conns[i % conns.length]!, spec.collectBodies === true, onHeaders).then(record));
     }
     await Promise.all(calls);
+    loop.disable();
   } else {
     const end = started + (spec.durationMs ?? 10_000);
     const warmEnd = started + (spec.warmupMs ?? 0);
@@ -177,6 +194,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     p99Ms: quantile(sorted, 0.99),
     maxMs: sorted[sorted.length - 1] ?? NaN,
     minMs: sorted[0] ?? NaN,
+    ...(spec.mode === "burst" ? { firstAnswerMs: (firstAnswerAt ?? NaN) - started, loopDelayMaxMs: loop.max / 1e6 } : {}),
     ...(spec.collectBodies ? { distinctBodies: [...new Set(bodies.map((b) => Buffer.concat(b).subarray(5).toString("base64")))] } : {}),
   };
 }

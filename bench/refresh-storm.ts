@@ -45,8 +45,12 @@ export interface StormTimeline {
   providerIn: number;
   /** The new tokens were stored. */
   stored: number;
+  /** The first caller was answered. */
+  firstOut: number;
   /** The last caller was answered. */
   lastOut: number;
+  /** The first answer's headers reached the load generator (its own clock; same machine). */
+  firstAtLoadgen: number;
 }
 
 export interface StormRun {
@@ -63,6 +67,9 @@ export interface StormRun {
   errors: number;
   /** The slowest caller of a burst of as many empty RPCs (Health/Check) on the same replicas: the floor. */
   emptySlowestMs: number;
+  /** The longest the load generator's event loop was held up, in the storm and in the empty burst (ms). */
+  loadgenLoopMaxMs: number;
+  emptyLoadgenLoopMaxMs: number;
   /** Wall-clock span of the storm (epoch ms), to pick its samples out of CPU profiles. */
   window: [number, number];
 }
@@ -175,7 +182,8 @@ async function storm(
   // The storm's calls (warm-up calls logged late are left out); the log's clock has whole milliseconds.
   const rpcs = lines.filter((l) => l.msg === "rpc" && String(l.rpc).endsWith("/GetToken") && at(l) - Number(l.ms) >= load.startedAt - 1);
   const startsAt = rpcs.map((l) => at(l) - Number(l.ms));
-  const lastAnswerAt = Math.max(...rpcs.map(at));
+  const answeredAt = rpcs.map(at);
+  const lastAnswerAt = Math.max(...answeredAt);
   const since = (t: number) => Math.round(t - load.startedAt);
   return {
     timeline: {
@@ -184,7 +192,9 @@ async function storm(
       refreshStart: since(refreshedAt - refreshMs),
       providerIn: since(provider.stats.refreshArrivedAt[0] ?? NaN),
       stored: since(refreshedAt),
+      firstOut: since(Math.min(...answeredAt)),
       lastOut: since(lastAnswerAt),
+      firstAtLoadgen: Math.round(load.firstAnswerMs ?? NaN),
     },
     fanOutMs: lastAnswerAt - refreshedAt,
     refreshMs,
@@ -195,6 +205,8 @@ async function storm(
     p50Ms: load.p50Ms,
     errors: load.requests - load.ok,
     emptySlowestMs: empty.maxMs,
+    loadgenLoopMaxMs: load.loopDelayMaxMs ?? NaN,
+    emptyLoadgenLoopMaxMs: empty.loopDelayMaxMs ?? NaN,
     window,
   };
 }
@@ -249,7 +261,8 @@ export async function runRefreshStorm(
       console.log(
         `run ${run}${run === 0 ? " (warm-up)" : ""}: provider calls ${result.providerCalls}, provider ${fmt(result.providerMs)} ms, ` +
           `slowest caller ${fmt(result.slowestMs)} ms (empty RPC burst: ${fmt(result.emptySlowestMs)} ms), p50 ${fmt(result.p50Ms)} ms, errors ${result.errors}; ` +
-          `ms after the first send: calls in ${t.firstIn}–${t.lastIn}, refresh ${t.refreshStart}–${t.stored}, last answer ${t.lastOut}`,
+          `ms after the first send: calls in ${t.firstIn}–${t.lastIn}, refresh ${t.refreshStart}–${t.stored}, answers ${t.firstOut}–${t.lastOut}, ` +
+          `first at the load generator ${t.firstAtLoadgen} (its loop held up to ${fmt(result.loadgenLoopMaxMs)} ms)`,
       );
     }
 
@@ -361,12 +374,14 @@ ${runs.map((r, i) => `| ${i + 1} | ${r.providerCalls} | ${r.invalidGrants} | ${f
 
 Timeline of each storm from the replicas' logs, in ms after the load generator sent the first call (log
 times have whole milliseconds): when calls reached a replica's RPC stack, when the refreshing replica held
-the lease and called the provider, when the new tokens were stored, and when the last caller was answered.
+the lease and called the provider, when the new tokens were stored, and when the first and the last caller were
+answered; then, from the load generator, when the first answer's headers reached it, and the longest its event
+loop was held up during the storm and during the empty burst.
 
-| run | first call in | last call in | refresh began | request at the provider | new tokens stored | refresh, lease to stored | last answer |
-|---|---|---|---|---|---|---|---|
-${runs.map((r, i) => `| ${i + 1} | ${r.timeline.firstIn} | ${r.timeline.lastIn} | ${r.timeline.refreshStart} | ${r.timeline.providerIn} | ${r.timeline.stored} | ${r.refreshMs} | ${r.timeline.lastOut} |`).join("\n")}
-| **median** | ${med((r) => r.timeline.firstIn)} | **${lastIn}** | ${med((r) => r.timeline.refreshStart)} | ${med((r) => r.timeline.providerIn)} | ${med((r) => r.timeline.stored)} | ${med((r) => r.refreshMs)} | ${med((r) => r.timeline.lastOut)} |
+| run | first call in | last call in | refresh began | request at the provider | new tokens stored | refresh, lease to stored | first answer | last answer | first answer at the load generator | its loop held up, storm / empty burst |
+|---|---|---|---|---|---|---|---|---|---|---|
+${runs.map((r, i) => `| ${i + 1} | ${r.timeline.firstIn} | ${r.timeline.lastIn} | ${r.timeline.refreshStart} | ${r.timeline.providerIn} | ${r.timeline.stored} | ${r.refreshMs} | ${r.timeline.firstOut} | ${r.timeline.lastOut} | ${r.timeline.firstAtLoadgen} | ${fmt(r.loadgenLoopMaxMs)} / ${fmt(r.emptyLoadgenLoopMaxMs)} |`).join("\n")}
+| **median** | ${med((r) => r.timeline.firstIn)} | **${lastIn}** | ${med((r) => r.timeline.refreshStart)} | ${med((r) => r.timeline.providerIn)} | ${med((r) => r.timeline.stored)} | ${med((r) => r.refreshMs)} | ${med((r) => r.timeline.firstOut)} | ${med((r) => r.timeline.lastOut)} | ${med((r) => r.timeline.firstAtLoadgen)} | ${fmt(med((r) => r.loadgenLoopMaxMs))} / ${fmt(med((r) => r.emptyLoadgenLoopMaxMs))} |
 ${profileText}
 Targets (issue 21): 1 provider call per storm (${maxCalls === 1 ? "met in every run" : `NOT met: up to ${maxCalls}`}); 0 invalid_grant
 (${runs.every((r) => r.invalidGrants === 0) ? "met in every run" : "NOT met"}); the storm's excess over the empty-RPC floor, slowest caller − provider
@@ -382,7 +397,10 @@ Where the +${fmt(overhead)} ms go (medians of each part, so they need not add up
   stored (reading the answer, sealing and the compare-and-set write); the log's whole milliseconds make either ±1;
 - ${med((r) => r.fanOutMs)} ms from the new tokens stored to the last answer logged (the other replicas wake on \`NOTIFY\`,
   read the row and answer their waiting callers, while still reading calls off the wire);
-- ${fmt(med((r) => r.slowestMs - r.timeline.lastOut))} ms from the last answer logged to the slowest caller's answer at the load generator.
+- ${fmt(med((r) => r.slowestMs - r.timeline.lastOut))} ms from the last answer logged to the slowest caller's answer at the load generator:
+  the first answer's headers reached it ${med((r) => r.timeline.firstAtLoadgen - r.timeline.firstOut)} ms after the first answer was logged, and
+  while the answers came in together its event loop was held up to ${fmt(med((r) => r.loadgenLoopMaxMs))} ms at a time (a socket read's frames
+  are handled in one go), against ${fmt(med((r) => r.emptyLoadgenLoopMaxMs))} ms in the empty burst, whose answers come in as its calls go out.
 
 The floor: the last call reached a replica's RPC stack ${lastIn} ms after the first was sent, and a burst of as many
 empty RPCs has its slowest caller at ${fmt(floor)} ms: the excess is what the storm adds beyond that floor and the provider's time.${
