@@ -411,9 +411,11 @@ async function main(): Promise<void> {
       sqlite: await startBenchService(provider, "hot-sqlite", `sqlite:${join(hotDir, "hot.db")}`),
     };
     procs.push(...Object.values(services));
+    // Each kept for the finally as soon as it runs: the second may fail to start.
     const bareHttp2 = await startBare("http2");
+    bares.push(bareHttp2.child);
     const bareGrpc = await startBare("grpc-js");
-    bares.push(bareHttp2.child, bareGrpc.child);
+    bares.push(bareGrpc.child);
     const asServer = (name: string, p: ServiceProcess): Server => ({ name, pid: p.child.pid!, url: p.url, httpUrl: p.httpUrl, adminUrl: p.adminUrl });
     const sessionOf = async (p: ServiceProcess) => (await seed(p, 1, "hot-"))[0]!;
     const frames = { pg: await sessionOf(services.pg), pgNoCache: await sessionOf(services.pgNoCache), sqlite: await sessionOf(services.sqlite) };

@@ -12,7 +12,6 @@
  * /proc; a CPU profile of a separate run tells where the time goes.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { once } from "node:events";
 import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -189,15 +188,22 @@ export async function startBare(kind: "http2" | "grpc-js", profileDir?: string):
     { stdio: ["ignore", "pipe", "inherit"] },
   );
   let out = "";
-  child.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
   // The port is the one line that is only a number; V8's lines may come before it.
   const portLine = () => /^(\d+)$/m.exec(out)?.[1];
-  while (portLine() === undefined) {
-    if (child.exitCode !== null) throw new Error(`bare ${kind} server exited with ${child.exitCode}`);
-    // The exit as well: a server that dies before it prints its port must not leave this waiting.
-    await Promise.race([once(child.stdout!, "data"), once(child, "exit")]);
-  }
-  const port = Number(portLine());
+  // Resolves with the port, or rejects when the server exits (by a code or a signal) before it prints one.
+  const port = await new Promise<number>((resolve, reject) => {
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) => reject(new Error(`bare ${kind} server exited with ${code ?? signal}`));
+    child.once("exit", onExit);
+    child.once("error", reject);
+    child.stdout!.setEncoding("utf8").on("data", (d: string) => {
+      out += d;
+      const found = portLine();
+      if (found === undefined) return;
+      child.off("exit", onExit);
+      child.off("error", reject);
+      resolve(Number(found));
+    });
+  });
   return { name: `bare ${kind}`, pid: child.pid!, url: `http://127.0.0.1:${port}`, child, gcTrace: () => out };
 }
 
