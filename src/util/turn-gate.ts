@@ -12,7 +12,9 @@
  */
 export class TurnGate {
   private passedThisTurn = 0;
-  private readonly queue: Array<() => void> = [];
+  /** Held waiters from `head` on (an index, so that a turn does not shift the whole array). */
+  private queue: Array<() => void> = [];
+  private head = 0;
   private turnScheduled = false;
 
   constructor(private readonly perTurn: number) {
@@ -30,7 +32,7 @@ export class TurnGate {
 
   /** Resolves in this turn while it has room, else in a later one. */
   pass(): Promise<void> {
-    if (this.queue.length === 0 && this.passedThisTurn < this.perTurn) {
+    if (this.held === 0 && this.passedThisTurn < this.perTurn) {
       this.passedThisTurn++;
       this.scheduleTurn();
       return Promise.resolve();
@@ -43,7 +45,7 @@ export class TurnGate {
 
   /** Waiters held for a later turn (for tests). */
   get held(): number {
-    return this.queue.length;
+    return this.queue.length - this.head;
   }
 
   private scheduleTurn(): void {
@@ -51,10 +53,15 @@ export class TurnGate {
     this.turnScheduled = true;
     setImmediate(() => {
       this.turnScheduled = false;
-      const next = this.queue.splice(0, this.perTurn);
-      this.passedThisTurn = next.length;
-      for (const resolve of next) resolve();
-      if (this.queue.length > 0 || this.passedThisTurn > 0) this.scheduleTurn();
+      const end = Math.min(this.queue.length, this.head + this.perTurn);
+      this.passedThisTurn = end - this.head;
+      for (; this.head < end; this.head++) this.queue[this.head]!();
+      if (this.head === this.queue.length || this.head >= 1024) {
+        // Drop the waiters already let go (at once when none is left, else now and then).
+        this.queue = this.queue.slice(this.head);
+        this.head = 0;
+      }
+      if (this.held > 0 || this.passedThisTurn > 0) this.scheduleTurn();
     });
   }
 }

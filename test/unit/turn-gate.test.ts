@@ -31,6 +31,24 @@ describe("TurnGate", () => {
     expect(gate.held).toBe(0);
   });
 
+  it("keeps the order over thousands of waiters, 16 a turn", async () => {
+    const gate = new TurnGate(16);
+    counter = turnCounter();
+    const order: number[] = [];
+    const turnOf: number[] = [];
+    await Promise.all(
+      Array.from({ length: 5000 }, (_, i) =>
+        gate.through(Promise.resolve(i)).then((v) => {
+          order.push(v);
+          turnOf.push(counter!.now());
+        }),
+      ),
+    );
+    expect(order).toEqual(Array.from({ length: 5000 }, (_, i) => i));
+    expect(perTurn(turnOf)).toEqual([...Array.from({ length: 312 }, () => 16), 8]);
+    expect(gate.held).toBe(0);
+  });
+
   it("passes a rejection through the gate, in its turn", async () => {
     const gate = new TurnGate(1);
     const failed = Promise.reject(new Error("provider down"));
