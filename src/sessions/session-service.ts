@@ -384,7 +384,8 @@ export class SessionService {
 
   /** Waits for the shared refresh, but gives up just before the caller's deadline. */
   private awaitRefresh(row: SessionHead, ctx: CallContext): Promise<RefreshResult> {
-    return this.answerGate.through(this.withinDeadline(this.coordinator.refresh(row, undefined, ctx.caller, ctx.trace), ctx));
+    // The gate inside the deadline: a caller whose deadline comes while it waits its turn gives up at once.
+    return this.withinDeadline(this.answerGate.through(this.coordinator.refresh(row, undefined, ctx.caller, ctx.trace)), ctx);
   }
 
   /**
@@ -429,8 +430,9 @@ export class SessionService {
   ): Promise<TokenAnswer> {
     let token: AudienceToken;
     try {
-      token = await this.answerGate.through(
-        this.withinDeadline(this.audiences.get(head, resource, want, input.forceRefresh, ctx.caller ?? "unknown", ctx.trace, derive?.()), ctx),
+      token = await this.withinDeadline(
+        this.answerGate.through(this.audiences.get(head, resource, want, input.forceRefresh, ctx.caller ?? "unknown", ctx.trace, derive?.())),
+        ctx,
       );
     } catch (err) {
       const transient = err instanceof ProviderUnavailableError || err instanceof RefreshTimeoutError || err instanceof CallerDeadlineError;

@@ -56,8 +56,8 @@ export class TurnGate {
       const end = Math.min(this.queue.length, this.head + this.perTurn);
       this.passedThisTurn = end - this.head;
       for (; this.head < end; this.head++) this.queue[this.head]!();
-      if (this.head === this.queue.length || this.head >= 1024) {
-        // Drop the waiters already let go (at once when none is left, else now and then).
+      if (this.head === this.queue.length || (this.head >= 1024 && this.head * 2 >= this.queue.length)) {
+        // Drop the waiters already let go: at once when none is left, else once they are half the array.
         this.queue = this.queue.slice(this.head);
         this.head = 0;
       }

@@ -19,6 +19,7 @@ import { startMcpServer, type TestMcpServer } from "../helpers/mcp-server.js";
 import { TOKEN_EXCHANGE, startTestProvider, type TestProvider } from "../helpers/oidc-provider.js";
 import { failure } from "../helpers/failure.js";
 import { startService, type TestService } from "../helpers/service.js";
+import { gatedTurns, perTurn } from "../helpers/turns.js";
 
 /**
  * Tokens bound to their audience: GetToken with `resource` returns a token
@@ -135,6 +136,19 @@ describe("audience tokens in refresh mode (RFC 8707), one replica", () => {
     // The last refresh token stored is the live one at the provider (the grant was never revoked by a reuse).
     expect((await tokens.getToken({ userId: "bea", sessionId, resource: a.url, forceRefresh: true })).token).toBeTruthy();
     expect(provider.stats.invalidGrants).toBe(0);
+  });
+
+  it("lets callers woken together by one audience token go on 16 per event-loop turn", async () => {
+    const { sessionId } = await login("gale", [a.url]);
+    // Long enough that all 40 calls are waiting on the one token request before it is answered.
+    provider.faults.push({ kind: "delay", ms: 1000 });
+    const { result: answers, turns } = await gatedTurns(() =>
+      Promise.all(Array.from({ length: 40 }, () => tokens.getToken({ userId: "gale", sessionId, resource: a.url }))),
+    );
+    expect(new Set(answers.map((got) => got.token)).size).toBe(1);
+    expect(decodeJwt(answers[0]!.token).aud).toBe(a.url);
+    expect(provider.stats.tokenRequests).toHaveLength(1);
+    expect(perTurn(turns)).toEqual([16, 16, 8]);
   });
 
   it("refuses a resource the session was not granted with RESOURCE_NOT_GRANTED, without calling the provider; the session is intact", async () => {

@@ -7,11 +7,10 @@ import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { TokenKind } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { SessionRepository } from "../../src/db/session-repository.js";
 import { TokenVault } from "../../src/sessions/token-vault.js";
-import { TurnGate } from "../../src/util/turn-gate.js";
 import type { GrpcJsError } from "../helpers/clients.js";
 import { startTestProvider, type TestProvider, type TestTokenSet } from "../helpers/oidc-provider.js";
 import { createTestDatabase, startService, type Dialect, type TestService } from "../helpers/service.js";
-import { perTurn, turnCounter } from "../helpers/turns.js";
+import { gatedTurns, perTurn } from "../helpers/turns.js";
 
 /** The reason of a ConnectError's google.rpc.ErrorInfo detail. */
 function errorInfo(err: unknown) {
@@ -190,62 +189,53 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
     expect(svc.app.coordinator.stats.coalesced).toBeGreaterThanOrEqual(99);
   });
 
-  it("callers woken by one refresh go on 16 per event-loop turn, so the first answers leave first", async () => {
-    const { sessionId } = await storeExpired("gita");
-    provider.faults.push({ kind: "delay", ms: 200 });
-    const counter = turnCounter();
-    const turns: number[] = [];
-    const pass = TurnGate.prototype.pass;
-    const gated = vi.spyOn(TurnGate.prototype, "pass").mockImplementation(function (this: TurnGate) {
-      return pass.call(this).then(() => void turns.push(counter.now()));
-    });
-    try {
-      const answers = await Promise.all(Array.from({ length: 40 }, () => svc.client.getToken({ userId: "gita", sessionId })));
-      expect(new Set(answers.map((a) => a.token)).size).toBe(1);
-    } finally {
-      gated.mockRestore();
-      counter.stop();
-    }
-    expect(turns).toHaveLength(40);
-    expect(perTurn(turns)).toEqual([16, 16, 8]);
-    expect(provider.stats.refreshes).toBe(1);
-  });
-
-  it("callers waiting on another replica's refresh share one decrypt of its result", async () => {
+  /**
+   * An expired session of `user` whose lease another replica holds, and `n` GetToken callers here all waiting on that
+   * replica's refresh (the first runs this process's one wait, the rest join it); `complete` stores that replica's
+   * new tokens and announces them, as it would.
+   */
+  async function waitingOnAnotherReplica(user: string, n: number) {
     // This process's background refresh, where a test turned it on, would take the expired session's lease itself.
     await svc.app.background.stop();
     if (svc.app.config.refresh.background.enabled) onTestFinished(() => svc.app.background.start());
-    const { sessionId } = await storeExpired("wendy");
+    const { sessionId } = await storeExpired(user);
     provider.resetStats();
-    // Another replica holds the lease...
     const repo = new SessionRepository(svc.app.orm, dialect);
     const row = (await repo.findById(sessionId))!;
     const now = new Date();
     const leased = (await repo.acquireLease(sessionId, row.version, "other-replica:1", now, new Date(now.getTime() + 5000)))!;
     expect(leased.leaseOwner).toBe("other-replica:1");
     const joinedBefore = svc.app.coordinator.stats.coalesced;
-    const calls = Array.from({ length: 50 }, () => svc.client.getToken({ userId: "wendy", sessionId }));
-    // Until all 50 wait on this process's one refresh: the first runs it, 49 join it.
-    for (let waited = 0; svc.app.coordinator.stats.coalesced - joinedBefore < 49; waited += 10) {
+    const calls = Array.from({ length: n }, () => svc.client.getToken({ userId: user, sessionId }));
+    for (let waited = 0; svc.app.coordinator.stats.coalesced - joinedBefore < n - 1; waited += 10) {
       if (waited > 10_000) throw new Error("the callers did not all join one refresh");
       await sleep(10);
     }
-    // ...and stores new tokens, which the 50 waiting callers here must all get.
-    const vault = new TokenVault(svc.app.keyRing);
-    const issued = new Date();
-    const fields = {
-      ...vault.sealAll(leased, { access: "access-from-elsewhere", refresh: "refresh-2", id: undefined }),
-      tokenType: "Bearer",
-      scope: "",
-      accessExpiresAt: new Date(issued.getTime() + 3_600_000),
-      accessIssuedAt: issued,
-      idExpiresAt: null,
-      refreshExpiresAt: null,
-    };
-    const opened = vi.spyOn(TokenVault.prototype, "openField");
-    try {
+    const complete = async (access: string) => {
+      const vault = new TokenVault(svc.app.keyRing);
+      const issued = new Date();
+      const fields = {
+        ...vault.sealAll(leased, { access, refresh: "refresh-2", id: undefined }),
+        tokenType: "Bearer",
+        scope: "",
+        accessExpiresAt: new Date(issued.getTime() + 3_600_000),
+        accessIssuedAt: issued,
+        idExpiresAt: null,
+        refreshExpiresAt: null,
+      };
       expect(await repo.completeRefresh(sessionId, "other-replica:1", leased.version, fields, issued)).toBe(true);
       await svc.app.coordinator.announce(sessionId);
+    };
+    return { calls, complete };
+  }
+
+  it("callers waiting on another replica's refresh share one decrypt of its result", async () => {
+    // Until all 50 wait on this process's one refresh: the first runs it, 49 join it...
+    const { calls, complete } = await waitingOnAnotherReplica("wendy", 50);
+    // ...and the other replica stores new tokens, which the 50 waiting callers here must all get.
+    const opened = vi.spyOn(TokenVault.prototype, "openField");
+    try {
+      await complete("access-from-elsewhere");
       const answers = await Promise.all(calls);
       expect(answers.map((a) => a.token)).toEqual(Array.from({ length: 50 }, () => "access-from-elsewhere"));
       expect(opened.mock.calls.filter(([, field]) => field === "access")).toHaveLength(1);
@@ -253,6 +243,16 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
       opened.mockRestore();
     }
     expect(provider.stats.refreshes).toBe(0);
+  });
+
+  it("callers woken together by one refresh go on 16 per event-loop turn", async () => {
+    const { calls, complete } = await waitingOnAnotherReplica("gita", 40);
+    const { result: answers, turns } = await gatedTurns(async () => {
+      await complete("access-for-gita");
+      return Promise.all(calls);
+    });
+    expect(answers.map((a) => a.token)).toEqual(Array.from({ length: 40 }, () => "access-for-gita"));
+    expect(perTurn(turns)).toEqual([16, 16, 8]);
   });
 
   it("answers REAUTH_REQUIRED when the provider rejects the refresh, without asking it again", async () => {

@@ -51,11 +51,19 @@ describe("TurnGate", () => {
 
   it("passes a rejection through the gate, in its turn", async () => {
     const gate = new TurnGate(1);
-    const failed = Promise.reject(new Error("provider down"));
-    const first = gate.through(Promise.resolve(1));
-    const second = gate.through(failed);
+    counter = turnCounter();
+    const firstAt: number[] = [];
+    const first = gate.through(Promise.resolve(1)).then((v) => (firstAt.push(counter!.now()), v));
+    const failed = gate.through(Promise.reject(new Error("provider down")));
+    const failedAt = failed.then(
+      () => NaN,
+      () => counter!.now(),
+    );
     await expect(first).resolves.toBe(1);
-    await expect(second).rejects.toThrow("provider down");
+    // The first took this turn's one place, so the rejection waits for the next.
+    expect(gate.held).toBe(1);
+    await expect(failed).rejects.toThrow("provider down");
+    expect(await failedAt).toBeGreaterThan(firstAt[0]!);
   });
 
   it("lets a lone waiter go on in the same turn", async () => {
