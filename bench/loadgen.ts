@@ -61,8 +61,9 @@ export interface LoadResult {
   /** burst: ms after the first call was sent when the first answer's headers arrived. */
   firstAnswerMs?: number;
   /**
-   * burst: the longest this process's event loop was held up while the burst was sent and answered (ms, 1 ms
-   * resolution). A socket read's frames are handled in one go, so answers that arrive together hold it up.
+   * burst: the longest this process's event loop was held up from the first answer on (ms, sampled every 1 ms,
+   * the sampling interval taken off). A socket read's frames are handled in one go, so answers that arrive
+   * together hold it up.
    */
   loopDelayMaxMs?: number;
 }
@@ -154,8 +155,11 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
   let firstAnswerAt: number | undefined;
   const loop = monitorEventLoopDelay({ resolution: 1 });
   if (spec.mode === "burst") {
-    loop.enable();
-    const onHeaders = () => (firstAnswerAt ??= performance.now());
+    const onHeaders = () => {
+      if (firstAnswerAt !== undefined) return;
+      firstAnswerAt = performance.now();
+      loop.enable();
+    };
     const n = spec.requests ?? 1000;
     // Built in batches, one event-loop turn each: HTTP/2 writes leave only when the loop turns, so building
     // all n streams in one go would hold every request back until the last was built, and charge that
@@ -194,7 +198,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     p99Ms: quantile(sorted, 0.99),
     maxMs: sorted[sorted.length - 1] ?? NaN,
     minMs: sorted[0] ?? NaN,
-    ...(spec.mode === "burst" ? { firstAnswerMs: (firstAnswerAt ?? NaN) - started, loopDelayMaxMs: loop.max / 1e6 } : {}),
+    ...(spec.mode === "burst" ? { firstAnswerMs: (firstAnswerAt ?? NaN) - started, loopDelayMaxMs: Math.max(0, loop.max / 1e6 - 1) } : {}),
     ...(spec.collectBodies ? { distinctBodies: [...new Set(bodies.map((b) => Buffer.concat(b).subarray(5).toString("base64")))] } : {}),
   };
 }

@@ -51,6 +51,8 @@ export interface StormTimeline {
   lastOut: number;
   /** The first answer's headers reached the load generator (its own clock; same machine). */
   firstAtLoadgen: number;
+  /** The last answer reached the load generator. */
+  lastAtLoadgen: number;
 }
 
 export interface StormRun {
@@ -195,6 +197,7 @@ async function storm(
       firstOut: since(Math.min(...answeredAt)),
       lastOut: since(lastAnswerAt),
       firstAtLoadgen: Math.round(load.firstAnswerMs ?? NaN),
+      lastAtLoadgen: Math.round(load.durationMs),
     },
     fanOutMs: lastAnswerAt - refreshedAt,
     refreshMs,
@@ -262,7 +265,7 @@ export async function runRefreshStorm(
         `run ${run}${run === 0 ? " (warm-up)" : ""}: provider calls ${result.providerCalls}, provider ${fmt(result.providerMs)} ms, ` +
           `slowest caller ${fmt(result.slowestMs)} ms (empty RPC burst: ${fmt(result.emptySlowestMs)} ms), p50 ${fmt(result.p50Ms)} ms, errors ${result.errors}; ` +
           `ms after the first send: calls in ${t.firstIn}–${t.lastIn}, refresh ${t.refreshStart}–${t.stored}, answers ${t.firstOut}–${t.lastOut}, ` +
-          `first at the load generator ${t.firstAtLoadgen} (its loop held up to ${fmt(result.loadgenLoopMaxMs)} ms)`,
+          `at the load generator ${t.firstAtLoadgen}–${t.lastAtLoadgen} (its loop held up to ${fmt(result.loadgenLoopMaxMs)} ms)`,
       );
     }
 
@@ -375,13 +378,13 @@ ${runs.map((r, i) => `| ${i + 1} | ${r.providerCalls} | ${r.invalidGrants} | ${f
 Timeline of each storm from the replicas' logs, in ms after the load generator sent the first call (log
 times have whole milliseconds): when calls reached a replica's RPC stack, when the refreshing replica held
 the lease and called the provider, when the new tokens were stored, and when the first and the last caller were
-answered; then, from the load generator, when the first answer's headers reached it, and the longest its event
-loop was held up during the storm and during the empty burst.
+answered; then, from the load generator, when the first and the last answer reached it, and the longest its event
+loop was held up from the first answer on, in the storm and in the empty burst.
 
-| run | first call in | last call in | refresh began | request at the provider | new tokens stored | refresh, lease to stored | first answer | last answer | first answer at the load generator | its loop held up, storm / empty burst |
+| run | first call in | last call in | refresh began | request at the provider | new tokens stored | refresh, lease to stored | first answer | last answer | first / last answer at the load generator | its loop held up, storm / empty burst |
 |---|---|---|---|---|---|---|---|---|---|---|
-${runs.map((r, i) => `| ${i + 1} | ${r.timeline.firstIn} | ${r.timeline.lastIn} | ${r.timeline.refreshStart} | ${r.timeline.providerIn} | ${r.timeline.stored} | ${r.refreshMs} | ${r.timeline.firstOut} | ${r.timeline.lastOut} | ${r.timeline.firstAtLoadgen} | ${fmt(r.loadgenLoopMaxMs)} / ${fmt(r.emptyLoadgenLoopMaxMs)} |`).join("\n")}
-| **median** | ${med((r) => r.timeline.firstIn)} | **${lastIn}** | ${med((r) => r.timeline.refreshStart)} | ${med((r) => r.timeline.providerIn)} | ${med((r) => r.timeline.stored)} | ${med((r) => r.refreshMs)} | ${med((r) => r.timeline.firstOut)} | ${med((r) => r.timeline.lastOut)} | ${med((r) => r.timeline.firstAtLoadgen)} | ${fmt(med((r) => r.loadgenLoopMaxMs))} / ${fmt(med((r) => r.emptyLoadgenLoopMaxMs))} |
+${runs.map((r, i) => `| ${i + 1} | ${r.timeline.firstIn} | ${r.timeline.lastIn} | ${r.timeline.refreshStart} | ${r.timeline.providerIn} | ${r.timeline.stored} | ${r.refreshMs} | ${r.timeline.firstOut} | ${r.timeline.lastOut} | ${r.timeline.firstAtLoadgen} / ${r.timeline.lastAtLoadgen} | ${fmt(r.loadgenLoopMaxMs)} / ${fmt(r.emptyLoadgenLoopMaxMs)} |`).join("\n")}
+| **median** | ${med((r) => r.timeline.firstIn)} | **${lastIn}** | ${med((r) => r.timeline.refreshStart)} | ${med((r) => r.timeline.providerIn)} | ${med((r) => r.timeline.stored)} | ${med((r) => r.refreshMs)} | ${med((r) => r.timeline.firstOut)} | ${med((r) => r.timeline.lastOut)} | ${med((r) => r.timeline.firstAtLoadgen)} / ${med((r) => r.timeline.lastAtLoadgen)} | ${fmt(med((r) => r.loadgenLoopMaxMs))} / ${fmt(med((r) => r.emptyLoadgenLoopMaxMs))} |
 ${profileText}
 Targets (issue 21): 1 provider call per storm (${maxCalls === 1 ? "met in every run" : `NOT met: up to ${maxCalls}`}); 0 invalid_grant
 (${runs.every((r) => r.invalidGrants === 0) ? "met in every run" : "NOT met"}); the storm's excess over the empty-RPC floor, slowest caller − provider
@@ -397,10 +400,12 @@ Where the +${fmt(overhead)} ms go (medians of each part, so they need not add up
   stored (reading the answer, sealing and the compare-and-set write); the log's whole milliseconds make either ±1;
 - ${med((r) => r.fanOutMs)} ms from the new tokens stored to the last answer logged (the other replicas wake on \`NOTIFY\`,
   read the row and answer their waiting callers, while still reading calls off the wire);
-- ${fmt(med((r) => r.slowestMs - r.timeline.lastOut))} ms from the last answer logged to the slowest caller's answer at the load generator:
-  the first answer's headers reached it ${med((r) => r.timeline.firstAtLoadgen - r.timeline.firstOut)} ms after the first answer was logged, and
-  while the answers came in together its event loop was held up to ${fmt(med((r) => r.loadgenLoopMaxMs))} ms at a time (a socket read's frames
-  are handled in one go), against ${fmt(med((r) => r.emptyLoadgenLoopMaxMs))} ms in the empty burst, whose answers come in as its calls go out.
+- ${med((r) => r.timeline.lastAtLoadgen - r.timeline.lastOut)} ms from the last answer logged to the last answer at the load generator (answers
+  leave a replica 16 an event-loop turn, first come first served, so the last answered is one of the last sent, not
+  the slowest caller): the first answer's headers reached it
+  ${med((r) => r.timeline.firstAtLoadgen - r.timeline.firstOut)} ms after the first answer was logged, and from then on its event loop was held up to
+  ${fmt(med((r) => r.loadgenLoopMaxMs))} ms at a time (a socket read's frames are handled in one go), against ${fmt(med((r) => r.emptyLoadgenLoopMaxMs))} ms in the
+  empty burst, whose answers come in as its calls go out.
 
 The floor: the last call reached a replica's RPC stack ${lastIn} ms after the first was sent, and a burst of as many
 empty RPCs has its slowest caller at ${fmt(floor)} ms: the excess is what the storm adds beyond that floor and the provider's time.${
