@@ -23,10 +23,9 @@ export class TurnGate {
 
   /** Settles like `work`, once the gate lets this waiter go on. */
   through<T>(work: Promise<T>): Promise<T> {
-    const pass = () => this.pass();
     return work.then(
-      (v) => pass().then(() => v),
-      (e: unknown) => pass().then(() => Promise.reject(e)),
+      (v) => this.pass().then(() => v),
+      (e: unknown) => this.pass().then(() => Promise.reject(e)),
     );
   }
 

@@ -2,7 +2,6 @@ import { afterEach, describe, expect, it } from "vitest";
 import { TurnGate } from "../../src/util/turn-gate.js";
 import { perTurn, turnCounter } from "../helpers/turns.js";
 
-
 describe("TurnGate", () => {
   let counter: ReturnType<typeof turnCounter> | undefined;
   afterEach(() => counter?.stop());
