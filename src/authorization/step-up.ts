@@ -91,31 +91,37 @@ export class StepUps {
       await revokeTokens(provider, { refresh: tokens.refreshToken, access: tokens.accessToken }, { deadline: Date.now() + this.deps.providerTimeoutMs }, log);
       return err;
     };
-    for (let round = 0; ; round++) {
-      const row = await this.deps.sessions.findById(input.sessionId);
-      if (!row || row.userId !== input.userId || row.provider !== provider.id) throw await discard(new SessionNotFoundError());
-      const subject = tokens.subject ?? null;
-      if (row.subject !== null && subject !== null && subject !== row.subject) {
-        log.warn({ audit: true, event: "step_up_refused", caller: ctx.caller, userId: row.userId, why: "other_account" }, "step-up signed in another account; refused");
-        throw await discard(new InvalidCallbackError("other_account"));
-      }
-      const now = new Date();
-      const leased = row.leaseUntil !== null && row.leaseUntil >= now;
-      if (!leased) {
-        const fields = this.fields(row, input, now);
-        const dropped = await this.deps.stepUps.replace(row.id, row.userId, row.version, fields, now);
-        if (dropped !== null) {
-          await this.deps.waiter.notify(row.id);
-          log.info(
-            { audit: true, event: "step_up", caller: ctx.caller, userId: row.userId, revived: row.status !== "active", audienceTokens: dropped.length },
-            "session stepped up in place",
-          );
-          await this.retire(row, provider, tokens, dropped, log);
-          return { sessionId: row.id, expiresAt: fields.accessExpiresAt };
+    // Kept across rounds: a change announced while a round reads the row is not missed.
+    const watch = this.deps.waiter.watch(input.sessionId);
+    try {
+      for (let round = 0; ; round++) {
+        const row = await this.deps.sessions.findById(input.sessionId);
+        if (!row || row.userId !== input.userId || row.provider !== provider.id) throw await discard(new SessionNotFoundError());
+        const subject = tokens.subject ?? null;
+        if (row.subject !== null && subject !== null && subject !== row.subject) {
+          log.warn({ audit: true, event: "step_up_refused", caller: ctx.caller, userId: row.userId, why: "other_account" }, "step-up signed in another account; refused");
+          throw await discard(new InvalidCallbackError("other_account"));
         }
+        const now = new Date();
+        const leased = row.leaseUntil !== null && row.leaseUntil >= now;
+        if (!leased) {
+          const fields = this.fields(row, input, now);
+          const dropped = await this.deps.stepUps.replace(row.id, row.userId, row.version, fields, now);
+          if (dropped !== null) {
+            await this.deps.waiter.notify(row.id);
+            log.info(
+              { audit: true, event: "step_up", caller: ctx.caller, userId: row.userId, revived: row.status !== "active", audienceTokens: dropped.length },
+              "session stepped up in place",
+            );
+            await this.retire(row, provider, tokens, dropped, log);
+            return { sessionId: row.id, expiresAt: fields.accessExpiresAt };
+          }
+        }
+        if (Date.now() >= giveUpAt) throw await discard(new RefreshTimeoutError());
+        await watch.next(Math.min(100, 10 * 2 ** round));
       }
-      if (Date.now() >= giveUpAt) throw await discard(new RefreshTimeoutError());
-      await this.deps.waiter.wait(row.id, Math.min(100, 10 * 2 ** round));
+    } finally {
+      watch.close();
     }
   }
 

@@ -173,26 +173,32 @@ export class AudienceCoordinator {
     const startedAt = new Date();
     const good = (row: AudienceTokenRow | null) =>
       row !== null && (!force || row.updatedAt >= startedAt) && audienceFresh(row, want, new Date());
-    for (let round = 0; ; round++) {
-      const held = await this.audiences.find(head.id, resource);
-      const usable = good(held) ? this.open(held!) : undefined;
-      if (usable) return usable;
-      const session = await this.repo.findById(head.id);
-      if (!session) throw new SessionNotFoundError();
-      if (session.status !== "active") throw new ReauthRequiredError(session.reauthReason ?? "reauth_required", session.provider);
-      const now = new Date();
-      const until = new Date(now.getTime() + this.config.leaseMs);
-      const owner = `${this.sessions.replicaId}:${randomBytes(4).toString("hex")}`;
-      const leased = await tracedLease(this.spans, trace, false, () => this.repo.acquireLease(session.id, session.version, owner, now, until));
-      if (leased) {
-        const outcome = await this.holding(leased, resource, owner, until, caller, subjectRefreshed, good, trace, derived);
-        if (outcome !== "refresh_subject_first") return outcome;
-        // Exchange mode and derived tokens: the subject token must be valid. The session's own refresh takes the same lease (given back above).
-        await this.sessions.refresh(headOf(leased), undefined, caller, trace);
-        return this.run(headOf(leased), resource, want, force, caller, true, trace, derived);
+    // Kept across rounds: a change announced while a round reads or tries the lease is not missed.
+    const watch = this.waiter.watch(head.id);
+    try {
+      for (let round = 0; ; round++) {
+        const held = await this.audiences.find(head.id, resource);
+        const usable = good(held) ? this.open(held!) : undefined;
+        if (usable) return usable;
+        const session = await this.repo.findById(head.id);
+        if (!session) throw new SessionNotFoundError();
+        if (session.status !== "active") throw new ReauthRequiredError(session.reauthReason ?? "reauth_required", session.provider);
+        const now = new Date();
+        const until = new Date(now.getTime() + this.config.leaseMs);
+        const owner = `${this.sessions.replicaId}:${randomBytes(4).toString("hex")}`;
+        const leased = await tracedLease(this.spans, trace, false, () => this.repo.acquireLease(session.id, session.version, owner, now, until));
+        if (leased) {
+          const outcome = await this.holding(leased, resource, owner, until, caller, subjectRefreshed, good, trace, derived);
+          if (outcome !== "refresh_subject_first") return outcome;
+          // Exchange mode and derived tokens: the subject token must be valid. The session's own refresh takes the same lease (given back above).
+          await this.sessions.refresh(headOf(leased), undefined, caller, trace);
+          return this.run(headOf(leased), resource, want, force, caller, true, trace, derived);
+        }
+        if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
+        await watch.next(backoffMs(round));
       }
-      if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
-      await this.waiter.wait(session.id, backoffMs(round));
+    } finally {
+      watch.close();
     }
   }
 

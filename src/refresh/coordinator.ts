@@ -185,6 +185,8 @@ export class RefreshCoordinator {
     let current: SessionHead = initial;
     // Open while this caller waits on another replica's refresh (tracing on).
     let waiting: Span | undefined;
+    // From before the first lease attempt: a change announced while a round reads the row or tries the lease is kept.
+    const watch = waitForOthers ? this.waiter.watch(initial.id) : undefined;
     try {
       for (let round = 0; ; round++) {
         if (current.version !== observed) {
@@ -208,11 +210,11 @@ export class RefreshCoordinator {
           waiting = undefined;
           return await this.refreshHolding(full, owner, until, caller, trace);
         }
-        if (!waitForOthers) return { row: current };
+        if (!watch) return { row: current };
         if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
         waiting ??= this.spans.begin("refresh wait (another replica)", trace, { attributes: sessionAttributes(current.id, current.provider) })?.span;
         waiting?.setAttribute("token_service.wait_rounds", round + 1);
-        await this.waiter.wait(current.id, backoffMs(round));
+        await watch.next(backoffMs(round));
         const found = await this.repo.findById(current.id);
         if (!found) throw new SessionNotFoundError();
         const next = headOf(found);
@@ -228,6 +230,7 @@ export class RefreshCoordinator {
         current = next;
       }
     } finally {
+      watch?.close();
       waiting?.end();
     }
   }

@@ -4,12 +4,26 @@ import type { ChangeNotice } from "../db/refresh-statements.js";
 import { sessionRef } from "../logger.js";
 
 /**
+ * A watch on one session's row, held for the whole of a wait loop (read the
+ * row, try the lease, wait, read again): a change announced while the loop
+ * reads or tries the lease is kept, so the next wait returns at once instead
+ * of sleeping through its delay with the change already there.
+ */
+export interface RowWatch {
+  /** Resolves after at most `maxMs`, at once when a change was announced since the last call; true when woken (by a change, or by closing). */
+  next(maxMs: number): Promise<boolean>;
+  /** Stops watching (the loop is over). */
+  close(): void;
+}
+
+/**
  * How a replica waiting on another's refresh learns that the row changed.
- * `wait` resolves after at most `maxMs`, earlier when notified; the caller
- * re-reads the row either way, so a missed notification costs only latency.
+ * A watch's wait ends after at most its delay, earlier when notified; the
+ * caller re-reads the row either way, so a missed notification costs only
+ * latency.
  */
 export interface RowWaiter {
-  wait(sessionId: string, maxMs: number): Promise<void>;
+  watch(sessionId: string): RowWatch;
   /** Tells waiters (here and on other replicas) that the row changed. */
   notify(sessionId: string): Promise<void>;
   /**
@@ -76,22 +90,52 @@ export class SessionWaiter implements RowWaiter {
     return this.channel?.connected ?? false;
   }
 
-  async wait(sessionId: string, maxMs: number): Promise<void> {
+  watch(sessionId: string): RowWatch {
     const ref = sessionRef(sessionId);
-    const ac = new AbortController();
     let set = this.waiting.get(ref);
     if (!set) {
       set = new Set();
       this.waiting.set(ref, set);
     }
-    const wake = () => ac.abort();
-    set.add(wake);
-    try {
-      await sleep(maxMs, undefined, { signal: ac.signal }).catch(() => undefined);
-    } finally {
-      set.delete(wake);
-      if (set.size === 0) this.waiting.delete(ref);
-    }
+    const watchers = set;
+    /** A change came while no wait was on (between reads): the next wait returns at once. */
+    let pending = false;
+    let sleeping: AbortController | undefined;
+    let closed = false;
+    const wake = () => {
+      if (sleeping) sleeping.abort();
+      else pending = true;
+    };
+    watchers.add(wake);
+    return {
+      next: async (maxMs) => {
+        if (pending || closed) {
+          const woken = pending;
+          pending = false;
+          return woken;
+        }
+        const ac = new AbortController();
+        sleeping = ac;
+        try {
+          await sleep(maxMs, undefined, { signal: ac.signal }).catch(() => undefined);
+        } finally {
+          sleeping = undefined;
+        }
+        return ac.signal.aborted;
+      },
+      close: () => {
+        if (closed) return;
+        closed = true;
+        watchers.delete(wake);
+        if (watchers.size === 0 && this.waiting.get(ref) === watchers) this.waiting.delete(ref);
+        sleeping?.abort();
+      },
+    };
+  }
+
+  /** Sessions watched in this process (tests: a finished loop leaves none). */
+  get watchedCount(): number {
+    return this.waiting.size;
   }
 
   private wakeRef(ref: string): void {

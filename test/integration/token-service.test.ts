@@ -6,6 +6,8 @@ import { afterAll, beforeAll, beforeEach, describe, expect, inject, it, onTestFi
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { TokenKind } from "../../gen/tokenservice/v1/token_service_pb.js";
 import { SessionRepository } from "../../src/db/session-repository.js";
+import { SessionWaiter } from "../../src/refresh/waiter.js";
+import { sessionRef } from "../../src/logger.js";
 import { TokenVault } from "../../src/sessions/token-vault.js";
 import type { GrpcJsError } from "../helpers/clients.js";
 import { startTestProvider, type TestProvider, type TestTokenSet } from "../helpers/oidc-provider.js";
@@ -211,7 +213,11 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
       if (waited > 10_000) throw new Error("the callers did not all join one refresh");
       await sleep(10);
     }
-    const complete = async (access: string) => {
+    /**
+     * The other replica stores new tokens and announces them: in this process (SQLite has no channel), or with
+     * `channel` on PostgreSQL only by the NOTIFY its write sends, returning once that has reached this process.
+     */
+    const complete = async (access: string, channel?: SessionWaiter) => {
       const vault = new TokenVault(svc.app.keyRing);
       const issued = new Date();
       const fields = {
@@ -223,6 +229,20 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
         idExpiresAt: null,
         refreshExpiresAt: null,
       };
+      if (channel && dialect === "postgresql") {
+        const ref = sessionRef(sessionId);
+        let arrived!: () => void;
+        const heard = new Promise<void>((resolve) => (arrived = resolve));
+        let listening = true;
+        channel.subscribe({ changed: (r) => listening && r === ref && arrived(), flush: () => undefined });
+        try {
+          expect(await repo.completeRefresh(sessionId, "other-replica:1", leased.version, fields, issued, channel.changeNotice(sessionId))).toBe(true);
+          await heard;
+        } finally {
+          listening = false;
+        }
+        return;
+      }
       expect(await repo.completeRefresh(sessionId, "other-replica:1", leased.version, fields, issued)).toBe(true);
       await svc.app.coordinator.announce(sessionId);
     };
@@ -253,6 +273,58 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
     });
     expect(answers.map((a) => a.token)).toEqual(Array.from({ length: 40 }, () => "access-for-gita"));
     expect(perTurn(turns)).toEqual([16, 16, 8]);
+  });
+
+  it("a waiting replica that misses the change while it reads the row still wakes at once, not after its delay", async () => {
+    const originalWatch = SessionWaiter.prototype.watch;
+    const originalRead = SessionRepository.prototype.findById;
+    // How each of this process's waits ended (true: a change announcement woke it), and the watches still open.
+    const woken: boolean[] = [];
+    let open = 0;
+    let waiter: SessionWaiter | undefined;
+    const watch = vi.spyOn(SessionWaiter.prototype, "watch").mockImplementation(function (this: SessionWaiter, sessionId: string) {
+      const inner = originalWatch.call(this, sessionId);
+      waiter ??= watch.mock.contexts[0] as SessionWaiter;
+      open++;
+      return {
+        next: async (ms: number) => {
+          const w = await inner.next(ms);
+          woken.push(w);
+          return w;
+        },
+        close: () => {
+          open--;
+          inner.close();
+        },
+      };
+    });
+    let complete: ((access: string, channel?: SessionWaiter) => Promise<void>) | undefined;
+    // The first read after a wait: the other replica stores its tokens and its announcement arrives after this read
+    // saw the row and before the next wait begins, the window in which a sleep begun only then would miss it. On
+    // PostgreSQL it arrives as the other replica's would, by the NOTIFY of its write through this process's LISTEN.
+    const read = vi.spyOn(SessionRepository.prototype, "findById").mockImplementation(async function (this: SessionRepository, id: string) {
+      const row = await originalRead.call(this, id);
+      const now = complete && woken.length > 0 ? complete : undefined;
+      if (now) {
+        complete = undefined;
+        await now("access-for-wanda", waiter);
+      }
+      return row;
+    });
+    try {
+      const waiting = await waitingOnAnotherReplica("wanda", 1);
+      complete = waiting.complete;
+      const [answer] = await Promise.all(waiting.calls);
+      expect(answer!.token).toBe("access-for-wanda");
+      expect(complete).toBeUndefined();
+      // The first wait ran out (nothing had changed yet); the next found the announcement kept and returned at once.
+      expect(woken).toEqual([false, true]);
+      expect(open).toBe(0);
+    } finally {
+      read.mockRestore();
+      watch.mockRestore();
+    }
+    expect(provider.stats.refreshes).toBe(0);
   });
 
   it("answers REAUTH_REQUIRED when the provider rejects the refresh, without asking it again", async () => {
