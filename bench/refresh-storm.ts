@@ -81,6 +81,11 @@ export interface StormSummary {
   replicas: number;
   providerDelayMs: number;
   runs: StormRun[];
+  /**
+   * The same refresh for a lone caller on the same replicas, right after the storms: what the refresh path costs
+   * beyond the provider with nothing else to do, against which the storm's parts can be read.
+   */
+  lone: StormRun[];
   /** Each replica's first and second refresh before the storms (lease to stored, ms). */
   warm: { firstMs: number[]; secondMs: number[] };
   profile?: ProfileSummary;
@@ -269,6 +274,17 @@ export async function runRefreshStorm(
       );
     }
 
+    const lone: StormRun[] = [];
+    for (let run = 0; run < options.runs; run++) {
+      const result = await storm(procs, clients, provider, `lone-${run}`, { ...options, callers: 1 });
+      lone.push(result);
+      const t = result.timeline;
+      console.log(
+        `lone caller ${run + 1}: provider ${fmt(result.providerMs)} ms, caller ${fmt(result.slowestMs)} ms (empty RPC: ${fmt(result.emptySlowestMs)} ms); ` +
+          `refresh ${t.refreshStart}–${t.stored}, request at the provider ${t.providerIn}, answered ${t.lastOut}`,
+      );
+    }
+
     let profile: ProfileSummary | undefined;
     if (options.profileRuns) {
       // Profiled replicas, apart from the timed runs (the profiler costs a little CPU itself).
@@ -295,9 +311,10 @@ export async function runRefreshStorm(
       replicas: options.replicas,
       providerDelayMs: options.providerMs,
       runs,
+      lone,
       warm,
       profile,
-      markdown: stormMarkdown(options, runs, warm, profile, `${loadBefore} → ${loadavg()}`),
+      markdown: stormMarkdown(options, runs, lone, warm, profile, `${loadBefore} → ${loadavg()}`),
     };
   } finally {
     for (const p of procs) p.kill("SIGKILL");
@@ -323,6 +340,7 @@ export function stormExcessMs(r: Pick<StormRun, "slowestMs" | "providerMs" | "em
 function stormMarkdown(
   options: StormOptions,
   runs: StormRun[],
+  lone: StormRun[],
   warm: StormSummary["warm"],
   profile: ProfileSummary | undefined,
   load: string,
@@ -337,6 +355,29 @@ function stormMarkdown(
   const floor = med((r) => r.emptySlowestMs);
   const excess = med(stormExcessMs);
   const lastIn = med((r) => r.timeline.lastIn);
+  /** The storm's parts beside a lone caller's on the same replicas (medians, ms). */
+  const partRows: Array<[string, (r: StormRun) => number]> = [
+    ["first call sent → the refresh began (session read, lease)", (r) => r.timeline.refreshStart],
+    ["the lease → the request at the provider", (r) => r.timeline.providerIn - r.timeline.refreshStart],
+    ["the provider's answer → the new tokens stored", (r) => r.timeline.stored - r.timeline.providerIn - r.providerMs],
+    ["stored → the last answer logged", (r) => r.fanOutMs],
+    ["the last answer logged → at the load generator", (r) => r.timeline.lastAtLoadgen - r.timeline.lastOut],
+    ["slowest caller − provider latency", (r) => r.slowestMs - r.providerMs],
+    ["empty RPC (one, or a burst of as many), slowest", (r) => r.emptySlowestMs],
+    ["excess: slowest − provider − empty", stormExcessMs],
+  ];
+  const loneMed = (f: (r: StormRun) => number) => median(lone.map(f));
+  const loneText = lone.length
+    ? `
+A lone caller on the same replicas, right after the storms (${lone.length} runs: one GetToken on an expired session, the
+provider's ${options.providerMs} ms as in the storms, then one empty RPC), beside the storm's parts; medians, and log
+times have whole milliseconds:
+
+| part (ms) | lone caller | storm of ${options.callers} |
+|---|---|---|
+${partRows.map(([name, f]) => `| ${name} | ${fmt(loneMed(f))} | ${fmt(med(f))} |`).join("\n")}
+`
+    : "";
   const profileText = profile
     ? `
 ### Where the CPU goes during a storm
@@ -406,7 +447,7 @@ Where the +${fmt(overhead)} ms go (medians of each part, so they need not add up
   ${med((r) => r.timeline.firstAtLoadgen - r.timeline.firstOut)} ms after the first answer was logged, and from then on its event loop was held up to
   ${fmt(med((r) => r.loadgenLoopMaxMs))} ms at a time (a socket read's frames are handled in one go), against ${fmt(med((r) => r.emptyLoadgenLoopMaxMs))} ms in the
   empty burst, whose answers come in as its calls go out.
-
+${loneText}
 The floor: the last call reached a replica's RPC stack ${lastIn} ms after the first was sent, and a burst of as many
 empty RPCs has its slowest caller at ${fmt(floor)} ms: the excess is what the storm adds beyond that floor and the provider's time.${
     profile
