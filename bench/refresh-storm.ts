@@ -280,7 +280,7 @@ export async function runRefreshStorm(
       lone.push(result);
       const t = result.timeline;
       console.log(
-        `lone caller ${run + 1}: provider ${fmt(result.providerMs)} ms, caller ${fmt(result.slowestMs)} ms (empty RPC: ${fmt(result.emptySlowestMs)} ms); ` +
+        `lone caller ${run + 1}: provider calls ${result.providerCalls}, invalid_grant ${result.invalidGrants}, provider ${fmt(result.providerMs)} ms, caller ${fmt(result.slowestMs)} ms (empty RPC: ${fmt(result.emptySlowestMs)} ms); ` +
           `refresh ${t.refreshStart}–${t.stored}, request at the provider ${t.providerIn}, answered ${t.lastOut}`,
       );
     }
