@@ -277,10 +277,14 @@ export async function runRefreshStorm(
     const lone: StormRun[] = [];
     for (let run = 0; run < options.runs; run++) {
       const result = await storm(procs, clients, provider, `lone-${run}`, { ...options, callers: 1 });
+      // No column says so in its table: a lone run that failed must not be read as a figure.
+      if (result.errors > 0 || result.providerCalls !== 1 || Number.isNaN(result.refreshMs)) {
+        throw new Error(`lone caller ${run + 1}: ${result.errors} errors, ${result.providerCalls} provider calls, refresh logged: ${!Number.isNaN(result.refreshMs)}`);
+      }
       lone.push(result);
       const t = result.timeline;
       console.log(
-        `lone caller ${run + 1}: provider calls ${result.providerCalls}, invalid_grant ${result.invalidGrants}, provider ${fmt(result.providerMs)} ms, caller ${fmt(result.slowestMs)} ms (empty RPC: ${fmt(result.emptySlowestMs)} ms); ` +
+        `lone caller ${run + 1}: provider calls ${result.providerCalls}, invalid_grant ${result.invalidGrants}, errors ${result.errors}, provider ${fmt(result.providerMs)} ms, caller ${fmt(result.slowestMs)} ms (empty RPC: ${fmt(result.emptySlowestMs)} ms); ` +
           `refresh ${t.refreshStart}–${t.stored}, request at the provider ${t.providerIn}, answered ${t.lastOut}`,
       );
     }

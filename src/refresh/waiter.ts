@@ -10,7 +10,14 @@ import { sessionRef } from "../logger.js";
  * of sleeping through its delay with the change already there.
  */
 export interface RowWatch {
-  /** Resolves after at most `maxMs`, at once when a change was announced since the last call; true when woken (by a change, or by closing). */
+  /**
+   * Resolves after at most `maxMs`, at once when a change was announced since
+   * the last call. True when a change (or close()) ended the wait early;
+   * false when it ran out, and at once after close(). One call at a time: a
+   * loop waits, reads, waits again. A change announced during a read that
+   * already saw it still ends the next wait at once: one read more, never a
+   * change missed.
+   */
   next(maxMs: number): Promise<boolean>;
   /** Stops watching (the loop is over). */
   close(): void;
@@ -80,9 +87,13 @@ export class SessionWaiter implements RowWaiter {
     });
   }
 
-  /** Follows changes of sessions made here or, through the channel, on other replicas. */
-  subscribe(listener: SessionChangeListener): void {
+  /** Follows changes of sessions made here or, through the channel, on other replicas; returns the unsubscribe. */
+  subscribe(listener: SessionChangeListener): () => void {
     this.listeners.push(listener);
+    return () => {
+      const i = this.listeners.indexOf(listener);
+      if (i >= 0) this.listeners.splice(i, 1);
+    };
   }
 
   /** Whether the cross-replica channel is up (always false without one). */

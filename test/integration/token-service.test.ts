@@ -233,13 +233,14 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
         const ref = sessionRef(sessionId);
         let arrived!: () => void;
         const heard = new Promise<void>((resolve) => (arrived = resolve));
-        let listening = true;
-        channel.subscribe({ changed: (r) => listening && r === ref && arrived(), flush: () => undefined });
+        const unsubscribe = channel.subscribe({ changed: (r) => r === ref && arrived(), flush: () => undefined });
         try {
-          expect(await repo.completeRefresh(sessionId, "other-replica:1", leased.version, fields, issued, channel.changeNotice(sessionId))).toBe(true);
-          await heard;
+          const notice = channel.changeNotice(sessionId);
+          expect(notice, "a cross-replica channel on PostgreSQL").toBeDefined();
+          expect(await repo.completeRefresh(sessionId, "other-replica:1", leased.version, fields, issued, notice)).toBe(true);
+          await Promise.race([heard, sleep(10_000).then(() => Promise.reject(new Error("the write's NOTIFY never came back through LISTEN")))]);
         } finally {
-          listening = false;
+          unsubscribe();
         }
         return;
       }
@@ -320,6 +321,7 @@ describe.each<Dialect>(["sqlite", "postgresql"])("TokenService on %s", (dialect)
       // The first wait ran out (nothing had changed yet); the next found the announcement kept and returned at once.
       expect(woken).toEqual([false, true]);
       expect(open).toBe(0);
+      expect(waiter!.watchedCount).toBe(0);
     } finally {
       read.mockRestore();
       watch.mockRestore();

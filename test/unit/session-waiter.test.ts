@@ -16,8 +16,8 @@ function testChannel() {
   return { channel, deliver: (message: string) => listeners.forEach((l) => l(message)) };
 }
 
-/** A delay no passing test waits out: a wait that returns true returned because it was woken. */
-const LONG = 60_000;
+/** A delay no passing test waits out (a wait that returns true was woken); one that breaks fails on false after it. */
+const LONG = 5_000;
 
 describe("SessionWaiter watches", () => {
   it("keeps a change announced between two waits: the next wait returns at once, woken", async () => {
@@ -72,6 +72,25 @@ describe("SessionWaiter watches", () => {
     expect(await b.next(LONG)).toBe(true);
     b.close();
     b.close();
+    expect(waiter.watchedCount).toBe(0);
+  });
+
+  it("stops telling a listener of changes once it unsubscribed", async () => {
+    const waiter = new SessionWaiter();
+    const heard: string[] = [];
+    const unsubscribe = waiter.subscribe({ changed: (ref) => heard.push(ref), flush: () => undefined });
+    await waiter.notify("sess-8");
+    unsubscribe();
+    await waiter.notify("sess-9");
+    expect(heard).toEqual([sessionRef("sess-8")]);
+  });
+
+  it("returns at once, not woken, when asked to wait after it was closed", async () => {
+    const waiter = new SessionWaiter();
+    const watch = waiter.watch("sess-7");
+    watch.close();
+    await waiter.notify("sess-7");
+    expect(await watch.next(LONG)).toBe(false);
     expect(waiter.watchedCount).toBe(0);
   });
 
