@@ -4,7 +4,7 @@ import type { ReplacedFields, StepUpRepository } from "../db/step-up-repository.
 import { sessionRef, type Logger } from "../logger.js";
 import type { CodeGrantResult, ProviderClient } from "../providers/provider-client.js";
 import { revokeTokens } from "../providers/revoke.js";
-import type { RowWaiter } from "../refresh/waiter.js";
+import { pollDelayMs, type RowWaiter } from "../refresh/waiter.js";
 import { RefreshTimeoutError, SessionNotFoundError } from "../sessions/errors.js";
 import { accessTokenExpiry, idTokenExpiry, idTokenIdentity } from "../sessions/expiry.js";
 import { requireProviderAllowed, type CallContext } from "../sessions/scope.js";
@@ -118,7 +118,7 @@ export class StepUps {
           }
         }
         if (Date.now() >= giveUpAt) throw await discard(new RefreshTimeoutError());
-        await watch.next(Math.min(100, 10 * 2 ** round));
+        await watch.next(pollDelayMs(round));
       }
     } finally {
       watch.close();

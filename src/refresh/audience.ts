@@ -21,7 +21,7 @@ import { accessTokenExpiry, lifetimeSeconds, requiredValiditySeconds, secondsLef
 import type { TokenVault } from "../sessions/token-vault.js";
 import { tracedLease, type RefreshCoordinator } from "./coordinator.js";
 import { NO_SPANS, sessionAttributes, type Spans, type TraceContext } from "../tracing/spans.js";
-import type { RowWaiter } from "./waiter.js";
+import { pollDelayMs, type RowWaiter } from "./waiter.js";
 
 /** An audience token in clear, as GetToken hands it out. */
 export interface AudienceToken {
@@ -67,10 +67,6 @@ export interface DerivedGrant {
 
 /** Outcome hook, for audit lines and metrics (the resource is an identifier, never a secret). */
 export type AudienceListener = (event: { sessionId: string; provider: string; resource: string; outcome: "success" | "not_granted" | "reauth_required" | "unavailable"; ms: number }) => void;
-
-function backoffMs(round: number): number {
-  return Math.min(100, 10 * 2 ** round);
-}
 
 /**
  * Audience tokens: a session's access token per RFC 8707 resource, kept in
@@ -195,7 +191,7 @@ export class AudienceCoordinator {
           return this.run(headOf(leased), resource, want, force, caller, true, trace, derived);
         }
         if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
-        await watch.next(backoffMs(round));
+        await watch.next(pollDelayMs(round));
       }
     } finally {
       watch.close();

@@ -17,7 +17,7 @@ import { accessTokenExpiry, idTokenExpiry } from "../sessions/expiry.js";
 import type { OpenTokens, TokenVault } from "../sessions/token-vault.js";
 import type { TokenAnswer } from "../sessions/session-service.js";
 import type { ChangeNotice } from "../db/refresh-statements.js";
-import type { RowWaiter } from "./waiter.js";
+import { pollDelayMs, type RowWaiter } from "./waiter.js";
 import type { Span } from "@opentelemetry/api";
 import { NO_SPANS, sessionAttributes, type Spans, type TraceContext } from "../tracing/spans.js";
 import { abortable } from "../util/abortable.js";
@@ -214,7 +214,7 @@ export class RefreshCoordinator {
         if (Date.now() >= giveUpAt) throw new RefreshTimeoutError();
         waiting ??= this.spans.begin("refresh wait (another replica)", trace, { attributes: sessionAttributes(current.id, current.provider) })?.span;
         waiting?.setAttribute("token_service.wait_rounds", round + 1);
-        await watch.next(backoffMs(round));
+        await watch.next(pollDelayMs(round));
         const found = await this.repo.findById(current.id);
         if (!found) throw new SessionNotFoundError();
         const next = headOf(found);
@@ -408,11 +408,6 @@ function tokenChanged(before: SessionHead, after: SessionHead): boolean {
     before.accessIssuedAt.getTime() !== after.accessIssuedAt.getTime() ||
     before.accessExpiresAt.getTime() !== after.accessExpiresAt.getTime()
   );
-}
-
-/** Poll delays while another replica holds the lease: 10, 20, 40, 80, then 100 ms. */
-function backoffMs(round: number): number {
-  return Math.min(100, 10 * 2 ** round);
 }
 
 /** The session's resource when it was granted exactly one (RFC 8707: sent again on refresh); otherwise none. */

@@ -23,6 +23,11 @@ export interface RowWatch {
   close(): void;
 }
 
+/** A wait loop's delays while another replica holds the lease: 10, 20, 40, 80, then 100 ms a round. */
+export function pollDelayMs(round: number): number {
+  return Math.min(100, 10 * 2 ** round);
+}
+
 /**
  * How a replica waiting on another's refresh learns that the row changed.
  * A watch's wait ends after at most its delay, earlier when notified; the
